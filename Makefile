@@ -1,0 +1,27 @@
+# Thin wrapper: `make demo` (set up + main job on embedded defaults), `make test` (set up + tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+# torch 2.13.0 goes in first, so the package's `torch` requirement is already met and pip never
+# replaces it. Set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu) to pick a build.
+TORCH_INDEX_URL ?=
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) jobs/prepare_data.py 20ng --out data/20ng --overwrite
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf data runs mlruns mlflow.db .pytest_cache

@@ -1,0 +1,268 @@
+"""Raw corpus → Parquet TF-IDF shards + vocab.json + manifest.json, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from corrhash.data import corpora
+from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
+from corrhash.data.shards import split_table, table_digest, write_split
+from corrhash.data.sources import resolve_raw
+from corrhash.errors import ConfigError, DataError
+from corrhash.log import log
+
+DATASETS = ("20ng", "reuters", "tmc", "text", "mat")
+
+
+@dataclass
+class PrepareConfig:
+    dataset: str
+    """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
+    out: Path
+    """Output folder; built in a temporary sibling and renamed into place."""
+    raw: Path | None = None
+    """Raw archive, folder or file; default: $CORRHASH_RAW_DIR, else (20ng only) download."""
+    recipe: TfidfRecipe = TfidfRecipe()
+    """Vocabulary and document-length filters."""
+    rows_per_shard: int = 2000
+    """Documents per Parquet file."""
+    seed: int = 0
+    """Seed for halving the official test set into val and test (and for text splits)."""
+    keep_boilerplate: bool = False
+    """20ng: keep headers, signature footers and quoted replies."""
+    top_labels: int = 20
+    """reuters: keep the N most frequent categories (0 keeps all)."""
+    label_delimiter: str = ","
+    """text: delimiter of a string `labels` column."""
+    test_fraction: float = 0.2
+    """text without a `split` column: fraction of rows held out (then halved into val/test)."""
+    overwrite: bool = False
+    """Replace an existing output folder."""
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.rows_per_shard < 1:
+            raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction {self.test_fraction}: must be between 0 and 1")
+        r = self.recipe
+        if r.min_tokens > r.max_tokens:
+            raise ConfigError(f"--min-tokens {r.min_tokens} exceeds --max-tokens {r.max_tokens}")
+        if not 0 < r.max_df <= 1:
+            raise ConfigError(f"--max-df {r.max_df}: must be in (0, 1]")
+
+
+@dataclass
+class PreparedSplits:
+    """Features, labels and ids per split, before they are written."""
+
+    features: dict[str, sp.csr_matrix]
+    labels: dict[str, sp.csr_matrix]
+    doc_ids: dict[str, np.ndarray]
+    label_names: list[str]
+    vocab: dict
+    dropped: dict
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_checksums(sources: list[Path]) -> dict[str, str]:
+    files = []
+    for source in sources:
+        files.extend(sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source])
+    return {str(p): sha256_file(p) for p in files}
+
+
+def _label_matrix(label_lists: list[list[str]], names: list[str]) -> sp.csr_matrix:
+    index = {name: i for i, name in enumerate(names)}
+    rows = [sorted({index[label] for label in labels}) for labels in label_lists]
+    indptr = np.cumsum([0] + [len(row) for row in rows])
+    cols = np.array([c for row in rows for c in row], dtype=np.int32)
+    return sp.csr_matrix((np.ones(len(cols), dtype=bool), cols, indptr), shape=(len(rows), len(names)))
+
+
+def halve_test(doc_ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle the official test rows with `seed` and halve them: (val rows, test rows), each sorted."""
+    order = np.random.default_rng(seed).permutation(len(doc_ids))
+    half = len(order) // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> PreparedSplits:
+    recipe = config.recipe
+    dropped = {"no_labels": {}, "too_short": {}, "too_long": {}}
+    by_split: dict[str, list[corpora.Document]] = {s: [] for s in corpora.SPLITS}
+    for doc in corpus.documents:
+        if not doc.labels:
+            dropped["no_labels"][doc.split] = dropped["no_labels"].get(doc.split, 0) + 1
+            continue
+        by_split[doc.split].append(doc)
+    if not by_split["train"]:
+        raise DataError(f"{corpus.sources[0]}: no labelled training documents")
+    log(f"fitting vocabulary on {len(by_split['train'])} train documents")
+    featurizer = TfidfFeaturizer.fit_vocabulary([d.text for d in by_split["train"]], recipe)
+    kept_counts, kept_docs = {}, {}
+    for split, docs in by_split.items():
+        if not docs:
+            continue
+        counts = featurizer.counts([d.text for d in docs])
+        n_tokens = np.asarray(counts.sum(axis=1)).ravel()
+        keep = (n_tokens >= recipe.min_tokens) & (n_tokens <= recipe.max_tokens)
+        dropped["too_short"][split] = int((n_tokens < recipe.min_tokens).sum())
+        dropped["too_long"][split] = int((n_tokens > recipe.max_tokens).sum())
+        kept_counts[split] = counts[keep]
+        kept_docs[split] = [d for d, k in zip(docs, keep) if k]
+        log(f"{split}: {keep.sum()} of {len(docs)} documents kept "
+            f"({dropped['too_short'][split]} too short, {dropped['too_long'][split]} too long)")
+    if not kept_docs.get("train"):
+        raise DataError(f"{corpus.sources[0]}: corpus is empty after filtering (no train document has "
+                        f"{recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
+    featurizer.fit_idf(kept_counts["train"])
+    features = {s: featurizer.tfidf(c) for s, c in kept_counts.items()}
+    doc_ids = {s: np.array([d.doc_id for d in docs], dtype=np.int64) for s, docs in kept_docs.items()}
+    labels = {s: _label_matrix([d.labels for d in docs], corpus.label_names) for s, docs in kept_docs.items()}
+    if "val" not in features and "test" in features:
+        val_rows, test_rows = halve_test(doc_ids["test"], config.seed)
+        for target, rows in (("val", val_rows), ("test", test_rows)):
+            features[target], labels[target] = features["test"][rows], labels["test"][rows]
+            doc_ids[target] = doc_ids["test"][rows]
+    return PreparedSplits(features, labels, doc_ids, corpus.label_names, featurizer.to_json(), dropped)
+
+
+def read_mat(path: Path) -> PreparedSplits:
+    """VDSH benchmark .mat: `train`, `test`, `cv` TF-IDF matrices and `gnd_*` 0/1 label matrices."""
+    import scipy.io
+
+    corpora.require_exists(path, ".mat file")
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
+        raise DataError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save with -v7") from exc
+    except (ValueError, OSError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable .mat file ({exc})") from exc
+    found = sorted(k for k in mat if not k.startswith("__"))
+    missing = [k for k in ("train", "test", "cv", "gnd_train", "gnd_test", "gnd_cv") if k not in mat]
+    if missing:
+        raise DataError(f"{path}: missing variable(s) {missing}; found {found}")
+    features, labels, doc_ids, dropped = {}, {}, {}, {"no_labels": {}, "empty": {}}
+    offset = 0
+    n_labels = None
+    for split, key in (("train", "train"), ("val", "cv"), ("test", "test")):
+        x = sp.csr_matrix(mat[key], dtype=np.float64)
+        y = np.asarray(sp.csr_matrix(mat[f"gnd_{key}"]).toarray())
+        if y.shape[0] != x.shape[0]:
+            raise DataError(f"{path}: gnd_{key} has {y.shape[0]} rows but {key} has {x.shape[0]}")
+        if n_labels is not None and y.shape[1] != n_labels:
+            raise DataError(f"{path}: gnd_{key} has {y.shape[1]} label columns, gnd_train has {n_labels}")
+        n_labels = y.shape[1]
+        if not np.isin(y, (0, 1)).all():
+            raise DataError(f"{path}: gnd_{key} must hold 0/1 labels")
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        has_labels = y.sum(axis=1) > 0
+        keep = (norms > 0) & has_labels
+        dropped["no_labels"][split] = int((~has_labels).sum())
+        dropped["empty"][split] = int(((norms == 0) & has_labels).sum())
+        x = (sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ x)[keep].astype(np.float32).tocsr()
+        x.sort_indices()
+        features[split] = x
+        labels[split] = sp.csr_matrix(y[keep].astype(bool))
+        doc_ids[split] = offset + np.flatnonzero(keep).astype(np.int64)
+        offset += len(keep)
+    n_features = features["train"].shape[1]
+    for split, x in features.items():
+        if x.shape[1] != n_features:
+            raise DataError(f"{path}: split {split} has {x.shape[1]} features, train has {n_features}")
+    names = [str(i) for i in range(n_labels)]
+    vocab = {"format": "precomputed", "terms": None, "idf": None, "n_features": n_features,
+             "note": "features came pre-computed from a .mat file; raw text cannot be featurized"}
+    log(f"mat: {', '.join(f'{s} {x.shape[0]}' for s, x in features.items())} documents, {n_features} features")
+    return PreparedSplits(features, labels, doc_ids, names, vocab, dropped)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` into `out`; an old `out` is removed only after the new one is in place."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, trash)
+    os.replace(tmp, out)
+    shutil.rmtree(trash)
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Run the whole preparation; returns the manifest that was written."""
+    config.validate()
+    out = Path(config.out).absolute()
+    if out.exists() and not config.overwrite:
+        raise DataError(f"{out}: already exists; pass --overwrite to replace it")
+    started = time.monotonic()
+    raw = resolve_raw(config.dataset, config.raw)
+    log(f"reading {config.dataset} from {raw}")
+    if config.dataset == "mat":
+        prepared, sources, notes = read_mat(raw), [raw], {}
+    else:
+        corpus = {
+            "20ng": lambda: corpora.read_20ng(raw, config.keep_boilerplate),
+            "reuters": lambda: corpora.read_reuters(raw, config.top_labels),
+            "tmc": lambda: corpora.read_tmc(raw),
+            "text": lambda: corpora.read_table(raw, config.label_delimiter, config.test_fraction, config.seed),
+        }[config.dataset]()
+        prepared, sources, notes = featurize_corpus(corpus, config), corpus.sources, corpus.notes
+    for split in corpora.SPLITS:
+        if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
+            raise DataError(f"{raw}: split {split!r} has no documents after filtering")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        digest = hashlib.sha256()
+        splits = {}
+        for split in corpora.SPLITS:
+            table = split_table(prepared.features[split], prepared.labels[split], prepared.doc_ids[split])
+            table_digest(table, digest)
+            shards = write_split(tmp, split, table, config.rows_per_shard)
+            splits[split] = {"documents": table.num_rows, "shards": shards}
+            log(f"wrote {split}: {table.num_rows} documents in {len(shards)} shard(s)")
+        vocab_text = json.dumps(prepared.vocab, sort_keys=True)
+        digest.update(vocab_text.encode())
+        (tmp / "vocab.json").write_text(vocab_text)
+        params = {k: v for k, v in asdict(config).items() if k not in ("out", "raw", "overwrite")}
+        manifest = {
+            "format": "corrhash-shards-v1",
+            "dataset": config.dataset,
+            "recipe": params,
+            "sources": source_checksums(sources),
+            "n_features": int(prepared.features["train"].shape[1]),
+            "label_names": prepared.label_names,
+            "splits": splits,
+            "dropped": prepared.dropped,
+            "notes": notes,
+            "content_hash": digest.hexdigest(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    counts = ", ".join(f"{s} {v['documents']}" for s, v in splits.items())
+    log(f"done in {time.monotonic() - started:.1f}s: {counts}; {manifest['n_features']} features; "
+        f"content hash {manifest['content_hash'][:12]} → {out}")
+    return manifest

@@ -1,0 +1,75 @@
+"""Where raw corpora come from: an explicit path, $CORRHASH_RAW_DIR, or (20ng) a cached download."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from corrhash.errors import DataError
+from corrhash.log import log
+
+RAW_DIR_ENV = "CORRHASH_RAW_DIR"
+CACHE_ENV = "CORRHASH_CACHE"
+NG20_URL_ENV = "CORRHASH_20NG_URL"
+NG20_URL = "http://qwone.com/~jason/20Newsgroups/20news-bydate.tar.gz"
+
+# Paths tried under $CORRHASH_RAW_DIR, in order (the layout of the team's shared data folder).
+_CANDIDATES = {
+    "20ng": ["20news-bydate/20news-bydate.tar.gz", "20news-bydate/20news-bydate.tar.xz",
+             "20news-bydate.tar.gz", "20news-bydate.tar.xz"],
+    "reuters": ["reuters21578/reuters21578.tar.xz", "reuters21578/reuters21578.tar.gz", "reuters21578"],
+    "tmc": ["tmc"],
+}
+_HOW_TO_PASS = {
+    "20ng": "the bydate archive with --raw PATH/20news-bydate.tar.gz (or its extracted folder)",
+    "reuters": "the Reuters-21578 archive or folder of reut2-*.sgm files with --raw",
+    "tmc": "the folder with TrainingData.txt, TrainCategoryMatrix.csv, TestData.txt, TestTruth.csv with --raw",
+    "text": "a .jsonl, .csv or .parquet file with --raw",
+    "mat": "a VDSH .mat file with --raw",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "corrhash")
+
+
+def download_20ng() -> Path:
+    """Fetch the public bydate archive once into the cache; fail with a message that says what to pass."""
+    target = cache_dir() / "20news-bydate.tar.gz"
+    if target.is_file():
+        return target
+    url = os.environ.get(NG20_URL_ENV, NG20_URL)
+    log(f"downloading {url} → {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".20news-", dir=target.parent)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as handle:
+            shutil.copyfileobj(response, handle)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"could not download 20 Newsgroups from {url} ({exc}). Offline? Pass "
+                        f"{_HOW_TO_PASS['20ng']}, or set {RAW_DIR_ENV} to a folder holding "
+                        "20news-bydate/20news-bydate.tar.gz") from exc
+    return target
+
+
+def resolve_raw(dataset: str, raw: Path | None) -> Path:
+    if raw is not None:
+        raw = Path(raw)
+        if not raw.exists():
+            raise DataError(f"{raw}: no such file or folder (--raw for {dataset})")
+        return raw
+    base = os.environ.get(RAW_DIR_ENV)
+    if base:
+        for candidate in _CANDIDATES.get(dataset, []):
+            path = Path(base) / candidate
+            if path.exists():
+                return path
+    if dataset == "20ng":
+        return download_20ng()
+    where = f" (nothing suitable under ${RAW_DIR_ENV}={base})" if base else ""
+    raise DataError(f"{dataset}: no raw input given{where}; pass {_HOW_TO_PASS[dataset]}")

@@ -1,0 +1,34 @@
+"""Shared fixtures: the team's raw corpora (from $CORRHASH_RAW_DIR) and shards prepared once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from corrhash.data import PrepareConfig, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def raw_dir() -> Path:
+    base = os.environ.get("CORRHASH_RAW_DIR")
+    if not base or not Path(base).is_dir():
+        pytest.skip("set CORRHASH_RAW_DIR to the folder of raw corpora (.ci/run passes ../shared/data)")
+    return Path(base)
+
+
+@pytest.fixture(scope="session")
+def shards_20ng(raw_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "20ng"
+    prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shards_reuters(raw_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "reuters"
+    prepare(PrepareConfig(dataset="reuters", raw=raw_dir / "reuters21578" / "reuters21578.tar.xz", out=out))
+    return out
