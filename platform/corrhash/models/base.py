@@ -1,0 +1,185 @@
+"""Shared pieces of the hashing models: the HashModel contract, a sparse-input layer,
+the MLP encoder, the softmax decoder and the small probability helpers they use."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from corrhash.models.config import DEFAULT_ANNEAL_STEP, ModelConfig
+
+Noise = dict[str, Tensor]
+
+
+def as_batch(x: Tensor) -> Tensor:
+    """Accept a CSR (preferred), COO or dense [B, V] batch; COO becomes CSR so every
+    sparse path below only has to handle one layout."""
+    if x.dim() != 2:
+        raise ValueError(f"expected a 2-D [docs, features] batch, got shape {tuple(x.shape)}")
+    if x.layout == torch.sparse_coo:
+        return x.coalesce().to_sparse_csr()
+    if x.layout not in (torch.strided, torch.sparse_csr):
+        raise TypeError(f"unsupported tensor layout {x.layout}; pass sparse CSR or dense")
+    return x
+
+
+def present_word_log_likelihood(log_probs: Tensor, x: Tensor) -> Tensor:
+    """Per-document sum of log p(w|s) over the words present in x (value > 0).
+
+    For CSR input the log-probabilities are gathered at the non-zeros' (row, col), so x
+    is never densified. Assumes canonical CSR (each word at most once per row), which is
+    what "distinct words present" means for a TF-IDF matrix.
+    """
+    if x.layout == torch.sparse_csr:
+        crow = x.crow_indices()
+        counts = (crow[1:] - crow[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), counts)
+        cols = x.col_indices().long()
+        present = x.values() > 0
+        rows, cols = rows[present], cols[present]
+        picked = log_probs[rows, cols]
+        return log_probs.new_zeros(x.shape[0]).index_add(0, rows, picked)
+    return (log_probs * (x > 0).to(log_probs.dtype)).sum(dim=1)
+
+
+def straight_through_bernoulli(probs: Tensor, uniform: Tensor) -> Tensor:
+    """Hard sample 1[u < p] forward, gradient of p backward (Bengio et al. 2013)."""
+    hard = (uniform < probs).to(probs.dtype)
+    return hard + probs - probs.detach()
+
+
+def bernoulli_log_prob(s: Tensor, logits: Tensor) -> Tensor:
+    """log Bernoulli(s; sigmoid(logits)) summed over the last dim, in the stable form
+    s*l - softplus(l) (= s log sigmoid(l) + (1-s) log(1-sigmoid(l)))."""
+    return (s * logits - F.softplus(logits)).sum(dim=-1)
+
+
+def draw_uniform(shape, device, dtype, generator) -> Tensor:
+    return torch.rand(shape, device=device, dtype=dtype, generator=generator)
+
+
+def draw_normal(shape, device, dtype, generator) -> Tensor:
+    return torch.randn(shape, device=device, dtype=dtype, generator=generator)
+
+
+class SparseLinear(nn.Module):
+    """x @ W + b for a sparse CSR (or dense) x; W is [in, out] so the product is one
+    sparse-dense matmul and the [B, V] input is never materialised."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)  # same init as nn.Linear
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.layout == torch.sparse_csr:
+            return torch.sparse.mm(x, self.weight) + self.bias
+        return x @ self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class MLPEncoder(nn.Module):
+    """V -> hidden -> hidden with ReLU (NASH/BMSH/CorrSH inference network), then dropout.
+
+    Dropout takes an explicit mask instead of nn.Dropout so that every random number of a
+    loss evaluation comes from the caller's generator (reproducible, testable)."""
+
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.input = SparseLinear(n_features, hidden)
+        self.hidden = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, dropout_mask: Tensor | None = None) -> Tensor:
+        h = F.relu(self.hidden(F.relu(self.input(x))))
+        return h if dropout_mask is None else h * dropout_mask
+
+
+class SoftmaxDecoder(nn.Module):
+    """log p(w|code) = log_softmax(W code + b) over the vocabulary (NASH's decoder)."""
+
+    def __init__(self, code_size: int, n_features: int):
+        super().__init__()
+        self.output = nn.Linear(code_size, n_features)
+
+    def forward(self, code: Tensor) -> Tensor:
+        return F.log_softmax(self.output(code), dim=-1)
+
+
+class HashModel(nn.Module):
+    """Contract shared by all models: loss() for training, embed()/encode() for codes,
+    end_epoch() for annealing. Annealing state lives in buffers so it checkpoints with
+    the weights (state_dict holds plain tensors only, safetensors-compatible)."""
+
+    trainable: bool = True
+    model_name: str = ""  # set by corrhash.models.register
+
+    def __init__(self, config: ModelConfig, n_features: int):
+        super().__init__()
+        self.config = config
+        self.n_features = n_features
+        self.bits = config.bits
+        self.noise_floor = config.noise_floor
+        self.anneal_step = (
+            config.anneal_step if config.anneal_step is not None else self.default_anneal_step(config)
+        )
+        self.register_buffer("thresholds", torch.zeros(config.bits))
+        self.register_buffer("kl_weight", torch.tensor(0.0))
+        self.register_buffer("noise_scale", torch.tensor(1.0))
+        # Weights are recomputed from the epoch count rather than accumulated, so that
+        # float32 round-off never drifts away from min(1, N*step) over hundreds of epochs.
+        self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
+
+    @staticmethod
+    def default_anneal_step(config: ModelConfig) -> float:
+        return DEFAULT_ANNEAL_STEP
+
+    # ---- training -----------------------------------------------------------------
+    def sample_noise(
+        self, batch_size: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> Noise:
+        """All random numbers one loss evaluation needs, drawn on `device`."""
+        raise NotImplementedError
+
+    def loss_from_noise(self, x: Tensor, noise: Noise) -> dict[str, Tensor]:
+        """The loss given pre-drawn noise (deterministic); see loss()."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """{"loss": mean(recon + kl_weight * kl), "recon": mean -sum log p(w|s) over
+        present words, "kl": mean unweighted KL term}; random numbers from `generator`."""
+        x = as_batch(x)
+        return self.loss_from_noise(x, self.sample_noise(x.shape[0], x.device, generator))
+
+    def end_epoch(self) -> None:
+        """KL weight rises by anneal_step (cap 1), decoder noise falls by it (floor)."""
+        self.epochs_done += 1
+        progress = self.epochs_done.item() * self.anneal_step
+        self.kl_weight.fill_(min(1.0, progress))
+        self.noise_scale.fill_(max(self.noise_floor, 1.0 - progress))
+
+    def _dropout_mask(self, shape, device, generator) -> Tensor:
+        keep = 1.0 - self.config.dropout
+        return (draw_uniform(shape, device, self.thresholds.dtype, generator) < keep).to(
+            self.thresholds.dtype
+        ) / keep
+
+    # ---- codes --------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """[n, bits] real-valued embedding (eval semantics: no dropout, no noise)."""
+        raise NotImplementedError
+
+    def calibrate(self, train_embeddings: Tensor) -> None:
+        """Fit thresholds on training-set embeddings; default: keep the fixed ones."""
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """[n, bits] bool hash codes: embed(x) > thresholds."""
+        return self.embed(x) > self.thresholds

@@ -1,0 +1,66 @@
+"""Hyper-parameters of every hashing model, as one flat, serialisable dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# Step used when the model has no (v, k) of its own: the authors' 1/(50v + 50k) at the
+# paper's defaults v = k = 10, so baselines anneal on the same schedule as default CorrSH.
+DEFAULT_ANNEAL_STEP = 1.0 / (50 * 10 + 50 * 10)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "corrsh"
+    """registered model name (see corrhash.models.list_models())"""
+    bits: int = 64
+    """length m of the binary hash code"""
+    hidden: int = 500
+    """width of the two hidden encoder layers"""
+    dropout: float = 0.2
+    """dropout probability after the encoder's hidden layers (paper: keep prob 0.8 or 0.9)"""
+    rank: int = 10
+    """corrsh: rank v of the low-rank covariance perturbation U (0 = independent bits)"""
+    mixture: int = 10
+    """corrsh: number of components k of the mixture h_k(s) in the lower bound"""
+    energy_terms: bool = False
+    """corrsh: keep the Boltzmann energies E(s), E(s~) of eq. 24 (authors' code drops them)"""
+    noise_floor: float = 0.05
+    """lowest scale of the Gaussian noise added to the decoder input"""
+    anneal_step: float | None = None
+    """per-epoch KL-weight rise / noise fall; None: 1/(50v+50k) for corrsh, 1/1000 for others"""
+    seed: int = 0
+    """lsh: seed of the random projection"""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.bits < 1:
+            problems.append(f"bits must be >= 1, got {self.bits}")
+        if self.hidden < 1:
+            problems.append(f"hidden must be >= 1, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rank < 0:
+            problems.append(f"rank must be >= 0, got {self.rank}")
+        if self.mixture < 1:
+            problems.append(f"mixture must be >= 1, got {self.mixture}")
+        if not 0.0 <= self.noise_floor <= 1.0:
+            problems.append(f"noise_floor must be in [0, 1], got {self.noise_floor}")
+        if self.anneal_step is not None and self.anneal_step <= 0:
+            problems.append(f"anneal_step must be > 0 or None, got {self.anneal_step}")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown ModelConfig keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        return cls(**values)
