@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
     parser.add_argument("--label-delimiter", default=",", help="text: delimiter of a string labels column")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="text without a split column: fraction held out, then halved into val/test")
+    parser.add_argument("--limit", type=int, help="keep a seeded sample of at most N documents per split "
+                        "(vocabulary still fitted on the full train split)")
     args = parser.parse_args(argv)
     recipe_args = TfidfRecipe(max_features=args.max_features, max_df=args.max_df, min_df=args.min_df,
                               stop_words=None if args.no_stop_words else "english",
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
                          rows_per_shard=args.rows_per_shard, seed=args.seed,
                          keep_boilerplate=args.keep_boilerplate, top_labels=args.top_labels,
                          label_delimiter=args.label_delimiter, test_fraction=args.test_fraction,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, limit=args.limit)
 
 
 def main(argv: list[str] | None = None) -> int:

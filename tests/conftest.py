@@ -32,3 +32,12 @@ def shards_reuters(raw_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "reuters"
     prepare(PrepareConfig(dataset="reuters", raw=raw_dir / "reuters21578" / "reuters21578.tar.xz", out=out))
     return out
+
+
+@pytest.fixture(scope="session")
+def shards_20ng_small(raw_dir: Path, tmp_path_factory) -> Path:
+    """Real 20ng, full vocabulary, a seeded sample of 1500 documents per split: for training tests."""
+    out = tmp_path_factory.mktemp("shards") / "20ng-small"
+    prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
+                          limit=1500))
+    return out

@@ -178,9 +178,8 @@ def reference_corrsh(model, x_dense: torch.Tensor, noise: dict) -> dict[str, tor
     m, v, k = model.bits, model.rank, model.mixture
     docs = x.shape[0]
 
-    h = torch.relu(x @ p["encoder.input.weight"] + p["encoder.input.bias"])
-    h = torch.relu(h @ p["encoder.hidden.weight"].T + p["encoder.hidden.bias"])
-    h = h * n["dropout"]
+    h = torch.relu(x @ p["encoder.input.weight"] + p["encoder.input.bias"]) * n["dropout"][0]
+    h = torch.relu(h @ p["encoder.hidden.weight"].T + p["encoder.hidden.bias"]) * n["dropout"][1]
     mu = h @ p["mean_head.weight"].T + p["mean_head.bias"]
     sigma = torch.log(1 + torch.exp(h @ p["scale_head.weight"].T + p["scale_head.bias"]))
     if v:

@@ -48,12 +48,16 @@ class PrepareConfig:
     """text without a `split` column: fraction of rows held out (then halved into val/test)."""
     overwrite: bool = False
     """Replace an existing output folder."""
+    limit: int | None = None
+    """Keep a seeded random sample of at most this many documents per split (smoke tests, quick runs)."""
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
         if self.rows_per_shard < 1:
             raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit}: must be >= 1")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction {self.test_fraction}: must be between 0 and 1")
         r = self.recipe
@@ -196,6 +200,16 @@ def read_mat(path: Path) -> PreparedSplits:
     return PreparedSplits(features, labels, doc_ids, names, vocab, dropped)
 
 
+def sample_splits(prepared: PreparedSplits, limit: int, seed: int) -> None:
+    """Keep at most `limit` documents per split, chosen with `seed`, in their original order."""
+    rng = np.random.default_rng(seed)
+    for split, features in prepared.features.items():
+        if features.shape[0] > limit:
+            rows = np.sort(rng.choice(features.shape[0], limit, replace=False))
+            prepared.features[split], prepared.labels[split] = features[rows], prepared.labels[split][rows]
+            prepared.doc_ids[split] = prepared.doc_ids[split][rows]
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` into `out`; an old `out` is removed only after the new one is in place."""
     if not out.exists():
@@ -226,6 +240,8 @@ def prepare(config: PrepareConfig) -> dict:
             "text": lambda: corpora.read_table(raw, config.label_delimiter, config.test_fraction, config.seed),
         }[config.dataset]()
         prepared, sources, notes = featurize_corpus(corpus, config), corpus.sources, corpus.notes
+    if config.limit is not None:
+        sample_splits(prepared, config.limit, config.seed)
     for split in corpora.SPLITS:
         if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
             raise DataError(f"{raw}: split {split!r} has no documents after filtering")

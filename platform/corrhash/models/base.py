@@ -86,7 +86,7 @@ class SparseLinear(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """V -> hidden -> hidden with ReLU (NASH/BMSH/CorrSH inference network), then dropout.
+    """V -> hidden -> hidden, each layer ReLU then dropout (as the authors' code).
 
     Dropout takes an explicit mask instead of nn.Dropout so that every random number of a
     loss evaluation comes from the caller's generator (reproducible, testable)."""
@@ -97,8 +97,12 @@ class MLPEncoder(nn.Module):
         self.hidden = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, dropout_mask: Tensor | None = None) -> Tensor:
-        h = F.relu(self.hidden(F.relu(self.input(x))))
-        return h if dropout_mask is None else h * dropout_mask
+        """`dropout_mask` is [2, B, hidden]: one scaled keep-mask per layer (None: no dropout)."""
+        h = F.relu(self.input(x))
+        if dropout_mask is not None:
+            h = h * dropout_mask[0]
+        h = F.relu(self.hidden(h))
+        return h if dropout_mask is None else h * dropout_mask[1]
 
 
 class SoftmaxDecoder(nn.Module):
@@ -156,6 +160,10 @@ class HashModel(nn.Module):
         present words, "kl": mean unweighted KL term}; random numbers from `generator`."""
         x = as_batch(x)
         return self.loss_from_noise(x, self.sample_noise(x.shape[0], x.device, generator))
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """loss() as forward, so wrappers such as DistributedDataParallel see every step."""
+        return self.loss(x, generator)
 
     def end_epoch(self) -> None:
         """KL weight rises by anneal_step (cap 1), decoder noise falls by it (floor)."""

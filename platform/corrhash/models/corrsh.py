@@ -59,7 +59,7 @@ class CorrSH(HashModel):
         uniform[0] draws s from r, uniform[1] draws s~ from the chosen component."""
         dtype, m, k = self.thresholds.dtype, self.bits, self.mixture
         return {
-            "dropout": self._dropout_mask((batch_size, self.config.hidden), device, generator),
+            "dropout": self._dropout_mask((2, batch_size, self.config.hidden), device, generator),
             "eps_diag": draw_normal((k + 1, batch_size, m), device, dtype, generator),
             "eps_rank": draw_normal((k + 1, batch_size, self.rank), device, dtype, generator),
             "uniform": draw_uniform((2, batch_size, m), device, dtype, generator),

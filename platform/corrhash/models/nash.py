@@ -38,7 +38,7 @@ class NASH(HashModel):
     def sample_noise(self, batch_size, device, generator=None) -> Noise:
         dtype = self.thresholds.dtype
         return {
-            "dropout": self._dropout_mask((batch_size, self.config.hidden), device, generator),
+            "dropout": self._dropout_mask((2, batch_size, self.config.hidden), device, generator),
             "uniform": draw_uniform((batch_size, self.bits), device, dtype, generator),
             "decoder": draw_normal((batch_size, self.bits), device, dtype, generator),
         }

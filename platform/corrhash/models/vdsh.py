@@ -35,7 +35,7 @@ class VDSH(HashModel):
 
     def sample_noise(self, batch_size, device, generator=None) -> Noise:
         return {
-            "dropout": self._dropout_mask((batch_size, self.config.hidden), device, generator),
+            "dropout": self._dropout_mask((2, batch_size, self.config.hidden), device, generator),
             "eps": draw_normal((batch_size, self.bits), device, self.thresholds.dtype, generator),
         }
 

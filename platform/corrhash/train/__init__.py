@@ -1,0 +1,6 @@
+"""The one epoch loop shared by every entry point (plain process, Ray Train, Tune)."""
+
+from corrhash.train.config import TrainConfig
+from corrhash.train.loop import Evaluator, FitResult, TrainState, fit, new_state, resolve_device
+
+__all__ = ["Evaluator", "FitResult", "TrainConfig", "TrainState", "fit", "new_state", "resolve_device"]

@@ -1,0 +1,49 @@
+"""Training options (cleanrl style: one dataclass, a one-line docstring per field)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from corrhash.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    """Most epochs to run (the authors' default); early stopping may end sooner."""
+    batch_size: int = 100
+    """Documents per optimizer step (the paper's 100)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    lr_decay: float = 0.96
+    """Multiply the learning rate by this every `lr_decay_steps` steps (authors' code)."""
+    lr_decay_steps: int = 10_000
+    """Optimizer steps between learning-rate decays."""
+    patience: int = 20
+    """Stop after this many epochs without a better validation precision@k."""
+    eval_k: int = 100
+    """k of the validation precision@k used for model selection."""
+    eval_every: int = 1
+    """Evaluate on validation every this many epochs."""
+    seed: int = 0
+    """Seeds weight initialisation, batch order and every random draw of the loss."""
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr_decay_steps", "patience", "eval_k", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train option {name}={getattr(self, name)}: must be >= 1")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"train options lr={self.lr}, lr_decay={self.lr_decay}: need lr > 0, 0 < decay <= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown train option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)

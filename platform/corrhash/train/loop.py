@@ -1,0 +1,214 @@
+"""The one epoch loop. Plain processes, Ray Train workers and Tune trials all call `fit`.
+
+What callers plug in, and why:
+- `on_epoch(metrics, state)`: report/checkpoint (Ray Train), print (plain runs); return True to stop.
+- `state`: a `TrainState` restored from a checkpoint, to resume where a run stopped.
+- `wrap_model`: e.g. DistributedDataParallel; the loop always calls the wrapper's forward.
+- `evaluator`: how validation precision is computed (the distributed one gathers codes first).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from corrhash.data.shards import Split
+from corrhash.models import HashModel, ModelConfig, create_model
+from corrhash.retrieval import PrecisionAtK, pack_codes, precision_at_k
+from corrhash.train.batches import DeviceCSR
+from corrhash.train.config import TrainConfig
+
+EVAL_CHUNK = 4096
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:
+    """Keep a split on the training device when it fits in half its free memory, else on the host."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if matrix_bytes < free // 2 else torch.device("cpu")
+
+
+def place(split: Split, device: torch.device) -> DeviceCSR:
+    x = split.features
+    return DeviceCSR(x, storage_device(x.data.nbytes + x.indices.nbytes * 2 + x.indptr.nbytes * 2, device))
+
+
+@torch.no_grad()
+def embed_all(model: HashModel, rows: DeviceCSR, device: torch.device) -> torch.Tensor:
+    return torch.cat([model.embed(chunk.to(device)) for chunk in rows.chunks(EVAL_CHUNK)])
+
+
+class Evaluator:
+    """precision@k of `queries` against `database` codes (database thresholds calibrated first)."""
+
+    def __init__(self, database: Split, queries: Split, device: torch.device, k: int = 100):
+        self.database, self.queries, self.device, self.k = database, queries, device, k
+        self.database_rows, self.query_rows = place(database, device), place(queries, device)
+
+    @torch.no_grad()
+    def codes(self, model: HashModel) -> tuple[np.ndarray, np.ndarray]:
+        """Packed (database, query) codes."""
+        was_training = model.training
+        model.eval()
+        database = embed_all(model, self.database_rows, self.device)
+        model.calibrate(database)
+        queries = embed_all(model, self.query_rows, self.device)
+        model.train(was_training)
+        return pack_codes(database > model.thresholds), pack_codes(queries > model.thresholds)
+
+    def __call__(self, model: HashModel) -> PrecisionAtK:
+        database, queries = self.codes(model)
+        backend = "torch" if self.device.type == "cuda" else "faiss"
+        return precision_at_k(queries, self.queries.labels, database, self.database.labels, k=self.k,
+                              backend=backend)
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint needs to resume exactly (annealing lives in the model's buffers)."""
+
+    model: HashModel
+    optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
+    epoch: int = 0
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    best_weights: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        """Tensors, numbers and lists only: loadable with torch.load(weights_only=True)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch, "best_value": self.best_value, "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights, "bad_epochs": self.bad_epochs, "history": self.history,
+        }
+
+    def load_state_dict(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        if self.optimizer and payload["optimizer"]:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler and payload["scheduler"]:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        self.generator.set_state(payload["generator"].cpu())
+        for name in ("epoch", "best_value", "best_epoch", "best_weights", "bad_epochs", "history"):
+            setattr(self, name, payload[name])
+
+
+def new_state(model_config: ModelConfig, train_config: TrainConfig, n_features: int,
+              device: torch.device) -> TrainState:
+    torch.manual_seed(train_config.seed)  # weight initialisation
+    model = create_model(model_config, n_features).to(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(train_config.seed)
+    if not model.trainable:
+        return TrainState(model, None, None, generator)
+    # fused Adam: one kernel for all parameters (measured ~10x faster steps on CPU than the default).
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr, fused=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, train_config.lr_decay_steps, train_config.lr_decay)
+    return TrainState(model, optimizer, scheduler, generator)
+
+
+@dataclass
+class FitResult:
+    model: HashModel
+    """The model with the best validation weights restored."""
+    best_epoch: int
+    best_value: float
+    """Validation precision@k (tie-aware) of the restored weights."""
+    history: list[dict]
+    """One metrics dict per epoch."""
+    seconds: float
+
+
+def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR, batch_size: int, device: torch.device,
+              batches: int | None = None) -> dict:
+    """One pass over `rows` in a seeded random order; returns the mean loss terms per document.
+
+    `batches` fixes the number of steps (distributed workers must all take the same number)."""
+    model, generator = state.model, state.generator
+    model.train()
+    order = torch.randperm(len(rows), generator=generator, device=generator.device)
+    steps = batches if batches is not None else math.ceil(len(rows) / batch_size)
+    totals = torch.zeros(3, device=device)
+    docs = 0
+    for step in range(steps):
+        index = order[(step * batch_size) % len(rows):][:batch_size].to(rows.device)
+        x = rows.rows(index).to(device)
+        terms = forward(x, generator=generator)
+        state.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        state.optimizer.step()
+        state.scheduler.step()
+        totals += torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach() * len(index)
+        docs += len(index)
+    loss, recon, kl = (totals / max(docs, 1)).tolist()
+    return {"loss": loss, "recon": recon, "kl": kl, "docs": docs}
+
+
+def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, evaluator: Evaluator | None = None,
+        val: Split | None = None, on_epoch: Callable[[dict, TrainState], bool | None] | None = None,
+        state: TrainState | None = None, wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+        batches_per_epoch: int | None = None) -> FitResult:
+    """Train with early stopping on validation precision@k; the best weights are restored.
+
+    Pass `val` (evaluated against `train` as the database) or a ready `evaluator`."""
+    started = time.monotonic()
+    device = resolve_device(train_config.device)
+    if state is None:
+        state = new_state(model_config, train_config, train.features.shape[1], device)
+    if evaluator is None:
+        if val is None:
+            raise ValueError("fit needs `val` or an `evaluator` for model selection")
+        evaluator = Evaluator(train, val, device, train_config.eval_k)
+    model = state.model
+    if not model.trainable:  # nothing to learn: calibrate and score once
+        precision = evaluator(model)
+        record = {"epoch": 0, "val_precision": precision.tie_aware, "val_precision_ordered": precision.ordered}
+        return FitResult(model, 0, precision.tie_aware, [record], time.monotonic() - started)
+
+    forward = wrap_model(model) if wrap_model else model
+    rows = place(train, device)
+    while state.epoch < train_config.epochs and state.bad_epochs < train_config.patience:
+        epoch_start = time.monotonic()
+        metrics = run_epoch(forward, state, rows, train_config.batch_size, device, batches_per_epoch)
+        train_seconds = time.monotonic() - epoch_start
+        model.end_epoch()
+        state.epoch += 1
+        metrics.update(epoch=state.epoch, seconds=train_seconds, docs_per_s=metrics["docs"] / train_seconds,
+                       lr=state.optimizer.param_groups[0]["lr"], kl_weight=float(model.kl_weight),
+                       noise_scale=float(model.noise_scale))
+        if state.epoch % train_config.eval_every == 0 or state.epoch == train_config.epochs:
+            precision = evaluator(model)
+            metrics.update(val_precision=precision.tie_aware, val_precision_ordered=precision.ordered)
+            if precision.tie_aware > state.best_value:
+                state.best_value, state.best_epoch, state.bad_epochs = precision.tie_aware, state.epoch, 0
+                state.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                state.bad_epochs += train_config.eval_every
+        metrics.update(best_epoch=state.best_epoch, best_val_precision=state.best_value)
+        state.history.append(metrics)
+        if on_epoch is not None and on_epoch(metrics, state):
+            break
+    if state.best_weights:
+        model.load_state_dict(copy.deepcopy(state.best_weights))
+    return FitResult(model, state.best_epoch, state.best_value, state.history, time.monotonic() - started)

@@ -1,0 +1,69 @@
+"""A whole training run in one process: load shards, fit, select on val, score test once, save."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from corrhash.artifact import save_model
+from corrhash.data import TfidfShards
+from corrhash.log import log
+from corrhash.models import ModelConfig
+from corrhash.train.config import TrainConfig
+from corrhash.train.loop import Evaluator, fit, resolve_device
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(data_dir: str | Path, model_config: ModelConfig, train_config: TrainConfig,
+                       out_dir: str | Path) -> dict:
+    """Train on `train`, early-stop on `val`, then compute test precision@k once for the chosen weights.
+
+    Writes `out_dir/metrics.jsonl` (one line per epoch), `out_dir/model/` and `out_dir/results.json`."""
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = TfidfShards(data_dir)
+    train, val, test = (shards.split(name) for name in ("train", "val", "test"))
+    log(f"data {data_dir}: train {len(train)}, val {len(val)}, test {len(test)}, {shards.n_features} features")
+    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+
+    def on_epoch(metrics: dict, state) -> None:
+        _append_jsonl(metrics_path, metrics)
+        val_text = f"val p@{train_config.eval_k} {metrics['val_precision']:.4f}" if "val_precision" in metrics else ""
+        log(f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}, "
+            f"kl {metrics['kl']:.2f} x{metrics['kl_weight']:.3f})  {metrics['docs_per_s']:.0f} docs/s  {val_text}  "
+            f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
+
+    result = fit(model_config, train_config, train, val=val, on_epoch=on_epoch)
+    device = resolve_device(train_config.device)
+    test_precision = Evaluator(train, test, device, train_config.eval_k)(result.model)
+    log(f"best epoch {result.best_epoch}: val p@{train_config.eval_k} {result.best_value:.4f}; "
+        f"test p@{train_config.eval_k} {test_precision.tie_aware:.4f} (tie-aware), {test_precision.ordered:.4f} (ordered)")
+    summary = {
+        "data": str(data_dir), "content_hash": shards.content_hash, "dataset": shards.manifest["dataset"],
+        "model": model_config.to_dict(), "train": train_config.to_dict(),
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "val_precision": result.best_value,
+        "test_precision": test_precision.tie_aware, "test_precision_ordered": test_precision.ordered,
+        "fit_seconds": result.seconds, "wall_seconds": time.monotonic() - started,
+        "device": str(device), "torch_threads": torch.get_num_threads(), "host": platform.node(),
+        "pid": os.getpid(),
+    }
+    vocab = json.loads((Path(data_dir) / "vocab.json").read_text())
+    save_model(out_dir / "model", result.model, vocab,
+               {"label_names": shards.label_names, "content_hash": shards.content_hash,
+                "val_precision": result.best_value, "test_precision": test_precision.tie_aware})
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out_dir / "results.json")
+    return summary
