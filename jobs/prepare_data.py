@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
                         help="drop documents with fewer in-vocabulary tokens")
     recipe.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="drop documents with more in-vocabulary tokens")
+    recipe.add_argument("--norm", choices=("l2", "none"), default=defaults.norm,
+                        help="row normalization of the TF-IDF vectors")
     parser.add_argument("--rows-per-shard", type=int, default=2000, help="documents per Parquet file")
     parser.add_argument("--seed", type=int, default=0, help="seed for the val/test halving and text splits")
     parser.add_argument("--keep-boilerplate", action="store_true",
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
     args = parser.parse_args(argv)
     recipe_args = TfidfRecipe(max_features=args.max_features, max_df=args.max_df, min_df=args.min_df,
                               stop_words=None if args.no_stop_words else "english",
-                              min_tokens=args.min_tokens, max_tokens=args.max_tokens)
+                              min_tokens=args.min_tokens, max_tokens=args.max_tokens, norm=args.norm)
     return PrepareConfig(dataset=args.dataset, out=args.out, raw=args.raw, recipe=recipe_args,
                          rows_per_shard=args.rows_per_shard, seed=args.seed,
                          keep_boilerplate=args.keep_boilerplate, top_labels=args.top_labels,

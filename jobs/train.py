@@ -25,6 +25,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder written by jobs/prepare_data.py")
     parser.add_argument("--out", type=Path, required=True, help="run folder for metrics, results and the model")
+    parser.add_argument("--skip-test", action="store_true",
+                        help="do not score the test split (exploratory runs select and report on val only)")
     parser.add_argument("--model", default="corrsh", choices=list_models(), help="model name (default: corrsh)")
     add_dataclass_args(parser, ModelConfig, "model", skip=("name", "seed"))
     add_dataclass_args(parser, TrainConfig, "training")
@@ -36,12 +38,15 @@ def main(argv=None) -> int:
     try:
         args, model_config, train_config = parse_args(argv)
         print(f"model: {dataclasses.asdict(model_config)}\ntrain: {dataclasses.asdict(train_config)}", flush=True)
-        summary = train_and_evaluate(args.data, model_config, train_config, args.out)
+        summary = train_and_evaluate(args.data, model_config, train_config, args.out, score_test=not args.skip_test)
     except (CorrhashError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"test precision@{train_config.eval_k}: {summary['test_precision']:.4f} (tie-aware), "
-          f"{summary['test_precision_ordered']:.4f} (ordered); model in {args.out / 'model'}")
+    if summary["test_precision"] is not None:
+        print(f"test precision@{train_config.eval_k}: {summary['test_precision']:.4f} (tie-aware), "
+              f"{summary['test_precision_ordered']:.4f} (ordered); model in {args.out / 'model'}")
+    else:
+        print(f"val precision@{train_config.eval_k}: {summary['val_precision']:.4f}; model in {args.out / 'model'}")
     return 0
 
 

@@ -34,13 +34,18 @@ class TfidfRecipe:
     """Drop documents with fewer counted (in-vocabulary) tokens than this."""
     max_tokens: int = 500
     """Drop documents with more counted tokens than this."""
+    norm: str = "l2"
+    """Row normalization of the TF-IDF vectors: 'l2' or 'none'."""
 
 
 class TfidfFeaturizer:
     """Fitted vocabulary + idf. `transform(texts)` gives L2-normalized sublinear TF-IDF rows."""
 
-    def __init__(self, terms: list[str], idf: np.ndarray | None = None):
+    def __init__(self, terms: list[str], idf: np.ndarray | None = None, norm: str = "l2"):
+        if norm not in ("l2", "none"):
+            raise DataError(f"TF-IDF norm {norm!r}: use 'l2' or 'none'")
         self.terms = list(terms)
+        self.norm = norm
         self.idf = None if idf is None else np.asarray(idf, dtype=np.float64)
         self._counter = CountVectorizer(vocabulary=self.terms, token_pattern=TOKEN_PATTERN, lowercase=True,
                                         dtype=np.int32)
@@ -54,7 +59,7 @@ class TfidfFeaturizer:
             vectorizer.fit(train_texts)
         except ValueError as exc:  # "empty vocabulary" or max_df/min_df leaving no terms
             raise DataError(f"train split: cannot build a vocabulary ({exc})") from exc
-        return cls(list(vectorizer.get_feature_names_out()))
+        return cls(list(vectorizer.get_feature_names_out()), norm=recipe.norm)
 
     @property
     def n_features(self) -> int:
@@ -75,9 +80,10 @@ class TfidfFeaturizer:
         out = counts.astype(np.float64).tocsr()
         out.sort_indices()
         out.data = (1.0 + np.log(out.data)) * self.idf[out.indices]
-        norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1)).ravel())
-        norms[norms == 0] = 1.0
-        out = sp.diags(1.0 / norms) @ out
+        if self.norm == "l2":
+            norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1)).ravel())
+            norms[norms == 0] = 1.0
+            out = sp.diags(1.0 / norms) @ out
         out = out.astype(np.float32).tocsr()
         out.sort_indices()
         return out
@@ -87,7 +93,7 @@ class TfidfFeaturizer:
 
     def to_json(self) -> dict:
         return {"format": "corrhash-tfidf-v1", "token_pattern": TOKEN_PATTERN, "lowercase": True,
-                "sublinear_tf": True, "norm": "l2", "terms": self.terms,
+                "sublinear_tf": True, "norm": self.norm, "terms": self.terms,
                 "idf": None if self.idf is None else [float(v) for v in self.idf]}
 
     @classmethod
@@ -96,7 +102,7 @@ class TfidfFeaturizer:
             raise DataError(f"{source}: holds no text featurizer (format {payload.get('format')!r})")
         if payload.get("token_pattern") != TOKEN_PATTERN:
             raise DataError(f"{source}: token pattern {payload.get('token_pattern')!r} is not supported")
-        return cls(payload["terms"], payload["idf"])
+        return cls(payload["terms"], payload["idf"], payload.get("norm", "l2"))
 
     @classmethod
     def load(cls, path: Path) -> "TfidfFeaturizer":

@@ -24,8 +24,9 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 
 def train_and_evaluate(data_dir: str | Path, model_config: ModelConfig, train_config: TrainConfig,
-                       out_dir: str | Path) -> dict:
-    """Train on `train`, early-stop on `val`, then compute test precision@k once for the chosen weights.
+                       out_dir: str | Path, score_test: bool = True) -> dict:
+    """Train on `train`, early-stop on `val`, then compute test precision@k once for the chosen weights
+    (unless `score_test` is False: exploratory runs that must not look at test).
 
     Writes `out_dir/metrics.jsonl` (one line per epoch), `out_dir/model/` and `out_dir/results.json`."""
     started = time.monotonic()
@@ -46,15 +47,17 @@ def train_and_evaluate(data_dir: str | Path, model_config: ModelConfig, train_co
 
     result = fit(model_config, train_config, train, val=val, on_epoch=on_epoch)
     device = resolve_device(train_config.device)
-    test_precision = Evaluator(train, test, device, train_config.eval_k)(result.model)
-    log(f"best epoch {result.best_epoch}: val p@{train_config.eval_k} {result.best_value:.4f}; "
-        f"test p@{train_config.eval_k} {test_precision.tie_aware:.4f} (tie-aware), {test_precision.ordered:.4f} (ordered)")
+    test_precision = Evaluator(train, test, device, train_config.eval_k)(result.model) if score_test else None
+    test_text = (f"test p@{train_config.eval_k} {test_precision.tie_aware:.4f} (tie-aware), "
+                 f"{test_precision.ordered:.4f} (ordered)" if test_precision else "test not scored")
+    log(f"best epoch {result.best_epoch}: val p@{train_config.eval_k} {result.best_value:.4f}; {test_text}")
     summary = {
         "data": str(data_dir), "content_hash": shards.content_hash, "dataset": shards.manifest["dataset"],
         "model": model_config.to_dict(), "train": train_config.to_dict(),
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "val_precision": result.best_value,
-        "test_precision": test_precision.tie_aware, "test_precision_ordered": test_precision.ordered,
+        "test_precision": test_precision.tie_aware if test_precision else None,
+        "test_precision_ordered": test_precision.ordered if test_precision else None,
         "fit_seconds": result.seconds, "wall_seconds": time.monotonic() - started,
         "device": str(device), "torch_threads": torch.get_num_threads(), "host": platform.node(),
         "pid": os.getpid(),
@@ -62,7 +65,7 @@ def train_and_evaluate(data_dir: str | Path, model_config: ModelConfig, train_co
     vocab = json.loads((Path(data_dir) / "vocab.json").read_text())
     save_model(out_dir / "model", result.model, vocab,
                {"label_names": shards.label_names, "content_hash": shards.content_hash,
-                "val_precision": result.best_value, "test_precision": test_precision.tie_aware})
+                "val_precision": result.best_value, "test_precision": summary["test_precision"]})
     tmp = out_dir / "results.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out_dir / "results.json")
