@@ -127,7 +127,7 @@ def test_corrsh_without_rank_matches_nash(splits):
 
 def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "jobs/train.py", "--data", str(shards_20ng_small), "--out", str(out),
+    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_20ng_small), "--out", str(out),
                            "--model", "corrsh", "--bits", "16", "--hidden", "100", "--epochs", "2"],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -144,9 +144,9 @@ def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path):
 
 
 def test_train_job_rejects_bad_options(shards_20ng_small, tmp_path):
-    done = subprocess.run([sys.executable, "jobs/train.py", "--data", str(shards_20ng_small), "--out",
+    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_20ng_small), "--out",
                            str(tmp_path / "r"), "--batch-size", "0"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "batch_size=0" in done.stderr
-    done = subprocess.run([sys.executable, "jobs/train.py", "--data", str(tmp_path / "nothing"), "--out",
+    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(tmp_path / "nothing"), "--out",
                            str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "manifest.json" in done.stderr

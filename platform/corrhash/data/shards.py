@@ -134,6 +134,13 @@ class TfidfShards:
             raise DataError(f"{self.root}: no split {name!r}; has {sorted(self.manifest['splits'])}")
         return [self.root / entry["path"] for entry in self.manifest["splits"][name]["shards"]]
 
+    def labels(self, name: str, shards: list[Path] | None = None) -> np.ndarray:
+        """Only the label matrix of a split (or of the given shard files, in that order)."""
+        paths = self.shard_paths(name) if shards is None else [Path(p) for p in shards]
+        tables = [pq.read_table(path, columns=["labels"]) for path in paths]
+        column = pa.concat_tables(tables).column("labels") if tables else pa.chunked_array([], pa.list_(pa.int32()))
+        return _csr_from_lists(column, None, len(self.label_names), self.root, "label").toarray()
+
     def split(self, name: str, shards: list[Path] | None = None) -> Split:
         """Load a split (or only the given shard files of it, e.g. a worker's share)."""
         paths = self.shard_paths(name) if shards is None else [Path(p) for p in shards]

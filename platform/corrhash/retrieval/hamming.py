@@ -26,7 +26,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import faiss
+import logging
+
+# faiss logs every SIMD build it tries at INFO; Ray workers would print all of them.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 import numpy as np
 import torch
 

@@ -183,7 +183,12 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, eval
     model = state.model
     if not model.trainable:  # nothing to learn: calibrate and score once
         precision = evaluator(model)
-        record = {"epoch": 0, "val_precision": precision.tie_aware, "val_precision_ordered": precision.ordered}
+        record = {"epoch": 0, "val_precision": precision.tie_aware, "val_precision_ordered": precision.ordered,
+                  "best_epoch": 0, "best_val_precision": precision.tie_aware}
+        state.best_value, state.history = precision.tie_aware, [record]
+        state.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(record, state)
         return FitResult(model, 0, precision.tie_aware, [record], time.monotonic() - started)
 
     forward = wrap_model(model) if wrap_model else model

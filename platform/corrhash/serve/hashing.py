@@ -1,0 +1,79 @@
+"""`corrhash.load(uri)`: a trained model from a folder, `runs:/` or `models:/` URI, as text → codes.
+
+MLflow models are downloaded as files and read as safetensors + JSON (`corrhash.artifact`): loading
+never unpickles anything and never needs MLflow's pyfunc machinery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from corrhash.artifact import load_model
+from corrhash.errors import DataError
+from corrhash.retrieval import pack_codes
+from corrhash.train.batches import DeviceCSR
+
+# Where the corrhash model folder sits inside a logged MLflow model.
+MLFLOW_ARTIFACT_KEY = "corrhash_model"
+ENCODE_CHUNK = 4096
+
+
+class HashingModel:
+    """A trained hashing model with its featurizer: `encode(texts)` → packed codes (np.packbits rows)."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu"):
+        self.directory = Path(directory)
+        self.model, self.featurizer, self.info = load_model(self.directory, device)
+        self.device = torch.device(device)
+
+    @property
+    def bits(self) -> int:
+        return self.model.bits
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.info.get("label_names", []))
+
+    @torch.no_grad()
+    def encode_features(self, features: sp.csr_matrix) -> np.ndarray:
+        """Packed codes of TF-IDF rows (e.g. a prepared split's `features`)."""
+        rows = DeviceCSR(features, self.device)
+        bits = torch.cat([self.model.encode(chunk) for chunk in rows.chunks(ENCODE_CHUNK)]) if len(rows) else \
+            torch.zeros((0, self.bits), dtype=torch.bool)
+        return pack_codes(bits.cpu())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Packed codes (uint8, [n, ceil(bits / 8)]) of raw texts, featurized exactly as in training."""
+        if self.featurizer is None:
+            raise DataError(f"{self.directory}: this model was trained on precomputed features; "
+                            "it has no vocabulary to featurize text (use encode_features)")
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts, not one string")
+        return self.encode_features(self.featurizer.transform(list(texts)))
+
+
+def resolve_model_dir(uri: str | Path) -> Path:
+    """A local corrhash model folder for a folder path, or an MLflow `runs:/`, `models:/` or artifact URI."""
+    path = Path(str(uri))
+    if (path / "model.json").is_file():
+        return path
+    if (path / "artifacts" / MLFLOW_ARTIFACT_KEY / "model.json").is_file():
+        return path / "artifacts" / MLFLOW_ARTIFACT_KEY
+    if "://" not in str(uri) and ":/" not in str(uri):
+        raise DataError(f"{uri}: not a corrhash model folder (no model.json) and not an MLflow URI")
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(uri)))
+    inner = local / "artifacts" / MLFLOW_ARTIFACT_KEY
+    if not (inner / "model.json").is_file():
+        raise DataError(f"{uri}: downloaded, but it holds no corrhash model ({inner} missing)")
+    return inner
+
+
+def load(uri: str | Path, device: str = "cpu") -> HashingModel:
+    """Load a model for hashing: `corrhash.load("models:/corrhash-20ng-64b@champion").encode(["text"])`."""
+    return HashingModel(resolve_model_dir(uri), device)

@@ -1,0 +1,1 @@
+"""MLflow: tracking URI defaults, runs, and the text → codes pyfunc model."""
