@@ -56,21 +56,33 @@ class HashingModel:
         return self.encode_features(self.featurizer.transform(list(texts)))
 
 
+def _inner_model_dir(mlflow_model: Path) -> Path | None:
+    """The corrhash folder inside an MLflow model folder, as its MLmodel file records it."""
+    import yaml
+
+    mlmodel = mlflow_model / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    spec = yaml.safe_load(mlmodel.read_text())
+    entry = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(MLFLOW_ARTIFACT_KEY)
+    return mlflow_model / entry["path"] if entry else None
+
+
 def resolve_model_dir(uri: str | Path) -> Path:
     """A local corrhash model folder for a folder path, or an MLflow `runs:/`, `models:/` or artifact URI."""
     path = Path(str(uri))
     if (path / "model.json").is_file():
         return path
-    if (path / "artifacts" / MLFLOW_ARTIFACT_KEY / "model.json").is_file():
-        return path / "artifacts" / MLFLOW_ARTIFACT_KEY
-    if "://" not in str(uri) and ":/" not in str(uri):
-        raise DataError(f"{uri}: not a corrhash model folder (no model.json) and not an MLflow URI")
-    import mlflow
+    inner = _inner_model_dir(path) if path.is_dir() else None
+    if inner is None:
+        if "://" not in str(uri) and ":/" not in str(uri):
+            raise DataError(f"{uri}: not a corrhash model folder (no model.json) and not an MLflow URI")
+        import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(uri)))
-    inner = local / "artifacts" / MLFLOW_ARTIFACT_KEY
-    if not (inner / "model.json").is_file():
-        raise DataError(f"{uri}: downloaded, but it holds no corrhash model ({inner} missing)")
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(uri)))
+        inner = _inner_model_dir(local)
+    if inner is None or not (inner / "model.json").is_file():
+        raise DataError(f"{uri}: an MLflow model, but not a corrhash one (no {MLFLOW_ARTIFACT_KEY} artifact)")
     return inner
 
 

@@ -1,0 +1,165 @@
+"""Ray Train + MLflow against a real Ray head and a real MLflow server on loopback (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import corrhash.serve
+from corrhash.data import PrepareConfig, TfidfFeaturizer, TfidfShards, prepare
+from corrhash.models import ModelConfig, create_model
+from corrhash.retrieval import pack_codes
+from services import BIN, service_env, start_mlflow_server, start_ray_head, stop
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["The space shuttle launch window opens at dawn.", "My hard drive controller fails under DOS.",
+         "Who will win the hockey playoffs this year?"]
+SMALL_MODEL = ["--bits", "16", "--hidden", "64"]
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cluster")
+    mlflow_process, mlflow_uri = start_mlflow_server(workdir)
+    try:
+        head = start_ray_head(workdir)
+    except BaseException:
+        stop(mlflow_process)
+        raise
+    yield {"head": head, "mlflow": mlflow_uri, "workdir": workdir}
+    stop(head.process, timeout=60)
+    stop(mlflow_process)
+
+
+@pytest.fixture(scope="module")
+def shards(raw_dir, tmp_path_factory) -> Path:
+    """Real 20ng, 1500 documents per split, in 3 train shard files (so 2 workers get a share each)."""
+    out = tmp_path_factory.mktemp("cluster-shards") / "20ng"
+    prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
+                          limit=1500, rows_per_shard=500))
+    return out
+
+
+def submit(cluster, args: list[str], wait: bool = True, timeout: float = 400) -> subprocess.CompletedProcess:
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "OMP_NUM_THREADS": "1"}}
+    command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
+    command += ["--", "python", "jobs/train.py"] + args
+    return subprocess.run(command, env=service_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_for_job(client: MlflowClient, name: str):
+    runs = client.search_runs(client.get_experiment_by_name("corrhash").experiment_id,
+                              filter_string=f"tags.`corrhash.job` = '{name}'")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "val_precision"))
+
+
+def checkpoint_state(storage: Path, name: str) -> dict:
+    latest = sorted(p for p in (storage / name).glob("checkpoint_*") if p.is_dir())[-1]
+    return torch.load(latest / "state.pt", map_location="cpu", weights_only=True)
+
+
+def test_job_submit_trains_logs_and_resumes(cluster, shards, tmp_path):
+    storage = tmp_path / "ray-storage"
+    args = ["--data", str(shards), *SMALL_MODEL, "--epochs", "3", "--name", "job-a", "--storage", str(storage),
+            "--cpus-per-worker", "0.5"]
+    done = submit(cluster, args)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    client = MlflowClient(cluster["mlflow"])
+    run = run_for_job(client, "job-a")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.bits"] == "16" and run.data.params["train.epochs"] == "3"
+    assert run.data.tags["data.content_hash"] == TfidfShards(shards).content_hash
+    assert epochs_logged(client, run.info.run_id) == [1, 2, 3]
+    assert 0 <= run.data.metrics["test_precision_at_100"] <= 1
+
+    # The registered artifact encodes text exactly like the trained weights in the last checkpoint.
+    state = checkpoint_state(storage, "job-a")
+    model = create_model(ModelConfig(name="corrsh", bits=16, hidden=64), TfidfShards(shards).n_features)
+    model.load_state_dict(state["best_weights"])
+    featurizer = TfidfFeaturizer.load(shards / "vocab.json")
+    expected = pack_codes(model.eval().encode(torch.from_numpy(featurizer.transform(TEXTS).toarray())))
+    mlflow.set_tracking_uri(cluster["mlflow"])
+    loaded = corrhash.serve.load(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_array_equal(loaded.encode(TEXTS), expected)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert pyfunc.predict(TEXTS) == [row.tobytes().hex() for row in expected]
+
+    # Running the same job name again resumes from its checkpoint: epochs 4-5 only, same MLflow run.
+    done = submit(cluster, [a if a != "3" else "5" for a in args])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    again = run_for_job(client, "job-a")
+    assert again.info.run_id == run.info.run_id
+    assert epochs_logged(client, run.info.run_id) == [1, 2, 3, 4, 5]
+
+
+def ray_train_workers() -> list[int]:
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in listing.splitlines() if "ray::RayTrainWorker" in line]
+
+
+def test_lost_worker_resumes_from_last_checkpoint(cluster, shards, tmp_path):
+    storage = tmp_path / "ray-storage"
+    args = ["--data", str(shards), *SMALL_MODEL, "--epochs", "8", "--name", "job-fault", "--storage", str(storage),
+            "--num-workers", "2", "--cpus-per-worker", "0.5", "--max-failures", "2"]
+    done = submit(cluster, args, wait=False)
+    assert done.returncode == 0, done.stderr
+    job_id = re.search(r"raysubmit_\w+", done.stdout + done.stderr).group(0)
+    client = MlflowClient(cluster["mlflow"])
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until two epochs are checkpointed, then kill a worker
+        runs = client.search_runs(client.get_experiment_by_name("corrhash").experiment_id,
+                                  filter_string="tags.`corrhash.job` = 'job-fault'")
+        if runs and len(epochs_logged(client, runs[0].info.run_id)) >= 2 and ray_train_workers():
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the job never reached epoch 2")
+    killed_after = len(epochs_logged(client, runs[0].info.run_id))
+    victim = ray_train_workers()[-1]
+    subprocess.run(["kill", "-9", str(victim)], check=True)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--follow", "--address", cluster["head"].dashboard,
+                           job_id], env=service_env(), capture_output=True, text=True, timeout=400).stdout
+    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["head"].dashboard, job_id],
+                            env=service_env(), capture_output=True, text=True).stdout
+    assert "SUCCEEDED" in status, logs[-4000:]
+    assert logs.count("Started training worker group") >= 2  # the group was restarted
+    steps = epochs_logged(client, runs[0].info.run_id)
+    assert sorted(set(steps)) == list(range(1, 9))
+    # Epochs up to the checkpoint taken before the kill were not trained again.
+    assert all(steps.count(epoch) == 1 for epoch in range(1, killed_after + 1)), steps
+    assert checkpoint_state(storage, "job-fault")["epoch"] == 8
+
+
+def test_two_workers_match_one_worker(cluster, shards, tmp_path):
+    """Same global batch and schedule on 1 and 2 CPU workers: the same val precision within noise."""
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        done = subprocess.run(
+            [sys.executable, "jobs/train.py", "--data", str(shards), "--bits", "32", "--hidden", "200",
+             "--epochs", "10", "--batch-size", "20", "--lr", "5e-3", "--num-workers", str(workers),
+             "--cpus-per-worker", "0.5", "--address", cluster["head"].gcs, "--name", f"scale-{workers}",
+             "--storage", str(tmp_path / "ray-storage"), "--mlflow-uri", cluster["mlflow"], "--skip-test",
+             "--out", str(out)],
+            cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        results[workers] = json.loads((out / "results.json").read_text())["val_precision"]
+    assert results[1] > 0.08 and results[2] > 0.08, results  # both learned (chance is 0.05)
+    assert abs(results[1] - results[2]) < 0.04, results
