@@ -64,9 +64,10 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> 
                                       for k, v in metrics.items() if isinstance(v, (int, float))])
 
 
-def log_hashing_model(run_id: str, model_dir: Path, example_texts: list[str],
+def log_hashing_model(uri: str, run_id: str, model_dir: Path, example_texts: list[str],
                       registered_name: str | None = None) -> str:
     """Log a corrhash model folder as a pyfunc "model from code" (nothing pickled); returns its URI."""
+    mlflow.set_tracking_uri(uri)
     requirements = [f"mlflow=={mlflow.__version__}", "torch", "numpy", "scipy", "scikit-learn", "safetensors",
                     "faiss-cpu", "pyarrow"]
     with mlflow.start_run(run_id=run_id):

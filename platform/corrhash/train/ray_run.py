@@ -155,7 +155,7 @@ def train_on_ray(data_dir: str | Path, model_config: ModelConfig, train_config: 
                            {"label_names": shards.label_names, "content_hash": shards.content_hash,
                             "val_precision": payload["best_value"], "test_precision": summary["test_precision"],
                             "mlflow_run_id": run_id})
-    summary["model_uri"] = log_hashing_model(run_id, model_dir, EXAMPLE_TEXTS)
+    summary["model_uri"] = log_hashing_model(uri, run_id, model_dir, EXAMPLE_TEXTS)
     client.set_terminated(run_id, status="FINISHED")
     if not out_dir:
         shutil.rmtree(model_root, ignore_errors=True)
