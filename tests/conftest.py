@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from corrhash.data import PrepareConfig, prepare
+from services import start_mlflow_server, start_ray_head, stop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,5 +40,19 @@ def shards_20ng_small(raw_dir: Path, tmp_path_factory) -> Path:
     """Real 20ng, full vocabulary, a seeded sample of 1500 documents per split: for training tests."""
     out = tmp_path_factory.mktemp("shards") / "20ng-small"
     prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
-                          limit=1500))
+                          limit=1500, rows_per_shard=500))  # 3 train shard files: 2 workers get a share each
     return out
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cluster")
+    mlflow_process, mlflow_uri = start_mlflow_server(workdir)
+    try:
+        head = start_ray_head(workdir)
+    except BaseException:
+        stop(mlflow_process)
+        raise
+    yield {"head": head, "mlflow": mlflow_uri, "workdir": workdir}
+    stop(head.process, timeout=60)
+    stop(mlflow_process)

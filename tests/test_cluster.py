@@ -16,10 +16,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import corrhash.serve
-from corrhash.data import PrepareConfig, TfidfFeaturizer, TfidfShards, prepare
+from corrhash.data import TfidfFeaturizer, TfidfShards
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import pack_codes
-from services import BIN, service_env, start_mlflow_server, start_ray_head, stop
+from services import BIN, service_env
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["The space shuttle launch window opens at dawn.", "My hard drive controller fails under DOS.",
@@ -28,34 +28,17 @@ SMALL_MODEL = ["--bits", "16", "--hidden", "64"]
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("cluster")
-    mlflow_process, mlflow_uri = start_mlflow_server(workdir)
-    try:
-        head = start_ray_head(workdir)
-    except BaseException:
-        stop(mlflow_process)
-        raise
-    yield {"head": head, "mlflow": mlflow_uri, "workdir": workdir}
-    stop(head.process, timeout=60)
-    stop(mlflow_process)
+@pytest.fixture
+def shards(shards_20ng_small) -> Path:
+    return shards_20ng_small
 
 
-@pytest.fixture(scope="module")
-def shards(raw_dir, tmp_path_factory) -> Path:
-    """Real 20ng, 1500 documents per split, in 3 train shard files (so 2 workers get a share each)."""
-    out = tmp_path_factory.mktemp("cluster-shards") / "20ng"
-    prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
-                          limit=1500, rows_per_shard=500))
-    return out
-
-
-def submit(cluster, args: list[str], wait: bool = True, timeout: float = 400) -> subprocess.CompletedProcess:
+def submit(cluster, args: list[str], wait: bool = True, timeout: float = 400,
+           job: str = "jobs/train.py") -> subprocess.CompletedProcess:
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "OMP_NUM_THREADS": "1"}}
     command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
-    command += ["--", "python", "jobs/train.py"] + args
+    command += ["--", "python", job] + args
     return subprocess.run(command, env=service_env(), capture_output=True, text=True, timeout=timeout)
 
 

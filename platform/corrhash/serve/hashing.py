@@ -56,6 +56,19 @@ class HashingModel:
         return self.encode_features(self.featurizer.transform(list(texts)))
 
 
+    def index(self, texts: list[str] | None = None, ids=None, features: sp.csr_matrix | None = None):
+        """A HammingIndex of texts (or TF-IDF rows); ids default to 0..n-1."""
+        from corrhash.serve.index import HammingIndex
+
+        codes = self.encode_features(features) if features is not None else self.encode(texts)
+        ids = np.arange(len(codes)) if ids is None else np.asarray(ids)
+        return HammingIndex(codes, ids, self.bits, {"model": str(self.directory)})
+
+    def search(self, index, texts: list[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, distances) of each text in `index`."""
+        return index.search(self.encode(texts), k)
+
+
 def _inner_model_dir(mlflow_model: Path) -> Path | None:
     """The corrhash folder inside an MLflow model folder, as its MLmodel file records it."""
     import yaml

@@ -68,7 +68,9 @@ def init_ray(address: str | None) -> None:
         return
     runtime_env = {"py_modules": [str(Path(corrhash.__file__).parent)],
                    "env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env=runtime_env,
+    # "local" always starts a fresh local Ray: with no address, ray.init would instead join whatever
+    # cluster /tmp/ray/ray_current_cluster names, and hang if that cluster is gone.
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
              log_to_driver=True, configure_logging=False)
 
 

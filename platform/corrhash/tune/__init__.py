@@ -1,0 +1,1 @@
+"""Hyper-parameter search: the search space, the trial (the shared epoch loop), the champion."""

@@ -1,0 +1,70 @@
+"""One Tune trial: the shared epoch loop in the trial's process, reporting every epoch to Tune."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from corrhash.data import TfidfShards
+from corrhash.models import ModelConfig
+from corrhash.train.config import TrainConfig
+from corrhash.train.distributed import STATE_FILE
+from corrhash.train.loop import fit, new_state
+from corrhash.tune.space import TUNABLE
+
+
+def trial_configs(config: dict) -> tuple[ModelConfig, TrainConfig]:
+    model = dict(config["base_model"])
+    train = dict(config["base_train"])
+    for name, value in config.items():
+        if name in TUNABLE:
+            (model if TUNABLE[name] == "model" else train)[name] = value
+    return ModelConfig.from_dict(model), TrainConfig.from_dict(train)
+
+
+def tune_trial(config: dict) -> None:
+    """Tune function trainable. `config`: tuned params + data, base_model, base_train, mlflow, threads."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from corrhash.tracking.runs import flatten, log_metrics
+
+    torch.set_num_threads(int(config.get("threads", 1)))
+    model_config, train_config = trial_configs(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_config = TrainConfig.from_dict({**train_config.to_dict(), "device": str(device)})
+    shards = TfidfShards(config["data"])
+    train, val = shards.split("train"), shards.split("val")
+    state = new_state(model_config, train_config, shards.n_features, device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state.load_state_dict(torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True))
+
+    trial_id = tune.get_context().get_trial_id()
+    client = MlflowClient(config["mlflow"]["uri"])
+    found = client.search_runs([config["mlflow"]["experiment_id"]],
+                               filter_string=f"tags.`corrhash.trial` = '{trial_id}' and "
+                                             f"tags.`mlflow.parentRunId` = '{config['mlflow']['parent_run_id']}'")
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run_id = client.create_run(config["mlflow"]["experiment_id"], run_name=trial_id, tags={
+            "mlflow.parentRunId": config["mlflow"]["parent_run_id"], "corrhash.trial": trial_id}).info.run_id
+        for key, value in flatten({"model": model_config.to_dict(), "train": train_config.to_dict()}).items():
+            client.log_param(run_id, key, value)
+
+    def on_epoch(metrics: dict, state) -> bool:
+        log_metrics(client, run_id, metrics, step=metrics["epoch"])
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state.state_dict(), Path(directory) / STATE_FILE)
+            (Path(directory) / "trial.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+            tune.report({**metrics, "mlflow_run_id": run_id},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+        return False
+
+    fit(model_config, train_config, train, val=val, on_epoch=on_epoch, state=state)
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,79 @@
+"""`ray job submit -- python jobs/tune.py` on a real cluster: trials, the registry, the champion, search."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from corrhash.data import TfidfShards
+from corrhash.data.corpora import read_20ng
+from services import service_env
+from test_cluster import submit
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "corrhash-20ng-32b"
+# Settings under which 1,500 documents learn well past chance in a few epochs (see test_train.FAST).
+LEARNS = ["--bits", "32", "--hidden", "200", "--epochs", "8", "--batch-size", "20", "--grace-period", "3",
+          "--cpus-per-trial", "1", "--max-concurrent", "2"]
+pytestmark = pytest.mark.cluster
+
+
+def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_20ng_small, raw_dir, tmp_path):
+    client = MlflowClient(cluster["mlflow"])
+    done = submit(cluster, ["--data", str(shards_20ng_small), *LEARNS, "--num-samples", "4", "--name", "tune-a",
+                            "--storage", str(tmp_path / "tune"), "--space", "lr=loguniform:3e-3:8e-3"],
+                  job="jobs/tune.py", timeout=600)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    parent = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
+                                filter_string="tags.`corrhash.job` = 'tune-a'")[0]
+    assert parent.data.tags["champion.decision"].startswith(f"{NAME} v{champion.version} is the new champion")
+    assert float(champion.tags["val_precision"]) == pytest.approx(parent.data.metrics["best_val_precision_at_100"],
+                                                                  abs=1e-6)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4 and all("model.rank" in c.data.params for c in children)
+    assert all(len(client.get_metric_history(c.info.run_id, "val_precision")) >= 1 for c in children)
+
+    # Search with the champion: hits share the query's newsgroup far more often than chance.
+    shards = TfidfShards(shards_20ng_small)
+    train = shards.split("train")
+    label_of = dict(zip(train.doc_ids.tolist(), train.labels.argmax(axis=1).tolist()))
+    posts = [d for d in read_20ng(raw_dir / "20news-bydate" / "20news-bydate.tar.xz").documents
+             if d.split == "test"][::150][:40]
+    queries = tmp_path / "queries.txt"
+    queries.write_text("".join(" ".join(p.text.split()) + "\n" for p in posts))
+    env = dict(service_env(), MLFLOW_TRACKING_URI=cluster["mlflow"])
+    found = subprocess.run([sys.executable, "jobs/search.py", "--model", f"models:/{NAME}@champion", "--corpus",
+                            str(shards_20ng_small), "--index-out", str(tmp_path / "index.npz"),
+                            "--queries", str(queries), "--k", "10"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    answers = [json.loads(line) for line in found.stdout.splitlines()]
+    assert len(answers) == len(posts) and all(len(a["hits"]) == 10 for a in answers)
+    names = shards.label_names
+    hit_rate = np.mean([label_of[h["id"]] == names.index(p.labels[0]) for a, p in zip(answers, posts)
+                        for h in a["hits"]])
+    chance = np.mean([train.labels[:, names.index(p.labels[0])].mean() for p in posts])
+    assert hit_rate > 1.5 * chance, (hit_rate, chance)
+    again = subprocess.run([sys.executable, "jobs/search.py", "--model", f"models:/{NAME}@champion", "--index",
+                            str(tmp_path / "index.npz"), "--queries", str(queries), "--k", "10"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert [json.loads(line) for line in again.stdout.splitlines()] == answers  # the saved index answers the same
+
+    # A second tune that cannot learn (lr fixed near 0) registers a version but leaves the champion.
+    done = submit(cluster, ["--data", str(shards_20ng_small), *LEARNS, "--num-samples", "1", "--name", "tune-b",
+                            "--storage", str(tmp_path / "tune"), "--space", "lr=1e-9"], job="jobs/tune.py",
+                  timeout=600)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    assert len(versions) == 2
+    worse = client.search_runs([parent.info.experiment_id], filter_string="tags.`corrhash.job` = 'tune-b'")[0]
+    assert "not promoted" in worse.data.tags["champion.decision"]
