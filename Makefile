@@ -17,8 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The whole flow on embedded defaults: prepare 20ng, a small tune on a local Ray, the champion
+# registered in ./mlflow.db, then a search with it.
+DEMO_QUERY ?= The space shuttle launch was delayed by a fuel leak on the pad.
 demo: setup
-	$(PY) jobs/prepare_data.py 20ng --out data/20ng --overwrite
+	test -f data/20ng/manifest.json || $(PY) jobs/prepare_data.py 20ng --out data/20ng
+	$(PY) jobs/tune.py --data data/20ng --bits 64 --num-samples 4 --max-concurrent 2 --epochs 20 \
+	  --grace-period 5 --name demo-20ng-64b
+	echo "$(DEMO_QUERY)" | $(PY) jobs/search.py --model models:/corrhash-20ng-64b@champion \
+	  --corpus data/20ng --index-out runs/demo/20ng-64b.npz --queries - --k 5
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -58,6 +59,9 @@ def parse_args(argv=None):
 
 
 def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
+    # Snapshot the experiment state every second (default: 10 s or more), so a stopped search
+    # resumes knowing every trial that had finished; the snapshot is small at this scale.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     import mlflow
     import torch
     from mlflow.tracking import MlflowClient
@@ -113,6 +117,11 @@ def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
                                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
                            run_config=tune.RunConfig(name=name, storage_path=storage_path(args.storage)))
     results = tuner.fit()
+    # Tune ends a trial's function at its last report (ASHA or max_t), so its MLflow run is closed here.
+    for result in results:
+        run_id = (result.metrics or {}).get("mlflow_run_id")
+        if run_id:
+            client.set_terminated(run_id, "FAILED" if result.error else "FINISHED")
     best = results.get_best_result(metric="val_precision", mode="max", scope="all")
     model_config, train_config = trial_configs(best.config)
     with best.checkpoint.as_directory() as directory:

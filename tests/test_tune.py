@@ -77,3 +77,48 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
     assert len(versions) == 2
     worse = client.search_runs([parent.info.experiment_id], filter_string="tags.`corrhash.job` = 'tune-b'")[0]
     assert "not promoted" in worse.data.tags["champion.decision"]
+
+
+def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small, tmp_path):
+    from test_cluster import BIN  # the venv's ray CLI
+
+    client = MlflowClient(cluster["mlflow"])
+    args = ["--data", str(shards_20ng_small), "--bits", "16", "--hidden", "64", "--epochs", "4", "--num-samples", "4",
+            "--max-concurrent", "1", "--grace-period", "4", "--name", "tune-resume", "--storage", str(tmp_path / "t")]
+    done = submit(cluster, args, wait=False, job="jobs/tune.py")
+    job_id = next(word.strip("'") for word in done.stdout.split() if word.strip("'").startswith("raysubmit_"))
+
+    def completed() -> list:  # trials that reported all 4 epochs
+        return [r for r in children() if len(client.get_metric_history(r.info.run_id, "val_precision")) == 4]
+
+    def children() -> list:
+        experiment = client.get_experiment_by_name("corrhash-tune")
+        parents = client.search_runs([experiment.experiment_id], "tags.`corrhash.job` = 'tune-resume'") \
+            if experiment else []
+        if not parents:
+            return []
+        runs = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+        return runs
+
+    import time
+    deadline = time.monotonic() + 300
+    while len(completed()) < 2:
+        assert time.monotonic() < deadline, "two trials never finished"
+        time.sleep(0.5)
+    time.sleep(3)  # let Tune snapshot its state (every second, see jobs/tune.py)
+    subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster["head"].dashboard, job_id],
+                   env=service_env(), capture_output=True, timeout=120)
+    first = {r.data.tags["corrhash.trial"] for r in completed()}
+
+    done = submit(cluster, args, job="jobs/tune.py", timeout=600)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    assert "resuming from" in done.stdout + done.stderr
+    final = children()
+    trials = [r.data.tags["corrhash.trial"] for r in final]
+    assert len(set(trials)) == 4 and len(trials) == 4  # one child run per trial, none run twice
+    assert all(r.info.status == "FINISHED" for r in final)
+    for run in final:  # 4 epochs each: trials finished before the stop were not trained again
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_precision")]
+        assert sorted(steps) == [1, 2, 3, 4] or run.data.tags["corrhash.trial"] not in first, steps
+    assert first <= set(trials)

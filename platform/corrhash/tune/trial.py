@@ -67,4 +67,3 @@ def tune_trial(config: dict) -> None:
         return False
 
     fit(model_config, train_config, train, val=val, on_epoch=on_epoch, state=state)
-    client.set_terminated(run_id, "FINISHED")
