@@ -16,6 +16,7 @@ Example: python jobs/bench.py --data data/20ng --json results/bench-cpu.json
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -69,7 +70,7 @@ def bench_epochs(data: Path, batch_sizes: list[int], bits: int, device: torch.de
         loader = reference_loader(train.features, batch_size, shuffle=True, seed=seed)
         warm = reference_loader(train.features[: 3 * batch_size], batch_size, shuffle=True, seed=seed)
         reference_epoch(model, optimizer, scheduler, warm, device)
-        reference, _ = timed(lambda: reference_epoch(model, optimizer, scheduler, loader, device), device)
+        reference, _ = timed(functools.partial(reference_epoch, model, optimizer, scheduler, loader, device), device)
 
         def reference_evaluation():
             db = reference_codes(model, reference_loader(train.features, 100, shuffle=False), device)

@@ -73,11 +73,10 @@ def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
     from corrhash.artifact import save_model
     from corrhash.data import TfidfShards
     from corrhash.log import log
-    from corrhash.models import create_model
     from corrhash.tracking.registry import promote_if_better, registered_name
     from corrhash.tracking.runs import ensure_experiment, log_hashing_model, log_metrics, start_or_resume_run
     from corrhash.tracking.runs import tracking_uri
-    from corrhash.train.distributed import STATE_FILE
+    from corrhash.train.distributed import model_from_checkpoint
     from corrhash.train.loop import Evaluator
     from corrhash.train.ray_run import EXAMPLE_TEXTS, init_ray, storage_path
     from corrhash.tune.space import build_space
@@ -125,9 +124,7 @@ def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
     best = results.get_best_result(metric="val_precision", mode="max", scope="all")
     model_config, train_config = trial_configs(best.config)
     with best.checkpoint.as_directory() as directory:
-        payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    model = create_model(model_config, shards.n_features)
-    model.load_state_dict(payload["best_weights"] or payload["model"])
+        model, payload = model_from_checkpoint(Path(directory), model_config, shards.n_features)
     val_precision = float(payload["best_value"])
     test = Evaluator(shards.split("train"), shards.split("test"), torch.device("cpu"), train_config.eval_k)(model)
     tuned = {k: best.config[k] for k in space}

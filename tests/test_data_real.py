@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from corrhash.data import SCHEMA, PrepareConfig, TfidfFeaturizer, TfidfShards, prepare
 

@@ -8,7 +8,7 @@ with nothing pickled.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +108,3 @@ class TfidfFeaturizer:
     def load(cls, path: Path) -> "TfidfFeaturizer":
         return cls.from_json(json.loads(Path(path).read_text()), str(path))
 
-
-def recipe_dict(recipe: TfidfRecipe) -> dict:
-    return asdict(recipe)

@@ -75,6 +75,16 @@ class DistributedEvaluator:
         return PrecisionAtK(self.k, float(result[1]), float(result[0]), empty, empty)
 
 
+def model_from_checkpoint(directory: Path, model_config: ModelConfig, n_features: int) -> tuple[HashModel, dict]:
+    """The best weights of a checkpoint's TrainState as a model on the CPU, and the whole payload."""
+    from corrhash.models import create_model
+
+    payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    model = create_model(model_config, n_features)
+    model.load_state_dict(payload["best_weights"] or payload["model"])
+    return model, payload
+
+
 def load_checkpoint(state, directory: Path, rank: int, device: torch.device) -> None:
     payload = torch.load(directory / STATE_FILE, map_location=device, weights_only=True)
     state.load_state_dict(payload)

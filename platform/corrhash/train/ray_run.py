@@ -21,9 +21,9 @@ from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 from corrhash.log import log
-from corrhash.models import ModelConfig, create_model
+from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
-from corrhash.train.distributed import STATE_FILE, train_worker
+from corrhash.train.distributed import model_from_checkpoint, train_worker
 from corrhash.train.loop import Evaluator
 
 EXAMPLE_TEXTS = ["The shuttle launch was delayed by a fuel leak.", "Which graphics card works best under Linux?"]
@@ -133,9 +133,7 @@ def train_on_ray(data_dir: str | Path, model_config: ModelConfig, train_config: 
         client.set_terminated(run_id, status="FAILED")
         raise
     with result.checkpoint.as_directory() as directory:
-        payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    model = create_model(model_config, shards.n_features)
-    model.load_state_dict(payload["best_weights"] or payload["model"])
+        model, payload = model_from_checkpoint(Path(directory), model_config, shards.n_features)
     history = payload["history"]
     summary = {"job": name, "run_id": run_id, "data": str(data_dir), "content_hash": shards.content_hash,
                "dataset": shards.manifest["dataset"], "model": model_config.to_dict(),

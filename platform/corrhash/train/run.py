@@ -41,6 +41,9 @@ def train_and_evaluate(data_dir: str | Path, model_config: ModelConfig, train_co
     def on_epoch(metrics: dict, state) -> None:
         _append_jsonl(metrics_path, metrics)
         val_text = f"val p@{train_config.eval_k} {metrics['val_precision']:.4f}" if "val_precision" in metrics else ""
+        if "loss" not in metrics:  # an untrained model (lsh): one evaluation, no epoch
+            log(f"{val_text} (no training)")
+            return
         log(f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}, "
             f"kl {metrics['kl']:.2f} x{metrics['kl_weight']:.3f})  {metrics['docs_per_s']:.0f} docs/s  {val_text}  "
             f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
