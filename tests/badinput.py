@@ -1,0 +1,51 @@
+"""Bad-input cases: a job's own `main(argv)` run in this process, its exit status, message and files.
+
+Running `main` in-process keeps each case at milliseconds instead of a Python start-up per case;
+an exception escaping `main` fails the case, which is the point (a traceback is not an answer).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@cache
+def job(name: str):
+    """The module of `jobs/NAME.py`, loaded once."""
+    spec = importlib.util.spec_from_file_location(f"corrhash_job_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_job(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `python jobs/NAME.py ARGV`, argparse's own exits included."""
+    capsys.readouterr()
+    try:
+        status = job(name).main([str(a) for a in argv])
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    return status, capsys.readouterr().err
+
+
+def assert_named_error(status: int, stderr: str, *names: str) -> None:
+    """Exit status 2 and one error line naming each of `names` (a file, row or option)."""
+    assert status == 2, f"exit {status}, stderr:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    assert "error:" in stderr, stderr
+    for name in names:
+        assert str(name) in stderr, f"{name!r} not named in:\n{stderr}"
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (or `path` itself) with its bytes: compare before/after to prove nothing changed."""
+    path = Path(path)
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
