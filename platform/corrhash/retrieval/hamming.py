@@ -11,7 +11,9 @@ Two backends give identical results (distances and indices):
   order ties, so it ranks a unique integer key ``distance * width + db_index``
   instead of the distance, which makes ties resolve to the lower index.
 
-``"auto"`` picks torch when CUDA is available, faiss otherwise.
+``"auto"`` picks torch when CUDA is available, faiss otherwise.  faiss is
+imported on first use of its backend: the GPU path must run where it is not
+installed (the GPU benchmark machine has none).
 
 Memory is bounded by chunking: at most ``chunk`` queries × ``db_chunk`` database
 codes are compared at once (torch), and faiss is fed ``chunk`` queries at a
@@ -24,13 +26,9 @@ sides, and padding adds nothing to the XOR (faiss) and equally to ``m`` and
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
-import logging
-
-# faiss logs every SIMD build it tries at INFO; Ray workers would print all of them.
-logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-import faiss  # noqa: E402
 import numpy as np
 import torch
 
@@ -112,7 +110,11 @@ def _check_pair(queries, database, chunk, db_chunk) -> tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------- faiss
 
 
-def _faiss_index(database: np.ndarray) -> faiss.IndexBinaryFlat:
+def _faiss_index(database: np.ndarray) -> "faiss.IndexBinaryFlat":  # noqa: F821
+    # faiss logs every SIMD build it tries at INFO; Ray workers would print all of them.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
     index = faiss.IndexBinaryFlat(8 * database.shape[1])  # faiss wants d in bits, d % 8 == 0
     index.add(database)
     return index
