@@ -2,7 +2,9 @@
 
 Layout: `model.safetensors` (state_dict incl. thresholds and annealing buffers), `model.json`
 (format, model config, n_features, label names, data content hash, metrics) and `vocab.json`
-(the featurizer, so raw text can be encoded exactly as in training).
+(the featurizer, so raw text can be encoded exactly as in training; `"terms": null` when the model
+has no vocabulary, e.g. trained on precomputed features). Every file is required: a folder missing
+one is damaged, and loading it is a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from corrhash.data.featurize import TfidfFeaturizer
-from corrhash.errors import DataError
+from corrhash.errors import CorrhashError, DataError
 from corrhash.models import HashModel, ModelConfig, create_model
 
 FORMAT = "corrhash-model-v1"
+# vocab.json of a model saved without a featurizer: it records that there is none.
+NO_VOCABULARY = {"format": "none", "terms": None}
 
 
 def save_model(directory: str | Path, model: HashModel, vocab: dict | None, metadata: dict | None = None) -> Path:
@@ -33,8 +38,7 @@ def save_model(directory: str | Path, model: HashModel, vocab: dict | None, meta
         info = {"format": FORMAT, "model": model.config.to_dict(), "n_features": model.n_features,
                 **(metadata or {})}
         (tmp / "model.json").write_text(json.dumps(info, indent=2, default=str))
-        if vocab is not None:
-            (tmp / "vocab.json").write_text(json.dumps(vocab))
+        (tmp / "vocab.json").write_text(json.dumps(NO_VOCABULARY if vocab is None else vocab))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -45,21 +49,47 @@ def save_model(directory: str | Path, model: HashModel, vocab: dict | None, meta
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> tuple[HashModel, TfidfFeaturizer | None, dict]:
-    """(model in eval mode, featurizer or None when features were precomputed, model.json)."""
+    """(model in eval mode, featurizer or None when the model has no vocabulary, model.json)."""
     directory = Path(directory)
-    info_path = directory / "model.json"
+    info_path, weights_path = directory / "model.json", directory / "model.safetensors"
     if not info_path.is_file():
         raise DataError(f"{info_path}: not found; is {directory} a corrhash model?")
-    info = json.loads(info_path.read_text())
+    info = _read_json_object(info_path)
     if info.get("format") != FORMAT:
         raise DataError(f"{info_path}: format {info.get('format')!r}, expected {FORMAT!r}")
-    model = create_model(ModelConfig.from_dict(info["model"]), int(info["n_features"]))
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device="cpu"))
+    try:
+        n_features = int(info["n_features"])
+        model = create_model(ModelConfig.from_dict(info["model"]), n_features)
+    except (KeyError, TypeError, ValueError, CorrhashError) as exc:
+        raise DataError(f"{info_path}: invalid model description: {_one_line(exc)}") from exc
+    if not weights_path.is_file():
+        raise DataError(f"{weights_path}: missing; the model has no weights")
+    try:
+        model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    except (RuntimeError, OSError, SafetensorError) as exc:  # RuntimeError: shapes differ from model.json's
+        raise DataError(f"{weights_path}: cannot load the weights {info_path.name} describes "
+                        f"({_one_line(exc)})") from exc
     model.to(device).eval()
-    featurizer = None
     vocab_path = directory / "vocab.json"
-    if vocab_path.is_file():
-        payload = json.loads(vocab_path.read_text())
-        if payload.get("terms") is not None:
-            featurizer = TfidfFeaturizer.from_json(payload, str(vocab_path))
+    if not vocab_path.is_file():
+        raise DataError(f"{vocab_path}: missing; a saved model always has one (it featurizes text)")
+    payload = _read_json_object(vocab_path)
+    featurizer = None if payload.get("terms") is None else TfidfFeaturizer.from_json(payload, str(vocab_path))
+    if featurizer is not None and featurizer.n_features != n_features:
+        raise DataError(f"{vocab_path}: {featurizer.n_features} terms, but {info_path.name} says {n_features} features")
     return model, featurizer, info
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8
+        raise DataError(f"{path}: not readable JSON ({_one_line(exc)})") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (torch's shape mismatches span several)."""
+    return " ".join(str(exc).split())

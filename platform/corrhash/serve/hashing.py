@@ -1,12 +1,14 @@
 """`corrhash.load(uri)`: a trained model from a folder, `runs:/` or `models:/` URI, as text → codes.
 
 MLflow models are downloaded as files and read as safetensors + JSON (`corrhash.artifact`): loading
-never unpickles anything and never needs MLflow's pyfunc machinery.
+never unpickles anything and never needs MLflow's pyfunc machinery. Every failure to find or read a
+model is a DataError naming the folder, file or URI.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,26 +37,36 @@ class HashingModel:
         return self.model.bits
 
     @property
+    def n_features(self) -> int:
+        return self.model.n_features
+
+    @property
     def label_names(self) -> list[str]:
         return list(self.info.get("label_names", []))
 
     @torch.no_grad()
     def encode_features(self, features: sp.csr_matrix) -> np.ndarray:
         """Packed codes of TF-IDF rows (e.g. a prepared split's `features`)."""
+        if features.shape[1] != self.n_features:
+            raise DataError(f"{self.directory}: the model takes {self.n_features} features per document, "
+                            f"got {features.shape[1]} (rows prepared with another vocabulary?)")
         rows = DeviceCSR(features, self.device)
         bits = torch.cat([self.model.encode(chunk) for chunk in rows.chunks(ENCODE_CHUNK)]) if len(rows) else \
             torch.zeros((0, self.bits), dtype=torch.bool)
         return pack_codes(bits.cpu())
 
+    def featurize(self, texts: list[str]) -> sp.csr_matrix:
+        """TF-IDF rows of raw texts, exactly as in training; a row's nnz is its count of vocabulary terms."""
+        if self.featurizer is None:
+            raise DataError(f"{self.directory}: the model has no vocabulary to featurize text (its vocab.json "
+                            "records no terms, e.g. it was trained on precomputed features); use encode_features")
+        if isinstance(texts, str):
+            raise TypeError("featurize takes a list of texts, not one string")
+        return self.featurizer.transform(list(texts))
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """Packed codes (uint8, [n, ceil(bits / 8)]) of raw texts, featurized exactly as in training."""
-        if self.featurizer is None:
-            raise DataError(f"{self.directory}: this model was trained on precomputed features; "
-                            "it has no vocabulary to featurize text (use encode_features)")
-        if isinstance(texts, str):
-            raise TypeError("encode takes a list of texts, not one string")
-        return self.encode_features(self.featurizer.transform(list(texts)))
-
+        return self.encode_features(self.featurize(texts))
 
     def index(self, texts: list[str] | None = None, ids=None, features: sp.csr_matrix | None = None):
         """A HammingIndex of texts (or TF-IDF rows); ids default to 0..n-1."""
@@ -70,15 +82,49 @@ class HashingModel:
 
 
 def _inner_model_dir(mlflow_model: Path) -> Path | None:
-    """The corrhash folder inside an MLflow model folder, as its MLmodel file records it."""
+    """The corrhash folder inside an MLflow model folder, as its MLmodel file records it; None if no MLmodel."""
     import yaml
 
     mlmodel = mlflow_model / "MLmodel"
     if not mlmodel.is_file():
         return None
-    spec = yaml.safe_load(mlmodel.read_text())
-    entry = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(MLFLOW_ARTIFACT_KEY)
-    return mlflow_model / entry["path"] if entry else None
+    try:
+        spec = yaml.safe_load(mlmodel.read_text())
+        entry = spec["flavors"]["python_function"]["artifacts"][MLFLOW_ARTIFACT_KEY]["path"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise DataError(f"{mlmodel}: no {MLFLOW_ARTIFACT_KEY} artifact; not a corrhash model ({exc!r})") from exc
+    # The path is data from the model's author: keep it inside the model folder.
+    inner = (mlflow_model / str(entry)).resolve()
+    if not inner.is_relative_to(mlflow_model.resolve()):
+        raise DataError(f"{mlmodel}: {MLFLOW_ARTIFACT_KEY} path {entry!r} points outside the model folder")
+    return inner
+
+
+def _require_tracking_store(uri: str) -> None:
+    """Refuse a registry URI when no tracking store is configured: MLflow's default would create an
+    empty ./mlflow.db in the cwd, then report the model as not found."""
+    import mlflow
+
+    if mlflow.tracking.is_tracking_uri_set():
+        return
+    default = mlflow.get_tracking_uri()  # computing it creates nothing; using it would
+    if default.startswith("sqlite:///") and not Path(unquote(default[len("sqlite:///"):])).is_file():
+        raise DataError(f"{uri}: no MLflow tracking store to resolve it; set MLFLOW_TRACKING_URI "
+                        f"(no {default} here)")
+
+
+def _download(uri: str) -> Path:
+    """An MLflow artifact URI as a local folder."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith(("runs:/", "models:/")):
+        _require_tracking_store(uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise DataError(f"{uri}: {' '.join(str(message).split())}") from exc
 
 
 def resolve_model_dir(uri: str | Path) -> Path:
@@ -90,12 +136,10 @@ def resolve_model_dir(uri: str | Path) -> Path:
     if inner is None:
         if "://" not in str(uri) and ":/" not in str(uri):
             raise DataError(f"{uri}: not a corrhash model folder (no model.json) and not an MLflow URI")
-        import mlflow
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(uri)))
-        inner = _inner_model_dir(local)
+        inner = _inner_model_dir(_download(str(uri)))
     if inner is None or not (inner / "model.json").is_file():
-        raise DataError(f"{uri}: an MLflow model, but not a corrhash one (no {MLFLOW_ARTIFACT_KEY} artifact)")
+        raise DataError(f"{uri}: not a corrhash model (no MLmodel with a {MLFLOW_ARTIFACT_KEY} folder holding "
+                        "model.json)")
     return inner
 
 
