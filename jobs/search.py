@@ -5,9 +5,13 @@ Examples:
   echo "the shuttle launch was delayed" | python jobs/search.py --model ... --index idx.npz --queries - --k 5
   python jobs/search.py --model runs:/RUN_ID/model --corpus docs.jsonl --queries questions.txt
 
---corpus is a prepared shard folder (its --split, ids = doc_id), a .jsonl file (a `text` field and an
-optional `id`), or a text file (one document per line, ids = line numbers). Queries come one per line
-from --queries FILE or stdin (-). Each answer line: {"query": i, "text": ..., "hits": [{"id", "distance"}]}.
+--corpus is a prepared shard folder (its --split, ids = doc_id), a UTF-8 .jsonl file (a `text` field
+and an optional `id`: an integer or a string, the same kind on every line; default: the line's index)
+or a UTF-8 text file (one document per line, ids = line numbers). Queries come one per line from
+--queries FILE or stdin (-). Each answer line: {"query": i, "text": ..., "in_vocabulary": n, "hits":
+[{"id", "distance"}]}, where n counts the model's vocabulary terms in the query; a query with none has
+a meaningless code, so its hits are arbitrary and a warning goes to stderr. --index-out X.npz also
+writes X.json (bits, size, model) beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,48 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.errors import CorrhashError, DataError  # noqa: E402
+from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
+
+INT64 = range(-2**63, 2**63)
+ID_KINDS = {int: "an integer", str: "a string"}
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents; a missing file, a folder or binary bytes are named errors."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, expected a {what} file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what} file ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}, line {line_no}: not UTF-8 text (a binary file?)") from exc
+    if "\0" in text:
+        line_no = text.count("\n", 0, text.index("\0")) + 1
+        raise DataError(f"{path}, line {line_no}: NUL byte (a binary file?)")
+    return text
+
+
+def read_queries(source: str) -> list[str]:
+    if source != "-":
+        text = read_text(Path(source), "queries")
+    else:
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise DataError("--queries - (stdin): not UTF-8 text") from exc
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def document_id(row: dict, line_no: int, path: Path):
+    """The `id` of a .jsonl row (default: its line index), if it can be saved and printed as given."""
+    doc_id = row.get("id", line_no - 1)
+    if isinstance(doc_id, str) or (isinstance(doc_id, int) and not isinstance(doc_id, bool) and doc_id in INT64):
+        return doc_id
+    raise DataError(f"{path}, line {line_no}: id {doc_id!r} must be an integer (64-bit) or a string")
 
 
 def read_corpus(path: Path, split: str):
@@ -29,22 +74,26 @@ def read_corpus(path: Path, split: str):
     if path.is_dir():
         data = TfidfShards(path).split(split)
         return None, data.features, data.doc_ids
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such corpus file or shard folder")
-    texts, ids = [], []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    texts, ids, first_id_line = [], [], None
+    for line_no, line in enumerate(read_text(path, "corpus").splitlines(), start=1):
         if not line.strip():
             continue
-        if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-                texts.append(str(row["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}, line {line_no}: expected a JSON object with a 'text' field") from exc
-            ids.append(row.get("id", line_no - 1))
-        else:
+        if path.suffix != ".jsonl":
             texts.append(line)
             ids.append(line_no - 1)
+            continue
+        try:
+            row = json.loads(line)
+            texts.append(str(row["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}, line {line_no}: expected a JSON object with a 'text' field") from exc
+        ids.append(document_id(row, line_no, path))
+        first_id_line = first_id_line or line_no
+        if type(ids[-1]) is not type(ids[0]):  # mixed kinds would all become strings in the index
+            raise DataError(f"{path}, line {line_no}: id {ids[-1]!r} is {ID_KINDS[type(ids[-1])]}, but line "
+                            f"{first_id_line}'s is {ID_KINDS[type(ids[0])]}; use one kind of id")
     return texts, None, ids
 
 
@@ -59,34 +108,57 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=10, help="hits per query (default: 10)")
     args = parser.parse_args(argv)
     try:
-        import corrhash
-        from corrhash.serve.index import HammingIndex
-
         if (args.corpus is None) == (args.index is None):
-            raise DataError("give exactly one of --corpus (to hash) or --index (to load)")
-        model = corrhash.load(args.model)
-        if args.index:
-            index = HammingIndex.load(args.index)
-            if index.bits != model.bits:
-                raise DataError(f"{args.index}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
-        else:
-            texts, features, ids = read_corpus(args.corpus, args.split)
-            index = model.index(texts, ids=ids, features=features)
-            print(f"indexed {len(index)} documents from {args.corpus}", file=sys.stderr)
-        if args.index_out:
-            index.save(args.index_out)
-            print(f"saved index to {args.index_out}", file=sys.stderr)
-        if args.queries:
-            source = sys.stdin if args.queries == "-" else open(args.queries, encoding="utf-8")
-            queries = [line.rstrip("\n") for line in source if line.strip()]
-            ids, distances = model.search(index, queries, args.k) if queries else ([], [])
-            for i, query in enumerate(queries):
-                hits = [{"id": int(d), "distance": int(h)} for d, h in zip(ids[i], distances[i])]
-                print(json.dumps({"query": i, "text": query, "hits": hits}))
+            raise ConfigError("give exactly one of --corpus (to hash) or --index (to load)")
+        if args.k < 1:
+            raise ConfigError(f"--k {args.k}: must be at least 1")
+        if args.index_out and args.index_out.suffix == ".json":
+            raise ConfigError(f"--index-out {args.index_out}: its JSON sidecar would overwrite it; name it .npz")
+        queries = read_queries(args.queries) if args.queries else []  # before any work or output
+        answer(args, queries)
     except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, ValueError) as exc:  # last resort: the library names what it can as a DataError
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     return 0
+
+
+def answer(args, queries: list[str]) -> None:
+    import numpy as np
+
+    import corrhash
+    from corrhash.serve.index import HammingIndex
+
+    model = corrhash.load(args.model)
+    if args.index:
+        index = HammingIndex.load(args.index)
+        if index.bits != model.bits:
+            raise DataError(f"{args.index}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
+    else:
+        texts, features, ids = read_corpus(args.corpus, args.split)
+        if len(ids) == 0:
+            raise DataError(f"{args.corpus}: no documents to index")
+        if features is not None and features.shape[1] != model.n_features:
+            raise DataError(f"{args.corpus}: {features.shape[1]} features per document, but the model takes "
+                            f"{model.n_features} (prepared with another vocabulary?)")
+        index = model.index(texts, ids=ids, features=features)
+        print(f"indexed {len(index)} documents from {args.corpus}", file=sys.stderr)
+    if args.index_out:
+        index.save(args.index_out)
+        print(f"saved index to {args.index_out}", file=sys.stderr)
+    if not queries:
+        return
+    features = model.featurize(queries)
+    in_vocabulary = np.diff(features.indptr)  # distinct vocabulary terms per query
+    ids, distances = index.search(model.encode_features(features), args.k)
+    for i, query in enumerate(queries):
+        if in_vocabulary[i] == 0:
+            print(f"warning: query {i} has no term of the model's vocabulary; its hits are arbitrary",
+                  file=sys.stderr)
+        hits = [{"id": d.item(), "distance": int(h)} for d, h in zip(ids[i], distances[i])]
+        print(json.dumps({"query": i, "text": query, "in_vocabulary": int(in_vocabulary[i]), "hits": hits}))
 
 
 if __name__ == "__main__":
