@@ -49,3 +49,14 @@ def tree(path: Path) -> dict[str, bytes]:
     if path.is_file():
         return {".": path.read_bytes()}
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def run_job_output(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python jobs/NAME.py ARGV`: for cases that must succeed and answer."""
+    capsys.readouterr()
+    try:
+        status = job(name).main([str(a) for a in argv])
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
