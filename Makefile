@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-gpu-data clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The 20ng shards the GPU benchmark carries to the device machine (bench/README.md), from
+# $$CORRHASH_RAW_DIR with the project's own prepare job.
+bench-gpu-data: setup
+	test -f bench/data/20ng/manifest.json || $(PY) jobs/prepare_data.py 20ng --out bench/data/20ng
 
 clean:
 	rm -rf data runs mlruns mlflow.db .pytest_cache

@@ -27,9 +27,10 @@ class DenseRows(Dataset):
         return self.rows[index]
 
 
-def reference_loader(matrix: sp.csr_matrix, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def reference_loader(rows: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of `rows` (a DenseRows, densified once by the caller, or a Subset of one)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(DenseRows(matrix), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def reference_epoch(model, optimizer, scheduler, loader: DataLoader, device: torch.device) -> float:
