@@ -8,6 +8,7 @@ source has one). Featurization happens later and is the same for every corpus.
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import html
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from corrhash.errors import DataError
+from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 
 SPLITS = ("train", "val", "test")
@@ -50,18 +51,47 @@ class RawCorpus:
 
 # ---------------------------------------------------------------- file helpers
 
-def open_text(path: Path) -> Iterator[str]:
-    """Lines of a plain, .gz, .xz or .bz2 file, decoded as latin-1 (raw corpora are not all UTF-8)."""
-    opener: Callable = open
-    if path.suffix == ".gz":
-        opener = gzip.open
-    elif path.suffix == ".xz":
-        opener = lzma.open
-    elif path.suffix == ".bz2":
-        opener = bz2.open
+DEFAULT_ENCODING = {"20ng": "latin-1", "reuters": "latin-1", "tmc": "latin-1", "text": "utf-8"}
+"""How each reader decodes its raw bytes unless --encoding says otherwise: 20ng and Reuters hold a few
+bytes that are not UTF-8 (see the shared data README); tables people write today are UTF-8."""
+
+
+def check_encoding(encoding: str) -> None:
+    """An encoding the readers can use: known to Python and ASCII-compatible (lines are split on b"\\n"
+    before decoding, so that a decoding error names its line)."""
     try:
+        codecs.lookup(encoding)
+    except LookupError as exc:
+        raise ConfigError(f"--encoding {encoding!r}: unknown encoding (e.g. utf-8, latin-1, cp1252)") from exc
+    sample = "\n,\"{}~abcXYZ019"
+    if sample.encode(encoding, errors="replace") != sample.encode("ascii"):
+        raise ConfigError(f"--encoding {encoding!r}: not ASCII-compatible; convert the file to UTF-8 first")
+
+
+def _undecodable(where: str, encoding: str, exc: UnicodeDecodeError) -> DataError:
+    return DataError(f"{where}: byte {exc.object[exc.start]:#04x} at offset {exc.start} is not valid {encoding}; "
+                     "if the file uses another encoding, pass it with --encoding (e.g. latin-1 or cp1252)")
+
+
+def decode(data: bytes, encoding: str, where: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise _undecodable(where, encoding, exc) from exc
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+    """Lines of a plain, .gz, .xz or .bz2 file, each decoded with `encoding` (a leading UTF-8 BOM is
+    dropped); an undecodable byte is a DataError naming the line."""
+    opener: Callable = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix, open)
+    first_line_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        # Latin-1 maps each byte to one character, so this splits lines on \n, \r\n or \r exactly as the
+        # bytes lie; each line is then decoded for real, which lets an error name its line.
         with opener(path, "rt", encoding="latin-1", newline="") as handle:
-            yield from handle
+            for line_no, line in enumerate(handle, start=1):
+                line_encoding = first_line_encoding if line_no == 1 else encoding
+                yield decode(line.encode("latin-1"), line_encoding, f"{path}, line {line_no}")
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
@@ -118,9 +148,44 @@ def strip_newsgroup_footer(text: str) -> str:
 
 _NG_PATH = re.compile(r"(?:^|/)20news-bydate-(train|test)/([^/]+)/([^/]+)$")
 
+NG20_BYDATE_POSTS = {  # group: (train, test) posts in the published 20news-bydate archive
+    "alt.atheism": (480, 319), "comp.graphics": (584, 389), "comp.os.ms-windows.misc": (591, 394),
+    "comp.sys.ibm.pc.hardware": (590, 392), "comp.sys.mac.hardware": (578, 385), "comp.windows.x": (593, 395),
+    "misc.forsale": (585, 390), "rec.autos": (594, 396), "rec.motorcycles": (598, 398),
+    "rec.sport.baseball": (597, 397), "rec.sport.hockey": (600, 399), "sci.crypt": (595, 396),
+    "sci.electronics": (591, 393), "sci.med": (594, 396), "sci.space": (593, 394),
+    "soc.religion.christian": (599, 398), "talk.politics.guns": (546, 364), "talk.politics.mideast": (564, 376),
+    "talk.politics.misc": (465, 310), "talk.religion.misc": (377, 251),
+}
 
-def read_20ng(raw: Path, keep_boilerplate: bool = False) -> RawCorpus:
-    """The bydate archive (.tar.gz/.tar.xz) or its extracted folder."""
+
+def check_20ng_complete(raw: Path, posts: Counter) -> None:
+    """Refuse anything but the published archive's 11,314 + 7,532 posts. tarfile reads an archive cut at
+    a member boundary as a complete, shorter one, so counting is the only way to notice."""
+    differences = []
+    for index, split in enumerate(("train", "test")):
+        expected = {group: pair[index] for group, pair in NG20_BYDATE_POSTS.items()}
+        found = {group: posts.get((split, group), 0) for group in expected}
+        if not any(found.values()):
+            differences.insert(0, f"20news-bydate-{split}/ absent (0 of {sum(expected.values()):,})")
+            continue
+        absent = [group for group in expected if found[group] == 0]
+        if absent:
+            differences.append(f"{split}: {len(absent)} of 20 groups absent ({', '.join(absent[:3])}"
+                               f"{', …' if len(absent) > 3 else ''})")
+        differences += [f"{split}/{group} {found[group]} of {expected[group]}" for group in expected
+                        if 0 < found[group] != expected[group]]
+    differences += [f"{split}/{group} is not a bydate newsgroup" for split, group in sorted(posts)
+                    if group not in NG20_BYDATE_POSTS]
+    if differences:
+        shown = ", ".join(differences[:6]) + (f" and {len(differences) - 6} more" if len(differences) > 6 else "")
+        expected_total = sum(sum(pair) for pair in NG20_BYDATE_POSTS.values())
+        raise DataError(f"{raw}: not the complete 20news-bydate archive ({sum(posts.values()):,} of "
+                        f"{expected_total:,} posts; {shown}); the file may be cut short: fetch it again")
+
+
+def read_20ng(raw: Path, keep_boilerplate: bool = False, encoding: str = "latin-1") -> RawCorpus:
+    """The bydate archive (.tar.gz/.tar.xz) or its extracted folder, checked complete."""
     found: list[tuple[str, str, str, bytes]] = []
     for rel, data in iter_archive_or_folder(raw, lambda name: _NG_PATH.search(name) is not None):
         split, group, article = _NG_PATH.search(rel).groups()
@@ -129,12 +194,13 @@ def read_20ng(raw: Path, keep_boilerplate: bool = False) -> RawCorpus:
             log(f"20ng: read {len(found)} posts from {raw.name}")
     if not found:
         raise DataError(f"{raw}: no 20news-bydate-train/ or 20news-bydate-test/ posts inside")
+    check_20ng_complete(raw, Counter((split, group) for split, group, _, _ in found))
     # Article numbers repeat across groups: key by (split, group, article).
     found.sort(key=lambda item: (item[0] != "train", item[1], int(item[2]) if item[2].isdigit() else 0, item[2]))
     groups = sorted({group for _, group, _, _ in found})
     documents = []
-    for doc_id, (split, group, _, data) in enumerate(found):
-        text = data.decode("latin-1")
+    for doc_id, (split, group, article, data) in enumerate(found):
+        text = decode(data, encoding, f"{raw}: 20news-bydate-{split}/{group}/{article}")
         if not keep_boilerplate:
             text = strip_newsgroup_footer(strip_newsgroup_quoting(strip_newsgroup_header(text)))
         documents.append(Document(doc_id, text, [group], split))
@@ -159,13 +225,30 @@ def _clean_sgml(fragment: str) -> str:
     return _CONTROL.sub(" ", html.unescape(_TAG.sub(" ", fragment)))
 
 
-def read_reuters(raw: Path, top_labels: int = 20) -> RawCorpus:
-    """Reuters-21578 SGML, ModApte split (LEWISSPLIT TRAIN/TEST with TOPICS="YES")."""
+REUTERS_DOCUMENTS = {f"reut2-{i:03d}.sgm": 1000 for i in range(21)} | {"reut2-021.sgm": 578}
+"""<REUTERS> documents per file of Reuters-21578 Distribution 1.0 (21,578 in all)."""
+
+
+def check_reuters_complete(raw: Path, documents: dict[str, int]) -> None:
+    """Refuse a distribution with a file missing, cut short or extra (a cut archive reads as a shorter one)."""
+    differences = [f"{name} has {documents[name]} of {expected} documents"
+                   for name, expected in REUTERS_DOCUMENTS.items() if documents.get(name, expected) != expected]
+    differences += [f"{name} missing" for name in REUTERS_DOCUMENTS if name not in documents]
+    differences += [f"{name} is not part of it" for name in sorted(documents) if name not in REUTERS_DOCUMENTS]
+    if differences:
+        shown = ", ".join(differences[:6]) + (f" and {len(differences) - 6} more" if len(differences) > 6 else "")
+        raise DataError(f"{raw}: not the complete Reuters-21578 distribution ({sum(documents.values()):,} of "
+                        f"21,578 documents in {len(documents)} of 22 reut2-NNN.sgm files; {shown})")
+
+
+def read_reuters(raw: Path, top_labels: int = 20, encoding: str = "latin-1") -> RawCorpus:
+    """Reuters-21578 SGML, ModApte split (LEWISSPLIT TRAIN/TEST with TOPICS="YES"), checked complete."""
     records = []
-    files = 0
+    documents_per_file: dict[str, int] = {}
     for rel, data in iter_archive_or_folder(raw, lambda name: re.search(r"reut2-\d+\.sgm$", name) is not None):
-        files += 1
-        for attrs, body in _REUTERS_DOC.findall(data.decode("latin-1")):
+        documents = _REUTERS_DOC.findall(decode(data, encoding, f"{raw}: {rel}"))
+        documents_per_file[rel.rsplit("/", 1)[-1]] = len(documents)
+        for attrs, body in documents:
             meta = dict(_ATTR.findall(attrs))
             split = meta.get("LEWISSPLIT", "").lower()
             if meta.get("TOPICS") != "YES" or split not in ("train", "test"):
@@ -176,8 +259,9 @@ def read_reuters(raw: Path, top_labels: int = 20) -> RawCorpus:
             main = _BODY.search(body) or _TEXT.search(body)
             text = " ".join(_clean_sgml(m.group(1)) for m in (title, main) if m)
             records.append((int(meta["NEWID"]), split, text, topics))
-    if files == 0:
+    if not documents_per_file:
         raise DataError(f"{raw}: no reut2-NNN.sgm files inside")
+    check_reuters_complete(raw, documents_per_file)
     records.sort()
     train_counts = Counter(t for _, split, _, topics in records if split == "train" for t in topics)
     ranked = sorted(train_counts, key=lambda t: (-train_counts[t], t))
@@ -185,7 +269,8 @@ def read_reuters(raw: Path, top_labels: int = 20) -> RawCorpus:
     kept_set = set(kept)
     documents = [Document(newid, text, [t for t in topics if t in kept_set], split)
                  for newid, split, text, topics in records]
-    log(f"reuters: {len(records)} ModApte documents from {files} files; keeping {len(kept)} categories")
+    log(f"reuters: {len(records)} ModApte documents from {len(documents_per_file)} files; "
+        f"keeping {len(kept)} categories")
     return RawCorpus("reuters", documents, sorted(kept), [raw],
                      {"modapte_documents": len(records), "categories_kept": kept})
 
@@ -199,9 +284,9 @@ def _find_one(folder: Path, pattern: str, what: str) -> Path:
     return matches[0]
 
 
-def _read_sign_matrix(path: Path) -> list[list[int]]:
+def _read_sign_matrix(path: Path, encoding: str) -> list[list[int]]:
     rows = []
-    for line_no, line in enumerate(open_text(path), start=1):
+    for line_no, line in enumerate(open_text(path, encoding), start=1):
         line = line.strip()
         if not line:
             continue
@@ -212,9 +297,9 @@ def _read_sign_matrix(path: Path) -> list[list[int]]:
     return rows
 
 
-def _read_tilde_lines(path: Path) -> dict[int, str]:
+def _read_tilde_lines(path: Path, encoding: str) -> dict[int, str]:
     texts = {}
-    for line_no, line in enumerate(open_text(path), start=1):
+    for line_no, line in enumerate(open_text(path, encoding), start=1):
         line = line.rstrip("\r\n")
         if not line:
             continue
@@ -225,17 +310,18 @@ def _read_tilde_lines(path: Path) -> dict[int, str]:
     return texts
 
 
-def read_tmc(raw: Path) -> RawCorpus:
+def read_tmc(raw: Path, encoding: str = "latin-1") -> RawCorpus:
     """SIAM 2007 TMC folder: TrainingData*.txt, TrainCategoryMatrix.csv, TestData.txt, TestTruth.csv
     (each optionally .gz/.xz). Training documents whose text is missing are skipped and counted."""
     require_exists(raw, "TMC folder")
     if not raw.is_dir():
         raise DataError(f"{raw}: the tmc reader takes the folder holding the TMC files")
     compressed = r"(\.gz|\.xz|\.bz2)?"
-    train_text = _read_tilde_lines(_find_one(raw, rf"TrainingData.*\.txt{compressed}", "training text"))
-    test_text = _read_tilde_lines(_find_one(raw, rf"TestData.*\.txt{compressed}", "test text"))
-    train_labels = _read_sign_matrix(_find_one(raw, rf"TrainCategoryMatrix.*\.csv{compressed}", "training labels"))
-    test_labels = _read_sign_matrix(_find_one(raw, rf"TestTruth.*\.csv{compressed}", "test labels"))
+    train_text = _read_tilde_lines(_find_one(raw, rf"TrainingData.*\.txt{compressed}", "training text"), encoding)
+    test_text = _read_tilde_lines(_find_one(raw, rf"TestData.*\.txt{compressed}", "test text"), encoding)
+    train_labels = _read_sign_matrix(_find_one(raw, rf"TrainCategoryMatrix.*\.csv{compressed}", "training labels"),
+                                     encoding)
+    test_labels = _read_sign_matrix(_find_one(raw, rf"TestTruth.*\.csv{compressed}", "test labels"), encoding)
     n_labels = 22
     names = [f"{j + 1:02d}" for j in range(n_labels)]
     documents = []
@@ -254,7 +340,7 @@ def read_tmc(raw: Path) -> RawCorpus:
 
 # ---------------------------------------------------------------- generic tables
 
-def _table_rows(path: Path) -> tuple[list[str], Iterator[dict]]:
+def _table_rows(path: Path, encoding: str) -> tuple[list[str], Iterator[dict]]:
     suffixes = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -265,7 +351,7 @@ def _table_rows(path: Path) -> tuple[list[str], Iterator[dict]]:
         return table.column_names, iter(table.to_pylist())
     if ".jsonl" in suffixes or ".json" in suffixes:
         def rows() -> Iterator[dict]:
-            for line_no, line in enumerate(open_text(path), start=1):
+            for line_no, line in enumerate(open_text(path, encoding), start=1):
                 if line.strip():
                     try:
                         row = json.loads(line)
@@ -279,12 +365,19 @@ def _table_rows(path: Path) -> tuple[list[str], Iterator[dict]]:
         return columns, rows()
     if ".csv" in suffixes or ".tsv" in suffixes:
         delimiter = "\t" if ".tsv" in suffixes else ","
-        reader = csv.DictReader(open_text(path), delimiter=delimiter)
+        csv.field_size_limit(2**31 - 1)  # the default 128 KiB would refuse a long document that JSONL accepts
+        reader = csv.DictReader(open_text(path, encoding), delimiter=delimiter)
         try:
             columns = list(reader.fieldnames or [])
         except csv.Error as exc:
             raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
-        return columns, reader
+
+        def csv_rows() -> Iterator[dict]:
+            try:
+                yield from reader
+            except csv.Error as exc:
+                raise DataError(f"{path}, line {reader.line_num}: not readable CSV ({exc})") from exc
+        return columns, csv_rows()
     raise DataError(f"{path}: unknown table format (use .jsonl, .csv, .tsv or .parquet)")
 
 
@@ -301,7 +394,21 @@ def _parse_labels(value, delimiter: str, where: str) -> list[str]:
                     f"got {type(value).__name__} {value!r}")
 
 
-def read_table(raw: Path, label_delimiter: str = ",", test_fraction: float = 0.2, seed: int = 0) -> RawCorpus:
+def _parse_id(value, where: str) -> int:
+    """An integer id that fits int64; 1.5, true or "x" are refused rather than truncated or guessed."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DataError(f"{where}: 'id' must be an integer, got {value!r}")
+    if not -2**63 <= value < 2**63:
+        raise DataError(f"{where}: 'id' {value} does not fit in a signed 64-bit integer")
+    return value
+
+
+def read_table(raw: Path, label_delimiter: str = ",", test_fraction: float = 0.2, seed: int = 0,
+               encoding: str = "utf-8") -> RawCorpus:
     """JSONL, CSV/TSV or Parquet with a `text` column, a `labels` column and optional `split`/`id`.
 
     Without a `split` column a seeded `test_fraction` of the rows becomes the test set."""
@@ -310,7 +417,7 @@ def read_table(raw: Path, label_delimiter: str = ",", test_fraction: float = 0.2
     require_exists(raw, "text table")
     if raw.is_dir():
         raise DataError(f"{raw}: the text reader takes one .jsonl, .csv or .parquet file, not a folder")
-    columns, rows = _table_rows(raw)
+    columns, rows = _table_rows(raw, encoding)
     missing = [c for c in ("text", "labels") if c not in columns]
     if missing:
         raise DataError(f"{raw}: missing column(s) {missing}; found {columns} "
@@ -327,11 +434,7 @@ def read_table(raw: Path, label_delimiter: str = ",", test_fraction: float = 0.2
             split = _SPLIT_ALIASES.get(str(row.get("split", "")).strip().lower())
             if split is None:
                 raise DataError(f"{where}: unknown split {row.get('split')!r} (use train, val or test)")
-        doc_id = row.get("id", row_no - 1)
-        try:
-            doc_id = int(doc_id)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: 'id' must be an integer, got {doc_id!r}") from exc
+        doc_id = _parse_id(row.get("id", row_no - 1), where)
         documents.append(Document(doc_id, text, _parse_labels(row.get("labels"), label_delimiter, where), split))
     if not documents:
         raise DataError(f"{raw}: no rows")

@@ -8,6 +8,7 @@ with nothing pickled.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,13 @@ from sklearn.feature_extraction.text import CountVectorizer
 from corrhash.errors import DataError
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # scikit-learn's default: words of two or more characters
+NORMALIZATION = "NFC"
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, then Unicode NFC: "café" typed composed (U+00E9) or decomposed (e + U+0301) is one term,
+    whichever form a corpus or a query arrives in. NFC (not NFKC) leaves Latin-1 text as it is."""
+    return unicodedata.normalize(NORMALIZATION, text.lower())
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,13 @@ class TfidfFeaturizer:
         self.terms = list(terms)
         self.norm = norm
         self.idf = None if idf is None else np.asarray(idf, dtype=np.float64)
-        self._counter = CountVectorizer(vocabulary=self.terms, token_pattern=TOKEN_PATTERN, lowercase=True,
-                                        dtype=np.int32)
+        self._counter = CountVectorizer(vocabulary=self.terms, token_pattern=TOKEN_PATTERN,
+                                        preprocessor=normalize_text, dtype=np.int32)
 
     @classmethod
     def fit_vocabulary(cls, train_texts: list[str], recipe: TfidfRecipe) -> "TfidfFeaturizer":
-        vectorizer = CountVectorizer(token_pattern=TOKEN_PATTERN, lowercase=True, stop_words=recipe.stop_words,
+        vectorizer = CountVectorizer(token_pattern=TOKEN_PATTERN, preprocessor=normalize_text,
+                                     stop_words=recipe.stop_words,
                                      max_features=recipe.max_features, max_df=recipe.max_df,
                                      min_df=recipe.min_df, dtype=np.int32)
         try:
@@ -93,7 +102,7 @@ class TfidfFeaturizer:
 
     def to_json(self) -> dict:
         return {"format": "corrhash-tfidf-v1", "token_pattern": TOKEN_PATTERN, "lowercase": True,
-                "sublinear_tf": True, "norm": self.norm, "terms": self.terms,
+                "unicode_normalization": NORMALIZATION, "sublinear_tf": True, "norm": self.norm, "terms": self.terms,
                 "idf": None if self.idf is None else [float(v) for v in self.idf]}
 
     @classmethod
@@ -102,6 +111,10 @@ class TfidfFeaturizer:
             raise DataError(f"{source}: holds no text featurizer (format {payload.get('format')!r})")
         if payload.get("token_pattern") != TOKEN_PATTERN:
             raise DataError(f"{source}: token pattern {payload.get('token_pattern')!r} is not supported")
+        # Files written before normalization was recorded were fitted on the same (composed) text.
+        if payload.get("unicode_normalization", NORMALIZATION) != NORMALIZATION:
+            raise DataError(f"{source}: unicode_normalization {payload['unicode_normalization']!r} is not "
+                            f"supported (only {NORMALIZATION})")
         return cls(payload["terms"], payload["idf"], payload.get("norm", "l2"))
 
     @classmethod

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -14,7 +14,10 @@ from corrhash.log import log
 RAW_DIR_ENV = "CORRHASH_RAW_DIR"
 CACHE_ENV = "CORRHASH_CACHE"
 NG20_URL_ENV = "CORRHASH_20NG_URL"
-NG20_URL = "http://qwone.com/~jason/20Newsgroups/20news-bydate.tar.gz"
+# The public bydate archive as scikit-learn's fetch_20newsgroups gets it (sklearn/datasets/_twenty_newsgroups.py):
+# over https, and pinned, so a swapped or damaged download is refused.
+NG20_URL = "https://ndownloader.figshare.com/files/5975967"
+NG20_SHA256 = "8f1b2514ca22a5ade8fbb9cfa5727df95fa587f4c87b786e15c759fa66d95610"
 
 # Paths tried under $CORRHASH_RAW_DIR, in order (the layout of the team's shared data folder).
 _CANDIDATES = {
@@ -36,24 +39,44 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "corrhash")
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def download_20ng() -> Path:
-    """Fetch the public bydate archive once into the cache; fail with a message that says what to pass."""
+    """Fetch the public bydate archive once into the cache, checked against its pinned sha256; fail with a
+    message that says what to pass. A cached file that does not match is fetched again."""
     target = cache_dir() / "20news-bydate.tar.gz"
     if target.is_file():
-        return target
+        if _sha256(target) == NG20_SHA256:
+            return target
+        log(f"{target}: sha256 is not the published archive's; fetching it again")
+        target.unlink()
     url = os.environ.get(NG20_URL_ENV, NG20_URL)
     log(f"downloading {url} → {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".20news-", dir=target.parent)
     try:
+        digest = hashlib.sha256()
         with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as handle:
-            shutil.copyfileobj(response, handle)
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                handle.write(block)
+        if digest.hexdigest() != NG20_SHA256:
+            raise DataError(f"{url}: downloaded file has sha256 {digest.hexdigest()}, not the published "
+                            f"20news-bydate.tar.gz ({NG20_SHA256}); nothing was kept. Pass "
+                            f"{_HOW_TO_PASS['20ng']} if you have a good copy")
         os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:  # ValueError: a malformed $CORRHASH_20NG_URL
         raise DataError(f"could not download 20 Newsgroups from {url} ({exc}). Offline? Pass "
                         f"{_HOW_TO_PASS['20ng']}, or set {RAW_DIR_ENV} to a folder holding "
                         "20news-bydate/20news-bydate.tar.gz") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return target
 
 
