@@ -1,24 +1,33 @@
 """The shard format every later stage reads: `DIR/{train,val,test}/part-NNNNN.parquet`.
 
 Schema (one row per document): doc_id int64, indices list<int32> (sorted), values list<float32>
-(L2-normalized sublinear TF-IDF), labels list<int32>. `DIR/manifest.json` describes the set and
-`DIR/vocab.json` holds the featurizer. `TfidfShards` loads a split as CSR without densifying.
+(L2-normalized sublinear TF-IDF), labels list<int32>. `DIR/manifest.json` describes the set (with the
+sha256 of every shard file and of vocab.json, and a checksum of itself) and `DIR/vocab.json` holds the
+featurizer. `TfidfShards` checks all of that when it opens the files, and loads a split as CSR without
+densifying.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from corrhash.data.corpora import SPLITS
 from corrhash.errors import DataError
+from corrhash.log import log
+
+FORMAT = "corrhash-shards-v1"
+VERIFY_ENV = "CORRHASH_VERIFY_SHARDS"
+"""Set to 0 to skip the sha256 checks on open (huge corpora on trusted storage); value checks still run."""
 
 SCHEMA = pa.schema([
     ("doc_id", pa.int64()),
@@ -53,6 +62,20 @@ class Split:
                                            size=x.shape, device=device, check_invariants=False)
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of every other field of the manifest: an edited `content_hash` (or any damage) is noticed."""
+    fields = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=value_type))
 
@@ -75,7 +98,7 @@ def write_split(out_dir: Path, name: str, table: pa.Table, rows_per_shard: int) 
         chunk = table.slice(start, rows_per_shard)
         rel = f"{name}/part-{part:05d}.parquet"
         pq.write_table(chunk, out_dir / rel, compression="zstd")
-        entries.append({"path": rel, "rows": chunk.num_rows})
+        entries.append({"path": rel, "rows": chunk.num_rows, "sha256": sha256_file(out_dir / rel)})
     return entries
 
 
@@ -91,31 +114,96 @@ def table_digest(table: pa.Table, digest: "hashlib._Hash") -> None:
             digest.update(np.asarray(array).tobytes())
 
 
-def _csr_from_lists(indices: pa.ChunkedArray, values: np.ndarray | None, n_cols: int, path: Path,
-                    what: str) -> sp.csr_matrix:
-    """CSR from a list<int32> column of column ids (and flat values; None for a 0/1 pattern)."""
-    array = indices.combine_chunks()
-    indptr = np.asarray(array.offsets, dtype=np.int64)
-    indptr = indptr - indptr[0]
-    cols = np.asarray(array.flatten(), dtype=np.int32)
-    if len(cols) and (cols.min() < 0 or cols.max() >= n_cols):
-        raise DataError(f"{path}: {what} index out of range [0, {n_cols})")
-    data = np.ones(len(cols), dtype=bool) if values is None else values
-    return sp.csr_matrix((data, cols, indptr), shape=(len(array), n_cols))
+def _row_of(position: int, offsets: np.ndarray) -> int:
+    """1-based row holding flat list element `position`, given the list offsets (starting at 0)."""
+    return int(np.searchsorted(offsets, position, side="right"))
+
+
+def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat values) of a list column."""
+    array = column.combine_chunks()
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    return offsets - offsets[0], np.asarray(array.flatten())
+
+
+def _check_ids(flat: np.ndarray, offsets: np.ndarray, bound: int, path: Path, what: str) -> None:
+    bad = (flat < 0) | (flat >= bound)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(f"{path}, row {_row_of(first, offsets)}: {what} index {flat[first]} out of range [0, {bound})")
+
+
+def _csr(offsets: np.ndarray, cols: np.ndarray, data: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    return sp.csr_matrix((data, cols.astype(np.int32), offsets), shape=(len(offsets) - 1, n_cols))
 
 
 class TfidfShards:
-    """A prepared shard set: `TfidfShards(dir).split("train")` → `Split`."""
+    """A prepared shard set: `TfidfShards(dir).split("train")` → `Split`.
 
-    def __init__(self, root: str | Path):
+    Opening checks the manifest (its own checksum, vocab.json's sha256 and size); reading a shard checks
+    its sha256 against the manifest, then its rows: finite, non-negative values, indices in range, as many
+    values as indices. `verify=False` (or $CORRHASH_VERIFY_SHARDS=0) skips only the sha256 work. A manifest
+    written before shards carried checksums is verified by recomputing its content hash (one full read)."""
+
+    def __init__(self, root: str | Path, verify: bool | None = None):
         self.root = Path(root)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.is_file():
-            raise DataError(f"{manifest_path}: not found; is {self.root} the output of jobs/prepare_data.py?")
+        self.verify = os.environ.get(VERIFY_ENV, "1") != "0" if verify is None else verify
+        self.manifest_path = self.root / "manifest.json"
+        if not self.manifest_path.is_file():
+            raise DataError(f"{self.manifest_path}: not found; is {self.root} the output of jobs/prepare_data.py?")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{manifest_path}: invalid JSON ({exc})") from exc
+            self.manifest = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{self.manifest_path}: invalid JSON ({exc})") from exc
+        self._entries = self._check_manifest()
+        self._check_vocab()
+        if self.verify and "manifest_sha256" not in self.manifest:
+            log(f"{self.manifest_path}: written before shard checksums; verifying its content_hash (one full read)")
+            if self.compute_content_hash() != self.content_hash:
+                raise DataError(f"{self.manifest_path}: content_hash {self.content_hash[:12]}… does not match the "
+                                "shards and vocab.json; the folder was changed or damaged: prepare it again")
+
+    def _check_manifest(self) -> dict[Path, dict]:
+        """The manifest's shape and checksum; returns {absolute shard path: its manifest entry}."""
+        m, where = self.manifest, self.manifest_path
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            found = m.get("format") if isinstance(m, dict) else type(m).__name__
+            raise DataError(f"{where}: not a corrhash shard manifest (format {found!r}, expected {FORMAT!r})")
+        if self.verify and "manifest_sha256" in m and manifest_checksum(m) != m["manifest_sha256"]:
+            raise DataError(f"{where}: its checksum does not match its contents (content_hash, n_features or "
+                            "another field was edited, or the file is damaged); prepare the data again")
+        entries = {}
+        try:
+            if not (isinstance(m["n_features"], int) and m["n_features"] > 0 and isinstance(m["label_names"], list)
+                    and isinstance(m["content_hash"], str)):
+                raise TypeError("n_features, label_names or content_hash")
+            for name in SPLITS:
+                for entry in m["splits"][name]["shards"]:
+                    rel = PurePosixPath(entry["path"])
+                    if rel.is_absolute() or ".." in rel.parts:
+                        raise DataError(f"{where}: shard path {entry['path']!r} is outside {self.root}")
+                    if not isinstance(entry["rows"], int):
+                        raise TypeError(f"rows of {entry['path']}")
+                    entries[Path(os.path.abspath(self.root / rel))] = entry
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{where}: malformed manifest ({exc} missing or of the wrong type)") from exc
+        return entries
+
+    def _check_vocab(self) -> None:
+        vocab_path = self.root / "vocab.json"
+        try:
+            data = vocab_path.read_bytes()
+            vocab = json.loads(data)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{vocab_path}: cannot read the featurizer of {self.root} ({exc})") from exc
+        expected = self.manifest.get("vocab_sha256")
+        if self.verify and expected and hashlib.sha256(data).hexdigest() != expected:
+            raise DataError(f"{vocab_path}: sha256 does not match manifest.json; the file was changed or damaged")
+        terms = vocab.get("terms") if isinstance(vocab, dict) else None
+        size = len(terms) if isinstance(terms, list) else (vocab.get("n_features") if isinstance(vocab, dict) else None)
+        if size != self.n_features:
+            raise DataError(f"{self.manifest_path}: n_features {self.n_features} disagrees with {vocab_path} "
+                            f"({size} features)")
 
     @property
     def n_features(self) -> int:
@@ -134,28 +222,87 @@ class TfidfShards:
             raise DataError(f"{self.root}: no split {name!r}; has {sorted(self.manifest['splits'])}")
         return [self.root / entry["path"] for entry in self.manifest["splits"][name]["shards"]]
 
+    def _read_shard(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """One shard file, its sha256 checked first (when verifying), then its schema and rows."""
+        entry = self._entries.get(Path(os.path.abspath(path)))
+        if entry is None:
+            raise DataError(f"{path}: not a shard listed in {self.manifest_path}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read shard ({exc})") from exc
+        expected = entry.get("sha256")
+        if self.verify and expected and hashlib.sha256(data).hexdigest() != expected:
+            raise DataError(f"{path}: sha256 does not match {self.manifest_path}; the shard file was changed or "
+                            "damaged after prepare_data wrote it: prepare the data again")
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{path}: cannot read shard ({exc})") from exc
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        if not table.schema.equals(schema):
+            raise DataError(f"{path}: schema {table.schema} is not the shard schema {schema}")
+        if table.num_rows != entry["rows"]:
+            raise DataError(f"{path}: {table.num_rows} rows, but {self.manifest_path} lists {entry['rows']}")
+        for column_name, column in zip(table.column_names, table.columns):
+            nulls = column.null_count or (column.combine_chunks().flatten().null_count
+                                          if pa.types.is_list(column.type) else 0)
+            if nulls:
+                raise DataError(f"{path}: column {column_name!r} holds {nulls} null value(s)")
+        return table
+
+    def _checked_rows(self, path: Path) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+        """(doc ids, features, labels) of one shard file, every row checked."""
+        table = self._read_shard(path)
+        offsets, cols = _flat(table.column("indices"))
+        value_offsets, values = _flat(table.column("values"))
+        if not np.array_equal(offsets, value_offsets):
+            row = int(np.argmax(np.diff(offsets) != np.diff(value_offsets))) + 1
+            raise DataError(f"{path}, row {row}: {offsets[row] - offsets[row - 1]} feature indices but "
+                            f"{value_offsets[row] - value_offsets[row - 1]} values")
+        bad = ~np.isfinite(values) | (values < 0)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise DataError(f"{path}, row {_row_of(first, offsets)}: value {values[first]} "
+                            "(TF-IDF values must be finite and >= 0)")
+        _check_ids(cols, offsets, self.n_features, path, "feature")
+        label_offsets, label_ids = _flat(table.column("labels"))
+        _check_ids(label_ids, label_offsets, len(self.label_names), path, "label")
+        return (table.column("doc_id").to_numpy(), _csr(offsets, cols, values.astype(np.float32), self.n_features),
+                _csr(label_offsets, label_ids, np.ones(len(label_ids), dtype=bool), len(self.label_names)))
+
+    def _paths(self, name: str, shards: list[Path] | None) -> list[Path]:
+        paths = self.shard_paths(name) if shards is None else [Path(p) for p in shards]
+        if shards is None and sum(e["rows"] for e in self.manifest["splits"][name]["shards"]) == 0:
+            raise DataError(f"{self.manifest_path}: split {name!r} has no documents")
+        return paths
+
     def labels(self, name: str, shards: list[Path] | None = None) -> np.ndarray:
         """Only the label matrix of a split (or of the given shard files, in that order)."""
-        paths = self.shard_paths(name) if shards is None else [Path(p) for p in shards]
-        tables = [pq.read_table(path, columns=["labels"]) for path in paths]
-        column = pa.concat_tables(tables).column("labels") if tables else pa.chunked_array([], pa.list_(pa.int32()))
-        return _csr_from_lists(column, None, len(self.label_names), self.root, "label").toarray()
+        blocks = []
+        for path in self._paths(name, shards):
+            offsets, label_ids = _flat(self._read_shard(path, columns=["labels"]).column("labels"))
+            _check_ids(label_ids, offsets, len(self.label_names), path, "label")
+            blocks.append(_csr(offsets, label_ids, np.ones(len(label_ids), dtype=bool), len(self.label_names)))
+        if not blocks:
+            return np.zeros((0, len(self.label_names)), dtype=bool)
+        return sp.vstack(blocks, format="csr").toarray()
 
     def split(self, name: str, shards: list[Path] | None = None) -> Split:
         """Load a split (or only the given shard files of it, e.g. a worker's share)."""
-        paths = self.shard_paths(name) if shards is None else [Path(p) for p in shards]
-        tables = []
-        for path in paths:
-            try:
-                table = pq.read_table(path)
-            except (OSError, pa.ArrowInvalid) as exc:
-                raise DataError(f"{path}: cannot read shard ({exc})") from exc
-            if not table.schema.equals(SCHEMA):
-                raise DataError(f"{path}: schema {table.schema} is not the shard schema {SCHEMA}")
-            tables.append(table)
-        table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-        where = paths[0] if paths else self.root
-        values = np.asarray(table.column("values").combine_chunks().flatten(), dtype=np.float32)
-        features = _csr_from_lists(table.column("indices"), values, self.n_features, where, "feature")
-        labels = _csr_from_lists(table.column("labels"), None, len(self.label_names), where, "label")
-        return Split(name, features, labels.toarray(), table.column("doc_id").to_numpy())
+        parts = [self._checked_rows(path) for path in self._paths(name, shards)]
+        if not parts:
+            return Split(name, sp.csr_matrix((0, self.n_features), dtype=np.float32),
+                         np.zeros((0, len(self.label_names)), dtype=bool), np.zeros(0, dtype=np.int64))
+        features = sp.vstack([f for _, f, _ in parts], format="csr")
+        labels = sp.vstack([y for _, _, y in parts], format="csr")
+        return Split(name, features, labels.toarray(), np.concatenate([ids for ids, _, _ in parts]))
+
+    def compute_content_hash(self) -> str:
+        """The content hash prepare_data computed: every split's arrays, then vocab.json (reads everything)."""
+        digest = hashlib.sha256()
+        for name in SPLITS:
+            tables = [self._read_shard(path) for path in self.shard_paths(name)]
+            table_digest(pa.concat_tables(tables) if tables else SCHEMA.empty_table(), digest)
+        digest.update((self.root / "vocab.json").read_bytes())
+        return digest.hexdigest()
