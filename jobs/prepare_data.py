@@ -26,7 +26,10 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
     parser.add_argument("--raw", type=Path, help="raw archive, folder or file (default: $CORRHASH_RAW_DIR, "
                         "else download for 20ng)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder written by "
+                        "prepare_data (never any other folder, a file, or one holding the raw input)")
+    parser.add_argument("--encoding", help="text encoding of the raw files (default: utf-8 for text; latin-1 for "
+                        "20ng, reuters and tmc, whose files are not all UTF-8)")
     recipe = parser.add_argument_group("TF-IDF recipe (vocabulary fitted on train only)")
     recipe.add_argument("--max-features", type=int, default=defaults.max_features, help="vocabulary size")
     recipe.add_argument("--max-df", type=float, default=defaults.max_df,
@@ -59,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
                          rows_per_shard=args.rows_per_shard, seed=args.seed,
                          keep_boilerplate=args.keep_boilerplate, top_labels=args.top_labels,
                          label_delimiter=args.label_delimiter, test_fraction=args.test_fraction,
-                         overwrite=args.overwrite, limit=args.limit)
+                         overwrite=args.overwrite, limit=args.limit, encoding=args.encoding)
 
 
 def main(argv: list[str] | None = None) -> int:

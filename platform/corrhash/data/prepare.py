@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import scipy.sparse as sp
 
 from corrhash.data import corpora
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
-from corrhash.data.shards import split_table, table_digest, write_split
+from corrhash.data.shards import FORMAT, manifest_checksum, sha256_file, split_table, table_digest, write_split
 from corrhash.data.sources import resolve_raw
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
@@ -50,6 +54,13 @@ class PrepareConfig:
     """Replace an existing output folder."""
     limit: int | None = None
     """Keep a seeded random sample of at most this many documents per split (smoke tests, quick runs)."""
+    encoding: str | None = None
+    """Text encoding of the raw files; default utf-8 for text, latin-1 for 20ng, reuters and tmc."""
+
+    @property
+    def text_encoding(self) -> str | None:
+        """The encoding the reader uses (None for mat, which holds no text)."""
+        return self.encoding or corpora.DEFAULT_ENCODING.get(self.dataset)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -60,6 +71,14 @@ class PrepareConfig:
             raise ConfigError(f"--limit {self.limit}: must be >= 1")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction {self.test_fraction}: must be between 0 and 1")
+        if self.seed < 0:
+            raise ConfigError(f"--seed {self.seed}: must be >= 0")
+        if not self.label_delimiter:
+            raise ConfigError("--label-delimiter must not be empty")
+        if self.encoding is not None:
+            if self.dataset == "mat":
+                raise ConfigError("--encoding does not apply to mat (a .mat file holds no text)")
+            corpora.check_encoding(self.encoding)
         r = self.recipe
         if r.min_tokens > r.max_tokens:
             raise ConfigError(f"--min-tokens {r.min_tokens} exceeds --max-tokens {r.max_tokens}")
@@ -77,14 +96,6 @@ class PreparedSplits:
     label_names: list[str]
     vocab: dict
     dropped: dict
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_checksums(sources: list[Path]) -> dict[str, str]:
@@ -159,8 +170,8 @@ def read_mat(path: Path) -> PreparedSplits:
         mat = scipy.io.loadmat(str(path))
     except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
         raise DataError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save with -v7") from exc
-    except (ValueError, OSError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable .mat file ({exc})") from exc
+    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError) as exc:
+        raise DataError(f"{path}: not a readable .mat file ({exc or type(exc).__name__})") from exc
     found = sorted(k for k in mat if not k.startswith("__"))
     missing = [k for k in ("train", "test", "cv", "gnd_train", "gnd_test", "gnd_cv") if k not in mat]
     if missing:
@@ -168,6 +179,13 @@ def read_mat(path: Path) -> PreparedSplits:
     features, labels, doc_ids, dropped = {}, {}, {}, {"no_labels": {}, "empty": {}}
     offset = 0
     n_labels = None
+    for key in ("train", "cv", "test", "gnd_train", "gnd_cv", "gnd_test"):
+        value = mat[key]
+        if not (sp.issparse(value) or (isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+                                       and value.ndim == 2)):
+            kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise DataError(f"{path}: variable {key!r} must be a numeric 2-D matrix, got {kind} "
+                            "(a cell, char or struct array?)")
     for split, key in (("train", "train"), ("val", "cv"), ("test", "test")):
         x = sp.csr_matrix(mat[key], dtype=np.float64)
         y = np.asarray(sp.csr_matrix(mat[f"gnd_{key}"]).toarray())
@@ -210,15 +228,174 @@ def sample_splits(prepared: PreparedSplits, limit: int, seed: int) -> None:
             prepared.doc_ids[split] = prepared.doc_ids[split][rows]
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
+class _Termination:
+    """SIGTERM (`ray job stop`, `kill`) while preparing: raise SystemExit so the cleanup runs (the default
+    action kills the process and leaves the temporary folder behind), except during the final swap, which
+    finishes first so that `--out` is never left missing."""
+
+    def __init__(self):
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = signum
+        else:
+            raise SystemExit(128 + signum)
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self.handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    @contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending is not None:
+                raise SystemExit(128 + self.pending)
+
+
+def _replace_dir(tmp: Path, out: Path, termination: _Termination) -> None:
     """Move the finished `tmp` into `out`; an old `out` is removed only after the new one is in place."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, trash)
-    os.replace(tmp, out)
-    shutil.rmtree(trash)
+    with termination.held():
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, trash)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(trash, out)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)  # what is left is removed by the next run
+
+
+def is_prepared_corpus(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output(out: Path, raw: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds or sits inside the raw input, and (with --overwrite) anything that is
+    not a prepared corpus: --overwrite deletes the old folder."""
+    out_real, raw_real = out.resolve(), raw.resolve()
+    if out_real == raw_real or out_real in raw_real.parents:
+        raise DataError(f"{out}: holds the raw input {raw}; choose an --out outside it")
+    if raw_real in out_real.parents:
+        raise DataError(f"{out}: is inside the raw input {raw}; choose an --out outside it")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise DataError(f"{out}: already exists; pass --overwrite to replace it")
+        if out.is_symlink() or not out.is_dir():
+            raise DataError(f"{out}: exists and is not a folder; --overwrite only replaces a folder written by "
+                            "prepare_data")
+        if not is_prepared_corpus(out):
+            raise DataError(f"{out}: exists and is not a prepared corpus (no manifest.json of format {FORMAT}); "
+                            "--overwrite only replaces those: choose another --out or remove it yourself")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete `.NAME.tmp-PID-*` / `.NAME.old-PID` folders of earlier runs whose process is gone (killed)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
+    for path in out.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_dir():
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # that run is still alive (or belongs to someone we may not signal)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        log(f"removing {path}, left by an interrupted run (process {pid})")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_temp_dir(out: Path) -> tuple[Path, list[Path]]:
+    """The temporary sibling of `out` and the parent folders created for it, made before any work so that
+    a read-only or missing location fails at once."""
+    created = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)), created
+    except OSError as exc:
+        _remove_empty(created)
+        raise DataError(f"{out}: cannot write the output there (--out): {exc.strerror or exc}") from exc
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def read_and_featurize(config: PrepareConfig, raw: Path) -> tuple[PreparedSplits, list[Path], dict]:
+    """(prepared splits, source files, reader notes)."""
+    log(f"reading {config.dataset} from {raw}")
+    if config.dataset == "mat":
+        return read_mat(raw), [raw], {}
+    encoding = config.text_encoding
+    corpus = {
+        "20ng": lambda: corpora.read_20ng(raw, config.keep_boilerplate, encoding),
+        "reuters": lambda: corpora.read_reuters(raw, config.top_labels, encoding),
+        "tmc": lambda: corpora.read_tmc(raw, encoding),
+        "text": lambda: corpora.read_table(raw, config.label_delimiter, config.test_fraction, config.seed, encoding),
+    }[config.dataset]()
+    return featurize_corpus(corpus, config), corpus.sources, corpus.notes
+
+
+def write_output(tmp: Path, prepared: PreparedSplits, config: PrepareConfig, sources: list[Path],
+                 notes: dict) -> dict:
+    """Shards, vocab.json and manifest.json into `tmp`; returns the manifest."""
+    digest = hashlib.sha256()
+    splits = {}
+    for split in corpora.SPLITS:
+        table = split_table(prepared.features[split], prepared.labels[split], prepared.doc_ids[split])
+        table_digest(table, digest)
+        shards = write_split(tmp, split, table, config.rows_per_shard)
+        splits[split] = {"documents": table.num_rows, "shards": shards}
+        log(f"wrote {split}: {table.num_rows} documents in {len(shards)} shard(s)")
+    vocab_bytes = json.dumps(prepared.vocab, sort_keys=True).encode()
+    digest.update(vocab_bytes)
+    (tmp / "vocab.json").write_bytes(vocab_bytes)
+    params = {k: v for k, v in asdict(config).items() if k not in ("out", "raw", "overwrite")}
+    params["encoding"] = config.text_encoding
+    manifest = {
+        "format": FORMAT,
+        "dataset": config.dataset,
+        "recipe": params,
+        "encoding": config.text_encoding,
+        "sources": source_checksums(sources),
+        "n_features": int(prepared.features["train"].shape[1]),
+        "label_names": prepared.label_names,
+        "splits": splits,
+        "dropped": prepared.dropped,
+        "notes": notes,
+        "vocab_sha256": hashlib.sha256(vocab_bytes).hexdigest(),
+        "content_hash": digest.hexdigest(),
+    }
+    manifest = json.loads(json.dumps(manifest, default=str))  # the checksum covers what readers will see
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def prepare(config: PrepareConfig) -> dict:
@@ -229,56 +406,28 @@ def prepare(config: PrepareConfig) -> dict:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it")
     started = time.monotonic()
     raw = resolve_raw(config.dataset, config.raw)
-    log(f"reading {config.dataset} from {raw}")
-    if config.dataset == "mat":
-        prepared, sources, notes = read_mat(raw), [raw], {}
-    else:
-        corpus = {
-            "20ng": lambda: corpora.read_20ng(raw, config.keep_boilerplate),
-            "reuters": lambda: corpora.read_reuters(raw, config.top_labels),
-            "tmc": lambda: corpora.read_tmc(raw),
-            "text": lambda: corpora.read_table(raw, config.label_delimiter, config.test_fraction, config.seed),
-        }[config.dataset]()
-        prepared, sources, notes = featurize_corpus(corpus, config), corpus.sources, corpus.notes
-    if config.limit is not None:
-        sample_splits(prepared, config.limit, config.seed)
-    for split in corpora.SPLITS:
-        if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
-            raise DataError(f"{raw}: split {split!r} has no documents after filtering")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        digest = hashlib.sha256()
-        splits = {}
-        for split in corpora.SPLITS:
-            table = split_table(prepared.features[split], prepared.labels[split], prepared.doc_ids[split])
-            table_digest(table, digest)
-            shards = write_split(tmp, split, table, config.rows_per_shard)
-            splits[split] = {"documents": table.num_rows, "shards": shards}
-            log(f"wrote {split}: {table.num_rows} documents in {len(shards)} shard(s)")
-        vocab_text = json.dumps(prepared.vocab, sort_keys=True)
-        digest.update(vocab_text.encode())
-        (tmp / "vocab.json").write_text(vocab_text)
-        params = {k: v for k, v in asdict(config).items() if k not in ("out", "raw", "overwrite")}
-        manifest = {
-            "format": "corrhash-shards-v1",
-            "dataset": config.dataset,
-            "recipe": params,
-            "sources": source_checksums(sources),
-            "n_features": int(prepared.features["train"].shape[1]),
-            "label_names": prepared.label_names,
-            "splits": splits,
-            "dropped": prepared.dropped,
-            "notes": notes,
-            "content_hash": digest.hexdigest(),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    counts = ", ".join(f"{s} {v['documents']}" for s, v in splits.items())
+    check_output(out, raw, config.overwrite)
+    termination = _Termination()
+    with termination.installed():
+        tmp, created = make_temp_dir(out)
+        try:
+            prepared, sources, notes = read_and_featurize(config, raw)
+            if config.limit is not None:
+                sample_splits(prepared, config.limit, config.seed)
+            for split in corpora.SPLITS:
+                if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
+                    raise DataError(f"{raw}: split {split!r} has no documents after filtering")
+            try:
+                manifest = write_output(tmp, prepared, config, sources, notes)
+                _replace_dir(tmp, out, termination)
+            except OSError as exc:  # disk full, read-only file system, quota
+                raise DataError(f"{out}: writing the output failed ({exc.strerror or exc}); nothing was "
+                                "written") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(created)
+            raise
+    counts = ", ".join(f"{s} {v['documents']}" for s, v in manifest["splits"].items())
     log(f"done in {time.monotonic() - started:.1f}s: {counts}; {manifest['n_features']} features; "
         f"content hash {manifest['content_hash'][:12]} → {out}")
     return manifest
