@@ -226,3 +226,63 @@ def test_cli_help_and_error_exit(tmp_path):
                            "--out", str(tmp_path / "o")], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert "error:" in done.stderr and "missing" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- text encoding and Unicode
+
+UNICODE_TEXTS = {
+    "latin": "naïve café münchen über straße façade",
+    "greek": "καλημέρα κόσμε φιλοσοφία αθήνα",
+    "cyrillic": "привет мир москва литература",
+    "cjk": "東京 大学 日本語 中文 汉字",
+}
+
+
+def unicode_rows() -> list[dict]:
+    rows = []
+    for i in range(60):
+        script = sorted(UNICODE_TEXTS)[i % 4]
+        rows.append({"id": i, "text": f"{UNICODE_TEXTS[script]} {script} document {i % 7}", "labels": [script]})
+    return rows
+
+
+def test_utf8_text_featurizes_identically_at_serving_time(tmp_path):
+    raw = tmp_path / "docs.jsonl"
+    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unicode_rows()), encoding="utf-8")
+    manifest = prepare(PrepareConfig(dataset="text", raw=raw, out=tmp_path / "out", recipe=LOOSE))
+    assert manifest["encoding"] == "utf-8" and manifest["recipe"]["encoding"] == "utf-8"
+    featurizer = TfidfFeaturizer.load(tmp_path / "out" / "vocab.json")
+    assert {"naïve", "café", "münchen", "über", "straße", "καλημέρα", "привет", "東京", "日本語"} <= set(featurizer.terms)
+    # The serving path (vocab.json + real Unicode strings) reproduces the stored rows exactly.
+    shards = TfidfShards(tmp_path / "out")
+    rows = {r["id"]: r for r in unicode_rows()}
+    train = shards.split("train")
+    again = featurizer.transform([rows[d]["text"] for d in train.doc_ids])
+    np.testing.assert_array_equal(again.toarray(), train.features.toarray())
+    query = featurizer.transform(["naïve café münchen über straße"])
+    assert query.nnz == 5
+    # Decomposed "é" (e + U+0301), upper case, and composed text are one term.
+    for variant in ("nai\u0308ve cafe\u0301 mu\u0308nchen u\u0308ber straße", "NAÏVE CAFÉ MÜNCHEN ÜBER straße"):
+        np.testing.assert_array_equal(featurizer.transform([variant]).toarray(), query.toarray())
+
+
+def test_other_encodings_need_the_option(tmp_path):
+    rows = [{"id": i, "text": f"{UNICODE_TEXTS['latin']} document {i % 7}", "labels": ["a" if i % 2 else "b"]}
+            for i in range(40)]
+    raw = tmp_path / "docs.csv"
+    lines = ["id,text,labels"] + [f'{r["id"]},{r["text"]},{r["labels"][0]}' for r in rows]
+    raw.write_bytes(("\n".join(lines) + "\n").encode("cp1252"))
+    message = run(PrepareConfig(dataset="text", raw=raw, out=tmp_path / "o", recipe=LOOSE))
+    assert "docs.csv, line 2" in message and "utf-8" in message and "--encoding" in message
+    manifest = prepare(PrepareConfig(dataset="text", raw=raw, out=tmp_path / "o", recipe=LOOSE, encoding="cp1252"))
+    assert manifest["encoding"] == "cp1252"
+    assert "café" in TfidfFeaturizer.load(tmp_path / "o" / "vocab.json").terms
+
+
+def test_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+    rows = synthetic_rows()
+    raw = tmp_path / "docs.csv"
+    lines = ["text,labels"] + [f'{r["text"]},{r["labels"][0]}' for r in rows]
+    raw.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    manifest = prepare(PrepareConfig(dataset="text", raw=raw, out=tmp_path / "o", recipe=LOOSE))
+    assert manifest["splits"]["train"]["documents"] == 48
