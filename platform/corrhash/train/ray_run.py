@@ -63,6 +63,7 @@ def init_ray(address: str | None) -> None:
     import ray
 
     import corrhash
+    from corrhash.train.ray_local import secure_local_ray
 
     if ray.is_initialized():
         return
@@ -70,8 +71,10 @@ def init_ray(address: str | None) -> None:
                    "env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}
     # "local" always starts a fresh local Ray: with no address, ray.init would instead join whatever
     # cluster /tmp/ray/ray_current_cluster names, and hang if that cluster is gone.
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
-             log_to_driver=True, configure_logging=False)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        secure_local_ray()
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
 
 
 def storage_path(storage: str) -> str:
