@@ -1,39 +1,91 @@
 #!/usr/bin/env bash
-# A local Ray head and MLflow server on loopback, for `ray job submit` from this checkout.
-#   bash cluster/local.sh start    # prints the addresses to export
+# A local Ray head (token authentication on) and an MLflow server, for `ray job submit` from this checkout.
+#   bash cluster/local.sh start    # prints the exports and a ready-made `ray job submit` line
 #   bash cluster/local.sh stop     # stops both by PID
-# State (PIDs, logs, MLflow DB and artifacts) lives in ${CORRHASH_CLUSTER_DIR:-.cluster}.
+# State (PIDs, logs, the Ray token, MLflow DB and artifacts) lives in ${CORRHASH_CLUSTER_DIR:-.cluster}, mode 0700.
+# What listens where and what protects it: cluster/SECURITY.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR=${CORRHASH_CLUSTER_DIR:-.cluster}
+mkdir -p "${CORRHASH_CLUSTER_DIR:-.cluster}"
+DIR=$(cd "${CORRHASH_CLUSTER_DIR:-.cluster}" && pwd)
 VENV_BIN=$(cd .venv/bin && pwd)
 RAY_PORT=${RAY_PORT:-6379} DASHBOARD_PORT=${DASHBOARD_PORT:-8265} MLFLOW_PORT=${MLFLOW_PORT:-5000}
-export PATH="$VENV_BIN:$PATH" RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+RAY_CLIENT_PORT=${RAY_CLIENT_PORT:-10001} DASHBOARD_AGENT_PORT=${DASHBOARD_AGENT_PORT:-52365}
+TOKEN=$DIR/auth_token
+# Every Ray process and client reads the token from this file; it never appears in argv, output or logs.
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's single-node mode: it keeps the node address on 127.0.0.1,
+# where Ray on Linux would rewrite it to the LAN address and bind its agents and proxy there.
+export PATH="$VENV_BIN:$PATH" RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true \
+  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+unset RAY_AUTH_TOKEN RAY_ADDRESS  # a token or cluster from the caller's shell must not win over ours
+
+alive() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+stop() {
+  for name in ray mlflow; do
+    [ -f "$DIR/$name.pid" ] || continue
+    pid=$(cat "$DIR/$name.pid")
+    kill -TERM "$pid" 2>/dev/null || true   # `ray start --block` stops what it started on SIGTERM
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true  # then anything left in its process group (setsid: pgid = pid)
+    for _ in $(seq 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
+    rm -f "$DIR/$name.pid"
+  done
+}
+
+# Polls an authenticated URL while checking that the process we started ($2) is still the one serving.
+wait_up() {
+  local url=$1 pid=$2 name=$3
+  for _ in $(seq 120); do
+    kill -0 "$pid" 2>/dev/null || { echo "$name (PID $pid) exited; see $DIR/$name.log" >&2; return 1; }
+    # The header comes from stdin, so the token is never on a command line.
+    printf 'Authorization: Bearer %s\n' "$(cat "$TOKEN")" | curl -sf -H @- "$url" >/dev/null && return 0
+    sleep 1
+  done
+  echo "$name not up at $url after 120 s; see $DIR/$name.log" >&2
+  return 1
+}
+
 case "${1:-}" in
   start)
-    mkdir -p "$DIR"
-    # Loopback only, so Ray's token authentication is turned off; keep it on for any other address.
-    RAY_AUTH_MODE=disabled setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
-      --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --disable-usage-stats \
-      > "$DIR/ray.log" 2>&1 & echo $! > "$DIR/ray.pid"
-    setsid mlflow server --backend-store-uri "sqlite:///$(pwd)/$DIR/mlflow.db" \
-      --artifacts-destination "$(pwd)/$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-      > "$DIR/mlflow.log" 2>&1 & echo $! > "$DIR/mlflow.pid"
-    for url in "http://127.0.0.1:$DASHBOARD_PORT/api/version" "http://127.0.0.1:$MLFLOW_PORT/health"; do
-      for _ in $(seq 120); do curl -sf "$url" >/dev/null && break; sleep 1; done
-      curl -sf "$url" >/dev/null || { echo "not up: $url (see $DIR/*.log)" >&2; exit 1; }
-    done
-    echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT"
-    ;;
-  stop)
     for name in ray mlflow; do
-      [ -f "$DIR/$name.pid" ] || continue
-      pid=$(cat "$DIR/$name.pid")
-      kill -TERM "$pid" 2>/dev/null || true   # `ray start --block` stops what it started on SIGTERM
-      for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-      kill -KILL -- "-$pid" 2>/dev/null || true  # then anything left in its process group
-      rm -f "$DIR/$name.pid"
+      if alive "$name"; then
+        echo "refusing to start: $DIR/$name.pid names a live process ($(cat "$DIR/$name.pid")); run '$0 stop' first" >&2
+        exit 1
+      fi
     done
+    for port in "$RAY_PORT" "$DASHBOARD_PORT" "$MLFLOW_PORT" "$RAY_CLIENT_PORT" "$DASHBOARD_AGENT_PORT"; do
+      if port_taken "$port"; then
+        echo "refusing to start: port $port is taken (another cluster?); set RAY_PORT, DASHBOARD_PORT, MLFLOW_PORT," \
+          "RAY_CLIENT_PORT or DASHBOARD_AGENT_PORT to free ports" >&2
+        exit 1
+      fi
+    done
+    chmod 700 "$DIR"
+    rm -f "$TOKEN"  # a fresh token per cluster: a stopped cluster's token opens nothing new
+    (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$TOKEN")
+    setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
+      --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
+      --dashboard-agent-listen-port="$DASHBOARD_AGENT_PORT" --disable-usage-stats \
+      > "$DIR/ray.log" 2>&1 & echo $! > "$DIR/ray.pid"
+    setsid mlflow server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+      --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+      > "$DIR/mlflow.log" 2>&1 & echo $! > "$DIR/mlflow.pid"
+    if ! wait_up "http://127.0.0.1:$DASHBOARD_PORT/api/version" "$(cat "$DIR/ray.pid")" ray ||
+       ! wait_up "http://127.0.0.1:$MLFLOW_PORT/health" "$(cat "$DIR/mlflow.pid")" mlflow; then
+      stop
+      exit 1
+    fi
+    mlflow_uri=http://127.0.0.1:$MLFLOW_PORT
+    echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN" \
+      "MLFLOW_TRACKING_URI=$mlflow_uri"
+    # `ray job submit` does not forward the submitting shell's environment, and the job runs in a copy
+    # of the working dir: pass the tracking URI explicitly and give absolute paths.
+    runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\"}}"
+    echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
+      "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --name ng64"
     ;;
+  stop) stop ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
