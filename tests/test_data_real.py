@@ -48,6 +48,8 @@ def test_20ng_default_recipe(shards_20ng):
     m = shards.manifest
     assert m["recipe"]["recipe"]["max_features"] == 10_000 and len(m["sources"]) == 1
     assert all(len(v) == 64 for v in m["sources"].values())
+    assert m["encoding"] == "latin-1"  # a few posts hold bytes that are not UTF-8
+    assert all(len(entry["sha256"]) == 64 for split in m["splits"].values() for entry in split["shards"])
     assert m["dropped"]["too_short"]["train"] + m["dropped"]["too_long"]["train"] == 11314 - 10481
 
 
@@ -74,6 +76,7 @@ def test_reuters_modapte_top20(shards_reuters):
     train = shards.split("train")
     assert (train.labels.sum(axis=1) > 1).sum() > 500  # Reuters is multi-label
     assert shards.manifest["notes"]["modapte_documents"] == 9603 + 3299
+    assert shards.manifest["encoding"] == "latin-1"  # reut2-017.sgm holds a 0xFC byte
 
 
 def test_tmc_partial_counts_skipped(raw_dir, tmp_path):
