@@ -402,6 +402,8 @@ DAMAGE = {
     "NaN value": (set_value(5, np.nan), [SHARD + ", row 5", "nan"]),
     "inf value": (set_value(2, np.inf), [SHARD + ", row 2", "inf"]),
     "negative value": (set_value(7, -0.5), [SHARD + ", row 7", "-0.5"]),
+    "huge finite value (a flipped byte)": (set_value(3, 3.2e38), [SHARD + ", row 3", "L2 norm"]),
+    "all values zero": (lambda r: rewrite_shard(r, lambda c: c["values"][1].fill(0)), [SHARD + ", row 1", "L2 norm 0"]),
     "values offsets shifted by one": (shift_value_offsets, [SHARD + ", row 3", "indices but"]),
     "feature index out of range": (set_index("indices", 10**6), [SHARD + ", row 4", "feature index 1000000"]),
     "label index out of range": (set_index("labels", 9), [SHARD + ", row 4", "label index 9"]),

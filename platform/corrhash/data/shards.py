@@ -206,6 +206,13 @@ class TfidfShards:
                             f"({size} features)")
 
     @property
+    def _rows_are_l2_normalized(self) -> bool:
+        recipe = self.manifest.get("recipe")
+        tfidf = recipe.get("recipe") if isinstance(recipe, dict) else None
+        norm = tfidf.get("norm", "l2") if isinstance(tfidf, dict) else "l2"
+        return self.manifest.get("dataset") == "mat" or norm == "l2"  # .mat rows are always normalized
+
+    @property
     def n_features(self) -> int:
         return int(self.manifest["n_features"])
 
@@ -265,6 +272,14 @@ class TfidfShards:
             first = int(np.argmax(bad))
             raise DataError(f"{path}, row {_row_of(first, offsets)}: value {values[first]} "
                             "(TF-IDF values must be finite and >= 0)")
+        if self._rows_are_l2_normalized:
+            row_of_value = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+            norms = np.sqrt(np.bincount(row_of_value, weights=values.astype(np.float64) ** 2,
+                                        minlength=len(offsets) - 1))
+            bad = np.abs(norms - 1.0) > 1e-3
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise DataError(f"{path}, row {row + 1}: L2 norm {norms[row]:.4g}, but the recipe normalizes rows to 1")
         _check_ids(cols, offsets, self.n_features, path, "feature")
         label_offsets, label_ids = _flat(table.column("labels"))
         _check_ids(label_ids, label_offsets, len(self.label_names), path, "label")
