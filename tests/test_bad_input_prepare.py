@@ -7,6 +7,7 @@ temporary folder, and never changes the input. Damaged shard folders fail by nam
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -23,7 +24,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.io
-import scipy.sparse as sp
 
 from badinput import assert_named_error, run_job, tree
 from corrhash.data import PrepareConfig, TfidfRecipe, TfidfShards, prepare
@@ -77,11 +77,11 @@ def empty_mat(inputs, out, monkeypatch):
     return ["mat", "--raw", inputs / "empty.mat", "--out", out], ["empty.mat"]
 
 
-def mat_with(train) -> callable:
+def mat_with(train, named: str = "'train'") -> callable:
     def build(inputs, out, monkeypatch):
         parts = {key: np.eye(4) for key in ("cv", "test", "gnd_train", "gnd_cv", "gnd_test")}
         scipy.io.savemat(str(inputs / "odd.mat"), dict(parts, train=train))
-        return ["mat", "--raw", inputs / "odd.mat", "--out", out], ["odd.mat", "'train'"]
+        return ["mat", "--raw", inputs / "odd.mat", "--out", out], ["odd.mat", named]
     return build
 
 
@@ -144,9 +144,10 @@ def cut_20ng_tar(inputs, out, monkeypatch):
             data = f"From: x\nSubject: y\n\npost {i} about {group}\n".encode()
             info = tarfile.TarInfo(f"20news-bydate-train/{group}/{5000 + i}")
             info.size = len(data)
-            archive.addfile(info, __import__("io").BytesIO(data))
-    return ["20ng", "--raw", path, "--out", out, "--limit", "300"], [path, "3 of 18,846 posts", "20news-bydate-test/ absent",
-                                                               "train: 18 of 20 groups absent", "alt.atheism 2 of 480"]
+            archive.addfile(info, io.BytesIO(data))
+    names = [path, "3 of 18,846 posts", "20news-bydate-test/ absent", "train: 18 of 20 groups absent",
+             "alt.atheism 2 of 480"]
+    return ["20ng", "--raw", path, "--out", out, "--limit", "300"], names
 
 
 def short_reuters(inputs, out, monkeypatch):
@@ -182,6 +183,7 @@ CASES = {
     "R11 0-byte .mat": empty_mat,
     "R11 .mat train is a cell array": mat_with(np.array([[np.eye(2), np.eye(3)]], dtype=object)),
     "R11 .mat train is a char array": mat_with(np.array(["abc", "def"])),
+    ".mat train holds NaN": mat_with(np.diag([1.0, 2.0, np.nan, 1.0]), "train, row 3: value nan"),
     "R11 --out under a file": out_under_a_file,
     "R11 --out on a read-only file system": read_only_location,
     "R11 disk full during the write": disk_full,

@@ -188,6 +188,11 @@ def read_mat(path: Path) -> PreparedSplits:
                             "(a cell, char or struct array?)")
     for split, key in (("train", "train"), ("val", "cv"), ("test", "test")):
         x = sp.csr_matrix(mat[key], dtype=np.float64)
+        bad = ~np.isfinite(x.data) | (x.data < 0)
+        if bad.any():  # TfidfShards refuses such rows; say so here, by row
+            row = int(np.searchsorted(x.indptr, np.argmax(bad), side="right"))
+            raise DataError(f"{path}: {key}, row {row}: value {x.data[np.argmax(bad)]} "
+                            "(TF-IDF values must be finite and >= 0)")
         y = np.asarray(sp.csr_matrix(mat[f"gnd_{key}"]).toarray())
         if y.shape[0] != x.shape[0]:
             raise DataError(f"{path}: gnd_{key} has {y.shape[0]} rows but {key} has {x.shape[0]}")
