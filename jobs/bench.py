@@ -5,10 +5,11 @@ Sections (--sections picks some):
   epochs   one epoch of our loop vs the authors' mechanics (corrhash/bench/reference.py) at each batch
            size, on the given shards and on a seeded TMC-shaped synthetic corpus, with val precision
            after the same number of epochs
-  step     a torch profiler table of one step at the first batch size (kernel launches vs device
-           time), and the step under torch.compile variants against the plain loop
+  step     a torch profiler table of one step at the first batch size (kernel launches vs device time)
   packing  1, 2, 4, 8 concurrent training processes on one device (the Tune --gpus-per-trial 0.25 case)
   search   Hamming top-100 over random codes: the torch GEMM path (and faiss, if asked) vs XOR-and-sort
+  compile  that step with the forward under torch.compile variants, against the plain loop (last: the
+           slowest to warm up, and the likeliest to fail)
 
 Writes NAME.json and NAME.md to --out (default $OUT when set, else results/), after every section,
 so a run stopped midway still leaves what it measured. bench/gpu.sh runs it on a GPU machine.
@@ -39,7 +40,7 @@ from corrhash.bench.training import COMPILE_MODES, compare_compile, compare_epoc
 from corrhash.data import TfidfShards  # noqa: E402
 from corrhash.train import resolve_device  # noqa: E402
 
-SECTIONS = ("epochs", "step", "packing", "search")
+SECTIONS = ("epochs", "step", "packing", "search", "compile")
 
 
 def log(message: str) -> None:
@@ -62,10 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     epochs.add_argument("--synthetic-shape", type=int, nargs=4, metavar=("TRAIN", "VAL", "FEATURES", "NNZ"),
                         default=[TMC_TRAIN, TMC_VAL, TMC_FEATURES, TMC_NNZ_PER_ROW],
                         help="the TMC-shaped corpus: train docs, val docs, terms, non-zeros per row (0 skips it)")
-    step = parser.add_argument_group("step")
-    step.add_argument("--profile-steps", type=int, default=50, help="steps timed and profiled")
-    step.add_argument("--compile-modes", nargs="*", choices=sorted(COMPILE_MODES), default=["default", "reduce-overhead"],
-                      help="torch.compile variants measured against the plain loop (none: skip)")
+    parser.add_argument("--deadline-s", type=float, help="start no section after this many seconds")
+    step = parser.add_argument_group("step and compile")
+    step.add_argument("--profile-steps", type=int, default=50, help="steps timed (and profiled) per variant")
+    step.add_argument("--compile-modes", nargs="+", choices=sorted(set(COMPILE_MODES) - {"off"}),
+                      default=["default", "reduce-overhead"], help="torch.compile variants measured against off")
     step.add_argument("--compile-warmup-steps", type=int, default=30, help="steps to compile and settle recompiles")
     packing = parser.add_argument_group("packing")
     packing.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -94,20 +96,13 @@ def main(argv=None) -> int:
               "host": platform.node(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "sections": args.sections,
               "epochs": [], "step_profile": None, "compile": [], "packing": [], "search": [],
-              "search_backends": args.search_backends, "section_seconds": {}}
+              "search_backends": args.search_backends, "section_seconds": {}, "skipped": []}
     log(f"benchmark on {device_name}, torch {torch.__version__}, writing {args.out}/{name}.{{json,md}}")
-
-    def save(section: str, started: float) -> None:
-        report["section_seconds"][section] = time.perf_counter() - started
-        if device.type == "cuda":
-            report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
-        (args.out / f"{name}.md").write_text(markdown(report))
 
     shards = TfidfShards(args.data)
     dataset = shards.manifest.get("dataset", args.data.name)
-    if "epochs" in args.sections:
-        started = time.perf_counter()
+
+    def epochs():
         corpora = [(dataset, shards.split("train"), shards.split("val"))]
         n_train, n_val, n_features, nnz = args.synthetic_shape
         if n_train:
@@ -115,28 +110,44 @@ def main(argv=None) -> int:
         for corpus, train, val in corpora:
             report["epochs"] += compare_epochs(corpus, train, val, args.batch_sizes, args.epochs, args.bits, device,
                                                args.seed, log)
-        save("epochs", started)
-    if "step" in args.sections:
-        started = time.perf_counter()
-        train = shards.split("train")
-        report["step_profile"] = profile_step(train, args.batch_sizes[0], args.bits, device, args.seed,
-                                              args.profile_steps)
+
+    def step():
+        report["step_profile"] = profile_step(shards.split("train"), args.batch_sizes[0], args.bits, device,
+                                              args.seed, args.profile_steps)
         log(f"  step: {report['step_profile']['step_ms']:.3f} ms, device busy "
             f"{100 * report['step_profile']['device_busy_fraction']:.0f}%")
-        if args.compile_modes:
-            report["compile"] = compare_compile(train, args.batch_sizes[0], args.bits, device, args.seed,
-                                                args.compile_modes, args.compile_warmup_steps, args.profile_steps, log)
-        save("step", started)
-    if "packing" in args.sections:
-        started = time.perf_counter()
+
+    def packing():
         report["packing"] = packed_throughput(args.data, args.processes, str(device), args.packing_epochs,
                                               args.batch_sizes[0], args.bits, args.seed, log)
-        save("packing", started)
-    if "search" in args.sections:
-        started = time.perf_counter()
+
+    def search():
         report["search"] = search_throughput(args.db_sizes, args.search_bits, args.queries, args.search_backends,
                                              args.reference_queries, args.reference_db, device, args.seed, log)
-        save("search", started)
+
+    def compile_step():
+        report["compile"] = compare_compile(shards.split("train"), args.batch_sizes[0], args.bits, device, args.seed,
+                                            args.compile_modes, args.compile_warmup_steps, args.profile_steps, log)
+
+    run_start = time.perf_counter()
+    sections = {"epochs": epochs, "step": step, "packing": packing, "search": search, "compile": compile_step}
+    for section, measure in sections.items():  # in this order: compile, the riskiest, last
+        if section not in args.sections:
+            continue
+        if args.deadline_s and time.perf_counter() - run_start > args.deadline_s:
+            report["skipped"].append(section)
+            log(f"{section}: skipped, past --deadline-s {args.deadline_s}")
+            continue
+        log(f"{section} ...")
+        started = time.perf_counter()
+        measure()
+        report["section_seconds"][section] = time.perf_counter() - started
+        if device.type == "cuda":
+            report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        # Written after every section: a run stopped by a time limit keeps what it measured.
+        (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
+        (args.out / f"{name}.md").write_text(markdown(report))
+
     print(markdown(report))
     return 0
 

@@ -93,7 +93,7 @@ def test_gpu_script_runs_with_the_gpu_machines_packages_only(gpu_machine_python,
     assert [row["processes"] for row in report["packing"]] == [1, 2]
     assert [(row["bits"], row["database"]) for row in report["search"]] == [(64, 3000), (64, 6000),
                                                                            (128, 3000), (128, 6000)]
-    assert set(report["section_seconds"]) == {"epochs", "step", "packing", "search"}
+    assert set(report["section_seconds"]) == {"epochs", "step", "packing", "search", "compile"}
     numbers = list(_numbers(report))
     assert numbers and all(math.isfinite(x) for x in numbers)
     for row in report["epochs"]:

@@ -23,14 +23,17 @@ def _epochs(rows: list[dict]) -> list[str]:
 
 
 def _step(profile: dict | None, compiled: list[dict]) -> list[str]:
-    if not profile:
+    if not profile and not compiled:
         return []
-    verdict = "n/a (no GPU)" if profile["launch_bound"] is None else ("yes" if profile["launch_bound"] else "no")
-    lines = [f"## 2. One training step at batch {profile['batch_size']}: where the time goes", "",
-             f"{profile['step_ms']:.3f} ms per step (wall, unprofiled, mean of {profile['steps']}); device busy "
-             f"{profile['device_busy_ms_per_step']:.3f} ms per step ({100 * profile['device_busy_fraction']:.0f}%), "
-             f"{profile['kernel_launches_per_step']:.0f} kernel launches per step. Launch-bound (device busy "
-             f"< 50% of the step): {verdict}.", "", "```", profile["table"].rstrip(), "```", ""]
+    lines = ["## 2. One training step at the first batch size: where the time goes", ""]
+    if profile:
+        launch_bound = profile["launch_bound"]
+        verdict = "n/a (no GPU)" if launch_bound is None else ("yes" if launch_bound else "no")
+        lines += [f"Batch {profile['batch_size']}: {profile['step_ms']:.3f} ms per step (wall, unprofiled, mean of "
+                  f"{profile['steps']}); device busy {profile['device_busy_ms_per_step']:.3f} ms per step "
+                  f"({100 * profile['device_busy_fraction']:.0f}%), {profile['kernel_launches_per_step']:.0f} "
+                  f"kernel launches per step. Launch-bound (device busy < 50% of the step): {verdict}.", "",
+                  "```", profile["table"].rstrip(), "```", ""]
     if compiled:
         lines += ["torch.compile on the model's forward (the loop unchanged); speed-up = off / variant:", "",
                   "| variant | ms/step | speed-up | warm-up s (compile + recompiles) | error |",
@@ -86,5 +89,7 @@ def markdown(report: dict) -> str:
     lines += _packing(report["packing"])
     lines += _search(report["search"], report["search_backends"])
     seconds = ", ".join(f"{name} {value:.0f}s" for name, value in report["section_seconds"].items())
-    lines += [f"Section wall times: {seconds}.", ""]
-    return "\n".join(lines)
+    lines += [f"Section wall times: {seconds}."]
+    if report["skipped"]:
+        lines.append(f"Skipped (past the run's deadline): {', '.join(report['skipped'])}.")
+    return "\n".join(lines + [""])
