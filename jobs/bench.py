@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
               "host": platform.node(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "sections": args.sections,
               "epochs": [], "step_profile": None, "compile": [], "packing": [], "search": [],
-              "search_backends": args.search_backends, "section_seconds": {}, "skipped": []}
+              "search_backends": args.search_backends, "section_seconds": {}, "skipped": [], "errors": {}}
     log(f"benchmark on {device_name}, torch {torch.__version__}, writing {args.out}/{name}.{{json,md}}")
 
     shards = TfidfShards(args.data)
@@ -140,7 +141,11 @@ def main(argv=None) -> int:
             continue
         log(f"{section} ...")
         started = time.perf_counter()
-        measure()
+        try:
+            measure()
+        except Exception as exc:  # noqa: BLE001 - on a lent machine, one broken section must not cost the rest
+            report["errors"][section] = f"{type(exc).__name__}: {exc}"
+            log(f"{section}: failed\n{traceback.format_exc()}")
         report["section_seconds"][section] = time.perf_counter() - started
         if device.type == "cuda":
             report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
         (args.out / f"{name}.md").write_text(markdown(report))
 
     print(markdown(report))
-    return 0
+    return 1 if report["errors"] else 0
 
 
 if __name__ == "__main__":

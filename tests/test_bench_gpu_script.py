@@ -85,6 +85,7 @@ def test_gpu_script_runs_with_the_gpu_machines_packages_only(gpu_machine_python,
     assert run.returncode == 0, run.stderr[-4000:]
 
     report = json.loads((tmp_path / "bench-cpu.json").read_text())
+    assert report["errors"] == {} and report["skipped"] == []
     assert {row["dataset"] for row in report["epochs"]} == {"20ng", "tmc-shaped synthetic"}
     assert [row["batch_size"] for row in report["epochs"]] == [100, 500, 100, 500]
     assert report["step_profile"]["steps"] == 3 and "aten::" in report["step_profile"]["table"]

@@ -90,6 +90,8 @@ def markdown(report: dict) -> str:
     lines += _search(report["search"], report["search_backends"])
     seconds = ", ".join(f"{name} {value:.0f}s" for name, value in report["section_seconds"].items())
     lines += [f"Section wall times: {seconds}."]
+    for section, error in report["errors"].items():
+        lines.append(f"Section {section} failed: {error}")
     if report["skipped"]:
         lines.append(f"Skipped (past the run's deadline): {', '.join(report['skipped'])}.")
     return "\n".join(lines + [""])
