@@ -28,7 +28,7 @@ def _step(profile: dict | None, compiled: list[dict]) -> list[str]:
     lines = ["## 2. One training step at the first batch size: where the time goes", ""]
     if profile:
         launch_bound = profile["launch_bound"]
-        verdict = "n/a (no GPU)" if launch_bound is None else ("yes" if launch_bound else "no")
+        verdict = "n/a (no device events)" if launch_bound is None else ("yes" if launch_bound else "no")
         lines += [f"Batch {profile['batch_size']}: {profile['step_ms']:.3f} ms per step (wall, unprofiled, mean of "
                   f"{profile['steps']}); device busy {profile['device_busy_ms_per_step']:.3f} ms per step "
                   f"({100 * profile['device_busy_fraction']:.0f}%), {profile['kernel_launches_per_step']:.0f} "

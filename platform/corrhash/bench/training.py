@@ -135,8 +135,9 @@ def profile_step(train: Split, batch_size: int, bits: int, device: torch.device,
         "batch_size": batch_size, "steps": steps, "step_ms": step_ms,
         "kernel_launches_per_step": launches / steps, "device_events_per_step": len(device_events) / steps,
         "device_busy_ms_per_step": device_ms / steps, "device_busy_fraction": busy,
-        # The GPU idles between small kernels while Python and the launch queue catch up.
-        "launch_bound": busy < 0.5 if device.type == "cuda" else None,
+        # The GPU idles between small kernels while Python and the launch queue catch up. Without
+        # device events (CPU, or a profiler that recorded none) there is nothing to judge by.
+        "launch_bound": busy < 0.5 if device_events else None,
         "table": averages.table(sort_by=sort_by, row_limit=row_limit),
     }
 
