@@ -98,8 +98,9 @@ def compare_epochs(dataset: str, train: Split, val: Split, batch_sizes: list[int
                                                                device))
         ours_epoch, reference_epoch_s = sum(ours) / epochs, sum(reference) / epochs
         rows.append({
-            "dataset": dataset, "bits": bits, "batch_size": batch_size, "docs": len(train), "nnz_per_row": train.features.nnz / len(train),
-            "epochs": epochs, "ours_epoch_s": ours_epoch, "reference_epoch_s": reference_epoch_s,
+            "dataset": dataset, "bits": bits, "batch_size": batch_size, "docs": len(train),
+            "nnz_per_row": train.features.nnz / len(train), "epochs": epochs,
+            "ours_epoch_s": ours_epoch, "reference_epoch_s": reference_epoch_s,
             "epoch_speedup": reference_epoch_s / ours_epoch, "ours_docs_per_s": len(train) / ours_epoch,
             "ours_val_precision": ours_quality, "reference_val_precision": reference_quality,
             "ours_eval_s": ours_eval, "reference_eval_s": reference_eval, "eval_speedup": reference_eval / ours_eval,
