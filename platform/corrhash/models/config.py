@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -47,8 +48,8 @@ class ModelConfig:
             problems.append(f"mixture must be >= 1, got {self.mixture}")
         if not 0.0 <= self.noise_floor <= 1.0:
             problems.append(f"noise_floor must be in [0, 1], got {self.noise_floor}")
-        if self.anneal_step is not None and self.anneal_step <= 0:
-            problems.append(f"anneal_step must be > 0 or None, got {self.anneal_step}")
+        if self.anneal_step is not None and not (math.isfinite(self.anneal_step) and self.anneal_step > 0):
+            problems.append(f"anneal_step must be a finite number > 0 or None, got {self.anneal_step}")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 

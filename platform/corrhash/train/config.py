@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 from corrhash.errors import ConfigError
@@ -34,8 +36,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "lr_decay_steps", "patience", "eval_k", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train option {name}={getattr(self, name)}: must be >= 1")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError(f"train options lr={self.lr}, lr_decay={self.lr_decay}: need lr > 0, 0 < decay <= 1")
+        # `not x > 0` rather than `x <= 0`: NaN fails every comparison and must be refused too.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train option lr={self.lr}: must be a finite number > 0")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"train option lr_decay={self.lr_decay}: must be in (0, 1]")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"train option device={self.device!r}: use auto, cpu, cuda or cuda:N")
 
     def to_dict(self) -> dict:
         return asdict(self)

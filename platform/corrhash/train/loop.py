@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from corrhash.data.shards import Split
+from corrhash.errors import ConfigError, DataError
 from corrhash.models import HashModel, ModelConfig, create_model
 from corrhash.retrieval import PrecisionAtK, pack_codes, precision_at_k
 from corrhash.train.batches import DeviceCSR
@@ -31,7 +32,11 @@ EVAL_CHUNK = 4096
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train option device={name!r}: this torch sees {torch.cuda.device_count()} CUDA "
+                          f"device(s) (build {torch.__version__}); use cpu or auto")
+    return device
 
 
 def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:
@@ -149,8 +154,9 @@ def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR, batch_size
     model.train()
     order = torch.randperm(len(rows), generator=generator, device=generator.device)
     steps = batches if batches is not None else math.ceil(len(rows) / batch_size)
-    totals = torch.zeros(3, device=device)
-    docs = 0
+    # Per-step terms stay on the device (no sync per step); they are checked once, at the epoch's end.
+    terms_per_step = torch.zeros(steps, 3, device=device)
+    sizes = torch.zeros(steps, 1, device=device)
     for step in range(steps):
         index = order[(step * batch_size) % len(rows):][:batch_size].to(rows.device)
         x = rows.rows(index).to(device)
@@ -159,9 +165,17 @@ def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR, batch_size
         terms["loss"].backward()
         state.optimizer.step()
         state.scheduler.step()
-        totals += torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach() * len(index)
-        docs += len(index)
-    loss, recon, kl = (totals / max(docs, 1)).tolist()
+        terms_per_step[step] = torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach()
+        sizes[step] = len(index)
+    finite = torch.isfinite(terms_per_step).all(dim=1)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0])
+        loss, recon, kl = terms_per_step[step].tolist()
+        raise DataError(f"training stopped: non-finite loss at epoch {state.epoch + 1}, step {step + 1} of {steps} "
+                        f"(loss {loss}, recon {recon}, kl {kl}); check the shards for NaN/inf values and lower "
+                        "--lr; no model was saved")
+    docs = int(sizes.sum())
+    loss, recon, kl = ((terms_per_step * sizes).sum(dim=0) / max(docs, 1)).tolist()
     return {"loss": loss, "recon": recon, "kl": kl, "docs": docs}
 
 
