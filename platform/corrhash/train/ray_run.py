@@ -8,6 +8,7 @@ Embedded by default (a local Ray for the run, MLflow in ./mlflow.db); with an ad
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,12 +20,14 @@ import torch
 
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
-from corrhash.errors import ConfigError
+from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
 from corrhash.train.distributed import model_from_checkpoint, train_worker
 from corrhash.train.loop import Evaluator
+from corrhash.train.preflight import (check_job_name, check_job_paths, check_out_dir, job_lock, new_run_dir,
+                                      read_vocab, replace_run_dir, training_shards)
 
 EXAMPLE_TEXTS = ["The shuttle launch was delayed by a fuel leak.", "Which graphics card works best under Linux?"]
 
@@ -55,8 +58,10 @@ class RayConfig:
             raise ConfigError(f"--num-workers {self.num_workers}: must be >= 1")
         if self.use_gpu not in ("auto", "yes", "no"):
             raise ConfigError(f"--use-gpu {self.use_gpu!r}: use auto, yes or no")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"--cpus-per-worker {self.cpus_per_worker}: must be > 0")
+        if not (math.isfinite(self.cpus_per_worker) and self.cpus_per_worker > 0):  # NaN fails `> 0`
+            raise ConfigError(f"--cpus-per-worker {self.cpus_per_worker}: must be a finite number > 0")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures {self.max_failures}: must be >= 0")
 
 
 def init_ray(address: str | None) -> None:
@@ -81,6 +86,23 @@ def storage_path(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).absolute())
 
 
+def user_error(error: BaseException | None) -> CorrhashError | None:
+    """The CorrhashError a Ray worker or trial raised, found inside Ray's wrappers (RayTaskError,
+    WorkerGroupError, TuneError), so a job reports its message instead of Ray's traceback."""
+    seen, todo = set(), [error]
+    while todo:
+        error = todo.pop(0)
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, CorrhashError):
+            inner = getattr(error, "cause", None)  # a RayTaskError posing as the DataError it carries
+            return inner if isinstance(inner, CorrhashError) else error
+        todo += [getattr(error, "cause", None), error.__cause__, error.__context__,
+                 *getattr(error, "worker_failures", {}).values()]
+    return None
+
+
 def default_job_name(shards: TfidfShards, model_config: ModelConfig) -> str:
     return f"{shards.manifest['dataset']}-{model_config.name}-{model_config.bits}b-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -89,29 +111,51 @@ def train_on_ray(data_dir: str | Path, model_config: ModelConfig, train_config: 
                  out_dir: str | Path | None = None, score_test: bool = True) -> dict:
     import ray
     from mlflow.tracking import MlflowClient
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from corrhash.tracking.runs import ensure_experiment, log_hashing_model, log_metrics, start_or_resume_run
-    from corrhash.tracking.runs import tracking_uri
+    from corrhash.tracking.runs import ensure_experiment, start_or_resume_run, tracking_uri
 
     started = time.monotonic()
     data_dir = Path(data_dir).absolute()
-    shards = TfidfShards(data_dir)
-    name = ray_config.name or default_job_name(shards, model_config)
-    init_ray(ray_config.address)
-    use_gpu = {"yes": True, "no": False}.get(ray_config.use_gpu, ray.cluster_resources().get("GPU", 0) > 0)
+    shards = training_shards(data_dir)
+    vocab = read_vocab(shards)
+    name = check_job_name(ray_config.name or default_job_name(shards, model_config))
+    if out_dir:
+        check_out_dir(out_dir)
+    check_job_paths(ray_config.mlflow_uri, ray_config.storage)
+    with job_lock(storage_path(ray_config.storage), name):
+        init_ray(ray_config.address)
+        use_gpu = {"yes": True, "no": False}.get(ray_config.use_gpu, ray.cluster_resources().get("GPU", 0) > 0)
+        uri = tracking_uri(ray_config.mlflow_uri)
+        client = MlflowClient(uri)
+        experiment_id = ensure_experiment(client, ray_config.experiment)
+        params = {"model": model_config.to_dict(), "train": train_config.to_dict(), "ray": asdict(ray_config),
+                  "data": str(data_dir)}
+        run_id, resumed = start_or_resume_run(client, experiment_id, name, params, {
+            "dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
+            "data.path": str(data_dir), "model": model_config.name, "bits": str(model_config.bits)})
+        log(f"job {name}: MLflow run {run_id} at {uri}{' (resumed)' if resumed else ''}; "
+            f"{ray_config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)")
+        try:
+            summary = _fit_and_log(client, uri, run_id, name, data_dir, shards, vocab, use_gpu, model_config,
+                                   train_config, ray_config, out_dir, score_test)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")  # only now: the model is logged and saved
+    summary["wall_seconds"] = time.monotonic() - started
+    log(f"job {name}: best epoch {summary['best_epoch']}, val p@{train_config.eval_k} {summary['val_precision']:.4f}"
+        + (f", test {summary['test_precision']:.4f}" if score_test else "") + f"; model {summary['model_uri']}")
+    return summary
 
-    uri = tracking_uri(ray_config.mlflow_uri)
-    client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, ray_config.experiment)
-    params = {"model": model_config.to_dict(), "train": train_config.to_dict(), "ray": asdict(ray_config),
-              "data": str(data_dir)}
-    run_id, resumed = start_or_resume_run(client, experiment_id, name, params, {
-        "dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
-        "data.path": str(data_dir), "model": model_config.name, "bits": str(model_config.bits)})
-    log(f"job {name}: MLflow run {run_id} at {uri}{' (resumed)' if resumed else ''}; "
-        f"{ray_config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)")
+
+def _fit_and_log(client, uri: str, run_id: str, name: str, data_dir: Path, shards: TfidfShards, vocab: dict,
+                 use_gpu: bool, model_config: ModelConfig, train_config: TrainConfig, ray_config: RayConfig,
+                 out_dir: str | Path | None, score_test: bool) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from corrhash.tracking.runs import log_hashing_model, log_metrics
+
     with tempfile.TemporaryDirectory() as tmp:
         manifest_copy = Path(tmp) / "manifest.json"
         manifest_copy.write_text(json.dumps(shards.manifest, indent=2))
@@ -132,9 +176,11 @@ def train_on_ray(data_dir: str | Path, model_config: ModelConfig, train_config: 
     )
     try:
         result = trainer.fit()
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+    except Exception as exc:
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        raise type(cause)(f"job {name}: a Ray Train worker failed: {cause}") from exc
     with result.checkpoint.as_directory() as directory:
         model, payload = model_from_checkpoint(Path(directory), model_config, shards.n_features)
     history = payload["history"]
@@ -152,19 +198,16 @@ def train_on_ray(data_dir: str | Path, model_config: ModelConfig, train_config: 
     log_metrics(client, run_id, {"best_val_precision_at_100": payload["best_value"],
                                  "best_epoch": payload["best_epoch"]}, step=payload["epoch"])
 
-    model_root = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="corrhash-model-"))
-    model_dir = save_model(model_root / "model", model,
-                           json.loads((data_dir / "vocab.json").read_text()),
-                           {"label_names": shards.label_names, "content_hash": shards.content_hash,
-                            "val_precision": payload["best_value"], "test_precision": summary["test_precision"],
-                            "mlflow_run_id": run_id})
-    summary["model_uri"] = log_hashing_model(uri, run_id, model_dir, EXAMPLE_TEXTS)
-    client.set_terminated(run_id, status="FINISHED")
-    if not out_dir:
-        shutil.rmtree(model_root, ignore_errors=True)
-    else:
-        (Path(out_dir) / "results.json").write_text(json.dumps(summary, indent=2))
-    summary["wall_seconds"] = time.monotonic() - started
-    log(f"job {name}: best epoch {summary['best_epoch']}, val p@{train_config.eval_k} {summary['val_precision']:.4f}"
-        + (f", test {summary['test_precision']:.4f}" if score_test else "") + f"; model {summary['model_uri']}")
+    run_dir = new_run_dir(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="corrhash-model-"))
+    try:
+        model_dir = save_model(run_dir / "model", model, vocab,
+                               {"label_names": shards.label_names, "content_hash": shards.content_hash,
+                                "val_precision": payload["best_value"], "test_precision": summary["test_precision"],
+                                "mlflow_run_id": run_id})
+        summary["model_uri"] = log_hashing_model(uri, run_id, model_dir, EXAMPLE_TEXTS).model_uri
+        if out_dir:
+            (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+            replace_run_dir(run_dir, out_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)  # gone already when it replaced out_dir
     return summary

@@ -1,0 +1,152 @@
+"""Checks a training or tuning job makes before any work: its data, its output folder, its name.
+
+Each failure is a named `ConfigError`/`DataError` raised before Ray starts or a run is created, so a
+bad option costs milliseconds and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from corrhash.data import TfidfShards
+from corrhash.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+MANIFEST_KEYS = ("dataset", "splits", "n_features", "label_names", "content_hash")
+RUN_FILES = {"metrics.jsonl", "results.json", "model"}  # what a train run writes into --out
+JOB_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+LOCK_FILE = "corrhash-job.lock"
+
+
+def training_shards(data_dir: str | Path) -> TfidfShards:
+    """The shard set, after checking the manifest's shape and that vocab.json exists (the model
+    is saved with it at the very end, so a missing one would otherwise lose the trained model)."""
+    shards = TfidfShards(data_dir)
+    manifest_path = shards.root / "manifest.json"
+    manifest = shards.manifest
+    if not isinstance(manifest, dict):
+        raise DataError(f"{manifest_path}: expected a JSON object, got a {type(manifest).__name__}")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise DataError(f"{manifest_path}: missing {missing}; is {shards.root} the output of jobs/prepare_data.py?")
+    splits = manifest["splits"]
+    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), dict) or "shards" not in splits[s]
+                                           for s in SPLITS):
+        raise DataError(f"{manifest_path}: 'splits' must map each of {list(SPLITS)} to its shard list")
+    if not (shards.root / "vocab.json").is_file():
+        raise DataError(f"{shards.root / 'vocab.json'}: not found; the model is saved with it (rerun prepare_data)")
+    return shards
+
+
+def read_vocab(shards: TfidfShards) -> dict:
+    path = shards.root / "vocab.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+
+
+def new_run_dir(out: str | Path) -> Path:
+    """A temporary sibling of `out` to write a run into; `out` is untouched until `replace_run_dir`.
+
+    An existing `out` must be a folder that is empty or holds only a previous run's files: a rerun
+    replaces that run when it succeeds and leaves it whole when it fails."""
+    out = check_out_dir(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write beside it ({exc})") from exc
+
+
+def check_out_dir(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise ConfigError(f"--out {out}: holds {foreign[:5]}, which are not a train run's files; "
+                              "choose a new or empty folder")
+    return out
+
+
+def replace_run_dir(tmp: Path, out: str | Path) -> None:
+    """Move the finished run `tmp` to `out`, replacing a previous run there."""
+    out = Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def check_job_name(name: str, option: str = "--name") -> str:
+    """A job name becomes a folder under --storage and a value in MLflow searches: keep it plain."""
+    if not JOB_NAME.fullmatch(name):
+        raise ConfigError(f"{option} {name!r}: use 1-128 of A-Z a-z 0-9 . _ - and no leading dot")
+    return name
+
+
+def ray_job_id() -> str | None:
+    """The submission id when this process is a `ray job submit` entrypoint, else None."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw is None:
+        return os.environ.get("RAY_JOB_ID")
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id") or "(unknown id)"
+    except (json.JSONDecodeError, AttributeError):
+        return "(unknown id)"
+
+
+def check_job_paths(mlflow_uri: str | None, storage: str) -> None:
+    """Inside a Ray job the working dir is Ray's temporary copy of the checkout, and the submitter's
+    environment is not passed on: a default MLflow DB or a relative --storage would vanish with it."""
+    job = ray_job_id()
+    if job is None:
+        return
+    if not mlflow_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(f"Ray job {job}: no --mlflow-uri and no MLFLOW_TRACKING_URI; runs would go to a sqlite file "
+                          "in Ray's temporary copy of the working dir. Submit with "
+                          "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://HOST:5000\"}}' "
+                          "or pass --mlflow-uri")
+    if "://" not in storage and not Path(storage).is_absolute():
+        raise ConfigError(f"Ray job {job}: --storage {storage!r} is relative, so checkpoints would go into Ray's "
+                          "temporary copy of the working dir; pass an absolute --storage (or a URI)")
+
+
+@contextmanager
+def job_lock(storage: str, name: str):
+    """Hold `storage/NAME/corrhash-job.lock` exclusively while the job runs: a second live job with the
+    same name is refused. The OS drops the lock when its process dies, so a stale lock (its PID gone)
+    is simply taken over. URIs (object storage) are not locked."""
+    if "://" in storage:
+        yield
+        return
+    folder = Path(storage) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"--name {name}: a job with this name is running ({holder}; lock {folder / LOCK_FILE}); "
+                              "wait for it or choose another --name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
