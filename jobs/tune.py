@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig, list_models  # noqa: E402
 from corrhash.train import TrainConfig  # noqa: E402
+from corrhash.train.preflight import check_job_name  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,51 +56,94 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_concurrent < 1:
         raise ConfigError("--num-samples and --max-concurrent must be >= 1")
+    # `not x > 0` and isfinite: NaN passes every `<=` test.
+    if not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+        raise ConfigError(f"--cpus-per-trial {args.cpus_per_trial}: must be a finite number > 0")
+    if not (math.isfinite(args.gpus_per_trial) and args.gpus_per_trial >= 0):
+        raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial}: must be a finite number >= 0")
+    if args.name is not None:
+        check_job_name(args.name)
     model = dataclass_from_args(ModelConfig, args, name=args.model, seed=vars(args)["TrainConfig.seed"])
-    return args, model, dataclass_from_args(TrainConfig, args)
+    train = dataclass_from_args(TrainConfig, args)
+    if not 1 <= args.grace_period <= train.epochs:  # ASHA asserts this only after Ray has started
+        raise ConfigError(f"--grace-period {args.grace_period}: must be between 1 and --epochs {train.epochs}")
+    return args, model, train
+
+
+def check_trial_fits(cpus: float, gpus: float) -> None:
+    """Refuse a trial no node can hold: Tune would leave it PENDING forever."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        largest = max(nodes, key=lambda n: (n.get("CPU", 0), n.get("GPU", 0)), default={})
+        raise ConfigError(f"--cpus-per-trial {cpus} --gpus-per-trial {gpus}: no node of the Ray cluster has that "
+                          f"much (largest: {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU)")
 
 
 def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from corrhash.log import log
+    from corrhash.tracking.runs import ensure_experiment, start_or_resume_run, tracking_uri
+    from corrhash.train.preflight import check_job_paths, job_lock, read_vocab, training_shards
+    from corrhash.train.ray_run import init_ray, storage_path
+    from corrhash.tune.space import build_space
+    from corrhash.tune.trial import check_space
+
+    # Everything that can be checked without Ray is checked before it starts.
+    data = args.data.absolute()
+    shards = training_shards(data)
+    vocab = read_vocab(shards)
+    dataset = shards.manifest["dataset"]
+    name = check_job_name(args.name or f"{dataset}-{base_model.name}-{base_model.bits}b-tune")
+    space = build_space(args.space_file, args.space)
+    check_space(space, base_model, base_train)
+    check_job_paths(args.mlflow_uri, args.storage)
+    with job_lock(storage_path(args.storage), name):
+        init_ray(args.address)
+        check_trial_fits(args.cpus_per_trial, args.gpus_per_trial)
+        uri = tracking_uri(args.mlflow_uri)
+        client = MlflowClient(uri)
+        experiment_id = ensure_experiment(client, args.experiment)
+        parent_id, resumed = start_or_resume_run(
+            client, experiment_id, name,
+            {"model": base_model.to_dict(), "train": base_train.to_dict(), "num_samples": args.num_samples,
+             "space": {k: str(v) for k, v in space.items()}},
+            {"dataset": dataset, "data.content_hash": shards.content_hash, "data.path": str(data)})
+        log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if resumed else ''} at {uri}")
+        try:
+            summary = search_and_register(args, name, shards, vocab, space, base_model, base_train, client, uri,
+                                          experiment_id, parent_id)
+        except BaseException:
+            client.set_terminated(parent_id, "FAILED")  # a resume with the same --name sets it RUNNING again
+            raise
+        # FINISHED only now: the version is registered and tagged and the champion decided (R8).
+        client.set_terminated(parent_id, "FINISHED")
+    return summary
+
+
+def search_and_register(args, name, shards, vocab, space, base_model, base_train, client, uri, experiment_id,
+                        parent_id) -> dict:
     # Snapshot the experiment state every second (default: 10 s or more), so a stopped search
     # resumes knowing every trial that had finished; the snapshot is small at this scale.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    import mlflow
     import torch
-    from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from corrhash.artifact import save_model
-    from corrhash.data import TfidfShards
     from corrhash.log import log
     from corrhash.tracking.registry import promote_if_better, registered_name
-    from corrhash.tracking.runs import ensure_experiment, log_hashing_model, log_metrics, start_or_resume_run
-    from corrhash.tracking.runs import tracking_uri
+    from corrhash.tracking.runs import log_hashing_model, log_metrics
     from corrhash.train.distributed import model_from_checkpoint
     from corrhash.train.loop import Evaluator
-    from corrhash.train.ray_run import EXAMPLE_TEXTS, init_ray, storage_path
-    from corrhash.tune.space import build_space
+    from corrhash.train.ray_run import EXAMPLE_TEXTS, storage_path, user_error
     from corrhash.tune.trial import trial_configs, tune_trial
 
-    data = args.data.absolute()
-    shards = TfidfShards(data)
-    dataset = shards.manifest["dataset"]
-    name = args.name or f"{dataset}-{base_model.name}-{base_model.bits}b-tune"
-    space = build_space(args.space_file, args.space)
-    init_ray(args.address)
-    uri = tracking_uri(args.mlflow_uri)
-    client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, args.experiment)
-    parent_id, resumed = start_or_resume_run(
-        client, experiment_id, name,
-        {"model": base_model.to_dict(), "train": base_train.to_dict(), "num_samples": args.num_samples,
-         "space": {k: str(v) for k, v in space.items()}},
-        {"dataset": dataset, "data.content_hash": shards.content_hash, "data.path": str(data)})
-    log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if resumed else ''} at {uri}")
-
-    fixed = {"data": str(data), "base_model": base_model.to_dict(), "base_train": base_train.to_dict(),
+    fixed = {"data": str(shards.root), "base_model": base_model.to_dict(), "base_train": base_train.to_dict(),
              "threads": max(1, int(args.cpus_per_trial)),
              "mlflow": {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id}}
     trainable = tune.with_resources(tune_trial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
@@ -121,6 +166,16 @@ def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
         run_id = (result.metrics or {}).get("mlflow_run_id")
         if run_id:
             client.set_terminated(run_id, "FAILED" if result.error else "FINISHED")
+    if not any(result.checkpoint for result in results):
+        errors = [result.error for result in results if result.error]
+        first = user_error(errors[0]) if errors else None
+        if first is not None:
+            detail = str(first)
+        else:  # not ours: the last line of Ray's message names the exception
+            detail = (str(errors[0]).strip().splitlines() or ["?"])[-1] if errors else "none reported"
+        raise (type(first) if first else CorrhashError)(
+            f"tune {name}: no trial produced a checkpoint ({len(errors)} of {len(results)} failed); "
+            f"first error: {detail}")
     best = results.get_best_result(metric="val_precision", mode="max", scope="all")
     model_config, train_config = trial_configs(best.config)
     with best.checkpoint.as_directory() as directory:
@@ -134,23 +189,21 @@ def run_tune(args, base_model: ModelConfig, base_train: TrainConfig) -> dict:
     for key, value in tuned.items():
         client.set_tag(parent_id, f"best.{key}", str(value))
 
-    registry_name = registered_name(dataset, model_config.bits)
+    registry_name = registered_name(shards.manifest["dataset"], model_config.bits)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_model(Path(tmp) / "model", model, json.loads((data / "vocab.json").read_text()),
+        model_dir = save_model(Path(tmp) / "model", model, vocab,
                                {"label_names": shards.label_names, "content_hash": shards.content_hash,
                                 "val_precision": val_precision, "test_precision": test.tie_aware,
                                 "tuned": tuned, "mlflow_run_id": parent_id})
-        model_uri = log_hashing_model(uri, parent_id, model_dir, EXAMPLE_TEXTS, registered_name=registry_name)
-    mlflow.set_tracking_uri(uri)
-    version = max(client.search_model_versions(f"name = '{registry_name}'"), key=lambda v: int(v.version))
-    promoted, decision = promote_if_better(client, registry_name, version.version, val_precision)
+        info = log_hashing_model(uri, parent_id, model_dir, EXAMPLE_TEXTS, registered_name=registry_name)
+    version = str(info.registered_model_version)  # this job's version, not the newest (another job's)
+    promoted, decision = promote_if_better(client, registry_name, version, val_precision)
     client.set_tag(parent_id, "champion.decision", decision)
-    client.set_tag(parent_id, "registered_version", f"{registry_name}/{version.version}")
-    client.set_terminated(parent_id, "FINISHED")
+    client.set_tag(parent_id, "registered_version", f"{registry_name}/{version}")
     summary = {"name": name, "parent_run_id": parent_id, "trials": len(results), "best_config": tuned,
                "val_precision": val_precision, "test_precision": test.tie_aware,
-               "test_precision_ordered": test.ordered, "registered": f"{registry_name}/{version.version}",
-               "promoted": promoted, "decision": decision, "model_uri": model_uri}
+               "test_precision_ordered": test.ordered, "registered": f"{registry_name}/{version}",
+               "promoted": promoted, "decision": decision, "model_uri": info.model_uri}
     print("\nbest configuration:", json.dumps(tuned), flush=True)
     print(f"val p@100 {val_precision:.4f}, test p@100 {test.tie_aware:.4f} (tie-aware, scored once)")
     print(decision)

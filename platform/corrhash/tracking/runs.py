@@ -8,9 +8,11 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 import corrhash
+from corrhash.errors import ConfigError
 from corrhash.serve.hashing import MLFLOW_ARTIFACT_KEY
 
 JOB_TAG = "corrhash.job"
@@ -21,6 +23,16 @@ PACKAGE_DIR = Path(corrhash.__file__).parent
 def tracking_uri(explicit: str | None = None) -> str:
     """--mlflow-uri, else $MLFLOW_TRACKING_URI, else the embedded default: ./mlflow.db (SQLite)."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').absolute()}"
+
+
+def filter_value(value: str) -> str:
+    """`value` as a string literal for an MLflow filter string. MLflow's parser has no escape
+    character, so the literal is quoted with whichever quote the value does not contain."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ConfigError(f"{value!r}: a name used in MLflow searches cannot contain both ' and \"")
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -47,7 +59,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 def start_or_resume_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict,
                         tags: dict) -> tuple[str, bool]:
     """The run tagged with this job name (resumed), or a new one; returns (run_id, resumed)."""
-    existing = client.search_runs([experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{job_name}'",
+    existing = client.search_runs([experiment_id], filter_string=f"tags.`{JOB_TAG}` = {filter_value(job_name)}",
                                   max_results=1, order_by=["attributes.start_time DESC"])
     if existing:
         run_id = existing[0].info.run_id
@@ -65,14 +77,21 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> 
 
 
 def log_hashing_model(uri: str, run_id: str, model_dir: Path, example_texts: list[str],
-                      registered_name: str | None = None) -> str:
-    """Log a corrhash model folder as a pyfunc "model from code" (nothing pickled); returns its URI."""
+                      registered_name: str | None = None) -> ModelInfo:
+    """Log a corrhash model folder as a pyfunc "model from code" (nothing pickled) to the run.
+
+    The run stays RUNNING: the caller ends it once the model is registered and the champion decided,
+    so a job stopped in between is not recorded as FINISHED. The returned ModelInfo carries the
+    registry version this call created (`registered_model_version`)."""
     mlflow.set_tracking_uri(uri)
     requirements = [f"mlflow=={mlflow.__version__}", "torch", "numpy", "scipy", "scikit-learn", "safetensors",
                     "faiss-cpu", "pyarrow"]
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE),
+    # Not `with mlflow.start_run(...)`: leaving that block ends the run as FINISHED.
+    mlflow.start_run(run_id=run_id)
+    try:
+        return mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE),
                                        artifacts={MLFLOW_ARTIFACT_KEY: str(model_dir)},
-                                       code_paths=[str(PACKAGE_DIR)], input_example=example_texts, pip_requirements=requirements,
-                                       registered_model_name=registered_name)
-    return f"runs:/{run_id}/model" if info is None else info.model_uri
+                                       code_paths=[str(PACKAGE_DIR)], input_example=example_texts,
+                                       pip_requirements=requirements, registered_model_name=registered_name)
+    finally:
+        mlflow.end_run(status="RUNNING")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
 from corrhash.train.distributed import STATE_FILE
@@ -25,12 +27,46 @@ def trial_configs(config: dict) -> tuple[ModelConfig, TrainConfig]:
     return ModelConfig.from_dict(model), TrainConfig.from_dict(train)
 
 
+def _drawable(name: str, domain) -> list:
+    """The extreme values a domain can draw (every value of a choice); a plain value is fixed."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    if isinstance(domain, (Float, Integer)):
+        if not domain.lower < domain.upper:
+            raise ConfigError(f"search space {name}: empty range {domain.lower}..{domain.upper}")
+        # Tune's upper bounds are exclusive: the largest draw is just below `upper`.
+        top = domain.upper - 1 if isinstance(domain, Integer) else math.nextafter(domain.upper, domain.lower)
+        return [domain.lower, top]
+    return [domain]
+
+
+def check_space(space: dict, base_model: ModelConfig, base_train: TrainConfig) -> None:
+    """Every value the search can draw must make a valid ModelConfig/TrainConfig of the right type.
+    Checked in the driver before Ray starts: a bad range would otherwise fail every trial."""
+    fixed = {"base_model": base_model.to_dict(), "base_train": base_train.to_dict()}
+    for name, domain in space.items():
+        default = getattr(base_model if TUNABLE[name] == "model" else base_train, name)
+        for value in _drawable(name, domain):
+            kind_ok = (isinstance(value, bool) if isinstance(default, bool)
+                       else not isinstance(value, bool) and isinstance(value, int if isinstance(default, int)
+                                                                       else (int, float)))
+            if not kind_ok:
+                raise ConfigError(f"search space {name}: can draw {value!r}, but {name} is a "
+                                  f"{type(default).__name__}")
+            try:
+                trial_configs({**fixed, name: value})
+            except (ValueError, CorrhashError) as exc:
+                raise ConfigError(f"search space {name}: can draw {value!r}, which is invalid ({exc})") from exc
+
+
 def tune_trial(config: dict) -> None:
     """Tune function trainable. `config`: tuned params + data, base_model, base_train, mlflow, threads."""
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from corrhash.tracking.runs import flatten, log_metrics
+    from corrhash.tracking.runs import filter_value, flatten, log_metrics
 
     torch.set_num_threads(int(config.get("threads", 1)))
     model_config, train_config = trial_configs(config)
@@ -47,8 +83,8 @@ def tune_trial(config: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     client = MlflowClient(config["mlflow"]["uri"])
     found = client.search_runs([config["mlflow"]["experiment_id"]],
-                               filter_string=f"tags.`corrhash.trial` = '{trial_id}' and "
-                                             f"tags.`mlflow.parentRunId` = '{config['mlflow']['parent_run_id']}'")
+                               filter_string=f"tags.`corrhash.trial` = {filter_value(trial_id)} and tags."
+                                             f"`mlflow.parentRunId` = {filter_value(config['mlflow']['parent_run_id'])}")
     if found:
         run_id = found[0].info.run_id
     else:
@@ -66,4 +102,8 @@ def tune_trial(config: dict) -> None:
                         checkpoint=tune.Checkpoint.from_directory(directory))
         return False
 
-    fit(model_config, train_config, train, val=val, on_epoch=on_epoch, state=state)
+    try:
+        fit(model_config, train_config, train, val=val, on_epoch=on_epoch, state=state)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # the driver closes only runs of trials that reported
+        raise
