@@ -1,0 +1,262 @@
+"""Bad input to jobs/train.py and jobs/tune.py: a named exit-2 error, nothing written, no run left RUNNING.
+
+Most cases are refused before Ray starts, so they run in-process in milliseconds on a tiny synthetic
+corpus. The cases that need Ray (a worker or trial failing, resources no node has) share one embedded
+Ray in `test_ray_failures_exit_2_and_mark_runs_failed`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from mlflow.tracking import MlflowClient
+
+from badinput import assert_named_error, run_job, tree
+from corrhash.data import PrepareConfig, prepare
+from corrhash.data.shards import Split
+from corrhash.errors import DataError
+from corrhash.models import ModelConfig
+from corrhash.tracking.registry import promote_if_better
+from corrhash.tracking.runs import ensure_experiment, filter_value, start_or_resume_run
+from corrhash.train import TrainConfig, fit
+from corrhash.train.preflight import job_lock
+from test_data_files import LOOSE, synthetic_rows, write_jsonl
+
+SMALL = ["--bits", "8", "--hidden", "16", "--epochs", "1", "--batch-size", "20", "--eval-k", "10"]
+TUNE_SMALL = [*SMALL, "--grace-period", "1", "--num-samples", "1", "--cpus-per-trial", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """150 synthetic documents in 3 topics: train 120 (3 shard files), val 15, test 15."""
+    root = tmp_path_factory.mktemp("train-bad")
+    raw = write_jsonl(root / "docs.jsonl", synthetic_rows(150))
+    prepare(PrepareConfig(dataset="text", raw=raw, out=root / "data", recipe=LOOSE, rows_per_shard=40))
+    return root / "data"
+
+
+def variant(data: Path, tmp_path: Path, change) -> Path:
+    """A copy of the shard folder, changed by `change(folder)`."""
+    copy = tmp_path / "data-copy"
+    shutil.copytree(data, copy)
+    change(copy)
+    return copy
+
+
+def manifest_as(value):
+    return lambda folder: (folder / "manifest.json").write_text(json.dumps(value))
+
+
+def without_splits(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["splits"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+# (case id, extra argv, change to the data copy or None, text the error must name)
+LOCAL_CASES = [
+    ("lr-inf", ["--lr", "inf"], None, "lr=inf"),
+    ("lr-nan", ["--lr", "nan"], None, "lr=nan"),
+    ("anneal-nan", ["--anneal-step", "nan"], None, "anneal_step"),
+    ("anneal-inf", ["--anneal-step", "inf"], None, "anneal_step"),
+    ("device-bogus", ["--device", "bogus"], None, "device='bogus'"),
+    ("device-cuda-on-cpu", ["--device", "cuda"], None, "device='cuda'"),
+    ("eval-k-too-big", ["--eval-k", "100000"], None, "--eval-k 100000"),
+    ("no-vocab", [], lambda folder: (folder / "vocab.json").unlink(), "vocab.json"),
+    ("manifest-list", [], manifest_as([1, 2]), "manifest.json"),
+    ("manifest-no-splits", [], without_splits, "manifest.json"),
+]
+
+
+@pytest.mark.parametrize("case, argv, change, named", LOCAL_CASES, ids=[c[0] for c in LOCAL_CASES])
+def test_train_local_refuses_before_writing(case, argv, change, named, data, tmp_path, capsys):
+    if case == "device-cuda-on-cpu":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this build has CUDA")
+    folder = variant(data, tmp_path, change) if change else data
+    out = tmp_path / "out"
+    status, stderr = run_job("train", ["--local", "--data", folder, "--out", out, *SMALL, *argv], capsys)
+    assert_named_error(status, stderr, named)
+    assert not out.exists()  # nothing created before the inputs were checked
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data-copy"] if change else [])
+
+
+def test_train_local_missing_data_creates_no_out(tmp_path, capsys):
+    status, stderr = run_job("train", ["--local", "--data", tmp_path / "nothing", "--out", tmp_path / "out"], capsys)
+    assert_named_error(status, stderr, tmp_path / "nothing" / "manifest.json")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign-folder"])
+def test_train_local_refuses_an_out_that_is_not_a_run(kind, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("notes")
+    else:
+        out.mkdir()
+        (out / "thesis.txt").write_text("mine")
+    before = tree(out)
+    status, stderr = run_job("train", ["--local", "--data", data, "--out", out, *SMALL], capsys)
+    assert_named_error(status, stderr, "--out", out)
+    assert tree(out) == before
+
+
+def test_failed_rerun_keeps_the_previous_run_and_a_diverging_run_saves_nothing(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stderr = run_job("train", ["--local", "--data", data, "--out", out, *SMALL], capsys)
+    assert status == 0, stderr
+    before = tree(out)
+    assert {"metrics.jsonl", "results.json", "model/model.safetensors"} <= set(before)
+    # lr 1e30 passes validation (finite, > 0) and blows the loss up in the first steps.
+    status, stderr = run_job("train", ["--local", "--data", data, "--out", out, *SMALL, "--lr", "1e30"], capsys)
+    assert_named_error(status, stderr, "non-finite loss", "epoch 1, step", "recon", "kl")
+    assert tree(out) == before  # the previous run is whole: metrics, model and results agree
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary sibling left
+
+
+def test_fit_stops_on_a_nan_value_naming_epoch_and_step(data):
+    """Shards with a NaN value (the data package will refuse them; the loop must not depend on it)."""
+    rng = np.random.default_rng(0)
+    features = sp.random(60, 30, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    features.data[5] = np.nan
+    labels = np.eye(3, dtype=bool)[np.arange(60) % 3]
+    split = Split("train", features, labels, np.arange(60))
+    saved = []
+    with pytest.raises(DataError, match=r"non-finite loss at epoch 1, step \d+ of 3 \(loss nan"):
+        fit(ModelConfig(name="nash", bits=8, hidden=16), TrainConfig(epochs=2, batch_size=20, eval_k=10), split,
+            val=split, on_epoch=lambda metrics, state: saved.append(metrics))
+    assert saved == []  # stopped inside the first epoch: nothing reported, nothing checkpointed
+
+
+# tune.py cases refused in the driver before Ray starts (names, space, grace period, resources, data).
+TUNE_CASES = [
+    ("name-traversal", ["--name", "../../x"], "--name '../../x'"),
+    ("name-quote", ["--name", "it's"], "--name \"it's\""),
+    ("name-leading-dot", ["--name", ".hidden"], "--name '.hidden'"),
+    ("grace-above-epochs", ["--grace-period", "5"], "--grace-period 5"),
+    ("cpus-nan", ["--cpus-per-trial", "nan"], "--cpus-per-trial nan"),
+    ("gpus-negative", ["--gpus-per-trial", "-1"], "--gpus-per-trial -1"),
+    ("dropout-out-of-range", ["--space", "dropout=1.5"], "dropout"),
+    ("dropout-range", ["--space", "dropout=uniform:0.5:1.5"], "dropout"),
+    ("rank-float", ["--space", "rank=uniform:0:4"], "rank"),
+    ("lr-negative", ["--space", "lr=choice:0.001,-1"], "lr"),
+    ("empty-range", ["--space", "mixture=randint:5:2"], "mixture"),
+    ("anneal-nan", ["--anneal-step", "nan"], "anneal_step"),
+]
+
+
+@pytest.mark.parametrize("case, argv, named", TUNE_CASES, ids=[c[0] for c in TUNE_CASES])
+def test_tune_refuses_before_ray_starts(case, argv, named, data, tmp_path, capsys):
+    import ray
+
+    storage = tmp_path / "tune"
+    status, stderr = run_job("tune", ["--data", data, *TUNE_SMALL, "--storage", storage,
+                                      "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *argv], capsys)
+    assert_named_error(status, stderr, named)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "x").exists() and not storage.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_train_ray_path_refuses_a_bad_name_before_ray(data, tmp_path, capsys):
+    import ray
+
+    status, stderr = run_job("train", ["--data", data, *SMALL, "--name", "../escape", "--storage", tmp_path / "s",
+                                       "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], capsys)
+    assert_named_error(status, stderr, "--name '../escape'")
+    assert not ray.is_initialized() and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("job", ["train", "tune"])
+def test_inside_a_ray_job_the_defaults_that_vanish_are_refused(job, data, tmp_path, capsys, monkeypatch):
+    """`ray job submit` does not pass the submitter's environment on: the README recipe's defaults
+    would put MLflow and checkpoints into Ray's temporary copy of the working dir (R1)."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"metadata": {"job_submission_id": "raysubmit_1"}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data", data, *(TUNE_SMALL if job == "tune" else SMALL), "--storage", tmp_path / "abs"]
+    status, stderr = run_job(job, argv, capsys)
+    assert_named_error(status, stderr, "raysubmit_1", "--runtime-env-json", "MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    status, stderr = run_job(job, [*argv[:-2], "--storage", "runs/relative"], capsys)
+    assert_named_error(status, stderr, "--storage 'runs/relative'", "absolute")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_second_live_job_with_the_same_name_is_refused(data, tmp_path, capsys):
+    storage = tmp_path / "tune"
+    with job_lock(str(storage), "busy"):  # a live holder (this process, another open file)
+        status, stderr = run_job("tune", ["--data", data, *TUNE_SMALL, "--name", "busy", "--storage", storage,
+                                          "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], capsys)
+        assert_named_error(status, stderr, "--name busy", f"pid {os.getpid()}")
+    with job_lock(str(storage), "busy"):  # released at exit, and a lock file left behind is taken over
+        pass
+
+
+def test_mlflow_filters_quote_names_and_champion_needs_a_strict_win(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = ensure_experiment(client, "bad-input")
+    run_id, resumed = start_or_resume_run(client, experiment, "it's", {}, {})
+    assert not resumed
+    assert start_or_resume_run(client, experiment, "it's", {}, {}) == (run_id, True)
+    assert client.search_runs([experiment], "tags.`corrhash.job` = " + filter_value('say "hi"')) == []
+
+    name = "corrhash-ties"
+    client.create_registered_model(name)
+    versions = [client.create_model_version(name, f"runs:/{run_id}/model", run_id).version for _ in range(4)]
+    assert promote_if_better(client, name, versions[0], 0.803)[0]
+    assert not promote_if_better(client, name, versions[1], 0.8030000000000002)[0]  # a tie (R6)
+    assert client.get_model_version(name, versions[1]).tags["val_precision"] == "0.8030000000000002"
+    assert not promote_if_better(client, name, versions[2], 0.803 - 4e-7)[0]
+    assert promote_if_better(client, name, versions[3], 0.803 + 4e-7)[0]  # was lost to the 6-digit rounding
+    assert client.get_model_version_by_alias(name, "champion").version == versions[3]
+
+
+def assert_error_line(status: int, stderr: str, *names: str) -> None:
+    """Exit 2 and one `error:` line naming each of `names`. Not `assert_named_error`: Ray and Tune log a
+    failed worker's or trial's traceback themselves; that the job's own exception did not escape
+    `main` is what `run_job` proves."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert status == 2 and lines, f"exit {status}, stderr:\n{stderr[-3000:]}"
+    for name in names:
+        assert str(name) in lines[-1], f"{name!r} not named in: {lines[-1]}"
+
+
+def test_ray_failures_exit_2_and_mark_runs_failed(data, tmp_path, capsys):
+    """One embedded Ray for the cases only Ray can show: a Train worker and a Tune trial that hit a
+    damaged shard, and a trial no node can hold (it used to wait PENDING forever)."""
+    import ray
+
+    def truncate(folder: Path) -> None:
+        shard = folder / "train" / "part-00000.parquet"
+        shard.write_bytes(shard.read_bytes()[:200])
+
+    damaged = variant(data, tmp_path, truncate)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    common = ["--data", damaged, *SMALL, "--mlflow-uri", uri, "--storage", tmp_path / "storage"]
+    try:
+        status, stderr = run_job("train", [*common, "--name", "bad-shard", "--max-failures", "0",
+                                           "--cpus-per-worker", "0.5"], capsys)
+        assert_error_line(status, stderr, "part-00000.parquet")
+        run = client.search_runs([client.get_experiment_by_name("corrhash").experiment_id])[0]
+        assert run.info.status == "FAILED"
+
+        status, stderr = run_job("tune", [*common, "--name", "too-big", "--grace-period", "1", "--num-samples", "1",
+                                          "--cpus-per-trial", "8"], capsys)
+        assert_error_line(status, stderr, "--cpus-per-trial 8")
+
+        status, stderr = run_job("tune", [*common, "--name", "no-checkpoint", "--grace-period", "1",
+                                          "--num-samples", "1", "--cpus-per-trial", "0.5"], capsys)
+        assert_error_line(status, stderr, "no trial produced a checkpoint", "part-00000.parquet")
+        runs = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id])
+        assert [r.data.tags.get("corrhash.job") for r in runs] == ["no-checkpoint"]  # too-big made none
+        assert all(r.info.status == "FAILED" for r in runs)
+    finally:
+        ray.shutdown()
