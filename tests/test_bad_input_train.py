@@ -260,3 +260,30 @@ def test_ray_failures_exit_2_and_mark_runs_failed(data, tmp_path, capsys):
         assert all(r.info.status == "FAILED" for r in runs)
     finally:
         ray.shutdown()
+
+
+def test_logged_model_leaves_the_run_running_and_names_its_version(data, tmp_path):
+    """R8: logging used to end the run FINISHED before registration and the champion decision.
+    R7: the job promotes the version its own log_model created, not the newest one."""
+    import torch
+
+    from corrhash.artifact import save_model
+    from corrhash.models import create_model
+    from corrhash.tracking.runs import log_hashing_model
+    from corrhash.train.preflight import read_vocab, training_shards
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id, _ = start_or_resume_run(client, ensure_experiment(client, "log"), "log-job", {}, {})
+    shards = training_shards(data)
+    torch.manual_seed(0)
+    model_dir = save_model(tmp_path / "model", create_model(ModelConfig(name="lsh", bits=8), shards.n_features),
+                           read_vocab(shards))
+    client.create_registered_model("corrhash-log")
+    client.create_model_version("corrhash-log", f"runs:/{run_id}/other", run_id)  # v1: someone else's
+    info = log_hashing_model(uri, run_id, model_dir, ["a shuttle launch"], registered_name="corrhash-log")
+    assert str(info.registered_model_version) == "2"
+    assert client.get_run(run_id).info.status == "RUNNING"
+    client.create_model_version("corrhash-log", f"runs:/{run_id}/other", run_id)  # v3: a concurrent job's
+    newest = max(client.search_model_versions("name = 'corrhash-log'"), key=lambda v: int(v.version))
+    assert newest.version == "3"  # what the job used to promote
