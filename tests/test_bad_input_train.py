@@ -286,4 +286,4 @@ def test_logged_model_leaves_the_run_running_and_names_its_version(data, tmp_pat
     assert client.get_run(run_id).info.status == "RUNNING"
     client.create_model_version("corrhash-log", f"runs:/{run_id}/other", run_id)  # v3: a concurrent job's
     newest = max(client.search_model_versions("name = 'corrhash-log'"), key=lambda v: int(v.version))
-    assert newest.version == "3"  # what the job used to promote
+    assert str(newest.version) == "3"  # what the job used to promote
