@@ -1,8 +1,9 @@
-"""Real services for integration tests: a Ray head and an MLflow server on loopback, stopped by PID."""
+"""Real services for integration tests: a Ray head (token auth on) and an MLflow server on loopback, stopped by PID."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,13 +22,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float, process: subprocess.Popen, log: Path) -> None:
+def auth_header(token_path: Path) -> dict:
+    return {"Authorization": f"Bearer {token_path.read_text()}"}
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen, log: Path, headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2):
                 return
         except OSError:
             time.sleep(0.5)
@@ -35,22 +40,40 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen, log: Path) ->
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the process group we started (the service and its children), SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+    """SIGTERM the service we started, then SIGKILL whatever is left in its process group."""
+    if process.poll() is None:
+        # The leader only: `ray start --block` stops its children in order; a group-wide SIGTERM
+        # makes it wait ~30 s for children that are already exiting.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
     try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
+    except ProcessLookupError:  # the group is already empty
+        pass
+    process.wait(10)
 
 
-def service_env() -> dict:
+def write_token(path: Path) -> Path:
+    """A Ray auth token in a new file only its owner can read (Ray's own default file is 0644)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(secrets.token_hex(32))
+    return path
+
+
+def service_env(token_path: Path | None = None) -> dict:
+    """The environment for our services and their clients: token auth on, read from token_path."""
     # The venv first on PATH: `ray job submit -- python ...` resolves python from the head's PATH.
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
-               MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="disabled")  # loopback only
-    env.pop("RAY_ADDRESS", None)
+               MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="token",
+               # Ray's single-node mode: the node address, agents and client proxy stay on 127.0.0.1.
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    if token_path is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     return env
 
 
@@ -59,20 +82,27 @@ class RayHead:
     process: subprocess.Popen
     dashboard: str
     gcs: str
+    token_path: Path
+
+    def client_env(self) -> dict:
+        """For `ray job submit` and drivers of this head: they read the token from its 0600 file."""
+        return service_env(self.token_path)
 
 
 def start_ray_head(workdir: Path, num_cpus: int = 2) -> RayHead:
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port, client_port, agent_port = free_port(), free_port(), free_port(), free_port()
     log = workdir / "ray-head.log"
+    token_path = write_token(workdir / "ray-auth-token")
     temp = Path("/tmp") / f"ray-{os.getpid()}-{port}"  # Ray's socket paths must stay short
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--num-cpus={num_cpus}",
-         "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"],
-        env=service_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
+         f"--dashboard-agent-listen-port={agent_port}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp}",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        env=service_env(token_path), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
-    wait_http(f"{dashboard}/api/version", 120, process, log)
-    return RayHead(process, dashboard, f"127.0.0.1:{port}")
+    wait_http(f"{dashboard}/api/version", 120, process, log, auth_header(token_path))
+    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path)
 
 
 def start_mlflow_server(workdir: Path) -> tuple[subprocess.Popen, str]:

@@ -19,7 +19,7 @@ import corrhash.serve
 from corrhash.data import TfidfFeaturizer, TfidfShards
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import pack_codes
-from services import BIN, service_env
+from services import BIN
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["The space shuttle launch window opens at dawn.", "My hard drive controller fails under DOS.",
@@ -39,7 +39,8 @@ def submit(cluster, args: list[str], wait: bool = True, timeout: float = 400,
     command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
     command += ["--", "python", job] + args
-    return subprocess.run(command, env=service_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=cluster["head"].client_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def runs_for_job(client: MlflowClient, name: str) -> list:
@@ -131,10 +132,11 @@ def test_lost_worker_resumes_from_last_checkpoint(cluster, shards, tmp_path):
     runs = runs_for_job(client, "job-fault")
     victim = ray_train_workers()[-1]
     subprocess.run(["kill", "-9", str(victim)], check=True)
+    env = cluster["head"].client_env()
     logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--follow", "--address", cluster["head"].dashboard,
-                           job_id], env=service_env(), capture_output=True, text=True, timeout=400).stdout
+                           job_id], env=env, capture_output=True, text=True, timeout=400).stdout
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["head"].dashboard, job_id],
-                            env=service_env(), capture_output=True, text=True).stdout
+                            env=env, capture_output=True, text=True).stdout
     assert "succeeded" in status.lower(), logs[-4000:]
     assert logs.count("Started training worker group") >= 2  # the group was restarted
     steps = epochs_logged(client, runs[0].info.run_id)
@@ -156,7 +158,7 @@ def test_two_workers_match_one_worker(cluster, shards, tmp_path):
              "--cpus-per-worker", "0.5", "--address", cluster["head"].gcs, "--name", f"scale-{workers}",
              "--storage", str(tmp_path / "ray-storage"), "--mlflow-uri", cluster["mlflow"], "--skip-test",
              "--out", str(out)],
-            cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=600)
+            cwd=REPO, env=cluster["head"].client_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         results[workers] = json.loads((out / "results.json").read_text())["val_precision"]
     assert results[1] > 0.08 and results[2] > 0.08, results  # both learned (chance is 0.05)

@@ -108,7 +108,7 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
         time.sleep(0.5)
     time.sleep(3)  # let Tune snapshot its state (every second, see jobs/tune.py)
     subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster["head"].dashboard, job_id],
-                   env=service_env(), capture_output=True, timeout=120)
+                   env=cluster["head"].client_env(), capture_output=True, timeout=120)
     first = {r.data.tags["corrhash.trial"] for r in completed()}
 
     done = submit(cluster, args, job="jobs/tune.py", timeout=600)

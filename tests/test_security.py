@@ -1,0 +1,197 @@
+"""The cluster's network and secrets posture (cluster/SECURITY.md): token auth on, loopback only, no leaks.
+
+Socket tables are read from /proc; nothing here connects to anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from services import BIN, auth_header, free_port, service_env
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.cluster
+
+
+def listening_sockets() -> dict[int, tuple[str, int]]:
+    """Socket inode -> (address, port) of every listening TCP socket on this host, v4 and v6."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(words)
+            found[int(fields[9])] = (str(getattr(ip, "ipv4_mapped", None) or ip), int(port, 16))
+    return found
+
+
+def session_processes(session_ids: set[int]) -> list[int]:
+    """Live (non-zombie) processes of these sessions: a service started with setsid and all its children."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) in session_ids:
+            pids.append(int(entry.name))
+    return pids
+
+
+def listeners_of(pids: list[int]) -> set[tuple[str, int]]:
+    sockets, found = listening_sockets(), set()
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:  # gone meanwhile
+            continue
+        found |= {sockets[int(link[8:-1])] for link in links
+                  if link.startswith("socket:[") and int(link[8:-1]) in sockets}
+    return found
+
+
+def http_status(url: str, headers: dict | None = None, body: dict | None = None) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def assert_loopback_only(pids: list[int], expected_ports: set[int]) -> None:
+    found = listeners_of(pids)
+    assert expected_ports <= {port for _, port in found}, (expected_ports, found)  # the table was read right
+    exposed = {(ip, port) for ip, port in found if not ipaddress.ip_address(ip).is_loopback}
+    assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
+
+
+def local_sh(command: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "cluster/local.sh", command], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_local_cluster_is_token_protected_loopback_only_and_refuses_a_second_start(tmp_path):
+    state = tmp_path / "cluster"
+    ports = {name: free_port() for name in
+             ("RAY_PORT", "DASHBOARD_PORT", "MLFLOW_PORT", "RAY_CLIENT_PORT", "DASHBOARD_AGENT_PORT")}
+    env = dict(service_env(), CORRHASH_CLUSTER_DIR=str(state), **{k: str(v) for k, v in ports.items()})
+    del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # as a user's shell: local.sh must set what it needs
+    started = local_sh("start", env)
+    leaders = {int(p.read_text()) for p in state.glob("*.pid")}
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        token_path = state / "auth_token"
+        token = token_path.read_text()
+        assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and stat.S_IMODE(state.stat().st_mode) == 0o700
+        # The output gives the client settings and a submit line that forwards MLflow, never the token.
+        assert token not in started.stdout + started.stderr
+        assert f"RAY_AUTH_TOKEN_PATH={token_path}" in started.stdout
+        mlflow_uri = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+        assert f'--runtime-env-json \'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}\'' in started.stdout
+
+        processes = session_processes(leaders)
+        assert_loopback_only(processes, {ports["RAY_PORT"], ports["DASHBOARD_PORT"], ports["MLFLOW_PORT"],
+                                         ports["DASHBOARD_AGENT_PORT"]})
+
+        # Without the token, neither job API runs anything; with it, the documented client works.
+        dashboard = f"http://127.0.0.1:{ports['DASHBOARD_PORT']}"
+        marker = tmp_path / "tokenless-job-ran"
+        job = {"entrypoint": f"touch {marker}"}
+        agent = f"http://127.0.0.1:{ports['DASHBOARD_AGENT_PORT']}"
+        assert http_status(f"{agent}/api/job_agent/jobs/", body=job) in (401, 403)
+        assert http_status(f"{dashboard}/api/jobs/", body=job) in (401, 403)
+        assert http_status(f"{dashboard}/api/jobs/") in (401, 403)
+        assert http_status(f"{dashboard}/api/jobs/", auth_header(token_path)) == 200
+        client = dict(service_env(), RAY_ADDRESS=dashboard, RAY_AUTH_TOKEN_PATH=str(token_path))
+        submitted = subprocess.run([str(BIN / "ray"), "job", "submit", "--", "python", "-c", "print('job ran')"],
+                                   env=client, capture_output=True, text=True, timeout=120)
+        assert submitted.returncode == 0 and "job ran" in submitted.stdout, submitted.stdout + submitted.stderr
+        assert not marker.exists()
+
+        # A second start is refused and leaves the first cluster as it was.
+        again = local_sh("start", env)
+        assert again.returncode != 0 and "refusing to start" in again.stderr, again.stdout + again.stderr
+        other_dir = dict(env, CORRHASH_CLUSTER_DIR=str(tmp_path / "other"))
+        again = local_sh("start", other_dir)
+        assert again.returncode != 0 and "port" in again.stderr, again.stdout + again.stderr
+        assert {int(p.read_text()) for p in state.glob("*.pid")} == leaders
+        assert http_status(f"{dashboard}/api/jobs/", auth_header(token_path)) == 200
+
+        # No log of ours or of Ray's session holds the token.
+        session = re.search(r"(\S+/session_[\w-]+)/logs", (state / "ray.log").read_text()).group(1)
+        logs = [*state.glob("*.log"), *(p for p in Path(session, "logs").rglob("*") if p.is_file())]
+        assert logs and not [p for p in logs if token in p.read_text(errors="replace")]
+    finally:
+        stopped = local_sh("stop", env)
+        for pid in session_processes(leaders):  # only if stop failed: leave nothing running
+            os.kill(pid, signal.SIGKILL)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not session_processes(leaders)
+    taken = {port for _, port in listening_sockets().values()}
+    assert not taken & set(ports.values()), taken & set(ports.values())
+
+
+EMBEDDED = """
+import json, sys, ray
+from corrhash.train.ray_run import init_ray
+init_ray(None)
+node = ray._private.worker._global_node
+print(json.dumps({"dashboard": node.address_info["webui_url"],
+                  "agent_port": node._ray_params.dashboard_agent_listen_port}), flush=True)
+sys.stdin.read()  # until the test closes our stdin
+ray.shutdown()
+"""
+
+
+def test_embedded_ray_is_token_protected_loopback_only_with_a_private_token(tmp_path):
+    env = dict(service_env(), HOME=str(tmp_path))  # Ray's default token file is ~/.ray/auth_token
+    del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
+    env.pop("RAY_AUTH_MODE")  # a user's shell: unset
+    child = subprocess.Popen([sys.executable, "-c", EMBEDDED], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        ready = json.loads(child.stdout.readline() or "null")
+        assert ready, "init_ray failed"
+        token_path = tmp_path / ".ray" / "auth_token"
+        assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+        # Ray gives the agent no HTTP port (-1) when the default is taken, e.g. by another local Ray.
+        agent_ports = {ready["agent_port"]} - {-1}
+        assert_loopback_only(session_processes({child.pid}), {int(ready["dashboard"].rsplit(":", 1)[1]), *agent_ports})
+        job = {"entrypoint": "true"}
+        for port in agent_ports:
+            assert http_status(f"http://127.0.0.1:{port}/api/job_agent/jobs/", body=job) in (401, 403)
+        assert http_status(f"http://{ready['dashboard']}/api/jobs/", body=job) in (401, 403)
+        assert http_status(f"http://{ready['dashboard']}/api/jobs/", auth_header(token_path)) == 200
+        child.stdin.close()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+
+
+def test_test_cluster_is_token_protected_and_loopback_only(cluster):
+    head = cluster["head"]
+    assert stat.S_IMODE(head.token_path.stat().st_mode) == 0o600
+    ports = {int(address.rsplit(":", 1)[1]) for address in (head.gcs, head.dashboard)}
+    assert_loopback_only(session_processes({head.process.pid}), ports)
+    assert http_status(f"{head.dashboard}/api/jobs/", body={"entrypoint": "true"}) in (401, 403)
+    assert http_status(f"{head.dashboard}/api/jobs/", auth_header(head.token_path)) == 200
