@@ -10,14 +10,12 @@ one is damaged, and loading it is a DataError naming the file.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from corrhash.atomic import atomic_dir
 from corrhash.data.featurize import TfidfFeaturizer
 from corrhash.errors import CorrhashError, DataError
 from corrhash.models import HashModel, ModelConfig, create_model
@@ -30,21 +28,13 @@ NO_VOCABULARY = {"format": "none", "terms": None}
 def save_model(directory: str | Path, model: HashModel, vocab: dict | None, metadata: dict | None = None) -> Path:
     """Write atomically: a temporary sibling folder renamed into place."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         info = {"format": FORMAT, "model": model.config.to_dict(), "n_features": model.n_features,
                 **(metadata or {})}
         (tmp / "model.json").write_text(json.dumps(info, indent=2, default=str))
         (tmp / "vocab.json").write_text(json.dumps(NO_VOCABULARY if vocab is None else vocab))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

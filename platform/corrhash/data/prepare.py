@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
 from corrhash.data import corpora
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
 from corrhash.data.shards import FORMAT, manifest_checksum, sha256_file, split_table, table_digest, write_split
@@ -270,22 +268,6 @@ class _Termination:
                 raise SystemExit(128 + self.pending)
 
 
-def _replace_dir(tmp: Path, out: Path, termination: _Termination) -> None:
-    """Move the finished `tmp` into `out`; an old `out` is removed only after the new one is in place."""
-    with termination.held():
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, trash)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(trash, out)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)  # what is left is removed by the next run
-
-
 def is_prepared_corpus(folder: Path) -> bool:
     try:
         return json.loads((folder / "manifest.json").read_text()).get("format") == FORMAT
@@ -312,33 +294,14 @@ def check_output(out: Path, raw: Path, overwrite: bool) -> None:
                             "--overwrite only replaces those: choose another --out or remove it yourself")
 
 
-def remove_stale_temporaries(out: Path) -> None:
-    """Delete `.NAME.tmp-PID-*` / `.NAME.old-PID` folders of earlier runs whose process is gone (killed)."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
-    for path in out.parent.iterdir():
-        match = pattern.fullmatch(path.name)
-        if not match or not path.is_dir():
-            continue
-        pid = int(match.group(1))
-        try:
-            os.kill(pid, 0)
-            continue  # that run is still alive (or belongs to someone we may not signal)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        log(f"removing {path}, left by an interrupted run (process {pid})")
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def make_temp_dir(out: Path) -> tuple[Path, list[Path]]:
     """The temporary sibling of `out` and the parent folders created for it, made before any work so that
     a read-only or missing location fails at once."""
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)), created
+        remove_stale_siblings(out)
+        return sibling_temp_dir(out), created
     except OSError as exc:
         _remove_empty(created)
         raise DataError(f"{out}: cannot write the output there (--out): {exc.strerror or exc}") from exc
@@ -424,7 +387,8 @@ def prepare(config: PrepareConfig) -> dict:
                     raise DataError(f"{raw}: split {split!r} has no documents after filtering")
             try:
                 manifest = write_output(tmp, prepared, config, sources, notes)
-                _replace_dir(tmp, out, termination)
+                with termination.held():  # --out is never left missing
+                    replace_dir(tmp, out)
             except OSError as exc:  # disk full, read-only file system, quota
                 raise DataError(f"{out}: writing the output failed ({exc.strerror or exc}); nothing was "
                                 "written") from exc

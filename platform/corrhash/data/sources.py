@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from corrhash.atomic import atomic_open
 from corrhash.errors import DataError
 from corrhash.log import log
 
@@ -59,24 +59,21 @@ def download_20ng() -> Path:
     url = os.environ.get(NG20_URL_ENV, NG20_URL)
     log(f"downloading {url} → {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".20news-", dir=target.parent)
     try:
-        digest = hashlib.sha256()
-        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as handle:
+        # A DataError raised inside atomic_open (wrong checksum) keeps nothing.
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_open(target) as handle:
+            digest = hashlib.sha256()
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 handle.write(block)
-        if digest.hexdigest() != NG20_SHA256:
-            raise DataError(f"{url}: downloaded file has sha256 {digest.hexdigest()}, not the published "
-                            f"20news-bydate.tar.gz ({NG20_SHA256}); nothing was kept. Pass "
-                            f"{_HOW_TO_PASS['20ng']} if you have a good copy")
-        os.replace(tmp, target)
+            if digest.hexdigest() != NG20_SHA256:
+                raise DataError(f"{url}: downloaded file has sha256 {digest.hexdigest()}, not the published "
+                                f"20news-bydate.tar.gz ({NG20_SHA256}); nothing was kept. Pass "
+                                f"{_HOW_TO_PASS['20ng']} if you have a good copy")
     except (OSError, ValueError) as exc:  # ValueError: a malformed $CORRHASH_20NG_URL
         raise DataError(f"could not download 20 Newsgroups from {url} ({exc}). Offline? Pass "
                         f"{_HOW_TO_PASS['20ng']}, or set {RAW_DIR_ENV} to a folder holding "
                         "20news-bydate/20news-bydate.tar.gz") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return target
 
 

@@ -8,12 +8,12 @@ that was saved can be read back, and a damaged or foreign file is a DataError na
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from corrhash.atomic import atomic_open, atomic_write_text
 from corrhash.errors import DataError
 from corrhash.retrieval import hamming_topk, packed_width
 
@@ -40,9 +40,9 @@ class HammingIndex:
         if path == sidecar:
             raise DataError(f"{path}: an index named .json would be overwritten by its JSON sidecar; use .npz")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, lambda handle: np.savez(handle, codes=self.codes, ids=self.ids))
-        sidecar_text = json.dumps({**self.meta, "bits": self.bits, "size": len(self)})
-        _write_atomically(sidecar, lambda handle: handle.write(sidecar_text.encode()))
+        with atomic_open(path) as handle:
+            np.savez(handle, codes=self.codes, ids=self.ids)
+        atomic_write_text(sidecar, json.dumps({**self.meta, "bits": self.bits, "size": len(self)}))
         return path
 
     @classmethod
@@ -111,14 +111,3 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # ValueError: a pickled object array
             raise DataError(f"{path}: unreadable array ({exc})") from exc
 
-
-def _write_atomically(path: Path, write) -> None:
-    """write(binary handle) into a temporary sibling, renamed over `path` only once complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

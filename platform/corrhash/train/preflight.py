@@ -10,11 +10,10 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from corrhash.atomic import sibling_temp_dir
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, DataError
 
@@ -54,14 +53,14 @@ def read_vocab(shards: TfidfShards) -> dict:
 
 
 def new_run_dir(out: str | Path) -> Path:
-    """A temporary sibling of `out` to write a run into; `out` is untouched until `replace_run_dir`.
+    """A temporary sibling of `out` to write a run into; `out` is untouched until `atomic.replace_dir`.
 
     An existing `out` must be a folder that is empty or holds only a previous run's files: a rerun
     replaces that run when it succeeds and leaves it whole when it fails."""
     out = check_out_dir(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        return sibling_temp_dir(out)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write beside it ({exc})") from exc
 
@@ -76,18 +75,6 @@ def check_out_dir(out: str | Path) -> Path:
             raise ConfigError(f"--out {out}: holds {foreign[:5]}, which are not a train run's files; "
                               "choose a new or empty folder")
     return out
-
-
-def replace_run_dir(tmp: Path, out: str | Path) -> None:
-    """Move the finished run `tmp` to `out`, replacing a previous run there."""
-    out = Path(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def check_job_name(name: str, option: str = "--name") -> str:

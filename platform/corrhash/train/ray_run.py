@@ -19,15 +19,17 @@ from pathlib import Path
 import torch
 
 from corrhash.artifact import save_model
+from corrhash.atomic import replace_dir
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
-from corrhash.train.distributed import model_from_checkpoint, train_worker
+from corrhash.train.checkpoint import best_model
+from corrhash.train.distributed import train_worker
 from corrhash.train.loop import Evaluator
 from corrhash.train.preflight import (check_job_name, check_job_paths, check_out_dir, job_lock, new_run_dir,
-                                      read_vocab, replace_run_dir, training_shards)
+                                      read_vocab, training_shards)
 
 EXAMPLE_TEXTS = ["The shuttle launch was delayed by a fuel leak.", "Which graphics card works best under Linux?"]
 
@@ -182,7 +184,7 @@ def _fit_and_log(client, uri: str, run_id: str, name: str, data_dir: Path, shard
             raise
         raise type(cause)(f"job {name}: a Ray Train worker failed: {cause}") from exc
     with result.checkpoint.as_directory() as directory:
-        model, payload = model_from_checkpoint(Path(directory), model_config, shards.n_features)
+        model, payload = best_model(Path(directory), model_config, shards.n_features)
     history = payload["history"]
     summary = {"job": name, "run_id": run_id, "data": str(data_dir), "content_hash": shards.content_hash,
                "dataset": shards.manifest["dataset"], "model": model_config.to_dict(),
@@ -207,7 +209,7 @@ def _fit_and_log(client, uri: str, run_id: str, name: str, data_dir: Path, shard
         summary["model_uri"] = log_hashing_model(uri, run_id, model_dir, EXAMPLE_TEXTS).model_uri
         if out_dir:
             (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
-            replace_run_dir(run_dir, out_dir)
+            replace_dir(run_dir, out_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # gone already when it replaced out_dir
     return summary

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from corrhash.artifact import save_model
+from corrhash.atomic import replace_dir
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
 from corrhash.train.loop import Evaluator, fit, resolve_device
-from corrhash.train.preflight import new_run_dir, read_vocab, replace_run_dir, training_shards
+from corrhash.train.preflight import new_run_dir, read_vocab, training_shards
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -48,7 +49,7 @@ def train_and_evaluate(data_dir: str | Path, model_config: ModelConfig, train_co
     try:
         summary = _train_into(run_dir, shards, vocab, (train, val, test), device, model_config, train_config,
                               score_test, started)
-        replace_run_dir(run_dir, out_dir)
+        replace_dir(run_dir, out_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
