@@ -138,7 +138,7 @@ def search_and_register(args, name, shards, vocab, space, base_model, base_train
     from corrhash.log import log
     from corrhash.tracking.registry import promote_if_better, registered_name
     from corrhash.tracking.runs import log_hashing_model, log_metrics
-    from corrhash.train.distributed import model_from_checkpoint
+    from corrhash.train.checkpoint import best_model
     from corrhash.train.loop import Evaluator
     from corrhash.train.ray_run import EXAMPLE_TEXTS, storage_path, user_error
     from corrhash.tune.trial import trial_configs, tune_trial
@@ -179,7 +179,7 @@ def search_and_register(args, name, shards, vocab, space, base_model, base_train
     best = results.get_best_result(metric="val_precision", mode="max", scope="all")
     model_config, train_config = trial_configs(best.config)
     with best.checkpoint.as_directory() as directory:
-        model, payload = model_from_checkpoint(Path(directory), model_config, shards.n_features)
+        model, payload = best_model(Path(directory), model_config, shards.n_features)
     val_precision = float(payload["best_value"])
     test = Evaluator(shards.split("train"), shards.split("test"), torch.device("cpu"), train_config.eval_k)(model)
     tuned = {k: best.config[k] for k in space}

@@ -19,6 +19,7 @@ import corrhash.serve
 from corrhash.data import TfidfFeaturizer, TfidfShards
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import pack_codes
+from corrhash.train import checkpoint
 from services import BIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
 
 def checkpoint_state(storage: Path, name: str) -> dict:
     latest = sorted(p for p in (storage / name).glob("checkpoint_*") if p.is_dir())[-1]
-    return torch.load(latest / "state.pt", map_location="cpu", weights_only=True)
+    return checkpoint.read(latest)
 
 
 def test_job_submit_trains_logs_and_resumes(cluster, shards, tmp_path):

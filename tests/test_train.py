@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 from corrhash.artifact import load_model
 from corrhash.data import TfidfShards
 from corrhash.models import ModelConfig, create_model, list_models
+from corrhash.train import checkpoint
 from corrhash.train import Evaluator, TrainConfig, TrainState, fit, new_state
 from corrhash.train.batches import DeviceCSR
 
@@ -95,24 +95,43 @@ def test_same_seed_same_run_and_resume_is_exact(splits, tmp_path):
     twice = fit(model_config, TrainConfig(epochs=3, seed=7), train, val=val)
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in twice.history]
 
-    saved = {}
-
     def stop_after_two(metrics, state: TrainState):
         if metrics["epoch"] == 2:
-            buffer = io.BytesIO()
-            torch.save(state.state_dict(), buffer)
-            saved["checkpoint"] = buffer.getvalue()
+            checkpoint.save(tmp_path, state)
             return True
         return False
 
     fit(model_config, TrainConfig(epochs=3, seed=7), train, val=val, on_epoch=stop_after_two)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.STATE_FILE, checkpoint.generator_file(0)])
     state = new_state(model_config, TrainConfig(seed=7), train.features.shape[1], torch.device("cpu"))
-    state.load_state_dict(torch.load(io.BytesIO(saved["checkpoint"]), weights_only=True))
+    checkpoint.restore(tmp_path, state, 0, torch.device("cpu"))
     resumed = fit(model_config, TrainConfig(epochs=3, seed=7), train, val=val, state=state)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[-1]["loss"] == straight.history[-1]["loss"]  # bit-exact continuation
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_checkpoint_keeps_one_copy_of_the_best_weights(splits, tmp_path):
+    """An epoch that is the best so far stores its weights once; later epochs carry the best copy."""
+    train, val = splits
+    config = ModelConfig(name="nash", bits=16, hidden=64)
+
+    def save_each(metrics, state: TrainState):
+        folder = tmp_path / str(metrics["epoch"])
+        folder.mkdir()
+        checkpoint.save(folder, state)
+
+    # lr ~ 0: the encoder never changes, so epoch 1 stays the best one.
+    result = fit(config, TrainConfig(epochs=3, lr=1e-12), train, val=val, on_epoch=save_each)
+    assert result.best_epoch == 1
+    on_disk = [torch.load(tmp_path / str(e) / checkpoint.STATE_FILE, weights_only=True) for e in (1, 2, 3)]
+    assert [bool(p["best_weights"]) for p in on_disk] == [False, True, True]
+    for epoch in (1, 3):
+        model, payload = checkpoint.best_model(tmp_path / str(epoch), config, train.features.shape[1])
+        assert payload["best_epoch"] == 1
+        for key, value in result.model.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_corrsh_without_rank_matches_nash(splits):

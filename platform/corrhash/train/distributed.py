@@ -9,7 +9,6 @@ broadcasts it so that early stopping decides the same on every rank.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -21,15 +20,9 @@ import torch.distributed as dist
 from corrhash.data import TfidfShards
 from corrhash.models import HashModel, ModelConfig
 from corrhash.retrieval import PrecisionAtK, pack_codes, precision_at_k
+from corrhash.train import checkpoint as checkpoint_format
 from corrhash.train.config import TrainConfig
 from corrhash.train.loop import embed_all, fit, new_state, place
-
-STATE_FILE = "state.pt"
-
-
-def generator_file(rank: int) -> str:
-    return f"generator-{rank}.pt"
-
 
 def _all_gather_rows(local: torch.Tensor, world: int) -> torch.Tensor:
     """Concatenate every rank's [n_r, d] tensor in rank order (shares may differ in size)."""
@@ -75,24 +68,6 @@ class DistributedEvaluator:
         return PrecisionAtK(self.k, float(result[1]), float(result[0]), empty, empty)
 
 
-def model_from_checkpoint(directory: Path, model_config: ModelConfig, n_features: int) -> tuple[HashModel, dict]:
-    """The best weights of a checkpoint's TrainState as a model on the CPU, and the whole payload."""
-    from corrhash.models import create_model
-
-    payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    model = create_model(model_config, n_features)
-    model.load_state_dict(payload["best_weights"] or payload["model"])
-    return model, payload
-
-
-def load_checkpoint(state, directory: Path, rank: int, device: torch.device) -> None:
-    payload = torch.load(directory / STATE_FILE, map_location=device, weights_only=True)
-    state.load_state_dict(payload)
-    own = directory / generator_file(rank)
-    if own.is_file():  # each rank resumes its own random stream
-        state.generator.set_state(torch.load(own, weights_only=True))
-
-
 def train_worker(config: dict) -> None:
     """Ray Train `train_loop_per_worker`. `config`: data, model, train, mlflow (uri, run_id) or None."""
     import ray.train
@@ -127,7 +102,7 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            load_checkpoint(state, Path(directory), rank, device)
+            checkpoint_format.restore(Path(directory), state, rank, device)
 
     mlflow_client = None
     if rank == 0 and config.get("mlflow"):
@@ -140,12 +115,9 @@ def train_worker(config: dict) -> None:
         metrics = {**metrics, "world_size": world, "docs_per_s": metrics.get("docs_per_s", 0.0) * world}
         with tempfile.TemporaryDirectory() as directory:
             directory = Path(directory)
-            if rank == 0:
-                torch.save(state.state_dict(), directory / STATE_FILE)
-                (directory / "metrics.json").write_text(json.dumps(metrics))
-                if mlflow_client is not None:
-                    log_metrics(mlflow_client, config["mlflow"]["run_id"], metrics, step=metrics["epoch"])
-            torch.save(state.generator.get_state(), directory / generator_file(rank))
+            if rank == 0 and mlflow_client is not None:
+                log_metrics(mlflow_client, config["mlflow"]["run_id"], metrics, step=metrics["epoch"])
+            checkpoint_format.save(directory, state, rank)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
         return False
 

@@ -25,7 +25,8 @@ from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
-from corrhash.train.distributed import model_from_checkpoint, train_worker
+from corrhash.train.checkpoint import best_model
+from corrhash.train.distributed import train_worker
 from corrhash.train.loop import Evaluator
 from corrhash.train.preflight import (check_job_name, check_job_paths, check_out_dir, job_lock, new_run_dir,
                                       read_vocab, training_shards)
@@ -183,7 +184,7 @@ def _fit_and_log(client, uri: str, run_id: str, name: str, data_dir: Path, shard
             raise
         raise type(cause)(f"job {name}: a Ray Train worker failed: {cause}") from exc
     with result.checkpoint.as_directory() as directory:
-        model, payload = model_from_checkpoint(Path(directory), model_config, shards.n_features)
+        model, payload = best_model(Path(directory), model_config, shards.n_features)
     history = payload["history"]
     summary = {"job": name, "run_id": run_id, "data": str(data_dir), "content_hash": shards.content_hash,
                "dataset": shards.manifest["dataset"], "model": model_config.to_dict(),

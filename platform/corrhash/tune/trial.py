@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
-from corrhash.train.distributed import STATE_FILE
+from corrhash.train import checkpoint as checkpoint_format
 from corrhash.train.loop import fit, new_state
 from corrhash.tune.space import TUNABLE
 
@@ -78,7 +77,7 @@ def tune_trial(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            state.load_state_dict(torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True))
+            checkpoint_format.restore(Path(directory), state, 0, device)
 
     trial_id = tune.get_context().get_trial_id()
     client = MlflowClient(config["mlflow"]["uri"])
@@ -96,8 +95,7 @@ def tune_trial(config: dict) -> None:
     def on_epoch(metrics: dict, state) -> bool:
         log_metrics(client, run_id, metrics, step=metrics["epoch"])
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state.state_dict(), Path(directory) / STATE_FILE)
-            (Path(directory) / "trial.json").write_text(json.dumps({"mlflow_run_id": run_id}))
+            checkpoint_format.save(Path(directory), state)
             tune.report({**metrics, "mlflow_run_id": run_id},
                         checkpoint=tune.Checkpoint.from_directory(directory))
         return False
