@@ -13,10 +13,10 @@ import torch
 
 from corrhash.artifact import load_model
 from corrhash.data import TfidfShards
+from corrhash.data.device_csr import DeviceCSR
 from corrhash.models import ModelConfig, create_model, list_models
 from corrhash.train import checkpoint
 from corrhash.train import Evaluator, TrainConfig, TrainState, fit, new_state
-from corrhash.train.batches import DeviceCSR
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden=200, rank=4, mixture=4)

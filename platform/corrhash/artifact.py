@@ -21,6 +21,8 @@ from corrhash.errors import CorrhashError, DataError
 from corrhash.models import HashModel, ModelConfig, create_model
 
 FORMAT = "corrhash-model-v1"
+# Where the model folder sits inside a logged MLflow model (tracking writes it, serve reads it).
+MLFLOW_ARTIFACT_KEY = "corrhash_model"
 # vocab.json of a model saved without a featurizer: it records that there is none.
 NO_VOCABULARY = {"format": "none", "terms": None}
 

@@ -38,7 +38,8 @@ def run_worker(argv: list[str] | None = None) -> int:
     from corrhash.data import TfidfShards
     from corrhash.models import ModelConfig
     from corrhash.train import TrainConfig, new_state
-    from corrhash.train.loop import place, run_epoch
+    from corrhash.data.device_csr import place
+    from corrhash.train.loop import run_epoch
 
     torch.set_num_threads(args.threads)  # trials share the host's cores, as Tune gives each a share
     device = torch.device(args.device)

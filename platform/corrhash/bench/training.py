@@ -14,12 +14,12 @@ from torch.utils.data import Subset
 from corrhash.bench.reference import (DenseRows, reference_codes, reference_epoch, reference_loader,
                                       reference_precision, reference_topk)
 from corrhash.bench.timing import timed
+from corrhash.data.device_csr import DeviceCSR, place
 from corrhash.data.shards import Split
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import precision_at_k
 from corrhash.train import Evaluator, TrainConfig, new_state
-from corrhash.train.batches import DeviceCSR
-from corrhash.train.loop import place, run_epoch
+from corrhash.train.loop import run_epoch
 
 WARMUP_BATCHES = 3
 KERNEL_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -53,13 +52,9 @@ class Split:
         """The features as a torch sparse CSR tensor (no densification)."""
         import torch
 
-        x = self.features
-        with warnings.catch_warnings():  # torch flags sparse CSR as "beta" on every construction
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(torch.from_numpy(x.indptr.astype(np.int64)),
-                                           torch.from_numpy(x.indices.astype(np.int64)),
-                                           torch.from_numpy(np.array(x.data, dtype=np.float32)),
-                                           size=x.shape, device=device, check_invariants=False)
+        from corrhash.data.device_csr import DeviceCSR  # torch is imported only when asked for
+
+        return DeviceCSR(self.features, torch.device(device or "cpu")).range(0, len(self))
 
 
 def sha256_file(path: Path) -> str:

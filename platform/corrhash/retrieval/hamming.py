@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from corrhash.device import resolve_device
 from corrhash.retrieval.codes import check_packed
 
 BACKENDS = ("auto", "faiss", "torch")
@@ -42,7 +43,7 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "torch" if torch.cuda.is_available() else "faiss"
+        return "torch" if resolve_device("auto").type == "cuda" else "faiss"
     return backend
 
 
@@ -153,10 +154,6 @@ def _faiss_pairs_at_distance(queries, database, distance, chunk, db_chunk):
 _FLOAT32_EXACT = 2**24
 
 
-def _torch_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _to_plus_minus_one(packed: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 [n, n_bytes] -> float32 ±1 [n, 8*n_bytes] in np.packbits (MSB-first) bit order."""
     data = torch.tensor(packed, device=device)  # copies: codes may be read-only (memmap)
@@ -171,7 +168,7 @@ def _torch_blocks(queries, database, chunk, db_chunk) -> Iterator[tuple[int, int
     Database chunks are the outer loop so each is converted to ±1 once; the
     queries (small) are converted once up front.
     """
-    device = _torch_device()
+    device = resolve_device("auto")
     query_pm1 = _to_plus_minus_one(queries, device)
     for d0 in range(0, database.shape[0], db_chunk):
         db_pm1 = _to_plus_minus_one(database[d0 : d0 + db_chunk], device)
@@ -185,7 +182,7 @@ def _torch_topk(queries, database, k, chunk, db_chunk):
     # itself: key = (n_bits/2) * width + local - (width/2) * (q·d).  It must stay
     # exact in float32, which caps the block width.
     db_chunk = max(1, min(db_chunk, _FLOAT32_EXACT // (n_bits + 1)))
-    device = _torch_device()
+    device = resolve_device("auto")
     # Running top-k as int64 keys distance * n_db + index: unique and ordered by
     # (distance, index), so merging blocks is a topk over concatenated keys.
     # The sentinel exceeds every real key and is always displaced (k <= n_db).
@@ -204,7 +201,7 @@ def _torch_topk(queries, database, k, chunk, db_chunk):
 
 
 def _torch_pairs_at_distance(queries, database, distance, chunk, db_chunk):
-    device, n_bits = _torch_device(), 8 * queries.shape[1]
+    device, n_bits = resolve_device("auto"), 8 * queries.shape[1]
     # hamming == r  <=>  q·d == n_bits - 2r: compare the matmul output directly.
     target_dot = torch.from_numpy(n_bits - 2 * distance).to(device=device, dtype=torch.float32)
     for q0, d0, query_block, db_block in _torch_blocks(queries, database, chunk, db_chunk):

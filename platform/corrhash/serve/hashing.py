@@ -14,13 +14,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from corrhash.artifact import load_model
+from corrhash.artifact import MLFLOW_ARTIFACT_KEY, load_model
+from corrhash.data.device_csr import DeviceCSR
+from corrhash.device import resolve_device
 from corrhash.errors import DataError
 from corrhash.retrieval import pack_codes
-from corrhash.train.batches import DeviceCSR
 
-# Where the corrhash model folder sits inside a logged MLflow model.
-MLFLOW_ARTIFACT_KEY = "corrhash_model"
 ENCODE_CHUNK = 4096
 
 
@@ -29,8 +28,8 @@ class HashingModel:
 
     def __init__(self, directory: str | Path, device: str = "cpu"):
         self.directory = Path(directory)
-        self.model, self.featurizer, self.info = load_model(self.directory, device)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.model, self.featurizer, self.info = load_model(self.directory, self.device)
 
     @property
     def bits(self) -> int:
@@ -39,10 +38,6 @@ class HashingModel:
     @property
     def n_features(self) -> int:
         return self.model.n_features
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.info.get("label_names", []))
 
     @torch.no_grad()
     def encode_features(self, features: sp.csr_matrix) -> np.ndarray:

@@ -10,7 +10,8 @@ from mlflow.pyfunc import PythonModel
 
 class CorrhashPyfunc(PythonModel):
     def load_context(self, context):
-        from corrhash.serve.hashing import MLFLOW_ARTIFACT_KEY, HashingModel
+        from corrhash.artifact import MLFLOW_ARTIFACT_KEY
+        from corrhash.serve.hashing import HashingModel
 
         self.hashing = HashingModel(context.artifacts[MLFLOW_ARTIFACT_KEY])
 

@@ -12,8 +12,8 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 import corrhash
+from corrhash.artifact import MLFLOW_ARTIFACT_KEY
 from corrhash.errors import ConfigError
-from corrhash.serve.hashing import MLFLOW_ARTIFACT_KEY
 
 JOB_TAG = "corrhash.job"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")

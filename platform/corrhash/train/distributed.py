@@ -18,11 +18,12 @@ import torch
 import torch.distributed as dist
 
 from corrhash.data import TfidfShards
+from corrhash.data.device_csr import place
 from corrhash.models import HashModel, ModelConfig
 from corrhash.retrieval import PrecisionAtK, pack_codes, precision_at_k
 from corrhash.train import checkpoint as checkpoint_format
 from corrhash.train.config import TrainConfig
-from corrhash.train.loop import embed_all, fit, new_state, place
+from corrhash.train.loop import embed_all, fit, new_state
 
 def _all_gather_rows(local: torch.Tensor, world: int) -> torch.Tensor:
     """Concatenate every rank's [n_r, d] tensor in rank order (shares may differ in size)."""

@@ -19,37 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from corrhash.data.device_csr import DeviceCSR, place
 from corrhash.data.shards import Split
-from corrhash.errors import ConfigError, DataError
+from corrhash.device import resolve_device
+from corrhash.errors import DataError
 from corrhash.models import HashModel, ModelConfig, create_model
 from corrhash.retrieval import PrecisionAtK, pack_codes, precision_at_k
-from corrhash.train.batches import DeviceCSR
 from corrhash.train.config import TrainConfig
 
 EVAL_CHUNK = 4096
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"train option device={name!r}: this torch sees {torch.cuda.device_count()} CUDA "
-                          f"device(s) (build {torch.__version__}); use cpu or auto")
-    return device
-
-
-def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:
-    """Keep a split on the training device when it fits in half its free memory, else on the host."""
-    if device.type != "cuda":
-        return device
-    free, _ = torch.cuda.mem_get_info(device)
-    return device if matrix_bytes < free // 2 else torch.device("cpu")
-
-
-def place(split: Split, device: torch.device) -> DeviceCSR:
-    x = split.features
-    return DeviceCSR(x, storage_device(x.data.nbytes + x.indices.nbytes * 2 + x.indptr.nbytes * 2, device))
 
 
 @torch.no_grad()

@@ -13,11 +13,12 @@ import torch
 
 from corrhash.artifact import save_model
 from corrhash.atomic import replace_dir
+from corrhash.device import resolve_device
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
-from corrhash.train.loop import Evaluator, fit, resolve_device
+from corrhash.train.loop import Evaluator, fit
 from corrhash.train.preflight import new_run_dir, read_vocab, training_shards
 
 

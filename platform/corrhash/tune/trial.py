@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.device import resolve_device
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import ModelConfig
 from corrhash.train.config import TrainConfig
@@ -69,7 +70,7 @@ def tune_trial(config: dict) -> None:
 
     torch.set_num_threads(int(config.get("threads", 1)))
     model_config, train_config = trial_configs(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     train_config = TrainConfig.from_dict({**train_config.to_dict(), "device": str(device)})
     shards = TfidfShards(config["data"])
     train, val = shards.split("train"), shards.split("val")

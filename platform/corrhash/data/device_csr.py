@@ -1,4 +1,4 @@
-"""A CSR matrix held on the training device, sliced into batches there.
+"""A CSR matrix held on a torch device (training, evaluation, serving), sliced into batches there.
 
 The whole split is moved to the device once; each batch is assembled with a few vectorised
 gathers, so an epoch never touches the host (no per-item DataLoader, no copy per batch).
@@ -12,8 +12,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from corrhash.data.shards import Split
 
-def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape) -> torch.Tensor:
+
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # torch calls sparse CSR "beta" on every construction
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, val, size=shape, check_invariants=False)
@@ -43,14 +45,28 @@ class DeviceCSR:
         # Position of each output non-zero within its row, added to that row's start offset.
         row_of = torch.repeat_interleave(torch.arange(len(index), device=self.device), lengths)
         gather = starts[row_of] + torch.arange(int(crow[-1]), device=self.device) - crow[row_of]
-        return _csr_tensor(crow, self.col[gather], self.values[gather], (len(index), self.shape[1]))
+        return csr_tensor(crow, self.col[gather], self.values[gather], (len(index), self.shape[1]))
 
     def range(self, start: int, stop: int) -> torch.Tensor:
         """Contiguous rows [start, stop) as a CSR batch (a view-like slice, no gather)."""
         a, b = int(self.crow[start]), int(self.crow[stop])
-        return _csr_tensor(self.crow[start:stop + 1] - a, self.col[a:b], self.values[a:b],
+        return csr_tensor(self.crow[start:stop + 1] - a, self.col[a:b], self.values[a:b],
                            (stop - start, self.shape[1]))
 
     def chunks(self, size: int):
         for start in range(0, len(self), size):
             yield self.range(start, min(start + size, len(self)))
+
+
+def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:
+    """Keep a split on the compute device when it fits in half its free memory, else on the host."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if matrix_bytes < free // 2 else torch.device("cpu")
+
+
+def place(split: Split, device: torch.device) -> DeviceCSR:
+    """A split's features as a DeviceCSR on `device`, or on the host if they do not fit there."""
+    x = split.features
+    return DeviceCSR(x, storage_device(x.data.nbytes + x.indices.nbytes * 2 + x.indptr.nbytes * 2, device))
