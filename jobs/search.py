@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
+from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
 
 INT64 = range(-2**63, 2**63)
@@ -97,35 +99,54 @@ def read_corpus(path: Path, split: str):
     return texts, None, ids
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="models:/NAME@champion, runs:/ID/model or a model folder")
-    parser.add_argument("--corpus", type=Path, help="documents to index (shard folder, .jsonl or .txt)")
-    parser.add_argument("--split", default="train", help="split of a shard folder to index (default: train)")
-    parser.add_argument("--index", type=Path, help="load a saved index instead of hashing --corpus")
-    parser.add_argument("--index-out", type=Path, help="save the index here (.npz + .json beside it)")
-    parser.add_argument("--queries", help="file of queries, one per line, or - for stdin")
-    parser.add_argument("--k", type=int, default=10, help="hits per query (default: 10)")
-    args = parser.parse_args(argv)
-    try:
-        if (args.corpus is None) == (args.index is None):
+@dataclass
+class SearchOptions:
+    model: str
+    """models:/NAME@champion, runs:/ID/model or a model folder"""
+    corpus: Path | None = None
+    """documents to index (shard folder, .jsonl or .txt)"""
+    split: str = "train"
+    """split of a shard folder to index"""
+    index: Path | None = None
+    """load a saved index instead of hashing --corpus"""
+    index_out: Path | None = None
+    """save the index here (.npz + .json beside it)"""
+    queries: str | None = None
+    """file of queries, one per line, or - for stdin"""
+    k: int = 10
+    """hits per query"""
+
+    def validate(self) -> None:
+        if (self.corpus is None) == (self.index is None):
             raise ConfigError("give exactly one of --corpus (to hash) or --index (to load)")
-        if args.k < 1:
-            raise ConfigError(f"--k {args.k}: must be at least 1")
-        if args.index_out and args.index_out.suffix == ".json":
-            raise ConfigError(f"--index-out {args.index_out}: its JSON sidecar would overwrite it; name it .npz")
-        queries = read_queries(args.queries) if args.queries else []  # before any work or output
-        answer(args, queries)
+        if self.k < 1:
+            raise ConfigError(f"--k {self.k}: must be at least 1")
+        if self.index_out and self.index_out.suffix == ".json":
+            raise ConfigError(f"--index-out {self.index_out}: its JSON sidecar would overwrite it; name it .npz")
+
+
+def parse_args(argv: list[str] | None = None) -> SearchOptions:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, SearchOptions, "search")
+    return dataclass_from_args(SearchOptions, parser.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    options = parse_args(argv)
+    try:
+        options.validate()
+        queries = read_queries(options.queries) if options.queries else []  # before any work or output
+        answer(options, queries)
     except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as exc:  # last resort: the library names what it can as a DataError
+    except OSError as exc:  # last resort: the library names what it can as a DataError
         print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
 
 
-def answer(args, queries: list[str]) -> None:
+def answer(args: SearchOptions, queries: list[str]) -> None:
     import numpy as np
 
     import corrhash

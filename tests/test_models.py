@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, SparseLinear, create_model, list_models
 from corrhash.models.config import DEFAULT_ANNEAL_STEP
 
@@ -46,16 +47,16 @@ def x_csr() -> torch.Tensor:
 
 def test_registry_lists_all_models_and_rejects_unknown():
     assert list_models() == ["corrsh", "lsh", "nash", "vdsh"]
-    with pytest.raises(ValueError, match="corrsh, lsh, nash, vdsh"):
+    with pytest.raises(ConfigError, match="corrsh, lsh, nash, vdsh"):
         create_model(ModelConfig(name="nope"), N_FEATURES)
 
 
 def test_config_round_trips_and_rejects_unknown_keys():
     config = ModelConfig(name="nash", bits=32, anneal_step=0.01)
     assert ModelConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="bitz.*colour|colour.*bitz"):
+    with pytest.raises(ConfigError, match="bitz.*colour|colour.*bitz"):
         ModelConfig.from_dict({"bits": 8, "bitz": 8, "colour": "red"})
-    with pytest.raises(ValueError, match="mixture"):
+    with pytest.raises(ConfigError, match="mixture"):
         ModelConfig(mixture=0)
 
 

@@ -1,4 +1,10 @@
-"""Command-line options generated from config dataclasses (each field's docstring is its --help)."""
+"""Command-line options generated from config dataclasses (each field's docstring is its --help).
+
+A field becomes `--field-name` (`--flag/--no-flag` for a bool); a field without a default is required.
+A field whose type is itself a dataclass gets its own group of options. `field(metadata={CLI: {...}})`
+adjusts one option: `positional`, `flags` (other option strings), or any `add_argument` keyword
+(`choices`, `action`, `const`, ...).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import dataclasses
 import inspect
 import textwrap
 import typing
+
+CLI = "cli"  # the dataclasses.field metadata key read here
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -30,28 +38,54 @@ def _base_type(annotation) -> type:
     return args[0] if args else annotation
 
 
+def _default(field: dataclasses.Field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default  # MISSING: the option is required
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
-    """One --option per field (`--energy-terms` for a bool); defaults come from the dataclass."""
+    """One option per field of `cls` in a group titled `title`; defaults come from the dataclass."""
     group = parser.add_argument_group(title)
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
         kind = _base_type(hints[field.name])
-        default = field.default
-        help_text = f"{docs.get(field.name, '')} (default: {default})"
-        if kind is bool:
-            group.add_argument(flag, dest=f"{cls.__name__}.{field.name}", action=argparse.BooleanOptionalAction,
-                               default=default, help=help_text)
-        else:
-            group.add_argument(flag, dest=f"{cls.__name__}.{field.name}", type=kind, default=default, metavar=field.name.upper(),
-                               help=help_text)
+        if dataclasses.is_dataclass(kind):
+            add_dataclass_args(parser, kind, docs.get(field.name, field.name))
+            continue
+        options = dict(field.metadata.get(CLI, {}))
+        dest = f"{cls.__name__}.{field.name}"
+        help_text = docs.get(field.name, "")
+        default = _default(field)
+        if default is not dataclasses.MISSING:
+            help_text += f" (default: {default})" if default is not None else ""
+            options.setdefault("default", default)
+        if options.pop("positional", False):
+            group.add_argument(dest, metavar=field.name, type=kind, help=help_text, **options)
+            continue
+        flags = options.pop("flags", ["--" + field.name.replace("_", "-")])
+        if default is dataclasses.MISSING:
+            options["required"] = True
+        if kind is bool and "action" not in options:
+            options["action"] = argparse.BooleanOptionalAction
+        elif "action" not in options:
+            options.setdefault("type", kind)
+            if "choices" not in options:  # argparse shows {a,b} for choices
+                options.setdefault("metavar", field.name.upper())
+        group.add_argument(*flags, dest=dest, help=help_text, **options)
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides):
+    """`cls` built from the options `add_dataclass_args` added (nested dataclasses included)."""
     prefix = cls.__name__ + "."
     values = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = _base_type(hints[field.name])
+        if dataclasses.is_dataclass(kind) and field.name not in overrides:
+            values[field.name] = dataclass_from_args(kind, args)
     values.update(overrides)
     return cls(**values)

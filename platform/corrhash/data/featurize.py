@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
+from corrhash.cli import CLI
 from corrhash.errors import DataError
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # scikit-learn's default: words of two or more characters
@@ -36,13 +37,14 @@ class TfidfRecipe:
     """Drop terms in more than this fraction of train documents."""
     min_df: int = 3
     """Drop terms in fewer than this many train documents."""
-    stop_words: str | None = "english"
-    """Stop-word list removed before counting (scikit-learn's 'english', or None)."""
+    stop_words: str | None = field(default="english", metadata={CLI: {
+        "flags": ["--no-stop-words"], "action": "store_const", "const": None}})
+    """Stop-word list removed before counting: scikit-learn's 'english'; --no-stop-words keeps them (None)."""
     min_tokens: int = 6
     """Drop documents with fewer counted (in-vocabulary) tokens than this."""
     max_tokens: int = 500
     """Drop documents with more counted tokens than this."""
-    norm: str = "l2"
+    norm: str = field(default="l2", metadata={CLI: {"choices": ("l2", "none")}})
     """Row normalization of the TF-IDF vectors: 'l2' or 'none'."""
 
 

@@ -9,13 +9,14 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
+from corrhash.cli import CLI
 from corrhash.data import corpora
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
 from corrhash.data.shards import FORMAT, manifest_checksum, sha256_file, split_table, table_digest, write_split
@@ -28,14 +29,14 @@ DATASETS = ("20ng", "reuters", "tmc", "text", "mat")
 
 @dataclass
 class PrepareConfig:
-    dataset: str
+    dataset: str = field(metadata={CLI: {"positional": True, "choices": DATASETS}})
     """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
     out: Path
-    """Output folder; built in a temporary sibling and renamed into place."""
+    """Output folder (must not exist unless --overwrite); built in a temporary sibling and renamed into place."""
     raw: Path | None = None
     """Raw archive, folder or file; default: $CORRHASH_RAW_DIR, else (20ng only) download."""
     recipe: TfidfRecipe = TfidfRecipe()
-    """Vocabulary and document-length filters."""
+    """TF-IDF recipe (vocabulary fitted on train only)"""
     rows_per_shard: int = 2000
     """Documents per Parquet file."""
     seed: int = 0
@@ -49,7 +50,8 @@ class PrepareConfig:
     test_fraction: float = 0.2
     """text without a `split` column: fraction of rows held out (then halved into val/test)."""
     overwrite: bool = False
-    """Replace an existing output folder."""
+    """Replace an existing output folder written by prepare_data (never any other folder, a file, or one holding
+    the raw input)."""
     limit: int | None = None
     """Keep a seeded random sample of at most this many documents per split (smoke tests, quick runs)."""
     encoding: str | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+from corrhash.errors import ConfigError
+
 _REGISTRY: dict[str, type] = {}
 _T = TypeVar("_T", bound=type)
 
@@ -26,7 +28,7 @@ def list_models() -> list[str]:
 
 def create_model(config: "ModelConfig", n_features: int) -> "HashModel":
     if config.name not in _REGISTRY:
-        raise ValueError(f"unknown model {config.name!r}; known models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {config.name!r}; known models: {', '.join(list_models())}")
     return _REGISTRY[config.name](config, n_features)
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from corrhash.errors import ConfigError
+
 # Step used when the model has no (v, k) of its own: the authors' 1/(50v + 50k) at the
 # paper's defaults v = k = 10, so baselines anneal on the same schedule as default CorrSH.
 DEFAULT_ANNEAL_STEP = 1.0 / (50 * 10 + 50 * 10)
@@ -51,7 +53,7 @@ class ModelConfig:
         if self.anneal_step is not None and not (math.isfinite(self.anneal_step) and self.anneal_step > 0):
             problems.append(f"anneal_step must be a finite number > 0 or None, got {self.anneal_step}")
         if problems:
-            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+            raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +63,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown ModelConfig keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
         return cls(**values)
