@@ -287,3 +287,16 @@ def test_utf8_bom_is_not_part_of_the_first_column(tmp_path):
     raw.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
     manifest = prepare(PrepareConfig(dataset="text", raw=raw, out=tmp_path / "o", recipe=LOOSE))
     assert manifest["splits"]["train"]["documents"] == 48
+
+
+def test_synthetic_shards_fixture(shards_synthetic):
+    """The synthetic corpus (tests/conftest.py) prepares into the documented splits, shards and labels."""
+    from conftest import SYNTHETIC_SPLITS, SYNTHETIC_TOPICS
+
+    shards = TfidfShards(shards_synthetic)
+    assert len(shards.label_names) == SYNTHETIC_TOPICS
+    for split, count in SYNTHETIC_SPLITS.items():
+        data = shards.split(split)
+        assert data.features.shape == (count, shards.n_features) and data.labels.any(axis=1).all()
+    assert len(shards.manifest["splits"]["train"]["shards"]) == 4
+    assert 250 < shards.n_features <= SYNTHETIC_TOPICS * 30 + 60
