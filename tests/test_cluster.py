@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import corrhash.serve
+import corrhash
 from corrhash.data import TfidfFeaturizer, TfidfShards
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import pack_codes
@@ -87,7 +87,7 @@ def test_job_submit_trains_logs_and_resumes(cluster, shards, tmp_path):
     featurizer = TfidfFeaturizer.load(shards / "vocab.json")
     expected = pack_codes(model.eval().encode(torch.from_numpy(featurizer.transform(TEXTS).toarray())))
     mlflow.set_tracking_uri(cluster["mlflow"])
-    loaded = corrhash.serve.load(f"runs:/{run.info.run_id}/model")
+    loaded = corrhash.load(f"runs:/{run.info.run_id}/model")
     np.testing.assert_array_equal(loaded.encode(TEXTS), expected)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert pyfunc.predict(TEXTS) == [row.tobytes().hex() for row in expected]

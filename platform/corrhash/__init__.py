@@ -4,7 +4,16 @@ __version__ = "0.1.0"
 
 
 def load(uri, device: str = "cpu"):
-    """A trained model for hashing and search: `corrhash.load("models:/corrhash-20ng-64b@champion")`."""
+    """A trained model for hashing and search: `corrhash.load("models:/corrhash-20ng-64b@champion")`.
+
+    A folder is read directly; an MLflow URI is downloaded through tracking (imported only then: MLflow is slow
+    to import, and serving itself imports none of it)."""
     from corrhash.serve.hashing import load as load_hashing_model
 
-    return load_hashing_model(uri, device)
+    return load_hashing_model(uri, device, download=_download_mlflow_artifacts)
+
+
+def _download_mlflow_artifacts(uri: str):
+    from corrhash.tracking.download import download_artifacts
+
+    return download_artifacts(uri)

@@ -1,14 +1,15 @@
 """`corrhash.load(uri)`: a trained model from a folder, `runs:/` or `models:/` URI, as text → codes.
 
-MLflow models are downloaded as files and read as safetensors + JSON (`corrhash.artifact`): loading
-never unpickles anything and never needs MLflow's pyfunc machinery. Every failure to find or read a
-model is a DataError naming the folder, file or URI.
+MLflow models are downloaded as files (by `corrhash.tracking.download`, passed in by `corrhash.load`: this
+module imports no MLflow) and read as safetensors + JSON (`corrhash.artifact`): loading never unpickles
+anything and never needs MLflow's pyfunc machinery. Every failure to find or read a model is a DataError
+naming the folder, file or URI.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -95,35 +96,9 @@ def _inner_model_dir(mlflow_model: Path) -> Path | None:
     return inner
 
 
-def _require_tracking_store(uri: str) -> None:
-    """Refuse a registry URI when no tracking store is configured: MLflow's default would create an
-    empty ./mlflow.db in the cwd, then report the model as not found."""
-    import mlflow
-
-    if mlflow.tracking.is_tracking_uri_set():
-        return
-    default = mlflow.get_tracking_uri()  # computing it creates nothing; using it would
-    if default.startswith("sqlite:///") and not Path(unquote(default[len("sqlite:///"):])).is_file():
-        raise DataError(f"{uri}: no MLflow tracking store to resolve it; set MLFLOW_TRACKING_URI "
-                        f"(no {default} here)")
-
-
-def _download(uri: str) -> Path:
-    """An MLflow artifact URI as a local folder."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if uri.startswith(("runs:/", "models:/")):
-        _require_tracking_store(uri)
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except (MlflowException, OSError) as exc:
-        message = exc.message if isinstance(exc, MlflowException) else str(exc)
-        raise DataError(f"{uri}: {' '.join(str(message).split())}") from exc
-
-
-def resolve_model_dir(uri: str | Path) -> Path:
-    """A local corrhash model folder for a folder path, or an MLflow `runs:/`, `models:/` or artifact URI."""
+def resolve_model_dir(uri: str | Path, download: Callable[[str], Path] | None = None) -> Path:
+    """A local corrhash model folder for a folder path, or for an MLflow `runs:/`, `models:/` or artifact URI
+    fetched by `download` (URI → local folder; `corrhash.load` passes MLflow's, which lives in tracking)."""
     path = Path(str(uri))
     if (path / "model.json").is_file():
         return path
@@ -131,13 +106,15 @@ def resolve_model_dir(uri: str | Path) -> Path:
     if inner is None:
         if "://" not in str(uri) and ":/" not in str(uri):
             raise DataError(f"{uri}: not a corrhash model folder (no model.json) and not an MLflow URI")
-        inner = _inner_model_dir(_download(str(uri)))
+        if download is None:
+            raise DataError(f"{uri}: an MLflow URI; load it with corrhash.load, which can download it")
+        inner = _inner_model_dir(download(str(uri)))
     if inner is None or not (inner / "model.json").is_file():
         raise DataError(f"{uri}: not a corrhash model (no MLmodel with a {MLFLOW_ARTIFACT_KEY} folder holding "
                         "model.json)")
     return inner
 
 
-def load(uri: str | Path, device: str = "cpu") -> HashingModel:
-    """Load a model for hashing: `corrhash.load("models:/corrhash-20ng-64b@champion").encode(["text"])`."""
-    return HashingModel(resolve_model_dir(uri), device)
+def load(uri: str | Path, device: str = "cpu", download: Callable[[str], Path] | None = None) -> HashingModel:
+    """A model for hashing from a folder (or an MLflow URI, given `download`); `corrhash.load` is the entry point."""
+    return HashingModel(resolve_model_dir(uri, download), device)

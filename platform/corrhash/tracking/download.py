@@ -1,0 +1,36 @@
+"""MLflow artifact URIs (`runs:/`, `models:/`, any artifact store) as local folders, for `corrhash.load`.
+
+Serving reads model folders and imports no MLflow; this is the one place that fetches them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from corrhash.errors import DataError
+
+
+def require_tracking_store(uri: str) -> None:
+    """Refuse a registry URI when no tracking store is configured: MLflow's default would create an
+    empty ./mlflow.db in the cwd, then report the model as not found."""
+    if mlflow.tracking.is_tracking_uri_set():
+        return
+    default = mlflow.get_tracking_uri()  # computing it creates nothing; using it would
+    if default.startswith("sqlite:///") and not Path(unquote(default[len("sqlite:///"):])).is_file():
+        raise DataError(f"{uri}: no MLflow tracking store to resolve it; set MLFLOW_TRACKING_URI "
+                        f"(no {default} here)")
+
+
+def download_artifacts(uri: str) -> Path:
+    """An MLflow artifact URI as a local folder; any failure is a DataError naming the URI."""
+    if uri.startswith(("runs:/", "models:/")):
+        require_tracking_store(uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise DataError(f"{uri}: {' '.join(str(message).split())}") from exc
