@@ -300,3 +300,37 @@ def test_synthetic_shards_fixture(shards_synthetic):
         assert data.features.shape == (count, shards.n_features) and data.labels.any(axis=1).all()
     assert len(shards.manifest["splits"]["train"]["shards"]) == 4
     assert 250 < shards.n_features <= SYNTHETIC_TOPICS * 30 + 60
+
+
+# ---------------------------------------------------------------- corrhash.atomic (every atomic write uses it)
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    from corrhash.atomic import atomic_dir
+
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "b").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and [p.name for p in target.iterdir()] == ["a"]
+    with atomic_dir(target) as tmp:
+        (tmp / "c").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and [p.name for p in target.iterdir()] == ["c"]
+
+
+def test_atomic_open_keeps_the_old_file_on_error_and_plain_permissions(tmp_path):
+    from corrhash.atomic import atomic_open, atomic_write_text
+
+    path = tmp_path / "f.json"
+    atomic_write_text(path, "old")
+    with pytest.raises(ValueError):
+        with atomic_open(path) as handle:
+            handle.write(b"new, but")
+            raise ValueError("checksum mismatch")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
