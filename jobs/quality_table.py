@@ -1,4 +1,5 @@
-"""Print a markdown table of test precision@100 from run folders' results.json files.
+"""Print a markdown table of test precision@k from results.json files of any launcher
+(jobs/train.py --local, jobs/train.py on Ray, jobs/tune.py --out): they share one schema.
 
 Example: python jobs/quality_table.py runs/quality/*/results.json
 """
@@ -25,28 +26,33 @@ PAPER = {
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", type=Path, help="results.json files written by jobs/train.py")
+    parser.add_argument("results", nargs="+", type=Path, help="results.json files written by jobs/train.py or jobs/tune.py")
     args = parser.parse_args(argv)
     rows = defaultdict(dict)
     for path in args.results:
         r = json.loads(path.read_text())
         rows[(r["dataset"], r["model"]["name"])][r["model"]["bits"]] = r
     bits = sorted({b for row in rows.values() for b in row})
-    print("| dataset | model | " + " | ".join(f"{b} bits (ours / paper)" for b in bits) + " |")
+    print("| dataset | model | " + " | ".join(f"{b} bits (ours / paper p@100)" for b in bits) + " |")
     print("|---|---|" + "---|" * len(bits))
     for (dataset, model), by_bits in sorted(rows.items()):
         cells = []
         for b in bits:
             r = by_bits.get(b)
             paper = PAPER.get((dataset, model), {}).get(b)
-            ours = f"{r['test_precision']:.4f}" if r else "-"
-            cells.append(f"{ours} / {paper:.4f}" if paper else ours)
+            ours = number(r["test_precision"]) if r else "-"
+            cells.append(f"{ours} / {paper:.4f}" if paper and r and r["eval_k"] == 100 else ours)
         print(f"| {dataset} | {model} | " + " | ".join(cells) + " |")
-    print("\nper run: val p@100 (selection), best epoch / epochs run, test p@100 ordered, fit seconds")
+    print("\nper run: launcher, val p@k (selection), best epoch / epochs run, test p@k ordered, fit seconds")
     for (dataset, model), by_bits in sorted(rows.items()):
         for b, r in sorted(by_bits.items()):
-            print(f"- {dataset} {model} {b}: val {r['val_precision']:.4f}, epoch {r['best_epoch']}/{r['epochs_run']}, "
-                  f"test ordered {r['test_precision_ordered']:.4f}, {r['fit_seconds']:.0f} s")
+            print(f"- {dataset} {model} {b}: {r['launcher']}, val p@{r['eval_k']} {r['val_precision']:.4f}, "
+                  f"epoch {r['best_epoch']}/{r['epochs_run']}, test ordered {number(r['test_precision_ordered'])}, "
+                  f"{r['fit_seconds']:.0f} s")
+
+
+def number(value: float | None) -> str:
+    return "not scored" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Examples:
   ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/train.py --data /abs/data/20ng
   python jobs/train.py --local --data data/20ng --out runs/ng64          # one plain process, no Ray/MLflow
 
-The model is selected on validation precision@100; test precision is computed once for it. With
+The model is selected on validation precision@k (--eval-k, default 100); test precision is computed once for it. With
 Ray, every epoch is checkpointed and a lost worker restarts the group from the last checkpoint;
 running the same --name again resumes. The final model is logged to MLflow as a pyfunc model
 (safetensors + JSON, loadable with corrhash.load("runs:/RUN_ID/model")).
@@ -25,7 +25,8 @@ from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig, list_models  # noqa: E402
 from corrhash.train import TrainConfig  # noqa: E402
-from corrhash.train.ray_run import RayConfig  # noqa: E402
+from corrhash.runs.ray_train import RayConfig  # noqa: E402
+from corrhash.runs.spec import RunSpec  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,24 +52,24 @@ def main(argv=None) -> int:
     try:
         args, model_config, train_config, ray_config = parse_args(argv)
         print(f"model: {dataclasses.asdict(model_config)}\ntrain: {dataclasses.asdict(train_config)}", flush=True)
+        spec = RunSpec(str(args.data.absolute()), model_config, train_config)
         if args.local:
-            from corrhash.train.run import train_and_evaluate
-            summary = train_and_evaluate(args.data, model_config, train_config, args.out, score_test=not args.skip_test)
+            from corrhash.runs.local import run_local
+            results = run_local(spec, args.out, score_test=not args.skip_test)
         else:
             print(f"ray: {dataclasses.asdict(ray_config)}", flush=True)
-            from corrhash.train.ray_run import train_on_ray
-            summary = train_on_ray(args.data, model_config, train_config, ray_config, args.out,
-                                   score_test=not args.skip_test)
-    except (CorrhashError, ValueError) as exc:
+            from corrhash.runs.ray_train import train_on_ray
+            results = train_on_ray(spec, ray_config, args.out, score_test=not args.skip_test)
+    except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     k = train_config.eval_k
-    if summary["test_precision"] is not None:
-        print(f"test precision@{k}: {summary['test_precision']:.4f} (tie-aware), "
-              f"{summary['test_precision_ordered']:.4f} (ordered)")
-    print(f"val precision@{k}: {summary['val_precision']:.4f} (best epoch {summary['best_epoch']})")
-    if "model_uri" in summary:
-        print(f"model: {summary['model_uri']}  (MLflow run {summary['run_id']})")
+    if results["test_precision"] is not None:
+        print(f"test precision@{k}: {results['test_precision']:.4f} (tie-aware), "
+              f"{results['test_precision_ordered']:.4f} (ordered)")
+    print(f"val precision@{k}: {results['val_precision']:.4f} (best epoch {results['best_epoch']})")
+    if results["model_uri"]:
+        print(f"model: {results['model_uri']}  (MLflow run {results['run_id']})")
     return 0
 
 

@@ -162,5 +162,8 @@ def test_two_workers_match_one_worker(cluster, shards, tmp_path):
             cwd=REPO, env=cluster["head"].client_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         results[workers] = json.loads((out / "results.json").read_text())["val_precision"]
+    table = subprocess.run([sys.executable, "jobs/quality_table.py", str(tmp_path / "w1" / "results.json"),
+                            str(tmp_path / "w2" / "results.json")], cwd=REPO, capture_output=True, text=True)
+    assert table.returncode == 0 and "ray_train, val p@100" in table.stdout, table.stdout + table.stderr
     assert results[1] > 0.08 and results[2] > 0.08, results  # both learned (chance is 0.05)
     assert abs(results[1] - results[2]) < 0.04, results

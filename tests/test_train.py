@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from badinput import job
 from corrhash.artifact import load_model
 from corrhash.data import TfidfShards
 from corrhash.data.device_csr import DeviceCSR
 from corrhash.models import ModelConfig, create_model, list_models
+from corrhash.runs.finish import RESULT_KEYS
 from corrhash.train import checkpoint
 from corrhash.train import Evaluator, TrainConfig, TrainState, fit, new_state
 
@@ -143,7 +145,7 @@ def test_corrsh_without_rank_matches_nash(splits):
     assert abs(corrsh.best_value - nash.best_value) < 0.04
 
 
-def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path):
+def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path, capsys):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_20ng_small), "--out", str(out),
                            "--model", "corrsh", "--bits", "16", "--hidden", "100", "--epochs", "2"],
@@ -151,6 +153,9 @@ def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "test precision@100" in done.stdout and "epoch   2" in done.stderr
     results = json.loads((out / "results.json").read_text())
+    assert list(results) == list(RESULT_KEYS) and results["launcher"] == "local"
+    job("quality_table").main([str(out / "results.json")])
+    assert f"| 20ng | corrsh | {results['test_precision']:.4f} / " in capsys.readouterr().out
     assert results["epochs_run"] == 2 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
     model, featurizer, info = load_model(out / "model")
     assert info["content_hash"] == TfidfShards(shards_20ng_small).content_hash

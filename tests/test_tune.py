@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from corrhash.data import TfidfShards
 from corrhash.data.corpora import read_20ng
+from corrhash.runs.finish import RESULT_KEYS
 from services import service_env
 from test_cluster import submit
 
@@ -27,9 +28,17 @@ pytestmark = pytest.mark.cluster
 def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_20ng_small, raw_dir, tmp_path):
     client = MlflowClient(cluster["mlflow"])
     done = submit(cluster, ["--data", str(shards_20ng_small), *LEARNS, "--num-samples", "4", "--name", "tune-a",
-                            "--storage", str(tmp_path / "tune"), "--space", "lr=loguniform:3e-3:8e-3"],
-                  job="jobs/tune.py", timeout=600)
+                            "--storage", str(tmp_path / "tune"), "--space", "lr=loguniform:3e-3:8e-3",
+                            "--out", str(tmp_path / "best")], job="jobs/tune.py", timeout=600)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "best" / "results.json").read_text())
+    assert list(results) == list(RESULT_KEYS) and results["launcher"] == "tune"
+    table = subprocess.run([sys.executable, "jobs/quality_table.py", str(tmp_path / "best" / "results.json")],
+                           cwd=REPO, capture_output=True, text=True)
+    assert table.returncode == 0 and f"{results['test_precision']:.4f}" in table.stdout, table.stderr
+    # One checkpoint per trial is kept (the latest, holding the best weights), not one per epoch.
+    for trial in (tmp_path / "tune" / "tune-a").glob("trial_*"):
+        assert len(list(trial.glob("checkpoint_*"))) == 1, sorted(trial.iterdir())
     champion = client.get_model_version_by_alias(NAME, "champion")
     parent = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
                                 filter_string="tags.`corrhash.job` = 'tune-a'")[0]
@@ -39,6 +48,12 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4 and all("model.rank" in c.data.params for c in children)
+    assert all(c.info.status == "FINISHED" and c.info.end_time for c in children)  # ended with their trial
+    # The parent records what the best trial trained with, and the space readably.
+    assert float(parent.data.params["train.lr"]) == pytest.approx(float(parent.data.tags["best.lr"]))
+    assert parent.data.params["space.lr"] == "loguniform:3e-3:8e-3"
+    assert parent.inputs.dataset_inputs[0].dataset.digest == TfidfShards(shards_20ng_small).content_hash[:32]
+    assert champion.tags["data.content_hash"] == TfidfShards(shards_20ng_small).content_hash and champion.description
     assert all(len(client.get_metric_history(c.info.run_id, "val_precision")) >= 1 for c in children)
 
     # Search with the champion: hits share the query's newsgroup far more often than chance.

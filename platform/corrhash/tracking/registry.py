@@ -1,4 +1,5 @@
-"""The model registry: every tune's best model becomes a version; `champion` moves only on a better val."""
+"""The model registry: every tune's best model becomes a version; `champion` moves only on a better val,
+and only against a champion scored on the same data."""
 
 from __future__ import annotations
 
@@ -15,23 +16,44 @@ def registered_name(dataset: str, bits: int) -> str:
     return f"corrhash-{dataset}-{bits}b"
 
 
-def champion_val_precision(client: MlflowClient, name: str) -> float | None:
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    value = version.tags.get("val_precision")
-    return float(value) if value is not None else None
+def describe_version(client: MlflowClient, name: str, version: str, results: dict) -> None:
+    """Registry entries that explain themselves: what the model is, what it was trained on, how it scored."""
+    k = results["eval_k"]
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, f"corrhash semantic hashing models: {results['dataset']} documents to "
+                                             f"{results['model']['bits']}-bit codes; `{CHAMPION}` is the best on val.")
+    tuned = ", ".join(f"{key} {value}" for key, value in (results["tuned"] or {}).items())
+    client.update_model_version(name, version, (
+        f"{results['model']['name']} from job {results['job']} ({results['launcher']}); val p@{k} "
+        f"{results['val_precision']:.4f}" + (f", test p@{k} {results['test_precision']:.4f}"
+                                             if results["test_precision"] is not None else "")
+        + (f"; tuned: {tuned}" if tuned else "")))
+    tags = {"model": results["model"]["name"], "bits": results["model"]["bits"], "eval_k": k,
+            "data.content_hash": results["content_hash"], "job": results["job"],
+            "test_precision": results["test_precision"]}
+    for key, value in tags.items():
+        if value is not None:
+            client.set_model_version_tag(name, version, key, str(value))
 
 
-def promote_if_better(client: MlflowClient, name: str, version: str, val_precision: float) -> tuple[bool, str]:
+def promote_if_better(client: MlflowClient, name: str, version: str, val_precision: float,
+                      content_hash: str | None = None) -> tuple[bool, str]:
     """Tag the version with its val precision; move `champion` to it only if it beats the current one
-    by more than MARGIN. The tag holds repr(float), so the comparison is float to float, unrounded."""
+    by more than MARGIN, on the same data. The tag holds repr(float): compared float to float, unrounded."""
     client.set_model_version_tag(name, version, "val_precision", repr(float(val_precision)))
-    current = champion_val_precision(client, name)
-    if current is None or val_precision > current + MARGIN:
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is None or champion.tags.get("val_precision") is None:
         client.set_registered_model_alias(name, CHAMPION, version)
-        reason = (f"{name} v{version} is the new champion: val p@100 {val_precision:.4f}"
-                  + (f" > {current:.4f}" if current is not None else " (no champion before)"))
-        return True, reason
-    return False, f"{name} v{version} not promoted: val p@100 {val_precision:.4f} does not beat the champion's {current:.4f}"
+        return True, f"{name} v{version} is the new champion: val {val_precision:.4f} (no champion before)"
+    data = champion.tags.get("data.content_hash")
+    if content_hash and data and data != content_hash:
+        return False, (f"{name} v{version} not promoted: the champion v{champion.version} was scored on other data "
+                       f"({data[:12]}… vs {content_hash[:12]}…); compare them on one dataset first")
+    current = float(champion.tags["val_precision"])
+    if val_precision > current + MARGIN:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return True, f"{name} v{version} is the new champion: val {val_precision:.4f} > {current:.4f}"
+    return False, f"{name} v{version} not promoted: val {val_precision:.4f} does not beat the champion's {current:.4f}"

@@ -1,28 +1,51 @@
-"""MLflow runs for corrhash jobs: where tracking goes, one run per job name, the logged model."""
+"""MLflow, written in one place: every run a job records is created, fed and ended here.
+
+The launchers in `corrhash.runs` call these functions from the driver (the job run, its data and its
+model) and from Ray's driver-side callbacks (per-epoch metrics, one child run per Tune trial); worker
+and training code never see MLflow. Runs carry the tags `mlflow.start_run` would give them (git commit,
+source, user), the prepared data as a dataset input, and metric names built from `eval_k`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 import corrhash
 from corrhash.artifact import MLFLOW_ARTIFACT_KEY
+from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 
 JOB_TAG = "corrhash.job"
+TRIAL_TAG = "corrhash.trial"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(corrhash.__file__).parent
+# The versions the model is built with, pinned in its requirements (what `mlflow models serve` installs).
+# The logged model's input example (MLflow derives the serving example from it).
+INPUT_EXAMPLE = ["The shuttle launch was delayed by a fuel leak.", "Which graphics card works best under Linux?"]
+REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "faiss-cpu", "pyarrow")
 
 
 def tracking_uri(explicit: str | None = None) -> str:
     """--mlflow-uri, else $MLFLOW_TRACKING_URI, else the embedded default: ./mlflow.db (SQLite)."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').absolute()}"
+
+
+def client_for(uri: str) -> MlflowClient:
+    return MlflowClient(uri)
 
 
 def filter_value(value: str) -> str:
@@ -56,24 +79,109 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_or_resume_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict,
-                        tags: dict) -> tuple[str, bool]:
-    """The run tagged with this job name (resumed), or a new one; returns (run_id, resumed)."""
-    existing = client.search_runs([experiment_id], filter_string=f"tags.`{JOB_TAG}` = {filter_value(job_name)}",
-                                  max_results=1, order_by=["attributes.start_time DESC"])
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    """Log flattened `params` the run does not have yet (a resumed run keeps what it recorded)."""
+    have = client.get_run(run_id).data.params
+    new = [Param(k, v[:6000]) for k, v in flatten(params).items() if k not in have]
+    if new:
+        client.log_batch(run_id, params=new)
+
+
+def _find_or_create(client: MlflowClient, experiment_id: str, filter_string: str, run_name: str,
+                    tags: dict) -> tuple[str, bool]:
+    existing = client.search_runs([experiment_id], filter_string=filter_string, max_results=1,
+                                  order_by=["attributes.start_time DESC"])
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    run = client.create_run(experiment_id, run_name=job_name, tags={JOB_TAG: job_name, **tags})
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in flatten(params).items()])
-    return run.info.run_id, False
+    # resolve_tags: the git commit, source and user tags `mlflow.start_run` would add.
+    return client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags)).info.run_id, False
+
+
+def start_or_resume_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict,
+                        tags: dict) -> tuple[str, bool]:
+    """The run tagged with this job name (resumed, set RUNNING again), or a new one; returns (run_id, resumed)."""
+    run_id, resumed = _find_or_create(client, experiment_id, f"tags.`{JOB_TAG}` = {filter_value(job_name)}",
+                                      job_name, {JOB_TAG: job_name, **tags})
+    log_params(client, run_id, params)
+    return run_id, resumed
+
+
+@contextmanager
+def job_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict, tags: dict):
+    """Yield (run_id, resumed) of the job's run; end it FINISHED when the block completes, FAILED on an
+    error, KILLED on Ctrl-C or SIGTERM (a rerun with the same name sets it RUNNING again)."""
+    run_id, resumed = start_or_resume_run(client, experiment_id, job_name, params, tags)
+    try:
+        yield run_id, resumed
+    except (KeyboardInterrupt, SystemExit):
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
+              params: dict) -> str:
+    """The child run of one Tune trial, found again by its trial tag after a restore."""
+    query = (f"tags.`{TRIAL_TAG}` = {filter_value(trial_id)} and "
+             f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}")
+    run_id, _ = _find_or_create(client, experiment_id, query, run_name,
+                                {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id})
+    log_params(client, run_id, params)
+    return run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, tags: dict | None = None) -> None:
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k.replace("@", "_at_"), float(v), now, step)
-                                      for k, v in metrics.items() if isinstance(v, (int, float))])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)])
+
+
+def final_metrics(results: dict) -> dict:
+    """A finished run's selection and test metrics, named after its k (`test_precision_at_10` for k = 10)."""
+    k = results["eval_k"]
+    metrics = {f"best_val_precision_at_{k}": results["val_precision"], "best_epoch": results["best_epoch"]}
+    if results["test_precision"] is not None:
+        metrics.update({f"test_precision_at_{k}": results["test_precision"],
+                        f"test_precision_ordered_at_{k}": results["test_precision_ordered"]})
+    return metrics
+
+
+def log_data(client: MlflowClient, run_id: str, shards: TfidfShards) -> None:
+    """The prepared data as the run's dataset input (digest: its content hash) and its manifest as an artifact."""
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns that it is ambiguous
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(shards.root))
+    dataset = MetaDataset(source, name=shards.manifest["dataset"],
+                          digest=shards.content_hash[:32])  # MLflow keeps at most 36 characters
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[
+        InputTag("mlflow.data.context", "training"), InputTag("corrhash.content_hash", shards.content_hash)])])
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest_copy = Path(tmp) / "manifest.json"
+        manifest_copy.write_text(json.dumps(shards.manifest, indent=2))
+        client.log_artifact(run_id, str(manifest_copy), "data")
+
+
+def _pinned_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pinned.append(name)
+    return pinned
 
 
 def log_hashing_model(uri: str, run_id: str, model_dir: Path, example_texts: list[str],
@@ -84,14 +192,28 @@ def log_hashing_model(uri: str, run_id: str, model_dir: Path, example_texts: lis
     so a job stopped in between is not recorded as FINISHED. The returned ModelInfo carries the
     registry version this call created (`registered_model_version`)."""
     mlflow.set_tracking_uri(uri)
-    requirements = [f"mlflow=={mlflow.__version__}", "torch", "numpy", "scipy", "scikit-learn", "safetensors",
-                    "faiss-cpu", "pyarrow"]
     # Not `with mlflow.start_run(...)`: leaving that block ends the run as FINISHED.
     mlflow.start_run(run_id=run_id)
     try:
         return mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE),
                                        artifacts={MLFLOW_ARTIFACT_KEY: str(model_dir)},
                                        code_paths=[str(PACKAGE_DIR)], input_example=example_texts,
-                                       pip_requirements=requirements, registered_model_name=registered_name)
+                                       pip_requirements=_pinned_requirements(), registered_model_name=registered_name)
     finally:
         mlflow.end_run(status="RUNNING")
+
+
+def publish_model(client: MlflowClient, uri: str, run_id: str, model_dir: Path, results: dict,
+                  registered_name: str | None = None) -> dict:
+    """The end of a recorded run: its final metrics, then the model logged (and registered) on the run.
+    A run that already registered a version (a rerun of a finished tune) keeps it: no duplicate."""
+    log_metrics(client, run_id, final_metrics(results), step=results["epochs_run"])
+    tags = client.get_run(run_id).data.tags
+    if registered_name and tags.get("registered_version"):
+        return {"model_uri": tags.get("model_uri"), "registered_version": tags["registered_version"]}
+    info = log_hashing_model(uri, run_id, model_dir, INPUT_EXAMPLE, registered_name)
+    version = f"{registered_name}/{info.registered_model_version}" if registered_name else None
+    client.set_tag(run_id, "model_uri", info.model_uri)
+    if version:
+        client.set_tag(run_id, "registered_version", version)
+    return {"model_uri": info.model_uri, "registered_version": version}

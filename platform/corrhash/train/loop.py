@@ -4,7 +4,7 @@ What callers plug in, and why:
 - `on_epoch(metrics, state)`: report/checkpoint (Ray Train), print (plain runs); return True to stop.
 - `state`: a `TrainState` restored from a checkpoint, to resume where a run stopped.
 - `wrap_model`: e.g. DistributedDataParallel; the loop always calls the wrapper's forward.
-- `evaluator`: how validation precision is computed (the distributed one gathers codes first).
+- `evaluator`: how validation precision is computed (`train/evaluate.py`; on N workers it gathers codes).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,41 +23,8 @@ from corrhash.data.shards import Split
 from corrhash.device import resolve_device
 from corrhash.errors import DataError
 from corrhash.models import HashModel, ModelConfig, create_model
-from corrhash.retrieval import PrecisionAtK, pack_codes, precision_at_k
 from corrhash.train.config import TrainConfig
-
-EVAL_CHUNK = 4096
-
-
-@torch.no_grad()
-def embed_all(model: HashModel, rows: DeviceCSR, device: torch.device) -> torch.Tensor:
-    return torch.cat([model.embed(chunk.to(device)) for chunk in rows.chunks(EVAL_CHUNK)])
-
-
-class Evaluator:
-    """precision@k of `queries` against `database` codes (database thresholds calibrated first)."""
-
-    def __init__(self, database: Split, queries: Split, device: torch.device, k: int = 100):
-        self.database, self.queries, self.device, self.k = database, queries, device, k
-        self.database_rows, self.query_rows = place(database, device), place(queries, device)
-
-    @torch.no_grad()
-    def codes(self, model: HashModel) -> tuple[np.ndarray, np.ndarray]:
-        """Packed (database, query) codes."""
-        was_training = model.training
-        model.eval()
-        database = embed_all(model, self.database_rows, self.device)
-        model.calibrate(database)
-        queries = embed_all(model, self.query_rows, self.device)
-        model.train(was_training)
-        return pack_codes(database > model.thresholds), pack_codes(queries > model.thresholds)
-
-    def __call__(self, model: HashModel) -> PrecisionAtK:
-        database, queries = self.codes(model)
-        backend = "torch" if self.device.type == "cuda" else "faiss"
-        return precision_at_k(queries, self.queries.labels, database, self.database.labels, k=self.k,
-                              backend=backend)
-
+from corrhash.train.evaluate import Evaluator
 
 @dataclass
 class TrainState:

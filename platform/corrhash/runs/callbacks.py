@@ -1,0 +1,77 @@
+"""Ray's driver-side hooks, feeding MLflow through `corrhash.tracking.runs` (workers never touch it).
+
+`EpochMetrics` runs in the Ray Train controller (an actor on the driver's node) after every epoch
+that all workers reported, and logs rank 0's metrics to the job's run. `TrialRuns` runs in the Tune
+driver: one child run per trial, created when the trial starts (or found again by its trial tag
+after a restore), fed every result, and ended when the trial ends: FINISHED, FAILED, or FINISHED
+with `corrhash.stopped_by = scheduler` when ASHA stopped it early.
+"""
+
+from __future__ import annotations
+
+from ray.train import UserCallback
+from ray.tune.logger import LoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from corrhash.runs.spec import RunSpec
+from corrhash.tracking.runs import client_for, end_run, log_metrics, trial_run
+
+TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+
+
+class EpochMetrics(UserCallback):
+    """UserCallback is a Ray DeveloperAPI: if it changes, this class is the one place to adapt."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id, self._client = uri, run_id, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}  # sent to the controller actor; it opens its own client
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self._client = self._client or client_for(self.uri)
+        log_metrics(self._client, self.run_id, metrics[0], step=metrics[0]["epoch"])
+
+
+class TrialRuns(LoggerCallback):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, spec: RunSpec):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.spec = spec.to_dict()
+        self.run_ids: dict[str, str] = {}
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None, "run_ids": {}}  # Tune pickles its callbacks with its state
+
+    def _trial_spec(self, trial) -> RunSpec:
+        return RunSpec.from_dict(self.spec).with_overrides(trial.config)
+
+    @property
+    def client(self):
+        self._client = self._client or client_for(self.uri)
+        return self._client
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            spec = self._trial_spec(trial)
+            self.run_ids[trial.trial_id] = trial_run(
+                self.client, self.experiment_id, self.parent_run_id, trial.trial_id, str(trial),
+                {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
+        return self.run_ids[trial.trial_id]
+
+    def log_trial_start(self, trial) -> None:
+        self._run_id(trial)
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS}
+        log_metrics(self.client, self._run_id(trial), metrics, step=result["epoch"])
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        last = trial.last_result or {}
+        train = self._trial_spec(trial).train
+        # A trial ends on its own after its last epoch or `patience` epochs without a better val;
+        # ending sooner means the scheduler stopped it.
+        stopped = (not failed and "epoch" in last and last["epoch"] < train.epochs
+                   and last["epoch"] - last.get("best_epoch", 0) < train.patience)
+        end_run(self.client, self._run_id(trial), "FAILED" if failed else "FINISHED",
+                {"corrhash.stopped_by": "scheduler"} if stopped else None)

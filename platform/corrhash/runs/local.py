@@ -1,0 +1,53 @@
+"""The plain-process launcher: the whole run in this process, no Ray, no MLflow.
+
+Writes OUT/metrics.jsonl (one line per epoch), OUT/model/ and OUT/results.json; the run is built in a
+temporary sibling of OUT and moved there only when complete, so a failed rerun leaves the previous run whole.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from corrhash.device import resolve_device
+from corrhash.errors import ConfigError, DataError
+from corrhash.log import log
+from corrhash.runs.finish import Selection, finish, run_folder
+from corrhash.runs.spec import RunSpec
+from corrhash.train.loop import fit
+from corrhash.train.preflight import read_vocab, training_shards
+
+
+def epoch_line(metrics: dict, k: int) -> str:
+    val = f"val p@{k} {metrics['val_precision']:.4f}" if "val_precision" in metrics else ""
+    if "loss" not in metrics:  # an untrained model (lsh): one evaluation, no epoch
+        return f"{val} (no training)"
+    return (f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}, "
+            f"kl {metrics['kl']:.2f} x{metrics['kl_weight']:.3f})  {metrics['docs_per_s']:.0f} docs/s  {val}  "
+            f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
+
+
+def run_local(spec: RunSpec, out: Path, score_test: bool = True) -> dict:
+    """Train on `train`, early-stop on `val`, then score test once for the chosen weights (unless
+    `score_test` is False: exploratory runs that must not look at test). Inputs are checked first."""
+    started = time.monotonic()
+    shards = training_shards(spec.data)
+    vocab = read_vocab(shards)
+    device = resolve_device(spec.train.device)
+    train, val, test = (shards.split(name) for name in ("train", "val", "test"))
+    for split in (train, val, test):
+        if len(split) == 0:
+            raise DataError(f"{shards.root}: the {split.name} split has no documents")
+    if spec.train.eval_k > len(train):
+        raise ConfigError(f"--eval-k {spec.train.eval_k}: more than the {len(train)} train documents")
+    log(f"data {spec.data}: train {len(train)}, val {len(val)}, test {len(test)}, {shards.n_features} features")
+    with run_folder(Path(out)) as folder:
+        def on_epoch(metrics: dict, state) -> None:
+            with open(folder / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+            log(epoch_line(metrics, spec.train.eval_k))
+
+        result = fit(spec.model, spec.train, train, val=val, on_epoch=on_epoch)
+        return finish(spec, shards, vocab, Selection.from_fit(result), folder, launcher="local", started=started,
+                      fit_seconds=result.seconds, device=device, score_test=score_test)

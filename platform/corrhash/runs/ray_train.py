@@ -1,0 +1,127 @@
+"""The Ray Train launcher: `worker.train_loop` on N workers (DDP), recorded in MLflow by the driver.
+
+Embedded by default (a local Ray for the run, MLflow in ./mlflow.db); with an address or inside a
+`ray job submit`, it uses that cluster. Every epoch is a checkpoint; a lost worker restarts the group
+from the last one (`FailureConfig`), and running the same name again resumes from storage and reuses
+the MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from corrhash.errors import ConfigError
+from corrhash.log import log
+from corrhash.runs.callbacks import EpochMetrics
+from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
+from corrhash.runs.finish import Selection, finish, run_folder
+from corrhash.runs.spec import RunSpec
+from corrhash.runs.worker import train_loop
+from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_data, publish_model, tracking_uri
+from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock, read_vocab, \
+    training_shards
+
+
+@dataclass
+class RayConfig:
+    num_workers: int = 1
+    """Ray Train workers; each reads its share of the train shard files."""
+    use_gpu: str = "auto"
+    """'auto' (GPU workers when the cluster has GPUs), 'yes' or 'no'."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractions let several workers share a small machine)."""
+    max_failures: int = 2
+    """Times the worker group is restarted from the last checkpoint after a worker is lost."""
+    address: str | None = None
+    """Ray cluster to use; default $RAY_ADDRESS (set inside `ray job submit`), else a local Ray."""
+    storage: str = "runs/ray"
+    """Where Ray Train keeps checkpoints (a folder or URI; made absolute)."""
+    name: str | None = None
+    """Job name; running the same name again resumes that run. Default: dataset-model-bits-time."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db."""
+    experiment: str = "corrhash"
+    """MLflow experiment name."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"--num-workers {self.num_workers}: must be >= 1")
+        if self.use_gpu not in ("auto", "yes", "no"):
+            raise ConfigError(f"--use-gpu {self.use_gpu!r}: use auto, yes or no")
+        if not (math.isfinite(self.cpus_per_worker) and self.cpus_per_worker > 0):  # NaN fails `> 0`
+            raise ConfigError(f"--cpus-per-worker {self.cpus_per_worker}: must be a finite number > 0")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures {self.max_failures}: must be >= 0")
+
+
+def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, score_test: bool = True) -> dict:
+    started = time.monotonic()
+    shards = training_shards(spec.data)
+    vocab = read_vocab(shards)
+    files = len(shards.shard_paths("train"))
+    if files < ray_config.num_workers:
+        raise ConfigError(f"--num-workers {ray_config.num_workers}: {spec.data} has {files} train shard file(s), "
+                          "one at least per worker; prepare with a smaller --rows-per-shard")
+    name = check_job_name(ray_config.name or f"{shards.manifest['dataset']}-{spec.model.name}-{spec.model.bits}b-"
+                                             f"{time.strftime('%Y%m%d-%H%M%S')}")
+    if out:
+        check_out_dir(out)
+    check_job_paths(ray_config.mlflow_uri, ray_config.storage)
+    with job_lock(storage_path(ray_config.storage), name):
+        import ray
+
+        init_ray(ray_config.address)
+        use_gpu = {"yes": True, "no": False}.get(ray_config.use_gpu, ray.cluster_resources().get("GPU", 0) > 0)
+        check_fits(f"--cpus-per-worker {ray_config.cpus_per_worker}", ray_config.cpus_per_worker, int(use_gpu))
+        uri = tracking_uri(ray_config.mlflow_uri)
+        client = client_for(uri)
+        params = {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "ray": asdict(ray_config),
+                  "data": spec.data}
+        tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
+                "data.path": spec.data, "model": spec.model.name, "bits": str(spec.model.bits)}
+        with job_run(client, ensure_experiment(client, ray_config.experiment), name, params, tags) as (run_id, resumed):
+            log(f"job {name}: MLflow run {run_id} at {uri}{' (resumed)' if resumed else ''}; "
+                f"{ray_config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)")
+            log_data(client, run_id, shards)
+            with run_folder(out) as folder:
+                fit_started = time.monotonic()
+                result = _fit(spec, ray_config, name, use_gpu, EpochMetrics(uri, run_id))
+                with result.checkpoint.as_directory() as directory:
+                    selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
+                results = finish(spec, shards, vocab, selection, folder, launcher="ray_train", started=started,
+                                 fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"),
+                                 score_test=score_test, job=name, run_id=run_id,
+                                 publish=lambda model_dir, results: publish_model(
+                                     client, uri, run_id, model_dir, results))
+    log(f"job {name}: best epoch {results['best_epoch']}, val p@{spec.train.eval_k} {results['val_precision']:.4f}"
+        + (f", test {results['test_precision']:.4f}" if score_test else "") + f"; model {results['model_uri']}")
+    return results
+
+
+def _fit(spec: RunSpec, ray_config: RayConfig, name: str, use_gpu: bool, callback: EpochMetrics):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": ray_config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(ray_config.cpus_per_worker)))
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=spec.to_dict(),
+        scaling_config=ScalingConfig(num_workers=ray_config.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=storage_path(ray_config.storage), callbacks=[callback],
+                             failure_config=FailureConfig(max_failures=ray_config.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        return trainer.fit()
+    except Exception as exc:
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        raise type(cause)(f"job {name}: a Ray Train worker failed: {cause}") from exc

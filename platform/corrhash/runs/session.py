@@ -1,0 +1,55 @@
+"""The one difference between a Ray Train worker and a Tune trial: how it talks to Ray.
+
+Both sessions answer the same four questions (who am I, which device, where do I resume from, how
+do I report an epoch), so `worker.run_worker` is written once for both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from corrhash.device import resolve_device
+
+
+class TrainSession:
+    """A Ray Train worker: one of `world` ranks (DDP), on the device Ray Train assigned."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def device(self, requested: str) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # Ray Train sets CUDA_VISIBLE_DEVICES per worker
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, directory: str) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+class TuneSession:
+    """A Tune trial: one process, on the requested device (`auto`: CUDA when the trial was given a GPU)."""
+
+    rank, world = 0, 1
+
+    def device(self, requested: str) -> torch.device:
+        return resolve_device(requested)
+
+    def checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, directory: str) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,0 +1,174 @@
+"""The Tune launcher: Optuna (TPE) proposes, ASHA stops weak trials early, every trial runs
+`worker.tune_trial`; the best trial is finished like any run, registered, and may become the champion.
+
+Everything that can be checked without Ray is checked before it starts. The tune's parent MLflow run
+and one child run per trial (`callbacks.TrialRuns`) are driven from here; starting the same name
+again resumes an interrupted search without re-running finished trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from corrhash.errors import ConfigError, CorrhashError
+from corrhash.log import log
+from corrhash.runs.callbacks import TrialRuns
+from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
+from corrhash.runs.finish import Selection, finish, run_folder
+from corrhash.runs.space import check_space, domains
+from corrhash.runs.spec import RunSpec
+from corrhash.runs.worker import tune_trial
+from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
+from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_params, publish_model,
+                                    tracking_uri)
+from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock, read_vocab, \
+    training_shards
+
+@dataclass
+class TuneOptions:
+    num_samples: int = 16
+    """Trials to run."""
+    max_concurrent: int = 2
+    """Trials at once."""
+    cpus_per_trial: float = 1.0
+    """CPUs per trial (also its torch threads on the CPU)."""
+    gpus_per_trial: float = 0.0
+    """GPUs per trial; 0.25 packs four trials on a GPU."""
+    grace_period: int = 10
+    """ASHA: epochs before a trial may be stopped."""
+    address: str | None = None
+    """Ray cluster to use; default $RAY_ADDRESS (set inside `ray job submit`), else a local Ray."""
+    storage: str = "runs/tune"
+    """Where Tune keeps its state and the trials' checkpoints (a folder or URI; made absolute)."""
+    name: str | None = None
+    """Tune job name; the same name resumes. Default: DATASET-MODEL-BITSb-tune."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db."""
+    experiment: str = "corrhash-tune"
+    """MLflow experiment name."""
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.max_concurrent < 1:
+            raise ConfigError("--num-samples and --max-concurrent must be >= 1")
+        # `not x > 0` and isfinite: NaN passes every `<=` test.
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise ConfigError(f"--cpus-per-trial {self.cpus_per_trial}: must be a finite number > 0")
+        if not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise ConfigError(f"--gpus-per-trial {self.gpus_per_trial}: must be a finite number >= 0")
+        if self.name is not None:
+            check_job_name(self.name)
+
+
+def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None = None) -> dict:
+    """Search `specs` ({param: spec string or fixed value}) around `spec`; returns the results of the best trial."""
+    started = time.monotonic()
+    shards = training_shards(spec.data)
+    vocab = read_vocab(shards)
+    name = check_job_name(options.name or f"{shards.manifest['dataset']}-{spec.model.name}-{spec.model.bits}b-tune")
+    if not 1 <= options.grace_period <= spec.train.epochs:  # ASHA asserts this only after Ray has started
+        raise ConfigError(f"--grace-period {options.grace_period}: must be between 1 and --epochs {spec.train.epochs}")
+    space = domains(specs)
+    check_space(space, spec)
+    if out:
+        check_out_dir(out)
+    check_job_paths(options.mlflow_uri, options.storage)
+    with job_lock(storage_path(options.storage), name):
+        init_ray(options.address)
+        check_fits(f"--cpus-per-trial {options.cpus_per_trial} --gpus-per-trial {options.gpus_per_trial}",
+                   options.cpus_per_trial, options.gpus_per_trial)
+        uri = tracking_uri(options.mlflow_uri)
+        client = client_for(uri)
+        experiment_id = ensure_experiment(client, options.experiment)
+        fixed = {section: {k: v for k, v in values.items() if k not in specs}
+                 for section, values in (("model", spec.model.to_dict()), ("train", spec.train.to_dict()))}
+        params = {**fixed, "data": spec.data, "num_samples": options.num_samples, "space": specs}
+        tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
+                "data.path": spec.data, "model": spec.model.name, "bits": str(spec.model.bits)}
+        with job_run(client, experiment_id, name, params, tags) as (parent_id, resumed):
+            log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if resumed else ''} at {uri}")
+            log_data(client, parent_id, shards)
+            spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(options.cpus_per_trial)))
+            with run_folder(out) as folder:
+                fit_started = time.monotonic()
+                best = _search(spec, space, options, name, TrialRuns(uri, experiment_id, parent_id, spec))
+                tuned = {k: best.config[k] for k in specs}
+                spec = spec.with_overrides(tuned)
+                log_params(client, parent_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
+                for key, value in tuned.items():
+                    client.set_tag(parent_id, f"best.{key}", str(value))
+                with best.checkpoint.as_directory() as directory:
+                    selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
+                registry = registered_name(shards.manifest["dataset"], spec.model.bits)
+                results = finish(spec, shards, vocab, selection, folder, launcher="tune", started=started,
+                                 fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"), job=name,
+                                 run_id=parent_id, tuned=tuned,
+                                 publish=lambda model_dir, results: publish_model(
+                                     client, uri, parent_id, model_dir, results, registry))
+            # FINISHED only after this: the version is described and tagged and the champion decided (R8).
+            # A rerun of a finished tune reuses its version (publish_model) and keeps its decision.
+            decision = client.get_run(parent_id).data.tags.get("champion.decision")
+            if decision is None:
+                version = results["registered_version"].rpartition("/")[2]
+                describe_version(client, registry, version, results)
+                _, decision = promote_if_better(client, registry, version, results["val_precision"],
+                                                       shards.content_hash)
+                client.set_tag(parent_id, "champion.decision", decision)
+    print("\nbest configuration:", json.dumps(tuned), flush=True)
+    k = spec.train.eval_k
+    print(f"val p@{k} {results['val_precision']:.4f}, test p@{k} {results['test_precision']:.4f} "
+          "(tie-aware, scored once)")
+    print(decision)
+    return {**results, "decision": decision}
+
+
+def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_runs: TrialRuns):
+    """Tuner.fit (or its resume) and the best trial's result; a named error when no trial has a checkpoint."""
+    # Snapshot the experiment state every second (default: 10 s or more), so a stopped search
+    # resumes knowing every trial that had finished; the snapshot is small at this scale.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict()),
+                                    {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+    run_path = Path(storage_path(options.storage)) / name
+    if tune.Tuner.can_restore(str(run_path)):
+        log(f"tune {name}: resuming from {run_path}")
+        tuner = tune.Tuner.restore(str(run_path), trainable=trainable, resume_errored=True, param_space=space)
+    else:
+        searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.train.seed), max_concurrent=options.max_concurrent)
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
+        # One checkpoint per trial: `best_val_precision` never falls, so the one kept is the latest, and it
+        # holds the best weights (once: as its own weights when its epoch is the best).
+        keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="best_val_precision",
+                                     checkpoint_score_order="max")
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric="val_precision", mode="max", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=options.num_samples,
+                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path(options.storage), callbacks=[trial_runs],
+                                      checkpoint_config=keep,
+                                      progress_reporter=tune.CLIReporter(metric_columns=[
+                                          "epoch", "val_precision", "best_val_precision", "loss"])))
+    results = tuner.fit()
+    if not any(result.checkpoint for result in results):
+        errors = [result.error for result in results if result.error]
+        first = user_error(errors[0]) if errors else None
+        if first is not None:
+            detail = str(first)
+        else:  # not ours: the last line of Ray's message names the exception
+            detail = (str(errors[0]).strip().splitlines() or ["?"])[-1] if errors else "none reported"
+        raise (type(first) if first else CorrhashError)(
+            f"tune {name}: no trial produced a checkpoint ({len(errors)} of {len(results)} failed); "
+            f"first error: {detail}")
+    return results.get_best_result(metric="val_precision", mode="max", scope="all")

@@ -1,0 +1,79 @@
+"""The one worker function: a Ray Train worker and a Tune trial run the same code.
+
+Each rank reads only its share of the train shard files (`paths[rank::world]`; a trial is rank 0
+of 1), keeps it on its device for all epochs, and takes as many steps per epoch as the rank with
+the largest share (DDP needs matching collectives). The per-rank batch is ceil(batch / world), so
+the global batch and the optimisation are the same for any number of workers. Every epoch is a
+checkpoint (`train/checkpoint.py`) reported through the session; MLflow is the driver's business.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from corrhash.data import TfidfShards
+from corrhash.runs.session import TrainSession, TuneSession
+from corrhash.runs.spec import RunSpec
+from corrhash.train import checkpoint
+from corrhash.train.evaluate import Evaluator, Shares
+from corrhash.train.loop import fit, new_state
+
+
+def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
+    rank, world = session.rank, session.world
+    device = session.device(spec.train.device)
+    if device.type == "cpu":
+        torch.set_num_threads(spec.threads)
+    train_config = replace(spec.train, device=str(device), batch_size=max(1, math.ceil(spec.train.batch_size / world)))
+
+    shards = TfidfShards(spec.data)
+    paths = shards.shard_paths("train")
+    share = shards.split("train", shards=paths[rank::world])
+    rows_per_rank = [sum(e["rows"] for e in shards.manifest["splits"]["train"]["shards"][r::world])
+                     for r in range(world)]
+    steps = math.ceil(max(rows_per_rank) / train_config.batch_size)
+    val = shards.split("val") if rank == 0 else None
+    shares = None
+    if world > 1:
+        labels = np.concatenate([shards.labels("train", paths[r::world]) for r in range(world)])
+        shares = Shares(rank, world, labels)
+    evaluator = Evaluator(share, val, device, train_config.eval_k, shares)
+
+    state = new_state(spec.model, train_config, shards.n_features, device)
+    if world > 1:
+        state.generator.manual_seed(train_config.seed * 1000 + rank)  # distinct noise and batch order per rank
+    resume = session.checkpoint()
+    if resume:
+        with resume.as_directory() as directory:
+            checkpoint.restore(Path(directory), state, rank, device)
+
+    def on_epoch(metrics: dict, state) -> bool:
+        metrics = {**metrics, "world_size": world, "docs_per_s": metrics.get("docs_per_s", 0.0) * world}
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint.save(Path(directory), state, rank)
+            session.report(metrics, directory)
+        return False
+
+    wrap = None
+    if world > 1 and state.model.trainable:
+        def wrap(model):
+            ids = [device.index] if device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    fit(spec.model, train_config, share, evaluator=evaluator, on_epoch=on_epoch, state=state, wrap_model=wrap,
+        batches_per_epoch=steps)
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train's `train_loop_per_worker`; `config` is `RunSpec.to_dict()`."""
+    run_worker(RunSpec.from_dict(config), TrainSession())
+
+
+def tune_trial(config: dict, spec: dict) -> None:
+    """A Tune function trainable: `config` holds only the tuned values, `spec` comes from `tune.with_parameters`."""
+    run_worker(RunSpec.from_dict(spec).with_overrides(config), TuneSession())
