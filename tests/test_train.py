@@ -1,4 +1,5 @@
-"""The shared epoch loop on real (sampled) 20ng shards: learning, selection, resume, reproducibility."""
+"""The shared epoch loop: learning and selection on real (sampled) 20ng shards; stopping, exact resume, the
+checkpoint format and the train job on synthetic shards (no raw corpus needed)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ FAST = TrainConfig(epochs=10, lr=5e-3, batch_size=20, seed=0)
 @pytest.fixture(scope="module")
 def splits(shards_20ng_small):
     shards = TfidfShards(shards_20ng_small)
+    return shards.split("train"), shards.split("val")
+
+
+@pytest.fixture(scope="module")
+def synthetic(shards_synthetic):
+    """Train and val of the synthetic shards: loop mechanics (stopping, resume, checkpoints) on any clone."""
+    shards = TfidfShards(shards_synthetic)
     return shards.split("train"), shards.split("val")
 
 
@@ -82,16 +90,16 @@ def test_fit_learns_and_restores_best_weights(splits):
     assert again.tie_aware == pytest.approx(result.best_value)  # best weights were restored
 
 
-def test_early_stopping_with_patience(splits):
-    train, val = splits
+def test_early_stopping_with_patience(synthetic):
+    train, val = synthetic
     # lr = 0: the encoder never changes, so validation precision never improves after epoch 1.
     result = fit(ModelConfig(name="nash", bits=16, hidden=64), TrainConfig(epochs=50, lr=1e-12, patience=3),
                  train, val=val)
     assert len(result.history) == 4 and result.best_epoch == 1
 
 
-def test_same_seed_same_run_and_resume_is_exact(splits, tmp_path):
-    train, val = splits
+def test_same_seed_same_run_and_resume_is_exact(synthetic, tmp_path):
+    train, val = synthetic
     model_config = ModelConfig(name="corrsh", bits=16, **SMALL)
     straight = fit(model_config, TrainConfig(epochs=3, seed=7), train, val=val)
     twice = fit(model_config, TrainConfig(epochs=3, seed=7), train, val=val)
@@ -114,9 +122,9 @@ def test_same_seed_same_run_and_resume_is_exact(splits, tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_checkpoint_keeps_one_copy_of_the_best_weights(splits, tmp_path):
+def test_checkpoint_keeps_one_copy_of_the_best_weights(synthetic, tmp_path):
     """An epoch that is the best so far stores its weights once; later epochs carry the best copy."""
-    train, val = splits
+    train, val = synthetic
     config = ModelConfig(name="nash", bits=16, hidden=64)
 
     def save_each(metrics, state: TrainState):
@@ -145,9 +153,9 @@ def test_corrsh_without_rank_matches_nash(splits):
     assert abs(corrsh.best_value - nash.best_value) < 0.04
 
 
-def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path, capsys):
+def test_train_job_writes_a_loadable_model(shards_synthetic, tmp_path, capsys):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_20ng_small), "--out", str(out),
+    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_synthetic), "--out", str(out),
                            "--model", "corrsh", "--bits", "16", "--hidden", "100", "--epochs", "2"],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -155,19 +163,19 @@ def test_train_job_writes_a_loadable_model(shards_20ng_small, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert list(results) == list(RESULT_KEYS) and results["launcher"] == "local"
     job("quality_table").main([str(out / "results.json")])
-    assert f"| 20ng | corrsh | {results['test_precision']:.4f} / " in capsys.readouterr().out
+    assert f"| text | corrsh | {results['test_precision']:.4f} |" in capsys.readouterr().out
     assert results["epochs_run"] == 2 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
     model, featurizer, info = load_model(out / "model")
-    assert info["content_hash"] == TfidfShards(shards_20ng_small).content_hash
-    shards = TfidfShards(shards_20ng_small)
+    assert info["content_hash"] == TfidfShards(shards_synthetic).content_hash
+    shards = TfidfShards(shards_synthetic)
     precision = Evaluator(shards.split("train"), shards.split("test"), torch.device("cpu"))(model)
     assert precision.tie_aware == pytest.approx(results["test_precision"], abs=1e-12)
     codes = model.encode(torch.from_numpy(featurizer.transform(["the space shuttle launch"]).toarray()))
     assert codes.shape == (1, 16) and codes.dtype == torch.bool
 
 
-def test_train_job_rejects_bad_options(shards_20ng_small, tmp_path):
-    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_20ng_small), "--out",
+def test_train_job_rejects_bad_options(shards_synthetic, tmp_path):
+    done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_synthetic), "--out",
                            str(tmp_path / "r"), "--batch-size", "0"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "batch_size=0" in done.stderr
     done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(tmp_path / "nothing"), "--out",
