@@ -17,13 +17,15 @@ import pytest
 import scipy.sparse as sp
 from mlflow.tracking import MlflowClient
 
-from badinput import assert_named_error, run_job, tree
+from badinput import assert_named_error, job, run_job, tree
 from corrhash.data import PrepareConfig, prepare
 from corrhash.data.shards import Split
-from corrhash.errors import DataError
+from corrhash.errors import ConfigError, DataError
 from corrhash.models import ModelConfig
 from corrhash.tracking.registry import promote_if_better
-from corrhash.tracking.runs import ensure_experiment, filter_value, start_or_resume_run
+from corrhash.runs.space import DEFAULT_SPACE
+from corrhash.runs.spec import RunSpec
+from corrhash.tracking.runs import ensure_experiment, filter_value, final_metrics, start_or_resume_run
 from corrhash.train import TrainConfig, fit
 from corrhash.train.preflight import job_lock
 from test_data_files import LOOSE, synthetic_rows, write_jsonl
@@ -149,6 +151,8 @@ TUNE_CASES = [
     ("lr-negative", ["--space", "lr=choice:0.001,-1"], "lr"),
     ("empty-range", ["--space", "mixture=randint:5:2"], "mixture"),
     ("anneal-nan", ["--anneal-step", "nan"], "anneal_step"),
+    ("flag-and-space", ["--dropout", "0.1", "--space", "dropout=uniform:0:0.3"], "--dropout 0.1"),
+    ("cuda-without-gpus", ["--device", "cuda"], "--gpus-per-trial"),
 ]
 
 
@@ -162,6 +166,25 @@ def test_tune_refuses_before_ray_starts(case, argv, named, data, tmp_path, capsy
     assert_named_error(status, stderr, named)
     assert not ray.is_initialized()
     assert not (tmp_path / "x").exists() and not storage.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_tune_flags_pin_their_dimension_and_tuned_values_route_to_their_config(data):
+    """--dropout on tune fixes that dimension (not silently replaced by the default space); a trial's values
+    reach ModelConfig/TrainConfig through RunSpec.with_overrides, the one routing."""
+    _, spec, specs, _ = job("tune").parse_args(["--data", str(data), "--dropout", "0.1", "--lr", "0.002"])
+    assert specs["dropout"] == 0.1 and specs["lr"] == 0.002 and specs["rank"] == DEFAULT_SPACE["rank"]
+    tuned = spec.with_overrides({"dropout": 0.3, "rank": 4, "lr": 0.01, "batch_size": 50})
+    assert (tuned.model.dropout, tuned.model.rank, tuned.train.lr, tuned.train.batch_size) == (0.3, 4, 0.01, 50)
+    assert RunSpec.from_dict(tuned.to_dict()) == tuned
+    with pytest.raises(ConfigError, match="seed: both"):
+        spec.with_overrides({"seed": 1})
+
+
+def test_final_metric_names_follow_eval_k():
+    results = {"eval_k": 10, "val_precision": 0.5, "best_epoch": 3, "test_precision": 0.4,
+               "test_precision_ordered": 0.39}
+    assert set(final_metrics(results)) == {"best_val_precision_at_10", "best_epoch", "test_precision_at_10",
+                                           "test_precision_ordered_at_10"}
 
 
 def test_train_ray_path_refuses_a_bad_name_before_ray(data, tmp_path, capsys):
@@ -215,6 +238,12 @@ def test_mlflow_filters_quote_names_and_champion_needs_a_strict_win(tmp_path):
     assert client.get_model_version(name, versions[1]).tags["val_precision"] == "0.8030000000000002"
     assert not promote_if_better(client, name, versions[2], 0.803 - 4e-7)[0]
     assert promote_if_better(client, name, versions[3], 0.803 + 4e-7)[0]  # was lost to the 6-digit rounding
+    assert client.get_model_version_by_alias(name, "champion").version == versions[3]
+    # Scored on other data (another content hash): never compared, never moved.
+    client.set_model_version_tag(name, versions[3], "data.content_hash", "a" * 64)
+    other = client.create_model_version(name, f"runs:/{run_id}/model", run_id).version
+    promoted, decision = promote_if_better(client, name, other, 0.99, content_hash="b" * 64)
+    assert not promoted and "other data" in decision
     assert client.get_model_version_by_alias(name, "champion").version == versions[3]
 
 
@@ -288,3 +317,28 @@ def test_logged_model_leaves_the_run_running_and_names_its_version(data, tmp_pat
     client.create_model_version("corrhash-log", f"runs:/{run_id}/other", run_id)  # v3: a concurrent job's
     newest = max(client.search_model_versions("name = 'corrhash-log'"), key=lambda v: int(v.version))
     assert str(newest.version) == "3"  # what the job used to promote
+
+
+def test_a_rerun_of_a_finished_publish_registers_no_second_version(data, tmp_path):
+    """A rerun of a finished tune reaches publish_model again: it reuses the version its run registered."""
+    import torch
+
+    from corrhash.artifact import save_model
+    from corrhash.models import create_model
+    from corrhash.tracking.runs import publish_model
+    from corrhash.train.preflight import read_vocab, training_shards
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id, _ = start_or_resume_run(client, ensure_experiment(client, "rerun"), "rerun-job", {}, {})
+    shards = training_shards(data)
+    torch.manual_seed(0)
+    model_dir = save_model(tmp_path / "model", create_model(ModelConfig(name="lsh", bits=8), shards.n_features),
+                           read_vocab(shards))
+    results = {"eval_k": 10, "val_precision": 0.5, "best_epoch": 0, "epochs_run": 1, "test_precision": 0.4,
+               "test_precision_ordered": 0.4}
+    first = publish_model(client, uri, run_id, model_dir, results, "corrhash-rerun")
+    again = publish_model(client, uri, run_id, model_dir, results, "corrhash-rerun")
+    assert first == again and first["registered_version"] == "corrhash-rerun/1"
+    assert len(client.search_model_versions("name = 'corrhash-rerun'")) == 1
+    assert client.get_run(run_id).data.metrics["test_precision_at_10"] == 0.4

@@ -49,9 +49,17 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4 and all("model.rank" in c.data.params for c in children)
     assert all(c.info.status == "FINISHED" and c.info.end_time for c in children)  # ended with their trial
+    for child in children:  # fewer than --epochs 8 (patience is 20): ASHA stopped it, and the run says so
+        stopped = len(client.get_metric_history(child.info.run_id, "val_precision")) < 8
+        assert (child.data.tags.get("corrhash.stopped_by") == "scheduler") == stopped, child.data.tags
     # The parent records what the best trial trained with, and the space readably.
     assert float(parent.data.params["train.lr"]) == pytest.approx(float(parent.data.tags["best.lr"]))
     assert parent.data.params["space.lr"] == "loguniform:3e-3:8e-3"
+    # The Optuna study is kept beside the Tune state; the parent run carries its figures.
+    assert (tmp_path / "tune" / "tune-a" / "optuna.db").is_file()
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/optimization_history.png", "figures/param_importances.png",
+            "figures/best_trial_val_precision.png"} <= figures, figures
     assert parent.inputs.dataset_inputs[0].dataset.digest == TfidfShards(shards_20ng_small).content_hash[:32]
     assert champion.tags["data.content_hash"] == TfidfShards(shards_20ng_small).content_hash and champion.description
     assert all(len(client.get_metric_history(c.info.run_id, "val_precision")) >= 1 for c in children)

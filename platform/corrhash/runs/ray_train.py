@@ -76,7 +76,10 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
         import ray
 
         init_ray(ray_config.address)
-        use_gpu = {"yes": True, "no": False}.get(ray_config.use_gpu, ray.cluster_resources().get("GPU", 0) > 0)
+        # --use-gpu auto follows --device: cpu or cuda as asked, else GPU workers when the cluster has GPUs.
+        device = spec.train.device
+        auto = device.startswith("cuda") or device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+        use_gpu = {"yes": True, "no": False}.get(ray_config.use_gpu, auto)
         check_fits(f"--cpus-per-worker {ray_config.cpus_per_worker}", ray_config.cpus_per_worker, int(use_gpu))
         uri = tracking_uri(ray_config.mlflow_uri)
         client = client_for(uri)

@@ -26,8 +26,8 @@ from corrhash.runs.space import check_space, domains
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import tune_trial
 from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
-from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_params, publish_model,
-                                    tracking_uri)
+from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_figures, log_params,
+                                    publish_model, tracking_uri)
 from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock, read_vocab, \
     training_shards
 
@@ -74,6 +74,8 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
     name = check_job_name(options.name or f"{shards.manifest['dataset']}-{spec.model.name}-{spec.model.bits}b-tune")
     if not 1 <= options.grace_period <= spec.train.epochs:  # ASHA asserts this only after Ray has started
         raise ConfigError(f"--grace-period {options.grace_period}: must be between 1 and --epochs {spec.train.epochs}")
+    if spec.train.device.startswith("cuda") and options.gpus_per_trial == 0:
+        raise ConfigError(f"--device {spec.train.device}: trials get no GPU; pass --gpus-per-trial (e.g. 1 or 0.25)")
     space = domains(specs)
     check_space(space, spec)
     if out:
@@ -97,7 +99,8 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
             spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(options.cpus_per_trial)))
             with run_folder(out) as folder:
                 fit_started = time.monotonic()
-                best = _search(spec, space, options, name, TrialRuns(uri, experiment_id, parent_id, spec))
+                best, study = _search(spec, space, options, name, TrialRuns(uri, experiment_id, parent_id, spec))
+                log_figures(client, parent_id, study_figures(study, name, best))
                 tuned = {k: best.config[k] for k in specs}
                 spec = spec.with_overrides(tuned)
                 log_params(client, parent_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
@@ -129,7 +132,8 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
 
 
 def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_runs: TrialRuns):
-    """Tuner.fit (or its resume) and the best trial's result; a named error when no trial has a checkpoint."""
+    """Tuner.fit (or its resume), the best trial's result and the Optuna storage URL (None: in memory);
+    a named error when no trial has a checkpoint."""
     # Snapshot the experiment state every second (default: 10 s or more), so a stopped search
     # resumes knowing every trial that had finished; the snapshot is small at this scale.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -141,11 +145,17 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
     trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict()),
                                     {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
     run_path = Path(storage_path(options.storage)) / name
+    # The Optuna study lives beside the Tune state (job_lock made the folder), for Optuna's own tools.
+    study = None if "://" in options.storage else f"sqlite:///{run_path / 'optuna.db'}"
     if tune.Tuner.can_restore(str(run_path)):
         log(f"tune {name}: resuming from {run_path}")
         tuner = tune.Tuner.restore(str(run_path), trainable=trainable, resume_errored=True, param_space=space)
     else:
-        searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.train.seed), max_concurrent=options.max_concurrent)
+        import optuna
+
+        storage = optuna.storages.RDBStorage(study) if study else None
+        searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.train.seed, study_name=name, storage=storage),
+                                      max_concurrent=options.max_concurrent)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
         # One checkpoint per trial: `best_val_precision` never falls, so the one kept is the latest, and it
         # holds the best weights (once: as its own weights when its epoch is the best).
@@ -161,6 +171,8 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
                                       progress_reporter=tune.CLIReporter(metric_columns=[
                                           "epoch", "val_precision", "best_val_precision", "loss"])))
     results = tuner.fit()
+    if study and not (run_path / "optuna.db").is_file():  # a search started before studies were kept
+        study = None
     if not any(result.checkpoint for result in results):
         errors = [result.error for result in results if result.error]
         first = user_error(errors[0]) if errors else None
@@ -171,4 +183,33 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
         raise (type(first) if first else CorrhashError)(
             f"tune {name}: no trial produced a checkpoint ({len(errors)} of {len(results)} failed); "
             f"first error: {detail}")
-    return results.get_best_result(metric="val_precision", mode="max", scope="all")
+    return results.get_best_result(metric="val_precision", mode="max", scope="all"), study
+
+
+def study_figures(study: str | None, name: str, best) -> dict:
+    """{file name: matplotlib figure}: Optuna's optimisation history and parameter importances (from the
+    persisted study), and the best trial's val precision per epoch."""
+    import warnings
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    figures = {}
+    if study is not None:
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        loaded = optuna.load_study(study_name=name, storage=study)
+        completed = loaded.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if completed:
+            figures["optimization_history.png"] = optuna_plots.plot_optimization_history(loaded).figure
+        if len(completed) >= 2 and completed[0].distributions:  # importances compare trials over searched params
+            figures["param_importances.png"] = optuna_plots.plot_param_importances(loaded).figure
+    curve = best.metrics_dataframe
+    if curve is not None and "val_precision" in curve:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        axes.plot(curve["epoch"], curve["val_precision"], marker="o")
+        axes.set(xlabel="epoch", ylabel="val precision (tie-aware)", title=f"best trial {best.metrics.get('trial_id', '')}")
+        figures["best_trial_val_precision.png"] = figure
+    return figures

@@ -172,6 +172,15 @@ def log_data(client: MlflowClient, run_id: str, shards: TfidfShards) -> None:
         client.log_artifact(run_id, str(manifest_copy), "data")
 
 
+def log_figures(client: MlflowClient, run_id: str, figures: dict) -> None:
+    """Matplotlib figures as the run's `figures/NAME` artifacts (shown in the MLflow UI), then closed."""
+    import matplotlib.pyplot as plt
+
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"figures/{name}")
+        plt.close(figure)
+
+
 def _pinned_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
