@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -74,4 +75,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # `ray job stop` and `kill` send SIGTERM: exit through Python, so runs end KILLED and temporaries go.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

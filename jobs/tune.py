@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import json
 import sys
 from pathlib import Path
@@ -75,4 +76,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # `ray job stop` and `kill` send SIGTERM: exit through Python, so runs end KILLED and temporaries go.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

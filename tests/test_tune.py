@@ -133,6 +133,10 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
     subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster["head"].dashboard, job_id],
                    env=cluster["head"].client_env(), capture_output=True, timeout=120)
     first = {r.data.tags["corrhash.trial"] for r in completed()}
+    stopped = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
+                                 "tags.`corrhash.job` = 'tune-resume'")[0]
+    assert stopped.info.status == "KILLED"  # no run is left RUNNING by a stopped job
+    assert all(r.info.status != "RUNNING" for r in children())
 
     done = submit(cluster, args, job="jobs/tune.py", timeout=600)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]

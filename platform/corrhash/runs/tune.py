@@ -114,21 +114,25 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
                                  run_id=parent_id, tuned=tuned,
                                  publish=lambda model_dir, results: publish_model(
                                      client, uri, parent_id, model_dir, results, registry))
-            # FINISHED only after this: the version is described and tagged and the champion decided (R8).
-            # A rerun of a finished tune reuses its version (publish_model) and keeps its decision.
-            decision = client.get_run(parent_id).data.tags.get("champion.decision")
-            if decision is None:
-                version = results["registered_version"].rpartition("/")[2]
-                describe_version(client, registry, version, results)
-                _, decision = promote_if_better(client, registry, version, results["val_precision"],
-                                                       shards.content_hash)
-                client.set_tag(parent_id, "champion.decision", decision)
+            decision = _decide_champion(client, parent_id, registry, results)  # before the parent is FINISHED
     print("\nbest configuration:", json.dumps(tuned), flush=True)
     k = spec.train.eval_k
     print(f"val p@{k} {results['val_precision']:.4f}, test p@{k} {results['test_precision']:.4f} "
           "(tie-aware, scored once)")
     print(decision)
     return {**results, "decision": decision}
+
+
+def _decide_champion(client, parent_id: str, registry: str, results: dict) -> str:
+    """Describe the registered version and move `champion` to it if it wins; a rerun of a finished tune
+    (its version reused by publish_model) keeps the decision it made."""
+    decision = client.get_run(parent_id).data.tags.get("champion.decision")
+    if decision is None:
+        version = results["registered_version"].rpartition("/")[2]
+        describe_version(client, registry, version, results)
+        _, decision = promote_if_better(client, registry, version, results["val_precision"], results["content_hash"])
+        client.set_tag(parent_id, "champion.decision", decision)
+    return decision
 
 
 def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_runs: TrialRuns):

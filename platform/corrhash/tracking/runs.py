@@ -111,15 +111,18 @@ def start_or_resume_run(client: MlflowClient, experiment_id: str, job_name: str,
 @contextmanager
 def job_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict, tags: dict):
     """Yield (run_id, resumed) of the job's run; end it FINISHED when the block completes, FAILED on an
-    error, KILLED on Ctrl-C or SIGTERM (a rerun with the same name sets it RUNNING again)."""
+    error, KILLED on Ctrl-C or SIGTERM (the jobs turn it into SystemExit), with its child runs still
+    RUNNING; a rerun with the same name sets them RUNNING again."""
     run_id, resumed = start_or_resume_run(client, experiment_id, job_name, params, tags)
     try:
         yield run_id, resumed
-    except (KeyboardInterrupt, SystemExit):
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        # Child runs of trials that were still going end with their parent (a resume reopens them).
+        running = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                     f"{filter_value(run_id)} and attributes.status = 'RUNNING'")
+        for run in [*running, client.get_run(run_id)]:
+            client.set_terminated(run.info.run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")
 
