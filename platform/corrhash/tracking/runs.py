@@ -180,6 +180,7 @@ def log_figures(client: MlflowClient, run_id: str, figures: dict) -> None:
     import matplotlib.pyplot as plt
 
     for name, figure in figures.items():
+        figure.tight_layout()  # Optuna's plots clip their axis labels otherwise
         client.log_figure(run_id, figure, f"figures/{name}")
         plt.close(figure)
 
