@@ -9,9 +9,11 @@ Examples:
 and an optional `id`: an integer or a string, the same kind on every line; default: the line's index)
 or a UTF-8 text file (one document per line, ids = line numbers). Queries come one per line from
 --queries FILE or stdin (-). Each answer line: {"query": i, "text": ..., "in_vocabulary": n, "hits":
-[{"id", "distance"}]}, where n counts the model's vocabulary terms in the query; a query with none has
-a meaningless code, so its hits are arbitrary and a warning goes to stderr. --index-out X.npz also
-writes X.json (bits, size, model) beside it.
+[{"id", "distance", ...}]}, where n counts the model's vocabulary terms in the query; a query with none
+has a meaningless code, so its hits are arbitrary and a warning goes to stderr. A hit from a --corpus
+also says what the document is: "labels" (label names) for a shard folder, which keeps no text, and
+"text" (its first 80 characters) for a .jsonl or text file. --index-out X.npz also writes X.json
+(bits, size, model) beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
@@ -29,6 +31,7 @@ from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
 
 INT64 = range(-2**63, 2**63)
 ID_KINDS = {int: "an integer", str: "a string"}
+SNIPPET_CHARS = 80  # of a hit's text: enough to see what it is about, short enough for one line
 
 
 def read_text(path: Path, what: str) -> str:
@@ -69,13 +72,31 @@ def document_id(row: dict, line_no: int, path: Path):
     raise DataError(f"{path}, line {line_no}: id {doc_id!r} must be an integer (64-bit) or a string")
 
 
-def read_corpus(path: Path, split: str):
-    """(texts or None, features or None, ids) of a corpus path."""
+@dataclass
+class Corpus:
+    """Documents to index: texts (a text file) or TF-IDF features (a shard folder), their ids, and what a
+    hit shows of each document ({id: {"labels": [...]} or {"text": "..."}})."""
+
+    texts: list[str] | None
+    features: object | None  # scipy CSR
+    ids: list
+    shown: dict = field(default_factory=dict)
+
+
+def snippet(text: str) -> str:
+    return " ".join(text.split())[:SNIPPET_CHARS]
+
+
+def read_corpus(path: Path, split: str) -> Corpus:
     from corrhash.data import TfidfShards
 
     if path.is_dir():
-        data = TfidfShards(path).split(split)
-        return None, data.features, data.doc_ids
+        shards = TfidfShards(path)
+        data = shards.split(split)
+        names = shards.label_names
+        shown = {doc_id: {"labels": [names[j] for j in row.nonzero()[0]]}
+                 for doc_id, row in zip(data.doc_ids.tolist(), data.labels)}
+        return Corpus(None, data.features, data.doc_ids, shown)
     if not path.exists():
         raise DataError(f"{path}: no such corpus file or shard folder")
     texts, ids, first_id_line = [], [], None
@@ -96,7 +117,7 @@ def read_corpus(path: Path, split: str):
         if type(ids[-1]) is not type(ids[0]):  # mixed kinds would all become strings in the index
             raise DataError(f"{path}, line {line_no}: id {ids[-1]!r} is {ID_KINDS[type(ids[-1])]}, but line "
                             f"{first_id_line}'s is {ID_KINDS[type(ids[0])]}; use one kind of id")
-    return texts, None, ids
+    return Corpus(texts, None, ids, {doc_id: {"text": snippet(text)} for doc_id, text in zip(ids, texts)})
 
 
 @dataclass
@@ -153,18 +174,20 @@ def answer(args: SearchOptions, queries: list[str]) -> None:
     from corrhash.serve.index import HammingIndex
 
     model = corrhash.load(args.model)
+    shown = {}  # a loaded index has ids only
     if args.index:
         index = HammingIndex.load(args.index)
         if index.bits != model.bits:
             raise DataError(f"{args.index}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
     else:
-        texts, features, ids = read_corpus(args.corpus, args.split)
-        if len(ids) == 0:
+        corpus = read_corpus(args.corpus, args.split)
+        if len(corpus.ids) == 0:
             raise DataError(f"{args.corpus}: no documents to index")
-        if features is not None and features.shape[1] != model.n_features:
-            raise DataError(f"{args.corpus}: {features.shape[1]} features per document, but the model takes "
-                            f"{model.n_features} (prepared with another vocabulary?)")
-        index = model.index(texts, ids=ids, features=features)
+        if corpus.features is not None and corpus.features.shape[1] != model.n_features:
+            raise DataError(f"{args.corpus}: {corpus.features.shape[1]} features per document, but the model "
+                            f"takes {model.n_features} (prepared with another vocabulary?)")
+        index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features)
+        shown = corpus.shown
         print(f"indexed {len(index)} documents from {args.corpus}", file=sys.stderr)
     if args.index_out:
         index.save(args.index_out)
@@ -178,7 +201,7 @@ def answer(args: SearchOptions, queries: list[str]) -> None:
         if in_vocabulary[i] == 0:
             print(f"warning: query {i} has no term of the model's vocabulary; its hits are arbitrary",
                   file=sys.stderr)
-        hits = [{"id": d.item(), "distance": int(h)} for d, h in zip(ids[i], distances[i])]
+        hits = [{"id": d.item(), "distance": int(h), **shown.get(d.item(), {})} for d, h in zip(ids[i], distances[i])]
         print(json.dumps({"query": i, "text": query, "in_vocabulary": int(in_vocabulary[i]), "hits": hits}))
 
 

@@ -277,6 +277,21 @@ def test_registered_model_searches(world, case_dir, capsys):
     assert [len(a["hits"]) for a in answers(stdout)] == [3, 3]
 
 
+def test_hits_show_what_the_document_is(world, capsys):
+    """A shard folder keeps no text: its hits carry their label names; a text corpus's hits their text's start."""
+    rows = {row["id"]: row for row in synthetic_rows(120)}
+    status, stdout, stderr = run_job_output("search", ["--model", world.model, "--corpus", world.root / "data",
+                                                       "--queries", world.queries, "--k", 3], capsys)
+    assert status == 0, stderr
+    hits = [hit for answer in answers(stdout) for hit in answer["hits"]]
+    assert hits and all(hit["labels"] == sorted(rows[hit["id"]]["labels"]) and "text" not in hit for hit in hits)
+    status, stdout, stderr = run_job_output("search", ["--model", world.model, "--corpus", world.corpus,
+                                                       "--queries", world.queries, "--k", 3], capsys)
+    assert status == 0, stderr
+    hits = [hit for answer in answers(stdout) for hit in answer["hits"]]
+    assert hits and all(hit["text"] == rows[hit["id"]]["text"][:80] and "labels" not in hit for hit in hits)
+
+
 def test_string_ids_round_trip_without_pickle(world, case_dir, capsys):
     texts = ["orbit rocket launch moon", "hockey goal team season"]
     corpus = write_jsonl(case_dir / "docs.jsonl", [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts)])
