@@ -78,13 +78,14 @@ case "${1:-}" in
       exit 1
     fi
     mlflow_uri=http://127.0.0.1:$MLFLOW_PORT
-    echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN" \
-      "MLFLOW_TRACKING_URI=$mlflow_uri"
+    # The two commands the README's "On a Ray cluster" recipe runs next (tests/test_security.py runs them).
+    echo "export PATH=$VENV_BIN:\$PATH RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token" \
+      "RAY_AUTH_TOKEN_PATH=$TOKEN MLFLOW_TRACKING_URI=$mlflow_uri"
     # `ray job submit` does not forward the submitting shell's environment, and the job runs in a copy
     # of the working dir: pass the tracking URI explicitly and give absolute paths.
     runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\"}}"
     echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
-      "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --name ng64"
+      "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --num-workers 2 --name ng64"
     ;;
   stop) stop ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,10 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from services import BIN, auth_header, free_port, service_env
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_TRAINING = ["--epochs", "2", "--bits", "16", "--hidden", "64"]  # appended to the README's job: the last flag wins
 pytestmark = pytest.mark.cluster
 
 
@@ -83,35 +86,62 @@ def assert_loopback_only(pids: list[int], expected_ports: set[int]) -> None:
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
 
 
-def local_sh(command: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "cluster/local.sh", command], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=180)
+def local_sh(command: str, env: dict, checkout: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "cluster/local.sh", command], cwd=checkout, env=env, capture_output=True,
+                          text=True, timeout=180)
 
 
-def test_local_cluster_is_token_protected_loopback_only_and_refuses_a_second_start(tmp_path):
-    state = tmp_path / "cluster"
+def readme_cluster_recipe() -> list[str]:
+    """The commands of the README's "On a Ray cluster" block, comments dropped."""
+    section = (REPO / "README.md").read_text().split("## On a Ray cluster", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [re.sub(r"\s+#.*", "", line) for line in block.splitlines() if line.strip()]
+
+
+def copy_checkout(target: Path, data: Path) -> Path:
+    """What the recipe needs of a checkout after `make demo`: the code, the venv, and data/20ng (tiny here);
+    a copy, so the recipe's $PWD/runs and .cluster stay out of the real checkout."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("cluster", "jobs", "platform"):
+        shutil.copytree(REPO / folder, target / folder, ignore=ignore)
+    for name in (".gitignore", ".rayignore"):
+        shutil.copy(REPO / name, target / name)
+    (target / ".venv").symlink_to(BIN.parent)  # .gitignore keeps it out of the job's upload
+    shutil.copytree(data, target / "data" / "20ng")
+    return target
+
+
+def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_recipe(tmp_path, shards_synthetic):
+    checkout = copy_checkout(tmp_path / "checkout", shards_synthetic)
+    state = checkout / ".cluster"
     ports = {name: free_port() for name in
              ("RAY_PORT", "DASHBOARD_PORT", "MLFLOW_PORT", "RAY_CLIENT_PORT", "DASHBOARD_AGENT_PORT")}
-    env = dict(service_env(), CORRHASH_CLUSTER_DIR=str(state), **{k: str(v) for k, v in ports.items()})
+    env = dict(service_env(), **{k: str(v) for k, v in ports.items()})
     del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # as a user's shell: local.sh must set what it needs
-    started = local_sh("start", env)
+    started = local_sh("start", env, checkout)
     leaders = {int(p.read_text()) for p in state.glob("*.pid")}
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         token_path = state / "auth_token"
         token = token_path.read_text()
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and stat.S_IMODE(state.stat().st_mode) == 0o700
-        # The output gives the client settings and a submit line that forwards MLflow, never the token.
         assert token not in started.stdout + started.stderr
-        assert f"RAY_AUTH_TOKEN_PATH={token_path}" in started.stdout
+
+        # The README's recipe, on this cluster's ports, is what `start` printed.
         mlflow_uri = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
-        assert f'--runtime-env-json \'{{"env_vars": {{"MLFLOW_TRACKING_URI": "{mlflow_uri}"}}}}\'' in started.stdout
+        recipe = [line.replace("127.0.0.1:8265", f"127.0.0.1:{ports['DASHBOARD_PORT']}")
+                  .replace("127.0.0.1:5000", mlflow_uri[len("http://"):]) for line in readme_cluster_recipe()]
+        assert recipe[0] == "bash cluster/local.sh start" and recipe[-1] == "bash cluster/local.sh stop", recipe
+        exports, job_submit, load_model = recipe[1:4]
+        in_checkout = str(checkout)
+        assert [line.replace("$PWD", in_checkout) for line in (exports, job_submit)] == \
+               [line.replace("$PWD", in_checkout) for line in started.stdout.splitlines()[-2:]]
 
         processes = session_processes(leaders)
         assert_loopback_only(processes, {ports["RAY_PORT"], ports["DASHBOARD_PORT"], ports["MLFLOW_PORT"],
                                          ports["DASHBOARD_AGENT_PORT"]})
 
-        # Without the token, neither job API runs anything; with it, the documented client works.
+        # Without the token, neither job API runs anything.
         dashboard = f"http://127.0.0.1:{ports['DASHBOARD_PORT']}"
         marker = tmp_path / "tokenless-job-ran"
         job = {"entrypoint": f"touch {marker}"}
@@ -120,27 +150,41 @@ def test_local_cluster_is_token_protected_loopback_only_and_refuses_a_second_sta
         assert http_status(f"{dashboard}/api/jobs/", body=job) in (401, 403)
         assert http_status(f"{dashboard}/api/jobs/") in (401, 403)
         assert http_status(f"{dashboard}/api/jobs/", auth_header(token_path)) == 200
-        client = dict(service_env(), RAY_ADDRESS=dashboard, RAY_AUTH_TOKEN_PATH=str(token_path))
-        submitted = subprocess.run([str(BIN / "ray"), "job", "submit", "--", "python", "-c", "print('job ran')"],
-                                   env=client, capture_output=True, text=True, timeout=120)
-        assert submitted.returncode == 0 and "job ran" in submitted.stdout, submitted.stdout + submitted.stderr
         assert not marker.exists()
 
         # A second start is refused and leaves the first cluster as it was.
-        again = local_sh("start", env)
+        again = local_sh("start", env, checkout)
         assert again.returncode != 0 and "refusing to start" in again.stderr, again.stdout + again.stderr
         other_dir = dict(env, CORRHASH_CLUSTER_DIR=str(tmp_path / "other"))
-        again = local_sh("start", other_dir)
+        again = local_sh("start", other_dir, checkout)
         assert again.returncode != 0 and "port" in again.stderr, again.stdout + again.stderr
         assert {int(p.read_text()) for p in state.glob("*.pid")} == leaders
-        assert http_status(f"{dashboard}/api/jobs/", auth_header(token_path)) == 200
+
+        # With the token, the recipe runs as written in a user's shell (tiny data, 2 epochs, a small model) and
+        # records where it says: the cluster's MLflow server and the absolute --storage, not Ray's copy of `.`.
+        shell = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+        shell.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
+        trained = subprocess.run(["bash", "-euc", f"{exports}\n{job_submit} {' '.join(TINY_TRAINING)}"],
+                                 cwd=checkout, env=shell, capture_output=True, text=True, timeout=400)
+        assert trained.returncode == 0, trained.stdout[-4000:] + trained.stderr[-4000:]
+        run_id = re.search(r"\(MLflow run (\w+)\)", trained.stdout).group(1)
+        client = MlflowClient(mlflow_uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["corrhash.job"] == "ng64"
+        assert sorted(m.step for m in client.get_metric_history(run_id, "val_precision")) == [1, 2]
+        assert list((state / "mlartifacts").rglob("model.safetensors")), "the model is not in the server's store"
+        assert list((checkout / "runs" / "ray" / "ng64").glob("checkpoint_*"))
+        loaded = subprocess.run(["bash", "-euc", f"{exports}\n{load_model.replace('RUN_ID', run_id)}"],
+                                cwd=checkout, env=shell, capture_output=True, text=True, timeout=180)
+        assert loaded.returncode == 0 and "[[" in loaded.stdout, loaded.stdout + loaded.stderr[-3000:]
+        session = re.search(r"(\S+/session_[\w-]+)/logs", (state / "ray.log").read_text()).group(1)
+        assert not list(Path(session).rglob("mlflow.db")) and not (checkout / "mlflow.db").exists()
 
         # No log of ours or of Ray's session holds the token.
-        session = re.search(r"(\S+/session_[\w-]+)/logs", (state / "ray.log").read_text()).group(1)
         logs = [*state.glob("*.log"), *(p for p in Path(session, "logs").rglob("*") if p.is_file())]
         assert logs and not [p for p in logs if token in p.read_text(errors="replace")]
     finally:
-        stopped = local_sh("stop", env)
+        stopped = local_sh("stop", env, checkout)
         for pid in session_processes(leaders):  # only if stop failed: leave nothing running
             os.kill(pid, signal.SIGKILL)
     assert stopped.returncode == 0, stopped.stderr
