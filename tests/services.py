@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -116,3 +118,15 @@ def start_mlflow_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     uri = f"http://127.0.0.1:{port}"
     wait_http(f"{uri}/health", 120, process, log)
     return process, uri
+
+
+def submit(cluster: dict, args: list[str], wait: bool = True, timeout: float = 400,
+           job: str = "jobs/train.py") -> subprocess.CompletedProcess:
+    """`ray job submit -- python JOB ARGS` to the test cluster, as the README does it: this checkout as the
+    working dir, the cluster's MLflow server passed in the runtime env (the job does not see our environment)."""
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "OMP_NUM_THREADS": "1"}}
+    command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
+    command += ["--", "python", job] + args
+    return subprocess.run(command, env=cluster["head"].client_env(), capture_output=True, text=True,
+                          timeout=timeout)

@@ -20,7 +20,7 @@ from corrhash.data import TfidfFeaturizer, TfidfShards
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import pack_codes
 from corrhash.train import checkpoint
-from services import BIN
+from services import BIN, submit
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["The space shuttle launch window opens at dawn.", "My hard drive controller fails under DOS.",
@@ -32,16 +32,6 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture
 def shards(shards_20ng_small) -> Path:
     return shards_20ng_small
-
-
-def submit(cluster, args: list[str], wait: bool = True, timeout: float = 400,
-           job: str = "jobs/train.py") -> subprocess.CompletedProcess:
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "OMP_NUM_THREADS": "1"}}
-    command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
-               "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
-    command += ["--", "python", job] + args
-    return subprocess.run(command, env=cluster["head"].client_env(), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def runs_for_job(client: MlflowClient, name: str) -> list:

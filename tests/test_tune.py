@@ -14,8 +14,7 @@ from mlflow.tracking import MlflowClient
 from corrhash.data import TfidfShards
 from corrhash.data.corpora import read_20ng
 from corrhash.runs.finish import RESULT_KEYS
-from services import service_env
-from test_cluster import submit
+from services import BIN, service_env, submit
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "corrhash-20ng-32b"
@@ -103,8 +102,6 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
 
 
 def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small, tmp_path):
-    from test_cluster import BIN  # the venv's ray CLI
-
     client = MlflowClient(cluster["mlflow"])
     args = ["--data", str(shards_20ng_small), "--bits", "16", "--hidden", "64", "--epochs", "4", "--num-samples", "4",
             "--max-concurrent", "1", "--grace-period", "4", "--name", "tune-resume", "--storage", str(tmp_path / "t")]
