@@ -292,23 +292,30 @@ def test_ray_failures_exit_2_and_mark_runs_failed(data, tmp_path, capsys):
         ray.shutdown()
 
 
-def test_logged_model_leaves_the_run_running_and_names_its_version(data, tmp_path):
-    """R8: logging used to end the run FINISHED before registration and the champion decision.
-    R7: the job promotes the version its own log_model created, not the newest one."""
+def run_with_a_model(data, tmp_path: Path, name: str):
+    """(tracking URI, client, run id, model folder): a fresh job run in a sqlite store and a tiny LSH model."""
     import torch
 
     from corrhash.artifact import save_model
     from corrhash.models import create_model
-    from corrhash.tracking.runs import log_hashing_model
     from corrhash.train.preflight import read_vocab, training_shards
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id, _ = start_or_resume_run(client, ensure_experiment(client, "log"), "log-job", {}, {})
+    run_id, _ = start_or_resume_run(client, ensure_experiment(client, name), f"{name}-job", {}, {})
     shards = training_shards(data)
     torch.manual_seed(0)
     model_dir = save_model(tmp_path / "model", create_model(ModelConfig(name="lsh", bits=8), shards.n_features),
                            read_vocab(shards))
+    return uri, client, run_id, model_dir
+
+
+def test_logged_model_leaves_the_run_running_and_names_its_version(data, tmp_path):
+    """R8: logging used to end the run FINISHED before registration and the champion decision.
+    R7: the job promotes the version its own log_model created, not the newest one."""
+    from corrhash.tracking.runs import log_hashing_model
+
+    uri, client, run_id, model_dir = run_with_a_model(data, tmp_path, "log")
     client.create_registered_model("corrhash-log")
     client.create_model_version("corrhash-log", f"runs:/{run_id}/other", run_id)  # v1: someone else's
     info = log_hashing_model(uri, run_id, model_dir, ["a shuttle launch"], registered_name="corrhash-log")
@@ -321,20 +328,9 @@ def test_logged_model_leaves_the_run_running_and_names_its_version(data, tmp_pat
 
 def test_a_rerun_of_a_finished_publish_registers_no_second_version(data, tmp_path):
     """A rerun of a finished tune reaches publish_model again: it reuses the version its run registered."""
-    import torch
-
-    from corrhash.artifact import save_model
-    from corrhash.models import create_model
     from corrhash.tracking.runs import publish_model
-    from corrhash.train.preflight import read_vocab, training_shards
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    run_id, _ = start_or_resume_run(client, ensure_experiment(client, "rerun"), "rerun-job", {}, {})
-    shards = training_shards(data)
-    torch.manual_seed(0)
-    model_dir = save_model(tmp_path / "model", create_model(ModelConfig(name="lsh", bits=8), shards.n_features),
-                           read_vocab(shards))
+    uri, client, run_id, model_dir = run_with_a_model(data, tmp_path, "rerun")
     results = {"eval_k": 10, "val_precision": 0.5, "best_epoch": 0, "epochs_run": 1, "test_precision": 0.4,
                "test_precision_ordered": 0.4}
     first = publish_model(client, uri, run_id, model_dir, results, "corrhash-rerun")

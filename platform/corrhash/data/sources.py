@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from corrhash.atomic import atomic_open
+from corrhash.data.shards import sha256_file
 from corrhash.errors import DataError
 from corrhash.log import log
 
@@ -39,20 +40,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "corrhash")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_20ng() -> Path:
     """Fetch the public bydate archive once into the cache, checked against its pinned sha256; fail with a
     message that says what to pass. A cached file that does not match is fetched again."""
     target = cache_dir() / "20news-bydate.tar.gz"
     if target.is_file():
-        if _sha256(target) == NG20_SHA256:
+        if sha256_file(target) == NG20_SHA256:
             return target
         log(f"{target}: sha256 is not the published archive's; fetching it again")
         target.unlink()
