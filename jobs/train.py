@@ -3,7 +3,7 @@
 Examples:
   python jobs/train.py --data data/20ng --model corrsh --bits 64              # local Ray, ./mlflow.db
   python jobs/train.py --data data/20ng --num-workers 2 --cpus-per-worker 0.5 --name ng64
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/train.py --data /abs/data/20ng
+  ray job submit ... -- python jobs/train.py --data "$PWD/data/20ng" --storage "$PWD/runs/ray"  # see README
   python jobs/train.py --local --data data/20ng --out runs/ng64          # one plain process, no Ray/MLflow
 
 The model is selected on validation precision@k (--eval-k, default 100); test precision is computed once for it. With
@@ -18,49 +18,55 @@ import argparse
 import dataclasses
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
 from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
-from corrhash.models import ModelConfig, list_models  # noqa: E402
+from corrhash.models import ModelConfig  # noqa: E402
 from corrhash.train import TrainConfig  # noqa: E402
 from corrhash.runs.ray_train import RayConfig  # noqa: E402
-from corrhash.runs.spec import RunSpec  # noqa: E402
+from corrhash.runs.spec import JobInputs, RunSpec  # noqa: E402
+
+
+@dataclass
+class TrainJobOptions:
+    local: bool = False
+    """train in this process (no Ray, no MLflow); writes OUT/metrics.jsonl too"""
+    skip_test: bool = False
+    """do not score the test split (exploratory runs select and report on val only)"""
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder written by jobs/prepare_data.py")
-    parser.add_argument("--out", type=Path, help="folder for results.json and the model (required with --local)")
-    parser.add_argument("--local", action="store_true",
-                        help="train in this process (no Ray, no MLflow); writes OUT/metrics.jsonl too")
-    parser.add_argument("--skip-test", action="store_true",
-                        help="do not score the test split (exploratory runs select and report on val only)")
-    parser.add_argument("--model", default="corrsh", choices=list_models(), help="model name (default: corrsh)")
+    add_dataclass_args(parser, JobInputs, "data, model family and output")
+    add_dataclass_args(parser, TrainJobOptions, "how to run")
     add_dataclass_args(parser, ModelConfig, "model", skip=("name", "seed"))
     add_dataclass_args(parser, TrainConfig, "training")
     add_dataclass_args(parser, RayConfig, "Ray and MLflow")
     args = parser.parse_args(argv)
-    if args.local and args.out is None:
+    inputs, options = dataclass_from_args(JobInputs, args), dataclass_from_args(TrainJobOptions, args)
+    if options.local and inputs.out is None:
         parser.error("--local needs --out")
-    model_config = dataclass_from_args(ModelConfig, args, name=args.model, seed=vars(args)["TrainConfig.seed"])
-    return args, model_config, dataclass_from_args(TrainConfig, args), dataclass_from_args(RayConfig, args)
+    model_config = dataclass_from_args(ModelConfig, args, name=inputs.model, seed=vars(args)["TrainConfig.seed"])
+    return (inputs, options, model_config, dataclass_from_args(TrainConfig, args),
+            dataclass_from_args(RayConfig, args))
 
 
 def main(argv=None) -> int:
     try:
-        args, model_config, train_config, ray_config = parse_args(argv)
+        inputs, options, model_config, train_config, ray_config = parse_args(argv)
         print(f"model: {dataclasses.asdict(model_config)}\ntrain: {dataclasses.asdict(train_config)}", flush=True)
-        spec = RunSpec(str(args.data.absolute()), model_config, train_config)
-        if args.local:
+        spec = RunSpec(str(inputs.data.absolute()), model_config, train_config)
+        if options.local:
             from corrhash.runs.local import run_local
-            results = run_local(spec, args.out, score_test=not args.skip_test)
+            results = run_local(spec, inputs.out, score_test=not options.skip_test)
         else:
             print(f"ray: {dataclasses.asdict(ray_config)}", flush=True)
             from corrhash.runs.ray_train import train_on_ray
-            results = train_on_ray(spec, ray_config, args.out, score_test=not args.skip_test)
+            results = train_on_ray(spec, ray_config, inputs.out, score_test=not options.skip_test)
     except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

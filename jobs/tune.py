@@ -2,7 +2,7 @@
 
 Examples:
   python jobs/tune.py --data data/20ng --bits 64 --num-samples 16 --name ng64-tune
-  ray job submit --working-dir . -- python jobs/tune.py --data /abs/data/20ng --num-samples 8
+  ray job submit ... -- python jobs/tune.py --data "$PWD/data/20ng" --storage "$PWD/runs/tune"  # see README
   python jobs/tune.py --data data/20ng --space lr=loguniform:3e-4:3e-3 --space rank=choice:0,10
 
 Optuna's TPE (seeded) samples dropout, rank v, mixture k and lr (default space; override with
@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import json
+import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
-from corrhash.models import ModelConfig, list_models  # noqa: E402
+from corrhash.models import ModelConfig  # noqa: E402
 from corrhash.runs.space import TUNABLE, space_specs  # noqa: E402
-from corrhash.runs.spec import RunSpec  # noqa: E402
+from corrhash.runs.spec import JobInputs, RunSpec  # noqa: E402
 from corrhash.runs.tune import TuneOptions  # noqa: E402
 from corrhash.train import TrainConfig  # noqa: E402
 
@@ -40,34 +41,38 @@ def pinned(argv: list[str], values: dict) -> dict:
             if any(a in (flag, "--no-" + flag[2:]) or a.startswith(flag + "=") for a in argv)}
 
 
+@dataclass
+class SpaceOptions:
+    space: list[str] = field(default_factory=list, metadata={CLI: {"action": "append", "metavar": "NAME=SPEC"}})
+    """override one search dimension (repeatable), e.g. dropout=uniform:0:0.3, rank=choice:0,10"""
+    space_file: Path | None = None
+    """YAML mapping NAME: SPEC overriding the default space"""
+
+
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder written by jobs/prepare_data.py")
-    parser.add_argument("--out", type=Path, help="folder for the best trial's results.json and model (optional)")
-    parser.add_argument("--model", default="corrsh", choices=list_models(), help="model name (default: corrsh)")
-    parser.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
-                        help="override one search dimension, e.g. dropout=uniform:0:0.3, rank=choice:0,10")
-    parser.add_argument("--space-file", type=Path, help="YAML mapping NAME: SPEC overriding the default space")
+    add_dataclass_args(parser, JobInputs, "data, model family and output")
+    add_dataclass_args(parser, SpaceOptions, "search space")
     add_dataclass_args(parser, TuneOptions, "search, Ray and MLflow")
     add_dataclass_args(parser, ModelConfig, "model (a flag pins that search dimension)", skip=("name", "seed"))
     add_dataclass_args(parser, TrainConfig, "training (a flag pins that search dimension)")
     args = parser.parse_args(argv)
-    options = dataclass_from_args(TuneOptions, args)
-    model = dataclass_from_args(ModelConfig, args, name=args.model, seed=vars(args)["TrainConfig.seed"])
+    inputs, space, options = (dataclass_from_args(cls, args) for cls in (JobInputs, SpaceOptions, TuneOptions))
+    model = dataclass_from_args(ModelConfig, args, name=inputs.model, seed=vars(args)["TrainConfig.seed"])
     train = dataclass_from_args(TrainConfig, args)
-    spec = RunSpec(str(args.data.absolute()), model, train)
-    specs = space_specs(args.space_file, args.space, pinned(argv, {**model.to_dict(), **train.to_dict()}))
-    return args, spec, specs, options
+    spec = RunSpec(str(inputs.data.absolute()), model, train)
+    specs = space_specs(space.space_file, space.space, pinned(argv, {**model.to_dict(), **train.to_dict()}))
+    return inputs, spec, specs, options
 
 
 def main(argv=None) -> int:
     try:
-        args, spec, specs, options = parse_args(argv)
+        inputs, spec, specs, options = parse_args(argv)
         print(f"model: {dataclasses.asdict(spec.model)}\ntrain: {dataclasses.asdict(spec.train)}\n"
               f"space: {specs}", flush=True)
         from corrhash.runs.tune import run_tune
-        results = run_tune(spec, specs, options, args.out)
+        results = run_tune(spec, specs, options, inputs.out)
     except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

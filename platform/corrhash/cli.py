@@ -61,7 +61,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, s
         help_text = docs.get(field.name, "")
         default = _default(field)
         if default is not dataclasses.MISSING:
-            help_text += f" (default: {default})" if default is not None else ""
+            help_text += f" (default: {default})" if default not in (None, []) else ""
             options.setdefault("default", default)
         if options.pop("positional", False):
             group.add_argument(dest, metavar=field.name, type=kind, help=help_text, **options)

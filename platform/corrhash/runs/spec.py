@@ -7,14 +7,28 @@ are applied with `with_overrides`, the only place that routes a flat name to its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
+from corrhash.cli import CLI
 from corrhash.errors import ConfigError
-from corrhash.models import ModelConfig
+from corrhash.models import ModelConfig, list_models
 from corrhash.train.config import TrainConfig
 
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+
+@dataclass
+class JobInputs:
+    """The options every training job (train, tune) shares besides the model and training configs."""
+
+    data: Path
+    """folder written by jobs/prepare_data.py"""
+    out: Path | None = None
+    """folder for results.json and the model (tune: the best trial's); required with train --local"""
+    model: str = field(default="corrsh", metadata={CLI: {"choices": list_models()}})
+    """model family"""
 
 
 @dataclass(frozen=True)
