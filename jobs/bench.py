@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
@@ -38,6 +39,7 @@ from corrhash.bench.report import markdown  # noqa: E402
 from corrhash.bench.search import search_throughput  # noqa: E402
 from corrhash.bench.synthetic import TMC_FEATURES, TMC_NNZ_PER_ROW, TMC_TRAIN, TMC_VAL, tmc_shaped_corpus  # noqa: E402
 from corrhash.bench.training import COMPILE_MODES, compare_compile, compare_epochs, profile_step  # noqa: E402
+from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.data import TfidfShards  # noqa: E402
 from corrhash.train import resolve_device  # noqa: E402
 
@@ -48,40 +50,63 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class BenchOptions:
+    data: Path
+    """prepared 20ng shards (jobs/prepare_data.py)"""
+    device: str = "auto"
+    """auto, cpu or cuda"""
+    sections: list[str] = field(default_factory=lambda: list(SECTIONS),
+                                metadata={CLI: {"nargs": "+", "choices": SECTIONS}})
+    """sections to run"""
+    seed: int = 0
+    """seed of the models, the synthetic corpus and the random codes"""
+    bits: int = 64
+    """code length of the trained models"""
+    out: Path = field(default_factory=lambda: Path(os.environ.get("OUT") or "results"))
+    """folder for NAME.json and NAME.md; $OUT when set"""
+    name: str | None = None
+    """file stem (default bench-gpu on CUDA, bench-cpu otherwise)"""
+    deadline_s: float | None = None
+    """start no section after this many seconds"""
+    batch_sizes: list[int] = field(default_factory=lambda: [100, 500, 2000], metadata={CLI: {"nargs": "+"}})
+    """epochs: the batch sizes compared"""
+    epochs: int = 5
+    """epochs: epochs per side before val precision"""
+    synthetic_shape: list[int] = field(
+        default_factory=lambda: [TMC_TRAIN, TMC_VAL, TMC_FEATURES, TMC_NNZ_PER_ROW],
+        metadata={CLI: {"nargs": 4, "metavar": ("TRAIN", "VAL", "FEATURES", "NNZ")}})
+    """epochs: the TMC-shaped corpus: train docs, val docs, terms, non-zeros per row (0 skips it)"""
+    profile_steps: int = 50
+    """step and compile: steps timed (and profiled) per variant"""
+    compile_modes: list[str] = field(default_factory=lambda: ["default", "reduce-overhead"], metadata={
+        CLI: {"nargs": "+", "choices": sorted(set(COMPILE_MODES) - {"off"})}})
+    """compile: torch.compile variants measured against off"""
+    compile_warmup_steps: int = 30
+    """compile: steps to compile and settle recompiles"""
+    processes: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={CLI: {"nargs": "+"}})
+    """packing: concurrent training processes"""
+    packing_epochs: int = 3
+    """packing: epochs each process trains"""
+    db_sizes: list[int] = field(default_factory=lambda: [1_000_000, 10_000_000], metadata={CLI: {"nargs": "+"}})
+    """search: codes in the database"""
+    search_bits: list[int] = field(default_factory=lambda: [64, 128], metadata={CLI: {"nargs": "+"}})
+    """search: code lengths"""
+    queries: int = 1000
+    """search: queries per measurement"""
+    search_backends: list[str] = field(default_factory=lambda: ["torch"], metadata={
+        CLI: {"nargs": "+", "choices": ("torch", "faiss")}})
+    """search: backends (faiss needs faiss installed, CPU machines only)"""
+    reference_queries: int = 100
+    """search: queries for the XOR-and-sort baseline"""
+    reference_db: int = 100_000
+    """search: codes the XOR-and-sort baseline scans"""
+
+
+def parse_args(argv=None) -> BenchOptions:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="prepared 20ng shards (jobs/prepare_data.py)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bits", type=int, default=64, help="code length of the trained models")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "results"),
-                        help="folder for NAME.json and NAME.md (default $OUT, else results/)")
-    parser.add_argument("--name", help="file stem (default bench-gpu on CUDA, bench-cpu otherwise)")
-    epochs = parser.add_argument_group("epochs")
-    epochs.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 500, 2000])
-    epochs.add_argument("--epochs", type=int, default=5, help="epochs per side before val precision")
-    epochs.add_argument("--synthetic-shape", type=int, nargs=4, metavar=("TRAIN", "VAL", "FEATURES", "NNZ"),
-                        default=[TMC_TRAIN, TMC_VAL, TMC_FEATURES, TMC_NNZ_PER_ROW],
-                        help="the TMC-shaped corpus: train docs, val docs, terms, non-zeros per row (0 skips it)")
-    parser.add_argument("--deadline-s", type=float, help="start no section after this many seconds")
-    step = parser.add_argument_group("step and compile")
-    step.add_argument("--profile-steps", type=int, default=50, help="steps timed (and profiled) per variant")
-    step.add_argument("--compile-modes", nargs="+", choices=sorted(set(COMPILE_MODES) - {"off"}),
-                      default=["default", "reduce-overhead"], help="torch.compile variants measured against off")
-    step.add_argument("--compile-warmup-steps", type=int, default=30, help="steps to compile and settle recompiles")
-    packing = parser.add_argument_group("packing")
-    packing.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8])
-    packing.add_argument("--packing-epochs", type=int, default=3, help="epochs each process trains")
-    search = parser.add_argument_group("search")
-    search.add_argument("--db-sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    search.add_argument("--search-bits", type=int, nargs="+", default=[64, 128])
-    search.add_argument("--queries", type=int, default=1000)
-    search.add_argument("--search-backends", nargs="+", choices=("torch", "faiss"), default=["torch"],
-                        help="faiss needs faiss installed (CPU machines only)")
-    search.add_argument("--reference-queries", type=int, default=100, help="queries for the XOR-and-sort baseline")
-    search.add_argument("--reference-db", type=int, default=100_000, help="codes the XOR-and-sort baseline scans")
-    return parser.parse_args(argv)
+    add_dataclass_args(parser, BenchOptions, "benchmark")
+    return dataclass_from_args(BenchOptions, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
