@@ -26,12 +26,8 @@ def job(name: str):
 
 def run_job(name: str, argv: list[str], capsys) -> tuple[int, str]:
     """(exit status, stderr) of `python jobs/NAME.py ARGV`, argparse's own exits included."""
-    capsys.readouterr()
-    try:
-        status = job(name).main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    return status, capsys.readouterr().err
+    status, _, stderr = run_job_output(name, argv, capsys)
+    return status, stderr
 
 
 def assert_named_error(status: int, stderr: str, *names: str) -> None:
@@ -52,7 +48,7 @@ def tree(path: Path) -> dict[str, bytes]:
 
 
 def run_job_output(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `python jobs/NAME.py ARGV`: for cases that must succeed and answer."""
+    """(exit status, stdout, stderr) of `python jobs/NAME.py ARGV`, argparse's own exits included."""
     capsys.readouterr()
     try:
         status = job(name).main([str(a) for a in argv])
