@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test bench bench-gpu-data clean
+.PHONY: setup demo test test-unit bench bench-gpu-data clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The fast tier: models, loop, data, retrieval, bad input and layers on tiny data; no Ray head, no MLflow
+# server, no extra environment.
+test-unit: setup
+	$(PY) -m pytest -q -m "not cluster and not slow" tests
 
 # The 20ng shards the GPU benchmark carries to the device machine (bench/README.md), from
 # $$CORRHASH_RAW_DIR with the project's own prepare job.

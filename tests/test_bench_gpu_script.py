@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a virtual environment once per checkout
+
 REPO = Path(__file__).resolve().parents[1]
 GPU_MACHINE_PACKAGES = ["torch", "numpy", "scipy", "pyarrow", "scikit-learn", "safetensors", "pyyaml", "pandas"]
 ABSENT_THERE = ["faiss", "ray", "mlflow", "optuna"]
