@@ -14,7 +14,7 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from corrhash.runs.spec import RunSpec
-from corrhash.tracking.runs import client_for, end_run, log_metrics, trial_run
+from corrhash.tracking.runs import client_for, end_run, end_trial_runs, log_metrics, trial_run
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 
@@ -75,3 +75,9 @@ class TrialRuns(LoggerCallback):
                    and last["epoch"] - last.get("best_epoch", 0) < train.patience)
         end_run(self.client, self._run_id(trial), "FAILED" if failed else "FINISHED",
                 {"corrhash.stopped_by": "scheduler"} if stopped else None)
+
+    def end_all(self, results) -> None:
+        """After the search: every trial's run ends as its trial did, whatever a stop and restore skipped."""
+        statuses = {result.metrics["trial_id"]: "FAILED" if result.error else "FINISHED"
+                    for result in results if result.metrics and "trial_id" in result.metrics}
+        end_trial_runs(self.client, self.experiment_id, self.parent_run_id, statuses)

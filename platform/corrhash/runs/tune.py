@@ -175,6 +175,7 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
                                       progress_reporter=tune.CLIReporter(metric_columns=[
                                           "epoch", "val_precision", "best_val_precision", "loss"])))
     results = tuner.fit()
+    trial_runs.end_all(results)
     if study and not (run_path / "optuna.db").is_file():  # a search started before studies were kept
         study = None
     if not any(result.checkpoint for result in results):

@@ -138,6 +138,18 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, tria
     return run_id
 
 
+def end_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, statuses: dict[str, str]) -> None:
+    """End each trial's child run with its trial's final status ({trial id: status}). A stopped job leaves
+    the trial it interrupted KILLED; when Tune's restore then finds that trial already complete, it starts
+    no callback for it, so only this pass after the search can end its run."""
+    children = client.search_runs([experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}")
+    for run in children:
+        status = statuses.get(run.data.tags.get(TRIAL_TAG))
+        if status and run.info.status != status:
+            client.set_terminated(run.info.run_id, status)
+
+
 def end_run(client: MlflowClient, run_id: str, status: str, tags: dict | None = None) -> None:
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
