@@ -299,15 +299,15 @@ def run_with_a_model(data, tmp_path: Path, name: str):
 
     from corrhash.artifact import save_model
     from corrhash.models import create_model
-    from corrhash.train.preflight import read_vocab, training_shards
+    from corrhash.data import TfidfShards
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id, _ = start_or_resume_run(client, ensure_experiment(client, name), f"{name}-job", {}, {})
-    shards = training_shards(data)
+    shards = TfidfShards(data)
     torch.manual_seed(0)
     model_dir = save_model(tmp_path / "model", create_model(ModelConfig(name="lsh", bits=8), shards.n_features),
-                           read_vocab(shards))
+                           shards.vocab)
     return uri, client, run_id, model_dir
 
 

@@ -170,8 +170,8 @@ class TfidfShards:
         entries = {}
         try:
             if not (isinstance(m["n_features"], int) and m["n_features"] > 0 and isinstance(m["label_names"], list)
-                    and isinstance(m["content_hash"], str)):
-                raise TypeError("n_features, label_names or content_hash")
+                    and isinstance(m["content_hash"], str) and isinstance(m["dataset"], str)):
+                raise TypeError("n_features, label_names, content_hash or dataset")
             for name in SPLITS:
                 for entry in m["splits"][name]["shards"]:
                     rel = PurePosixPath(entry["path"])
@@ -185,6 +185,7 @@ class TfidfShards:
         return entries
 
     def _check_vocab(self) -> None:
+        """vocab.json's checksum and size; keeps it parsed as `self.vocab` (a model is saved with it)."""
         vocab_path = self.root / "vocab.json"
         try:
             data = vocab_path.read_bytes()
@@ -199,6 +200,7 @@ class TfidfShards:
         if size != self.n_features:
             raise DataError(f"{self.manifest_path}: n_features {self.n_features} disagrees with {vocab_path} "
                             f"({size} features)")
+        self.vocab: dict = vocab
 
     @property
     def _rows_are_l2_normalized(self) -> bool:

@@ -64,7 +64,7 @@ def run_folder(out: Path | None):
         shutil.rmtree(folder, ignore_errors=True)  # gone already when it replaced `out`
 
 
-def finish(spec: RunSpec, shards: TfidfShards, vocab: dict, selection: Selection, folder: Path, *, launcher: str,
+def finish(spec: RunSpec, shards: TfidfShards, selection: Selection, folder: Path, *, launcher: str,
            started: float, fit_seconds: float, device: torch.device, score_test: bool = True,
            job: str | None = None, run_id: str | None = None, tuned: dict | None = None,
            publish: Callable[[Path, dict], dict] | None = None) -> dict:
@@ -82,7 +82,7 @@ def finish(spec: RunSpec, shards: TfidfShards, vocab: dict, selection: Selection
         test_precision_ordered=test.ordered if test else None,
         epoch_seconds=[h.get("seconds") for h in selection.history], fit_seconds=fit_seconds,
         device=str(device), host=platform.node())
-    model_dir = save_model(folder / "model", selection.model, vocab, {
+    model_dir = save_model(folder / "model", selection.model, shards.vocab, {
         "label_names": shards.label_names, "content_hash": shards.content_hash, "eval_k": k,
         "val_precision": selection.val_precision, "test_precision": results["test_precision"], "tuned": tuned,
         "job": job, "mlflow_run_id": run_id})

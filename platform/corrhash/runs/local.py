@@ -10,13 +10,13 @@ import json
 import time
 from pathlib import Path
 
+from corrhash.data import TfidfShards
 from corrhash.device import resolve_device
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
 from corrhash.train.loop import fit
-from corrhash.train.preflight import read_vocab, training_shards
 
 
 def epoch_line(metrics: dict, k: int) -> str:
@@ -32,8 +32,7 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True) -> dict:
     """Train on `train`, early-stop on `val`, then score test once for the chosen weights (unless
     `score_test` is False: exploratory runs that must not look at test). Inputs are checked first."""
     started = time.monotonic()
-    shards = training_shards(spec.data)
-    vocab = read_vocab(shards)
+    shards = TfidfShards(spec.data)
     device = resolve_device(spec.train.device)
     train, val, test = (shards.split(name) for name in ("train", "val", "test"))
     for split in (train, val, test):
@@ -49,5 +48,5 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True) -> dict:
             log(epoch_line(metrics, spec.train.eval_k))
 
         result = fit(spec.model, spec.train, train, val=val, on_epoch=on_epoch)
-        return finish(spec, shards, vocab, Selection.from_fit(result), folder, launcher="local", started=started,
+        return finish(spec, shards, Selection.from_fit(result), folder, launcher="local", started=started,
                       fit_seconds=result.seconds, device=device, score_test=score_test)

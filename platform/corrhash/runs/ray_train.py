@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 from corrhash.log import log
 from corrhash.runs.callbacks import EpochMetrics
@@ -23,8 +24,7 @@ from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import train_loop
 from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_data, publish_model, tracking_uri
-from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock, read_vocab, \
-    training_shards
+from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
 
 
 @dataclass
@@ -61,8 +61,7 @@ class RayConfig:
 
 def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, score_test: bool = True) -> dict:
     started = time.monotonic()
-    shards = training_shards(spec.data)
-    vocab = read_vocab(shards)
+    shards = TfidfShards(spec.data)
     files = len(shards.shard_paths("train"))
     if files < ray_config.num_workers:
         raise ConfigError(f"--num-workers {ray_config.num_workers}: {spec.data} has {files} train shard file(s), "
@@ -96,7 +95,7 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
                 result = _fit(spec, ray_config, name, use_gpu, EpochMetrics(uri, run_id))
                 with result.checkpoint.as_directory() as directory:
                     selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
-                results = finish(spec, shards, vocab, selection, folder, launcher="ray_train", started=started,
+                results = finish(spec, shards, selection, folder, launcher="ray_train", started=started,
                                  fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"),
                                  score_test=score_test, job=name, run_id=run_id,
                                  publish=lambda model_dir, results: publish_model(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.runs.callbacks import TrialRuns
@@ -28,8 +29,7 @@ from corrhash.runs.worker import tune_trial
 from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
 from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_figures, log_params,
                                     publish_model, tracking_uri)
-from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock, read_vocab, \
-    training_shards
+from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
 
 @dataclass
 class TuneOptions:
@@ -69,8 +69,7 @@ class TuneOptions:
 def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None = None) -> dict:
     """Search `specs` ({param: spec string or fixed value}) around `spec`; returns the results of the best trial."""
     started = time.monotonic()
-    shards = training_shards(spec.data)
-    vocab = read_vocab(shards)
+    shards = TfidfShards(spec.data)
     name = check_job_name(options.name or f"{shards.manifest['dataset']}-{spec.model.name}-{spec.model.bits}b-tune")
     if not 1 <= options.grace_period <= spec.train.epochs:  # ASHA asserts this only after Ray has started
         raise ConfigError(f"--grace-period {options.grace_period}: must be between 1 and --epochs {spec.train.epochs}")
@@ -109,7 +108,7 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
                 with best.checkpoint.as_directory() as directory:
                     selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
                 registry = registered_name(shards.manifest["dataset"], spec.model.bits)
-                results = finish(spec, shards, vocab, selection, folder, launcher="tune", started=started,
+                results = finish(spec, shards, selection, folder, launcher="tune", started=started,
                                  fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"), job=name,
                                  run_id=parent_id, tuned=tuned,
                                  publish=lambda model_dir, results: publish_model(

@@ -1,6 +1,6 @@
-"""Checks a training or tuning job makes before any work: its data, its output folder, its name.
+"""Checks a training or tuning job makes before any work: its output folder, its name, its paths.
 
-Each failure is a named `ConfigError`/`DataError` raised before Ray starts or a run is created, so a
+Each failure is a named `ConfigError` raised before Ray starts or a run is created, so a
 bad option costs milliseconds and leaves nothing behind.
 """
 
@@ -14,42 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from corrhash.atomic import sibling_temp_dir
-from corrhash.data import TfidfShards
-from corrhash.errors import ConfigError, DataError
+from corrhash.errors import ConfigError
 
-SPLITS = ("train", "val", "test")
-MANIFEST_KEYS = ("dataset", "splits", "n_features", "label_names", "content_hash")
 RUN_FILES = {"metrics.jsonl", "results.json", "model"}  # what a train run writes into --out
 JOB_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 LOCK_FILE = "corrhash-job.lock"
-
-
-def training_shards(data_dir: str | Path) -> TfidfShards:
-    """The shard set, after checking the manifest's shape and that vocab.json exists (the model
-    is saved with it at the very end, so a missing one would otherwise lose the trained model)."""
-    shards = TfidfShards(data_dir)
-    manifest_path = shards.root / "manifest.json"
-    manifest = shards.manifest
-    if not isinstance(manifest, dict):
-        raise DataError(f"{manifest_path}: expected a JSON object, got a {type(manifest).__name__}")
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
-    if missing:
-        raise DataError(f"{manifest_path}: missing {missing}; is {shards.root} the output of jobs/prepare_data.py?")
-    splits = manifest["splits"]
-    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), dict) or "shards" not in splits[s]
-                                           for s in SPLITS):
-        raise DataError(f"{manifest_path}: 'splits' must map each of {list(SPLITS)} to its shard list")
-    if not (shards.root / "vocab.json").is_file():
-        raise DataError(f"{shards.root / 'vocab.json'}: not found; the model is saved with it (rerun prepare_data)")
-    return shards
-
-
-def read_vocab(shards: TfidfShards) -> dict:
-    path = shards.root / "vocab.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
 def new_run_dir(out: str | Path) -> Path:
