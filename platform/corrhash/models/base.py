@@ -190,6 +190,11 @@ class HashModel(nn.Module):
     def calibrate(self, train_embeddings: Tensor) -> None:
         """Fit thresholds on training-set embeddings; default: keep the fixed ones."""
 
+    def fit_closed_form(self, features: "scipy.sparse.csr_matrix") -> None:
+        """Fit a model that learns without gradient steps (`trainable = False`), once, on the train split's
+        TF-IDF rows (float32 CSR, [n_docs, n_features]); the fit only fills buffers created in __init__, so
+        the weights keep the shapes `create_model(config, n_features)` gives. Default: nothing to fit (LSH)."""
+
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """[n, bits] bool hash codes: embed(x) > thresholds."""

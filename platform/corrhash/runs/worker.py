@@ -65,7 +65,10 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
         def wrap(model):
             ids = [device.index] if device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    fit(spec.model, train_config, share, evaluator=evaluator, on_epoch=on_epoch, state=state, wrap_model=wrap,
+    # A closed-form fit (SpH, STH) needs the whole train split, not a share: every rank fits the same model
+    # from the same seed, and the evaluator still gathers the shares' codes as the database.
+    fit_rows = shards.split("train") if world > 1 and not state.model.trainable else share
+    fit(spec.model, train_config, fit_rows, evaluator=evaluator, on_epoch=on_epoch, state=state, wrap_model=wrap,
         batches_per_epoch=steps)
 
 

@@ -139,7 +139,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, eval
             raise ValueError("fit needs `val` or an `evaluator` for model selection")
         evaluator = Evaluator(train, val, device, train_config.eval_k)
     model = state.model
-    if not model.trainable:  # nothing to learn: calibrate and score once
+    if not model.trainable:  # no epochs: fit in closed form (SpH, STH; LSH has nothing to fit), score once
+        model.fit_closed_form(train.features)
         precision = evaluator(model)
         record = {"epoch": 0, "val_precision": precision.tie_aware, "val_precision_ordered": precision.ordered,
                   "best_epoch": 0, "best_val_precision": precision.tie_aware}
