@@ -27,6 +27,10 @@ class ModelConfig:
     """corrsh: rank v of the low-rank covariance perturbation U (0 = independent bits)"""
     mixture: int = 10
     """corrsh: number of components k of the mixture h_k(s) in the lower bound"""
+    components: int = 10
+    """bmsh, corrsh-mixture: number of components of the learned Bernoulli-mixture prior over codes"""
+    neighbours: int = 25
+    """sth: neighbours per document in the k-nearest-neighbour cosine graph"""
     energy_terms: bool = False
     """corrsh: keep the Boltzmann energies E(s), E(s~) of eq. 24 (authors' code drops them)"""
     noise_floor: float = 0.05
@@ -34,7 +38,7 @@ class ModelConfig:
     anneal_step: float | None = None
     """per-epoch KL-weight rise / noise fall; None: 1/(50v+50k) for corrsh, 1/1000 for others"""
     seed: int = 0
-    """lsh: seed of the random projection"""
+    """seed of the fit of models without epochs (lsh's projection, sph's and sth's eigensolvers)"""
 
     def __post_init__(self) -> None:
         problems = []
@@ -48,6 +52,10 @@ class ModelConfig:
             problems.append(f"rank must be >= 0, got {self.rank}")
         if self.mixture < 1:
             problems.append(f"mixture must be >= 1, got {self.mixture}")
+        if self.components < 1:
+            problems.append(f"components must be >= 1, got {self.components}")
+        if self.neighbours < 1:
+            problems.append(f"neighbours must be >= 1, got {self.neighbours}")
         if not 0.0 <= self.noise_floor <= 1.0:
             problems.append(f"noise_floor must be in [0, 1], got {self.noise_floor}")
         if self.anneal_step is not None and not (math.isfinite(self.anneal_step) and self.anneal_step > 0):
