@@ -47,8 +47,8 @@ def x_csr() -> torch.Tensor:
 
 
 def test_registry_lists_all_models_and_rejects_unknown():
-    assert list_models() == ["corrsh", "lsh", "nash", "vdsh"]
-    with pytest.raises(ConfigError, match="corrsh, lsh, nash, vdsh"):
+    assert list_models() == ["bmsh", "corrsh", "corrsh-mixture", "lsh", "nash", "vdsh"]
+    with pytest.raises(ConfigError, match="bmsh, corrsh, corrsh-mixture, lsh, nash, vdsh"):
         create_model(ModelConfig(name="nope"), N_FEATURES)
 
 

@@ -24,19 +24,19 @@ class ModelConfig:
     dropout: float = 0.2
     """dropout probability after the encoder's hidden layers (paper: keep prob 0.8 or 0.9)"""
     rank: int = 10
-    """corrsh: rank v of the low-rank covariance perturbation U (0 = independent bits)"""
+    """corrsh, corrsh-mixture: rank v of the low-rank covariance perturbation U (0 = independent bits)"""
     mixture: int = 10
-    """corrsh: number of components k of the mixture h_k(s) in the lower bound"""
+    """corrsh, corrsh-mixture: number of components k of the mixture h_k(s) in the lower bound"""
     components: int = 10
     """bmsh, corrsh-mixture: number of components of the learned Bernoulli-mixture prior over codes"""
     neighbours: int = 25
     """sth: neighbours per document in the k-nearest-neighbour cosine graph"""
     energy_terms: bool = False
-    """corrsh: keep the Boltzmann energies E(s), E(s~) of eq. 24 (authors' code drops them)"""
+    """corrsh, corrsh-mixture: keep the Boltzmann energies E(s), E(s~) of eq. 24 (authors' code drops them)"""
     noise_floor: float = 0.05
     """lowest scale of the Gaussian noise added to the decoder input"""
     anneal_step: float | None = None
-    """per-epoch KL-weight rise / noise fall; None: 1/(50v+50k) for corrsh, 1/1000 for others"""
+    """per-epoch KL-weight rise / noise fall; None: 1/(50v+50k) for corrsh(-mixture), 1/1000 for others"""
     seed: int = 0
     """seed of the fit of models without epochs (lsh's projection, sph's and sth's eigensolvers)"""
 

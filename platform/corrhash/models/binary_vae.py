@@ -1,0 +1,74 @@
+"""The VAE shared by the binary-code hashing models, with the posterior over codes and the prior over codes as
+parts: encoder h(x) -> posterior q(s|x) -> straight-through code s -> noisy softmax decoder p(w|s), plus a KL
+estimate of q against the prior p(s).
+
+A model is one posterior part and one prior part (mixins, so their layers keep flat state_dict names such as
+`mean_head.weight`, the names saved model folders already use):
+
+    posterior (models/posteriors.py)          prior (models/priors.py)      registered as
+    IndependentBernoulli                      UniformPrior                  nash
+    IndependentBernoulli                      BernoulliMixturePrior         bmsh
+    LowRankBoltzmann (rank v, mixture k)      UniformPrior                  corrsh
+    LowRankBoltzmann (rank v, mixture k)      BernoulliMixturePrior         corrsh-mixture
+
+What a posterior part provides: `build_posterior(config)`, `posterior_noise(...)` (its random numbers),
+`code_distribution(h)`, `sample_code(dist, noise) -> (s, draw)` (s straight-through; `draw`: what
+the KL needs of the sampling), `code_kl(dist, s, draw, noise, h)` (per document; the posterior decides how to
+estimate it and asks the prior part for its terms) and `code_scores(dist)` (the real values whose sign is the
+code). What a prior part provides: `build_prior(config, factorized)`, `prior_log_prob(s)` (exact
+log p(s)) and `prior_cross_entropy(logits, h)` (-E_q log p(s) for a factorized q, or the bound its paper uses).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from corrhash.models.base import (
+    HashModel,
+    MLPEncoder,
+    Noise,
+    SoftmaxDecoder,
+    as_batch,
+    draw_normal,
+    present_word_log_likelihood,
+)
+from corrhash.models.config import ModelConfig
+
+
+class BinaryCodeVAE(HashModel):
+    """Encoder, posterior part, prior part, decoder; subclasses list a posterior and a prior mixin first."""
+
+    factorized_posterior: bool = False
+    """True when q(s|x) is a product of independent Bernoullis (priors may then use an analytic term)."""
+
+    def __init__(self, config: ModelConfig, n_features: int):
+        super().__init__(config, n_features)
+        # Construction order fixes the weight initialisation under one seed: encoder, posterior heads, prior,
+        # decoder (with the uniform prior, exactly the order CorrSH and NASH always had).
+        self.encoder = MLPEncoder(n_features, config.hidden)
+        self.build_posterior(config)
+        self.build_prior(config, self.factorized_posterior)
+        self.decoder = SoftmaxDecoder(config.bits, n_features)
+
+    def sample_noise(self, batch_size, device, generator=None) -> Noise:
+        dtype = self.thresholds.dtype
+        return {
+            "dropout": self._dropout_mask((2, batch_size, self.config.hidden), device, generator),
+            **self.posterior_noise(batch_size, device, dtype, generator),
+            "decoder": draw_normal((batch_size, self.bits), device, dtype, generator),
+        }
+
+    def loss_from_noise(self, x: Tensor, noise: Noise) -> dict[str, Tensor]:
+        x = as_batch(x)
+        h = self.encoder(x, noise["dropout"] if self.training else None)
+        dist = self.code_distribution(h)
+        s, draw = self.sample_code(dist, noise)
+        code = s + self.noise_scale * noise["decoder"] if self.training else s
+        recon = -present_word_log_likelihood(self.decoder(code), x)
+        kl = self.code_kl(dist, s, draw, noise, h)
+        return {"loss": (recon + self.kl_weight * kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        return self.code_scores(self.code_distribution(self.encoder(as_batch(x))))
