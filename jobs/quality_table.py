@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-# Zheng et al. (ACL 2020), Tables 1-3: test precision@100 by dataset, model and bits.
-PAPER = {
-    ("20ng", "corrsh"): {8: 0.4389, 16: 0.5839, 32: 0.6183, 64: 0.6279, 128: 0.6359},
-    ("20ng", "nash"): {8: 0.3786, 16: 0.5108, 32: 0.5671, 64: 0.5071, 128: 0.4664},
-    ("20ng", "vdsh"): {8: 0.3643, 16: 0.3904, 32: 0.4327, 64: 0.1731, 128: 0.0522},
-    ("20ng", "lsh"): {8: 0.0578, 16: 0.0597, 32: 0.0666, 64: 0.0770, 128: 0.0949},
-    ("reuters", "corrsh"): {8: 0.7589, 16: 0.8212, 32: 0.8420, 64: 0.8465, 128: 0.8482},
-    ("reuters", "nash"): {8: 0.7113, 16: 0.7624, 32: 0.7993, 64: 0.7812, 128: 0.7559},
-    ("tmc", "corrsh"): {8: 0.6959, 16: 0.7243, 32: 0.7534, 64: 0.7606, 128: 0.7632},
-    ("tmc", "nash"): {8: 0.5849, 16: 0.6573, 32: 0.6921, 64: 0.6548, 128: 0.5998},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
+
+from corrhash.paper import METHOD_ORDER, PRECISION_AT_100  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -35,16 +28,20 @@ def main(argv=None) -> None:
     bits = sorted({b for row in rows.values() for b in row})
     print("| dataset | model | " + " | ".join(f"{b} bits (ours / paper p@100)" for b in bits) + " |")
     print("|---|---|" + "---|" * len(bits))
-    for (dataset, model), by_bits in sorted(rows.items()):
+    def paper_order(key):  # the paper's row order; methods it does not have (corrsh-mixture) last
+        dataset, model = key
+        return dataset, METHOD_ORDER.index(model) if model in METHOD_ORDER else len(METHOD_ORDER), model
+
+    for (dataset, model), by_bits in sorted(rows.items(), key=lambda item: paper_order(item[0])):
         cells = []
         for b in bits:
             r = by_bits.get(b)
-            paper = PAPER.get((dataset, model), {}).get(b)
+            paper = PRECISION_AT_100.get((dataset, model), {}).get(b)
             ours = number(r["test_precision"]) if r else "-"
             cells.append(f"{ours} / {paper:.4f}" if paper and r and r["eval_k"] == 100 else ours)
         print(f"| {dataset} | {model} | " + " | ".join(cells) + " |")
     print("\nper run: launcher, val p@k (selection), best epoch / epochs run, test p@k ordered, fit seconds")
-    for (dataset, model), by_bits in sorted(rows.items()):
+    for (dataset, model), by_bits in sorted(rows.items(), key=lambda item: paper_order(item[0])):
         for b, r in sorted(by_bits.items()):
             print(f"- {dataset} {model} {b}: {r['launcher']}, val p@{r['eval_k']} {r['val_precision']:.4f}, "
                   f"epoch {r['best_epoch']}/{r['epochs_run']}, test ordered {number(r['test_precision_ordered'])}, "
