@@ -56,7 +56,8 @@ def test_binary_rbm_surrogate_gradient_is_the_cd1_update():
     torch.testing.assert_close(rbm.weight.grad, -torch.tensor([[dw[0]], [dw[1]]], dtype=torch.float64))
     torch.testing.assert_close(rbm.visible_bias.grad, -torch.tensor(db, dtype=torch.float64))
     torch.testing.assert_close(rbm.hidden_bias.grad, -torch.tensor([dc], dtype=torch.float64))
-    torch.testing.assert_close(p0.squeeze(1), torch.tensor([sigmoid(0.6), sigmoid(-0.4)], dtype=torch.float64))
+    want_p0 = torch.tensor([sigmoid(0.6), sigmoid(-0.4)], dtype=torch.float64)
+    torch.testing.assert_close(p0.squeeze(1), want_p0)
 
 
 def test_replicated_softmax_free_energy_against_brute_force():
@@ -152,7 +153,8 @@ def test_loss_gradients_determinism_and_layer_independence(small_batch):
 
     # Codes: the deterministic mean-field pass, thresholded at p = 0.5.
     presence = (small_batch.to_dense() > 0).float()
-    p1 = torch.sigmoid(presence @ model.bottom.weight + presence.sum(1, keepdim=True) * model.bottom.hidden_bias)
+    length = presence.sum(1, keepdim=True)
+    p1 = torch.sigmoid(presence @ model.bottom.weight + length * model.bottom.hidden_bias)
     p2 = torch.sigmoid(p1 @ model.middle.weight + model.middle.hidden_bias)
     p3 = torch.sigmoid(p2 @ model.top.weight + model.top.hidden_bias)
     torch.testing.assert_close(model.embed(small_batch), torch.logit(p3), rtol=1e-4, atol=1e-4)

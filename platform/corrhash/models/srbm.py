@@ -20,7 +20,8 @@ What is implemented:
   from pre-drawn uniforms and v1 the mean-field reconstruction from h0 (D * softmax for the replicated
   softmax, sigmoid for binary layers). Its autograd gradient is exactly minus the CD-1 update
   <v p(h|v)>_data - <v p(h|v)>_recon (and the biases' <v> / <p(h|v)> differences), i.e. the usual
-  CD-1 with hidden probabilities in both phases (Hinton's practical guide, section 3.3).
+  CD-1 with hidden probabilities in both phases (Hinton, "A Practical Guide to Training Restricted
+  Boltzmann Machines", UTML TR 2010-003, section 3.3).
 - Codes: mean activations are passed up deterministically; embed() returns the top layer's
   pre-sigmoid activation, and threshold 0 there is p(h = 1 | v) > 0.5.
 
@@ -47,7 +48,7 @@ from corrhash.models import register
 from corrhash.models.base import HashModel, Noise, as_batch, draw_uniform, present_word_log_likelihood
 from corrhash.models.config import ModelConfig
 
-# Small random weights, zero biases (Hinton, "A practical guide to training RBMs", section 8).
+# Small random weights, zero biases (Hinton's practical guide, section 8).
 INIT_STD = 0.01
 
 
