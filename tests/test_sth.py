@@ -139,3 +139,11 @@ def test_deterministic_and_safetensors_round_trip(tmp_path):
     restored.load_state_dict(load_file(str(tmp_path / "sth.safetensors")))
     assert torch.equal(restored.encode(to_torch(unseen)), codes)
     assert restored.coef.dtype == torch.float32 and restored.coef.shape == (60, 6)
+
+
+def test_fit_rejects_too_few_documents_and_wrong_width():
+    train, _ = two_clusters(3, seed=0)  # 6 documents
+    with pytest.raises(ValueError, match="at least bits \\+ 1 = 9 train documents, got 6"):
+        create_model(ModelConfig(name="sth", bits=8), 60).fit_closed_form(train)
+    with pytest.raises(ValueError, match="built for 61 features, got 60"):
+        create_model(ModelConfig(name="sth", bits=2), 61).fit_closed_form(train)

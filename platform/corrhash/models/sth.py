@@ -3,7 +3,7 @@ Similarity Search", SIGIR 2010.
 
 Two stages, both fitted once on the train split (`trainable = False`):
 
-1. Unsupervised codes of the train documents (paper section 3.1).
+1. Unsupervised codes of the train documents (the paper's first stage).
    * k-nearest-neighbour graph, cosine similarity: W_ij = cos(x_i, x_j) if i in N_k(j) or
      j in N_k(i), else 0 (the paper's local-similarity matrix). Edges carry the cosine, not 1,
      and pairs with cosine <= 0 (no shared word) are never edges, even when a document has
@@ -11,13 +11,13 @@ Two stages, both fitted once on the train split (`trainable = False`):
      row has cosine 0 with everything. The search is a chunked sparse X @ X^T with a top-k
      per row: O(n^2) time, O(chunk x n) memory (one dense chunk of similarities at a time),
      never a dense copy of the corpus.
-   * Laplacian eigenmap (eq. 6-8): L y = lambda D y with L = D - W; the `bits` eigenvectors
+   * Laplacian eigenmap: L y = lambda D y with L = D - W; the `bits` eigenvectors
      of smallest lambda after the trivial constant one. Solved as the largest eigenvectors u
      of N = D^-1/2 W D^-1/2 (lambda = 1 - mu) with scipy's eigsh (ARPACK, seeded v0), then
      y = D^-1/2 u, so that y^T D y = 1 as in scipy.linalg.eigh(L, D).
-   * Each bit thresholded at its median over the train documents (eq. 9).
+   * Each bit thresholded at its median over the train documents.
 
-2. Out-of-sample extension (section 3.2): one linear SVM per bit, trained on the train
+2. Out-of-sample extension (the second stage): one linear SVM per bit, trained on the train
    TF-IDF rows to predict that bit; an unseen document's bit is 1 iff the SVM's decision
    value is > 0, so embed(x) = x @ coef + intercept with thresholds 0.
 
@@ -36,16 +36,16 @@ Choices and simplifications:
 * Eigenvector signs are arbitrary; each is flipped so its largest-|entry| (first such) is
   positive, so codes are deterministic. The basis inside a repeated eigenvalue is whatever
   ARPACK returns for the seeded v0 (deterministic, not canonical).
-* Classifiers: LinearSVC (LIBLINEAR, a linear SVM as in the paper; LogisticRegression would
-  be a different loss for no gain), random_state = config.seed, C = SVM_C = 0.1. The paper
-  gives no C; 0.1 was picked on the val splits of 20 Newsgroups and Reuters among {0.1, 0.3,
-  1}: at 32 and 64 bits it beat LIBLINEAR's default 1 by 1.3-1.9 points of precision@100
-  on both, and fits faster (stronger regularisation, fewer solver passes). dual=True (LIBLINEAR's
-  default solver, dual coordinate descent) explicitly: scikit-learn's dual="auto" picks the
-  primal Newton solver when n_docs > n_features, measured ~50x slower on 20 Newsgroups (7.6 s
-  vs 0.15 s for 8 bits) for the same convex problem. A bit that is
-  constant over the train documents (possible only with heavy ties at the median) gets the
-  constant classifier coef = 0, intercept = +-1, since an SVM needs two classes.
+* Classifiers: LinearSVC (LIBLINEAR), i.e. the paper's linear SVM rather than
+  LogisticRegression (a different loss), random_state = config.seed, C = SVM_C = 0.1. We use no
+  C from the paper: 0.1 was picked on the val splits of 20 Newsgroups and Reuters among
+  {0.1, 0.3, 1}; at 32 and 64 bits it beat LIBLINEAR's default C = 1 by 1.1-1.8 points of
+  precision@100 on both and fits faster (fewer solver passes). ModelConfig has no field for C.
+* dual=True (LIBLINEAR's default solver, dual coordinate descent) is explicit: scikit-learn's
+  dual="auto" picks the primal Newton solver when n_docs > n_features, measured ~50x slower on
+  20 Newsgroups (7.6 s vs 0.15 s for 8 bits) for the same convex problem.
+* A bit that is constant over the train documents (possible only with heavy ties at the
+  median) gets the constant classifier coef = 0, intercept = +-1: an SVM needs two classes.
 * Unfitted, coef and intercept are 0, so every code is all zeros (encode still works).
 """
 
@@ -77,7 +77,8 @@ negation and argpartition's int64 indices: about 100 MiB at this size)"""
 
 def knn_graph(features: sp.spmatrix, k: int, chunk_rows: int | None = None) -> sp.csr_matrix:
     """Symmetric cosine kNN graph: W_ij = cos(x_i, x_j) if j is among i's k most similar
-    documents or i among j's, and cos > 0; zero diagonal. float64 CSR [n, n]."""
+    documents or i among j's, and cos > 0; zero diagonal. float64 CSR [n, n]. A tie at the k-th
+    similarity is broken by argpartition (deterministic, not by index)."""
     x = sp.csr_matrix(features, dtype=np.float64)
     n = x.shape[0]
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
@@ -145,7 +146,7 @@ def laplacian_eigenmap(graph: sp.spmatrix, bits: int, seed: int, solver: str = "
 
 
 def median_bits(y: np.ndarray) -> np.ndarray:
-    """[n, bits] bool: each bit is 1 above its median over the train documents (eq. 9)."""
+    """[n, bits] bool: each bit is 1 above its median over the train documents."""
     return y > np.median(y, axis=0)
 
 
@@ -172,6 +173,11 @@ class STH(HashModel):
 
     def train_codes(self, features: sp.spmatrix) -> np.ndarray:
         """Stage 1 only: [n, bits] bool self-taught codes of the train documents."""
+        if features.shape[1] != self.n_features:
+            raise ValueError(f"sth was built for {self.n_features} features, got {features.shape[1]}")
+        if features.shape[0] < self.bits + 1:  # before the O(n^2) graph, not after
+            raise ValueError(f"sth needs at least bits + 1 = {self.bits + 1} train documents, "
+                             f"got {features.shape[0]}")
         started = time.perf_counter()
         graph = knn_graph(features, self.config.neighbours)
         graphed = time.perf_counter()
