@@ -2,6 +2,7 @@
 
 Examples:
   python jobs/prepare_data.py 20ng --raw 20news-bydate.tar.gz --out data/20ng
+  python jobs/prepare_data.py 20ng --release 18828 --raw 20news-bydate.tar.gz --out data/20ng-paper
   python jobs/prepare_data.py reuters --raw reuters21578/ --out data/reuters --top-labels 20
   python jobs/prepare_data.py text --raw corpus.jsonl --out data/mine
 Without --raw the corpus is looked up under $CORRHASH_RAW_DIR; 20ng is otherwise downloaded.
