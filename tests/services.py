@@ -65,13 +65,14 @@ def write_token(path: Path) -> Path:
     return path
 
 
-def service_env(token_path: Path | None = None) -> dict:
-    """The environment for our services and their clients: token auth on, read from token_path."""
+def service_env(token_path: Path | None = None, multi_node: bool = False) -> dict:
+    """The environment for our services and their clients: token auth on, read from token_path; Ray in single-node
+    mode (everything on 127.0.0.1) unless `multi_node` (a second node may join; see cluster/SECURITY.md)."""
     # The venv first on PATH: `ray job submit -- python ...` resolves python from the head's PATH.
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
                MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="token",
                # Ray's single-node mode: the node address, agents and client proxy stay on 127.0.0.1.
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if multi_node else "0")
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)
     if token_path is not None:
@@ -85,26 +86,27 @@ class RayHead:
     dashboard: str
     gcs: str
     token_path: Path
+    multi_node: bool = False
 
     def client_env(self) -> dict:
-        """For `ray job submit` and drivers of this head: they read the token from its 0600 file."""
-        return service_env(self.token_path)
+        """For `ray job submit`, drivers and nodes joining this head: they read the token from its 0600 file."""
+        return service_env(self.token_path, self.multi_node)
 
 
-def start_ray_head(workdir: Path, num_cpus: int = 2) -> RayHead:
+def start_ray_head(workdir: Path, num_cpus: int = 2, multi_node: bool = False) -> RayHead:
     port, dashboard_port, client_port, agent_port = free_port(), free_port(), free_port(), free_port()
-    log = workdir / "ray-head.log"
-    token_path = write_token(workdir / "ray-auth-token")
+    log = workdir / ("ray-head-multi.log" if multi_node else "ray-head.log")
+    token_path = write_token(workdir / ("ray-auth-token-multi" if multi_node else "ray-auth-token"))
     temp = Path("/tmp") / f"ray-{os.getpid()}-{port}"  # Ray's socket paths must stay short
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
          f"--dashboard-agent-listen-port={agent_port}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp}",
          "--include-dashboard=true", "--disable-usage-stats"],
-        env=service_env(token_path), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        env=service_env(token_path, multi_node), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     wait_http(f"{dashboard}/api/version", 120, process, log, auth_header(token_path))
-    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path)
+    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path, multi_node)
 
 
 def start_mlflow_server(workdir: Path) -> tuple[subprocess.Popen, str]:

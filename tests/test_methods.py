@@ -12,7 +12,7 @@ import torch
 import corrhash
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
-from corrhash.models import ModelConfig, create_model, list_models
+from corrhash.models import ModelConfig, list_models
 from corrhash.retrieval import pack_codes
 from corrhash.train.config import TrainConfig
 from corrhash.train.loop import fit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -190,7 +191,7 @@ class HashModel(nn.Module):
     def calibrate(self, train_embeddings: Tensor) -> None:
         """Fit thresholds on training-set embeddings; default: keep the fixed ones."""
 
-    def fit_closed_form(self, features: "scipy.sparse.csr_matrix") -> None:
+    def fit_closed_form(self, features: sp.csr_matrix) -> None:
         """Fit a model that learns without gradient steps (`trainable = False`), once, on the train split's
         TF-IDF rows (float32 CSR, [n_docs, n_features]); the fit only fills buffers created in __init__, so
         the weights keep the shapes `create_model(config, n_features)` gives. Default: nothing to fit (LSH)."""

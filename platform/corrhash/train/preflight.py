@@ -64,7 +64,7 @@ def ray_job_id() -> str | None:
         return "(unknown id)"
 
 
-def check_job_paths(mlflow_uri: str | None, storage: str) -> None:
+def check_job_paths(mlflow_uri: str | None, storage: str, option: str = "--storage") -> None:
     """Inside a Ray job the working dir is Ray's temporary copy of the checkout, and the submitter's
     environment is not passed on: a default MLflow DB or a relative --storage would vanish with it."""
     job = ray_job_id()
@@ -76,8 +76,8 @@ def check_job_paths(mlflow_uri: str | None, storage: str) -> None:
                           "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://HOST:5000\"}}' "
                           "or pass --mlflow-uri")
     if "://" not in storage and not Path(storage).is_absolute():
-        raise ConfigError(f"Ray job {job}: --storage {storage!r} is relative, so checkpoints would go into Ray's "
-                          "temporary copy of the working dir; pass an absolute --storage (or a URI)")
+        raise ConfigError(f"Ray job {job}: {option} {storage!r} is relative, so its files would go into Ray's "
+                          f"temporary copy of the working dir; pass an absolute {option} (or a URI)")
 
 
 @contextmanager
