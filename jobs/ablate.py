@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from corrhash.errors import CorrhashError  # noqa: E402
+import yaml  # noqa: E402
+
+from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.errors import ConfigError, CorrhashError  # noqa: E402
 from corrhash.runs.ablate import AblateOptions  # noqa: E402
 from corrhash.runs.grid import load_grid  # noqa: E402
 
@@ -40,6 +42,19 @@ class AblateJob:
     """print the cells and the resources they need, then stop (nothing runs, nothing is recorded)"""
     report_only: bool = False
     """rewrite the report from the ablation's finished cells in MLflow; run nothing"""
+    set: list[str] = field(default_factory=list, metadata={CLI: {"action": "append", "metavar": "FIELD=VALUE"}})
+    """set a model or train field in every cell, over the grid's `fixed` (repeatable; e.g. --set epochs=50)"""
+
+
+def parse_settings(items: list[str]) -> dict:
+    """{field: value} of --set FIELD=VALUE options; values read as YAML scalars (50, 0.02, true)."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set epochs=50")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def main(argv=None) -> int:
@@ -51,7 +66,7 @@ def main(argv=None) -> int:
     # SIGTERM (ray job stop) ends like Ctrl-C: the parent run is marked KILLED and a rerun resumes it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        grid = load_grid(job.grid, name=job.name)
+        grid = load_grid(job.grid, name=job.name, fixed=parse_settings(job.set))
         print(grid.describe(), flush=True)
         if job.dry_run:
             return 0

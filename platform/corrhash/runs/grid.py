@@ -102,9 +102,11 @@ class Grid:
         return "\n".join(lines)
 
 
-def load_grid(path: str | Path, name: str | None = None, data_root: str | Path | None = None) -> Grid:
+def load_grid(path: str | Path, name: str | None = None, data_root: str | Path | None = None,
+              fixed: dict | None = None) -> Grid:
     """Read and check a grid file and expand its cells. `name` overrides the file's name (default: the file's
-    stem); relative data paths are resolved against `data_root` (default: the current directory)."""
+    stem); relative data paths are resolved against `data_root` (default: the current directory); `fixed` values
+    (jobs/ablate.py --set) replace the file's."""
     source = Path(path)
     try:
         raw = yaml.safe_load(source.read_text())
@@ -132,7 +134,10 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
     bits = _int_list(raw["bits"], "bits", fail)
     seeds = _int_list(raw["seeds"], "seeds", fail)
     axes = _axes(raw.get("axes"), fail)
-    fixed = _settings(raw.get("fixed"), "fixed", fail)
+    # `fixed` (e.g. jobs/ablate.py --set epochs=50) wins over the file's, and is checked like it.
+    file_fixed = raw.get("fixed")
+    fixed = _settings({**(file_fixed or {}), **fixed} if fixed and isinstance(file_fixed, (dict, type(None)))
+                      else file_fixed, "fixed", fail)
     cpus, gpus = _resources(raw.get("resources"), fail)
     axis_names = list(dict.fromkeys(k for product in axes for k in product))
     for key in fixed:
