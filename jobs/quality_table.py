@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.paper import METHOD_ORDER, PRECISION_AT_100  # noqa: E402
+from corrhash.paper import METHOD_ORDER, paper_precision  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -36,7 +36,7 @@ def main(argv=None) -> None:
         cells = []
         for b in bits:
             r = by_bits.get(b)
-            paper = PRECISION_AT_100.get((dataset, model), {}).get(b)
+            paper = paper_precision(dataset, model, b)
             ours = number(r["test_precision"]) if r else "-"
             cells.append(f"{ours} / {paper:.4f}" if paper and r and r["eval_k"] == 100 else ours)
         print(f"| {dataset} | {model} | " + " | ".join(cells) + " |")

@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 import corrhash.atomic
 from corrhash.errors import CorrhashError
 from corrhash.report import paired_differences, summarise, write_report
-from corrhash.report.ablation import paper_value, read_results
+from corrhash.paper import paper_precision
+from corrhash.report.ablation import read_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 AXES = ["rank"]
@@ -91,9 +92,9 @@ def test_pairs_need_a_shared_seed_and_the_same_dataset(rows):
 
 
 def test_paper_lookup_by_label():
-    assert paper_value("20ng-paper", "corrsh", 64) == 0.6279
-    assert paper_value("reuters", "bmsh", 8) is None
-    assert paper_value("synthetic", "corrsh", 64) is None
+    assert paper_precision("20ng-paper", "corrsh", 64) == 0.6279
+    assert paper_precision("reuters", "bmsh", 8) is None
+    assert paper_precision("synthetic", "corrsh", 64) is None
 
 
 # ---------------------------------------------------------------- the report

@@ -33,3 +33,10 @@ PRECISION_AT_100 = {
 
 # The order of the paper's rows: data-independent, classic learned, then the VAEs.
 METHOD_ORDER = ["lsh", "srbm", "sph", "sth", "vdsh", "nash", "bmsh", "corrsh"]
+
+
+def paper_precision(dataset: str, method: str, bits: int) -> float | None:
+    """The paper's test precision@100 for a dataset name or label; any "20ng..." (20ng-18828, a grid's
+    20ng-paper) is the paper's 20 Newsgroups."""
+    name = "20ng" if dataset.startswith("20ng") else dataset
+    return PRECISION_AT_100.get((name, method), {}).get(bits)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from corrhash.atomic import atomic_write_bytes
 from corrhash.errors import CorrhashError
-from corrhash.paper import PRECISION_AT_100
+from corrhash.paper import paper_precision
 from corrhash.report import figures
 from corrhash.report.configs import config_keys, config_of, label, method_key, sort_configs
 
@@ -113,13 +113,6 @@ def paired_differences(rows: list[dict], axis_names: Sequence[str], metric: str 
     return pairs
 
 
-def paper_value(dataset: str, method: str, bits: int) -> float | None:
-    """The paper's test precision@100 (Tables 1-3) for a dataset label; labels "20ng..." (e.g. "20ng-paper")
-    are the paper's 20 Newsgroups."""
-    name = "20ng" if dataset.startswith("20ng") else dataset
-    return PRECISION_AT_100.get((name, method), {}).get(bits)
-
-
 def _fmt(value: float | None, digits: int = 4, sign: str = "") -> str:
     return "—" if value is None else f"{value:{sign}.{digits}f}"
 
@@ -153,7 +146,7 @@ def _precision_tables(summary: list[dict], axis_names: Sequence[str]) -> list[st
             shown = []
             for b in bits:
                 text = _mean_cell(cells[b]) if b in cells else ""
-                paper = paper_value(dataset, method, b)
+                paper = paper_precision(dataset, method, b)
                 shown.append(text + (f"; paper {paper:.4f}" if paper is not None and b in cells else ""))
             lines.append(f"| {method} | " + " | ".join(shown) + " |")
         lines.append("")
