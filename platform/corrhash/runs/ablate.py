@@ -30,13 +30,12 @@ from corrhash.data import TfidfShards
 from corrhash.device import resolve_device
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
-from corrhash.retrieval import pack_codes
 from corrhash.runs.cluster import check_fits, init_ray, user_error
-from corrhash.runs.finish import Selection, finish
 from corrhash.runs.grid import Cell, Grid
+from corrhash.runs.local import run_local
+from corrhash.serve.hashing import HashingModel
 from corrhash.tracking.runs import (JOB_TAG, client_for, ensure_experiment, filter_value, final_metrics,
                                     job_run, log_metrics, log_params, tracking_uri)
-from corrhash.train.loop import fit
 from corrhash.train.preflight import check_job_name, check_job_paths, job_lock
 
 CELL_TAG = "corrhash.cell"
@@ -94,26 +93,18 @@ def run_cell(cell_dict: dict, uri: str, experiment_id: str, parent_id: str, abla
         spec = cell.spec()
         log_params(client, run_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "data": spec.data,
                                     "cell": cell.id, "resources": {"cpus": cell.cpus, "gpus": cell.gpus}})
-        device = resolve_device(spec.train.device)
-        if device.type == "cpu":
+        if resolve_device(spec.train.device).type == "cpu":
             torch.set_num_threads(spec.threads)
-        started = time.monotonic()
-        shards = TfidfShards(spec.data)
-        train, val = shards.split("train"), shards.split("val")
-
-        def on_epoch(metrics: dict, state) -> None:
-            log_metrics(client, run_id, metrics, step=metrics["epoch"])
-
-        result = fit(spec.model, spec.train, train, val=val, on_epoch=on_epoch)
         with tempfile.TemporaryDirectory(prefix="corrhash-cell-") as tmp:
-            folder = Path(tmp)
-            results = finish(spec, shards, Selection.from_fit(result), folder, launcher="ablate", started=started,
-                             fit_seconds=result.seconds, device=device, job=ablation, run_id=run_id)
-            test = shards.split("test")
-            codes = result.model.eval().encode(test.torch_features(device)).cpu()
-            np.save(folder / "test_codes.npy", pack_codes(codes), allow_pickle=False)  # for the code projections
-            client.log_artifact(run_id, str(folder / "results.json"))
-            client.log_artifact(run_id, str(folder / "test_codes.npy"))
+            out = Path(tmp) / "run"
+            # The plain-process launcher (input checks, the one loop, finish), its epochs also sent to MLflow.
+            results = run_local(spec, out, on_epoch=lambda m: log_metrics(client, run_id, m, step=m["epoch"]),
+                                launcher="ablate", job=ablation, run_id=run_id)
+            test = TfidfShards(spec.data).split("test")
+            codes = HashingModel(out / "model", spec.train.device).encode_features(test.features)
+            np.save(out / "test_codes.npy", codes, allow_pickle=False)  # packed; for the code projections
+            for name in ("results.json", "metrics.jsonl", "test_codes.npy"):
+                client.log_artifact(run_id, str(out / name))
         seconds = [s for s in results["epoch_seconds"] if s is not None]
         log_metrics(client, run_id, {**final_metrics(results), "fit_seconds": results["fit_seconds"],
                                      **({"mean_epoch_seconds": float(np.mean(seconds))} if seconds else {})}, step=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 from corrhash.data import TfidfShards
 from corrhash.device import resolve_device
@@ -28,9 +29,13 @@ def epoch_line(metrics: dict, k: int) -> str:
             f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
 
 
-def run_local(spec: RunSpec, out: Path, score_test: bool = True) -> dict:
+def run_local(spec: RunSpec, out: Path, score_test: bool = True, *, on_epoch: Callable[[dict], None] | None = None,
+              launcher: str = "local", job: str | None = None, run_id: str | None = None) -> dict:
     """Train on `train`, early-stop on `val`, then score test once for the chosen weights (unless
-    `score_test` is False: exploratory runs that must not look at test). Inputs are checked first."""
+    `score_test` is False: exploratory runs that must not look at test). Inputs are checked first.
+
+    `on_epoch(metrics)` also sees every epoch (an ablation cell logs them to MLflow); `launcher`, `job` and
+    `run_id` go into results.json for a caller that records the run elsewhere."""
     started = time.monotonic()
     shards = TfidfShards(spec.data)
     device = resolve_device(spec.train.device)
@@ -42,11 +47,13 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True) -> dict:
         raise ConfigError(f"--eval-k {spec.train.eval_k}: more than the {len(train)} train documents")
     log(f"data {spec.data}: train {len(train)}, val {len(val)}, test {len(test)}, {shards.n_features} features")
     with run_folder(Path(out)) as folder:
-        def on_epoch(metrics: dict, state) -> None:
+        def record_epoch(metrics: dict, state) -> None:
             with open(folder / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
             log(epoch_line(metrics, spec.train.eval_k))
+            if on_epoch is not None:
+                on_epoch(metrics)
 
-        result = fit(spec.model, spec.train, train, val=val, on_epoch=on_epoch)
-        return finish(spec, shards, Selection.from_fit(result), folder, launcher="local", started=started,
-                      fit_seconds=result.seconds, device=device, score_test=score_test)
+        result = fit(spec.model, spec.train, train, val=val, on_epoch=record_epoch)
+        return finish(spec, shards, Selection.from_fit(result), folder, launcher=launcher, started=started,
+                      fit_seconds=result.seconds, device=device, score_test=score_test, job=job, run_id=run_id)
