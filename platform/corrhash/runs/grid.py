@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -34,7 +34,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 # Set by the grid's own keys (methods, bits, seeds) or by the scheduler (device follows the cell's gpus).
 RESERVED = {"name": "methods", "bits": "bits", "seed": "seeds", "device": "resources (gpus)"}
 FIELD_TYPES = {**get_type_hints(TrainConfig), **get_type_hints(ModelConfig)}
-MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -309,15 +308,13 @@ def _resources(resources: Any, fail: _Failer) -> tuple[float, float]:
 
 def _cell(label: str, folder: str, content_hash: str, values: dict, seed: int, head: dict, axis_names: list[str],
           cpus: float, gpus: float, fail: _Failer) -> Cell:
-    model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS}
-    train_values = {k: v for k, v in values.items() if k not in MODEL_FIELDS}
-    try:
-        model = ModelConfig(**model_values, seed=seed)
-        train = TrainConfig(**train_values, seed=seed)
+    try:  # RunSpec.with_overrides is the one place a flat field name is routed to its config
+        spec = RunSpec(folder, ModelConfig(seed=seed), TrainConfig(seed=seed)).with_overrides(values)
     except ConfigError as exc:
         chosen = {**head, **{k: values[k] for k in axis_names if k in values}}
         where = " ".join(f"{k}={v}" for k, v in chosen.items())
         fail(f"cell {where}", str(exc))
+    model, train = spec.model, spec.train
     settings = {**model.to_dict(), **train.to_dict()}
     axes = {**head, **{name: settings[name] for name in axis_names}}
     return Cell(id=cell_id(content_hash, model, train), dataset=label, data=folder, model=model, train=train,
