@@ -23,7 +23,7 @@ from corrhash.atomic import atomic_write_bytes
 from corrhash.errors import CorrhashError
 from corrhash.paper import paper_precision
 from corrhash.report import figures
-from corrhash.report.configs import config_keys, config_of, label, method_key, sort_configs
+from corrhash.report.configs import config_keys, config_of, datasets_of, label, method_key, sort_configs
 
 # Every row's keys with their parquet types; the extra axes follow "seed", any other key goes last.
 COLUMNS = {
@@ -49,9 +49,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _datasets(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(row["dataset"] for row in rows))
-
 
 def _per_seed(rows: list[dict], keys: list[str], metric: str) -> dict[tuple, dict[int, list[float]]]:
     """{configuration: {seed: values of `metric`}}; a configuration whose cells all lack the metric maps to {}."""
@@ -70,7 +67,7 @@ def summarise(rows: list[dict], axis_names: Sequence[str], metric: str = "test_p
     keys = config_keys(axis_names)
     groups = _per_seed(rows, keys, metric)
     summary = []
-    for config in sort_configs(groups, keys, _datasets(rows)):
+    for config in sort_configs(groups, keys, datasets_of(rows)):
         values = [v for seed in sorted(groups[config]) for v in groups[config][seed]]
         mean, std = _mean_std(values)
         summary.append({**dict(zip(keys, config)), "mean": mean, "std": std, "n": len(values),
@@ -93,7 +90,7 @@ def paired_differences(rows: list[dict], axis_names: Sequence[str], metric: str 
     keys = config_keys(axis_names)
     factors = ["method", *axis_names]
     groups = _per_seed(rows, keys, metric)
-    configs = sort_configs(groups, keys, _datasets(rows))
+    configs = sort_configs(groups, keys, datasets_of(rows))
     means = {config: {seed: statistics.fmean(v) for seed, v in groups[config].items()} for config in configs}
     pairs = []
     for i, a in enumerate(configs):
@@ -246,7 +243,7 @@ def write_report(rows: list[dict], folder: str | Path, *, name: str, axis_names:
     drawn = figures.draw_all(rows, summary, epoch, axis_names, codes)
     files.update({file_name: _png_bytes(figure) for file_name, figure in drawn.figures.items()})
 
-    datasets = _datasets(rows)
+    datasets = datasets_of(rows)
     tested = sum(_present(row["test_precision"]) for row in rows)
     command_text = command if isinstance(command, str) else shlex.join(command)
     methods = sorted({row["method"] for row in rows}, key=method_key)

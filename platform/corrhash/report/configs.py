@@ -8,6 +8,11 @@ from typing import Sequence
 from corrhash.paper import METHOD_ORDER
 
 
+def datasets_of(entries) -> list[str]:
+    """The dataset labels of rows or summary entries, in first-seen order."""
+    return list(dict.fromkeys(e["dataset"] for e in entries))
+
+
 def config_keys(axis_names: Sequence[str]) -> list[str]:
     """The keys that make a configuration; the seed is left out because seeds are the replicates."""
     return ["dataset", "method", "bits", *axis_names]

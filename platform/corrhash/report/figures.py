@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from corrhash.report.configs import config_keys, config_of, label, sort_configs, value_key
+from corrhash.report.configs import config_keys, config_of, datasets_of, label, sort_configs, value_key
 
 PRECISION = "test precision@100"
 
@@ -49,14 +49,11 @@ def _errorbars(ax, xs: list, entries: list[dict], name: str) -> None:
                 capsize=3, label=name)
 
 
-def _datasets(entries) -> list[str]:
-    return list(dict.fromkeys(e["dataset"] for e in entries))
-
 
 def precision_vs_bits(summary: list[dict], axis_names: Sequence[str]) -> Figure:
     """The paper's Figure 1: per dataset, test p@100 (mean ± std over seeds) against bits, a line per method (and
     setting of the extra axes)."""
-    datasets = _datasets(summary)
+    datasets = datasets_of(summary)
     figure, axes = _panels(len(datasets))
     for ax, dataset in zip(axes, datasets):
         lines: dict[tuple, list[dict]] = defaultdict(list)
@@ -82,7 +79,7 @@ def axis_curve(summary: list[dict], axis_names: Sequence[str], name: str) -> Fig
     values = sorted({e[name] for e in summary}, key=value_key)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     position = {v: (v if numeric else i) for i, v in enumerate(values)}
-    datasets = _datasets(summary)
+    datasets = datasets_of(summary)
     panels: dict[str, dict[tuple, list[dict]]] = {d: defaultdict(list) for d in datasets}
     for e in summary:
         if e["n"]:
@@ -142,7 +139,7 @@ def learning_curves(rows: list[dict], axis_names: Sequence[str]) -> Figure | Non
             curves[config_of(row, keys)].append(list(row["val_curve"]))
     if not curves:
         return None
-    configs = sort_configs(curves, keys, _datasets(rows))
+    configs = sort_configs(curves, keys, datasets_of(rows))
     panel_keys = list(dict.fromkeys((c[0], c[2]) for c in configs))
     figure, axes = _panels(len(panel_keys))
     panels = dict(zip(panel_keys, axes))
