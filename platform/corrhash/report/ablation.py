@@ -49,7 +49,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-
 def _per_seed(rows: list[dict], keys: list[str], metric: str) -> dict[tuple, dict[int, list[float]]]:
     """{configuration: {seed: values of `metric`}}; a configuration whose cells all lack the metric maps to {}."""
     groups: dict[tuple, dict[int, list[float]]] = {}

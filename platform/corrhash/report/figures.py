@@ -49,7 +49,6 @@ def _errorbars(ax, xs: list, entries: list[dict], name: str) -> None:
                 capsize=3, label=name)
 
 
-
 def precision_vs_bits(summary: list[dict], axis_names: Sequence[str]) -> Figure:
     """The paper's Figure 1: per dataset, test p@100 (mean ± std over seeds) against bits, a line per method (and
     setting of the extra axes)."""
