@@ -1,0 +1,225 @@
+"""Report pages: the HTML builder on hand-made numbers, and jobs/report.py end to end on a real MLflow store
+(SQLite, no server) filled by the plain-process launcher on synthetic shards, and on a tune-shaped parent with
+trial child runs recorded through tracking's own functions."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from badinput import job
+
+from corrhash.models import ModelConfig
+from corrhash.report.page import Codes, PageInput, Trial, build_page, importances, markdown_html
+from corrhash.runs.local import run_local
+from corrhash.runs.spec import RunSpec
+from corrhash.tracking.run_report import ABLATION_TAG, CELL_TAG, PAGE_ARTIFACT
+from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_metrics, publish_model, trial_run
+from corrhash.train import TrainConfig
+
+DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+SPACE = {"lr": "loguniform:1e-4:1e-2", "rank": "randint:0:16", "energy_terms": "choice:true,false"}
+
+
+def report_job():
+    return job("report")
+
+
+def pngs(page: str) -> list[Image.Image]:
+    """Every inline image of a page, decoded (a broken PNG raises)."""
+    images = []
+    for data in DATA_URI.findall(page):
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+        assert image.format == "PNG"
+        images.append(image)
+    return images
+
+
+def tables(page: str) -> int:
+    return page.count("<table>")
+
+
+def hand_made_trials() -> list[Trial]:
+    rng = np.random.default_rng(0)
+    trials = []
+    for i in range(8):
+        lr, rank = float(10 ** rng.uniform(-4, -2)), int(rng.integers(0, 17))
+        trials.append(Trial(name=f"trial_{i}", run_id=f"r{i}", status="FINISHED", params={
+            "lr": lr, "rank": rank, "energy_terms": bool(i % 2)}, best_val=0.3 + 20 * lr + 0.001 * rank,
+            epochs=10, stopped_early=i % 3 == 0))
+    return trials
+
+
+# ---- the builder ----------------------------------------------------------------------------------------------
+
+
+def test_a_run_page_has_its_curves_table_images_and_header():
+    curves = {"loss": [(1, 90.0), (2, 80.5), (3, 75.25)], "recon": [(1, 85.0), (2, 77.0), (3, 72.0)],
+              "kl": [(1, 5.0), (2, 3.5), (3, 3.25)], "kl_weight": [(1, 0.01), (2, 0.02), (3, 0.03)],
+              "val_precision": [(1, 0.4), (2, 0.5), (3, 0.55)]}
+    bits = np.random.default_rng(0).random((60, 16)) > 0.5
+    page = build_page(PageInput(title="Run ng64", run_id="abc123", mlflow_uri="sqlite:///x/mlflow.db",
+                                command="python jobs/report.py --run abc123", curves=curves,
+                                metrics={"test_precision_at_100": 0.5123}, params={"model.bits": "16"},
+                                codes=Codes(bits, np.arange(60) % 4, ["a", "b", "c", "d"], "hand-made")))
+    assert page.startswith("<!DOCTYPE html>") and "<title>Run ng64</title>" in page
+    assert "abc123" in page and "sqlite:///x/mlflow.db" in page and "python jobs/report.py --run abc123" in page
+    row = re.search(r"<tr><td>3</td>(.*?)</tr>", page).group(1)  # epoch 3: loss recon kl kl_weight val
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["75.2500", "72.0000", "3.2500", "0.0300", "0.5500"]
+    assert "<td>test_precision_at_100</td><td>0.5123</td>" in page
+    images = pngs(page)
+    assert len(images) == 2 and all(i.width > 100 and i.height > 100 for i in images)  # curves, codes map
+    assert "Codes map" in page and "60 of 60 test documents" in page
+    # self-contained: no script, no stylesheet or image fetched from anywhere
+    assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)
+
+
+def test_text_from_a_run_is_escaped():
+    evil = '<script>alert("x")</script>&'
+    page = build_page(PageInput(title=evil, run_id=evil, mlflow_uri=evil, command=evil, params={evil: evil},
+                                notes=[evil]))
+    assert "<script" not in page
+    assert page.count(html.escape(evil)) >= 5
+
+
+def test_a_tune_page_has_scatters_importances_and_the_trials_table():
+    trials = hand_made_trials()
+    page = build_page(PageInput(title="Tune t", run_id="p", mlflow_uri="u", command="c", kind="tune",
+                                space=SPACE, trials=trials))
+    assert "PED-ANOVA" in page and "parameter importances" in page
+    assert len(pngs(page)) == 2  # the scatters and the importances (no curves, no codes)
+    best = max(trials, key=lambda t: t.best_val)
+    first_row = re.search(r"<caption>trials, best first</caption>.*?<tbody><tr>(.*?)</tr>", page).group(1)
+    assert f"<td>{best.name}</td>" in first_row and f"<td>{best.best_val:.4f}</td>" in first_row
+    assert page.count("<td>trial_") == len(trials)
+
+
+def test_importances_rank_the_param_that_decides_the_value_first():
+    trials = hand_made_trials()
+    values = importances(trials, SPACE)
+    assert set(values) == set(SPACE) and abs(sum(values.values()) - 1) < 1e-6
+    assert max(values, key=values.get) == "lr"  # best_val is 0.3 + 20 lr + 0.001 rank
+    assert importances(trials[:1], SPACE) == {}
+
+
+def test_ablation_markdown_becomes_escaped_tables_and_inline_images(tmp_path):
+    png = io.BytesIO()
+    Image.new("RGB", (4, 3), "red").save(png, format="PNG")
+    markdown = ("# Ablation <x>\n\n```\npython jobs/ablate.py --grid g.yaml\n```\n\n## Test\n\n"
+                "| method | 16 bits |\n|---|---:|\n| corrsh & co | 0.5 ± 0.1 (2 seeds) |\n\n"
+                "- fig: [f.png](f.png)\n\n![f.png](f.png)\n")
+    page = markdown_html(markdown, {"f.png": png.getvalue()})
+    assert "<h2>Ablation &lt;x&gt;</h2>" in page and "<pre>python jobs/ablate.py --grid g.yaml</pre>" in page
+    assert "<th>method</th><th>16 bits</th>" in page and "<td>corrsh &amp; co</td>" in page
+    assert "---" not in page and len(pngs(page)) == 1 and "<p>• fig: f.png</p>" in page
+
+
+def test_an_ablation_page_inlines_the_ablation_report():
+    rows = [{"cell": f"c{m}{s}", "dataset": "text", "method": m, "bits": 16, "seed": s, "rank": 5,
+             "val_precision": 0.5, "test_precision": 0.4 + 0.1 * (m == "corrsh") + 0.01 * s,
+             "test_precision_ordered": 0.4, "best_epoch": 2, "epochs_run": 3, "fit_seconds": 1.0,
+             "epoch_seconds": 0.3, "val_curve": [0.3, 0.4, 0.5], "node": "n1"}
+            for m in ("nash", "corrsh") for s in (0, 1)]
+    from corrhash.report.page import AblationInput
+
+    page = build_page(PageInput(title="Ablation a", run_id="p", mlflow_uri="u", command="c", kind="ablation",
+                                ablation=AblationInput(name="a", rows=rows, axis_names=["rank"])))
+    assert "Test precision@100" in page and "Paired comparisons" in page and "<td>corrsh</td>" in page
+    assert tables(page) >= 4 and len(pngs(page)) >= 2  # precision vs bits, time per epoch, learning curves
+
+
+def test_the_ablation_tags_match_the_launcher():
+    from corrhash.runs import ablate
+
+    assert (ABLATION_TAG, CELL_TAG) == (ablate.ABLATION_TAG, ablate.CELL_TAG)
+
+
+# ---- end to end on a real MLflow store --------------------------------------------------------------------------
+
+
+def train_into_mlflow(shards: Path, folder: Path, name: str = "report-e2e") -> tuple[str, str]:
+    """A training run recorded the way the launchers record one: job_run, the plain-process launcher with its
+    epochs logged (as an ablation cell does), then publish_model. Returns (tracking URI, run id)."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = client_for(uri)
+    experiment = ensure_experiment(client, "corrhash-report-test")
+    spec = RunSpec(str(shards), ModelConfig(name="corrsh", bits=16, hidden=100), TrainConfig(epochs=3, device="cpu"))
+    params = {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "data": spec.data}
+    with job_run(client, experiment, name, params, {"data.path": spec.data}) as (run_id, _):
+        results = run_local(spec, folder / "run", on_epoch=lambda m: log_metrics(client, run_id, m, step=m["epoch"]))
+        publish_model(client, uri, run_id, folder / "run" / "model", results)
+    return uri, run_id
+
+
+def tune_into_mlflow(uri: str, name: str = "report-tune") -> str:
+    """A tune-shaped parent: the space as params and one child run per trial with per-epoch metrics, through
+    the same tracking functions the Tune callbacks call. Returns the parent's run id."""
+    client = client_for(uri)
+    experiment = ensure_experiment(client, "corrhash-report-test")
+    with job_run(client, experiment, name, {"space": SPACE, "num_samples": 8}, {}) as (parent, _):
+        for i, trial in enumerate(hand_made_trials()):
+            run_id = trial_run(client, experiment, parent, f"t{i}", f"trial_{i}", {
+                "model": {"rank": trial.params["rank"], "energy_terms": trial.params["energy_terms"]},
+                "train": {"lr": trial.params["lr"]}})
+            for epoch in range(1, 4):
+                value = trial.best_val * epoch / 3
+                log_metrics(client, run_id, {"epoch": epoch, "loss": 100 - epoch, "recon": 90 - epoch, "kl": 10.0,
+                                             "kl_weight": 0.01 * epoch, "val_precision": value,
+                                             "best_val_precision": value}, step=epoch)
+            client.set_terminated(run_id, "FINISHED")
+    return parent
+
+
+@pytest.fixture(scope="module")
+def recorded(shards_synthetic, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report-mlflow")
+    uri, run_id = train_into_mlflow(shards_synthetic, folder)
+    return {"uri": uri, "run_id": run_id, "tune": tune_into_mlflow(uri), "folder": folder}
+
+
+def test_report_job_renders_a_training_run_and_logs_it(recorded, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    code = report_job().main(["--run", recorded["run_id"], "--mlflow-uri", recorded["uri"], "--out", str(out),
+                              "--umap-sample", "60"])
+    assert code == 0, capsys.readouterr().err
+    page = out.read_text()
+    client = client_for(recorded["uri"])
+    run = client.get_run(recorded["run_id"])
+    epochs = sorted(client.get_metric_history(run.info.run_id, "val_precision"), key=lambda m: m.step)
+    assert len(epochs) == 3 and f"<td>{epochs[-1].value:.4f}</td>" in page
+    assert "Codes map" in page and "60 of 80 test documents" in page and "UMAP" in page
+    assert len(pngs(page)) == 2 and "Learning curves" in page and "test_precision_at_100" in page
+    assert f"--run {recorded['run_id']}" in page and html.escape(recorded["uri"]) in page
+    downloaded = Path(client.download_artifacts(run.info.run_id, PAGE_ARTIFACT, str(tmp_path / "dl")))
+    assert downloaded.read_bytes() == out.read_bytes()
+    err = capsys.readouterr().err
+    assert "drawing the page" in err and f"logged to run {recorded['run_id']}" in err
+
+
+def test_report_job_finds_a_tune_parent_by_name(recorded, tmp_path):
+    out = tmp_path / "tune.html"
+    assert report_job().main(["--run", "report-tune", "--mlflow-uri", recorded["uri"], "--out", str(out),
+                              "--no-log-artifact"]) == 0
+    page = out.read_text()
+    assert "<h1>Tune report-tune</h1>" in page and "PED-ANOVA" in page and page.count("<td>trial_") == 8
+    assert "Curves of the best trial" in page and len(pngs(page)) == 3  # curves, scatters, importances
+    assert "no codes map" in page  # a tune-shaped parent without a model or data
+    client = client_for(recorded["uri"])
+    assert not [a for a in client.list_artifacts(recorded["tune"]) if a.path == "report"]
+
+
+def test_report_job_names_a_bad_option(recorded, tmp_path, capsys):
+    job = report_job()
+    assert job.main(["--run", "no-such-run", "--mlflow-uri", recorded["uri"], "--out", str(tmp_path / "x")]) == 2
+    assert "--run no-such-run" in capsys.readouterr().err
+    assert job.main(["--run", "x", "--umap-sample", "1", "--mlflow-uri", recorded["uri"]]) == 2
+    assert "--umap-sample 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
