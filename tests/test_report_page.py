@@ -12,16 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from badinput import job
 
 from corrhash.models import ModelConfig
 from corrhash.report.page import Codes, PageInput, Trial, build_page, importances, markdown_html
+from corrhash.runs.ablate import NODE_TAG
+from corrhash.runs.grid import load_grid
 from corrhash.runs.local import run_local
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.run_report import ABLATION_TAG, CELL_TAG, PAGE_ARTIFACT
-from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_metrics, publish_model, trial_run
+from corrhash.tracking.runs import (client_for, end_run, ensure_experiment, job_run, log_metrics, publish_model,
+                                    trial_run)
 from corrhash.train import TrainConfig
 
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -174,7 +178,7 @@ def tune_into_mlflow(uri: str, name: str = "report-tune") -> str:
                 log_metrics(client, run_id, {"epoch": epoch, "loss": 100 - epoch, "recon": 90 - epoch, "kl": 10.0,
                                              "kl_weight": 0.01 * epoch, "val_precision": value,
                                              "best_val_precision": value}, step=epoch)
-            client.set_terminated(run_id, "FINISHED")
+            end_run(client, run_id, "FINISHED", {"corrhash.stopped_by": "scheduler"} if trial.stopped_early else None)
     return parent
 
 
@@ -211,7 +215,8 @@ def test_report_job_finds_a_tune_parent_by_name(recorded, tmp_path):
     page = out.read_text()
     assert "<h1>Tune report-tune</h1>" in page and "PED-ANOVA" in page and page.count("<td>trial_") == 8
     assert "Curves of the best trial" in page and len(pngs(page)) == 3  # curves, scatters, importances
-    assert "no codes map" in page  # a tune-shaped parent without a model or data
+    assert "no codes map: the run records no data folder" in page  # a tune-shaped parent without a model
+    assert page.count("<td>yes</td>") == sum(t.stopped_early for t in hand_made_trials())
     client = client_for(recorded["uri"])
     assert not [a for a in client.list_artifacts(recorded["tune"]) if a.path == "report"]
 
@@ -223,3 +228,46 @@ def test_report_job_names_a_bad_option(recorded, tmp_path, capsys):
     assert job.main(["--run", "x", "--umap-sample", "1", "--mlflow-uri", recorded["uri"]]) == 2
     assert "--umap-sample 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def ablation_into_mlflow(uri: str, shards: Path, folder: Path, name: str = "tiny-ablation") -> str:
+    """An ablation-shaped parent: its grid file as the `grid/` artifact and one FINISHED child run per cell with
+    the tags and metric names runs/ablate.py's run_cell records (hand-made values: a real cell needs Ray).
+    Returns the parent's run id."""
+    grid_path = folder / f"{name}.yaml"
+    grid_path.write_text(yaml.safe_dump({"name": name, "description": "nash against corrsh, <tiny>",
+                                         "data": {"syn": str(shards)}, "methods": {"nash": {}, "corrsh": {}},
+                                         "bits": [8], "seeds": [0, 1], "axes": {"dropout": [0.1, 0.2]}}))
+    grid = load_grid(grid_path)
+    client = client_for(uri)
+    experiment = ensure_experiment(client, "corrhash-report-test")
+    with job_run(client, experiment, name, {"grid": str(grid_path), "cells": len(grid.cells)},
+                 {ABLATION_TAG: name}) as (parent, _):
+        client.log_artifact(parent, str(grid_path), "grid")
+        for i, cell in enumerate(grid.cells):
+            tags = {"mlflow.parentRunId": parent, CELL_TAG: cell.id, ABLATION_TAG: name, NODE_TAG: "node-a"}
+            run_id = client.create_run(experiment, run_name=cell.label(), tags=tags).info.run_id
+            best = 0.3 + 0.05 * (cell.model.name == "corrsh") + 0.01 * i
+            for epoch in (1, 2, 3):
+                log_metrics(client, run_id, {"epoch": epoch, "val_precision": best * epoch / 3}, step=epoch)
+            log_metrics(client, run_id, {"best_val_precision_at_100": best, "best_epoch": 3,
+                                         "test_precision_at_100": best - 0.02, "test_precision_ordered_at_100": best,
+                                         "fit_seconds": 2.0, "mean_epoch_seconds": 0.5}, step=0)
+            client.set_terminated(run_id, "FINISHED")
+    return parent
+
+
+def test_report_job_renders_an_ablation_parent_from_its_cells(recorded, shards_synthetic, tmp_path):
+    parent = ablation_into_mlflow(recorded["uri"], shards_synthetic, tmp_path)
+    out = tmp_path / "ablation.html"
+    assert report_job().main(["--run", "tiny-ablation", "--mlflow-uri", recorded["uri"], "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<h1>Ablation tiny-ablation</h1>" in page and "nash against corrsh, &lt;tiny&gt;" in page
+    assert "<h3>Test precision@100</h3>" in page and "<h4>syn dropout=0.1</h4>" in page  # paper-shaped tables
+    # corrsh at dropout 0.1: cells 0 and 2 of the grid, test precision 0.33 and 0.35 (see ablation_into_mlflow)
+    assert "<td>corrsh</td><td>0.3400 ± 0.0141 (2 seeds)</td>" in page
+    assert "<td>dropout</td><td>0.1</td><td>0.2</td>" in page  # a paired comparison along the axis
+    assert len(pngs(page)) >= 3 and "Codes map" not in page  # codes are drawn for 20ng 128-bit cells only
+    client = client_for(recorded["uri"])
+    downloaded = client.download_artifacts(parent, PAGE_ARTIFACT, str(tmp_path / "dl"))
+    assert Path(downloaded).read_bytes() == out.read_bytes()

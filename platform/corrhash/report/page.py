@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from corrhash.atomic import atomic_write_text
 from corrhash.report.ablation import write_report
@@ -106,7 +107,9 @@ def fmt(value) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}" if abs(value) >= 1000 else f"{value:.4f}"
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}" if abs(value) >= 1000 or 0 < abs(value) < 0.01 else f"{value:.4f}"
     return str(value)
 
 
@@ -156,6 +159,7 @@ def curves_figure(curves: dict) -> Figure | None:
             if points:
                 ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
         ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
     return figure
 

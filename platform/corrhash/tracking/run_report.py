@@ -131,8 +131,10 @@ def model_codes(client: MlflowClient, run) -> Codes:
     MLflow 3 keeps a logged model outside the run's own artifacts). A DataError says why there are none (no
     model, data folder not on this machine, data other than the model's)."""
     data = data_folder(run)
-    if not data or not Path(data).is_dir():
-        raise DataError(f"no codes map: the run's data folder {data!r} is not on this machine")
+    if not data:
+        raise DataError("no codes map: the run records no data folder (tag data.path or param data)")
+    if not Path(data).is_dir():
+        raise DataError(f"no codes map: the run's data folder {data} is not on this machine")
     shards = TfidfShards(data)
     test = shards.split("test")
     run_id = run.info.run_id
