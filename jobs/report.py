@@ -68,10 +68,11 @@ def ablation_input(client, run):
 def render(job: ReportJob, command: str) -> Path:
     """Read the run, write the page, log it; returns the page's path."""
     from corrhash.report.page import write_page
-    from corrhash.tracking.run_report import find_run, log_page, page_input
+    from corrhash.tracking.run_report import find_run, log_page, page_input, require_store
     from corrhash.tracking.runs import client_for, tracking_uri
 
     uri = tracking_uri(job.mlflow_uri)
+    require_store(uri)
     client = client_for(uri)
     run = find_run(client, job.run)
     run_id = run.info.run_id

@@ -227,6 +227,10 @@ def test_report_job_names_a_bad_option(recorded, tmp_path, capsys):
     assert "--run no-such-run" in capsys.readouterr().err
     assert job.main(["--run", "x", "--umap-sample", "1", "--mlflow-uri", recorded["uri"]]) == 2
     assert "--umap-sample 1" in capsys.readouterr().err
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert job.main(["--run", "x", "--mlflow-uri", missing]) == 2
+    assert f"--mlflow-uri {missing}: no MLflow database" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
     assert not (tmp_path / "x").exists()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import mlflow
 import numpy as np
@@ -30,6 +31,13 @@ CELL_TAG = "corrhash.cell"
 PARENT_TAG = "mlflow.parentRunId"
 PAGE_ARTIFACT = "report/report.html"
 KINDS = {"run": "Run", "tune": "Tune", "ablation": "Ablation"}
+
+
+def require_store(uri: str) -> None:
+    """Refuse a SQLite store that does not exist: MlflowClient would create an empty one and then find no run."""
+    if uri.startswith("sqlite:///") and not Path(unquote(uri[len("sqlite:///"):])).is_file():
+        raise ConfigError(f"--mlflow-uri {uri}: no MLflow database there (pass --mlflow-uri or set "
+                          "MLFLOW_TRACKING_URI)")
 
 
 def find_run(client: MlflowClient, ref: str):
