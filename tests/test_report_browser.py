@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from browser import chromium, open_page
-from test_report_page import report_job, train_into_mlflow, tune_into_mlflow
+from test_report_page import train_into_mlflow, tune_into_mlflow
+
+REPO = Path(__file__).resolve().parents[1]
 
 DOM = """JSON.stringify({
   tables: [...document.querySelectorAll('table')].map(t => [...t.querySelectorAll('th')].map(h => h.textContent)),
@@ -22,7 +27,8 @@ DOM = """JSON.stringify({
 
 @pytest.fixture(scope="module")
 def pages(shards_synthetic, tmp_path_factory):
-    """A training run's page and a tune parent's page, rendered by jobs/report.py from a real MLflow store."""
+    """A training run's page and a tune parent's page, rendered by jobs/report.py (run as a script) from a real
+    MLflow store."""
     if chromium() is None:
         reason = "no Chromium on PATH (the Debian package `chromium` provides /usr/bin/chromium)"
         print(f"skipped: {reason}")
@@ -30,12 +36,16 @@ def pages(shards_synthetic, tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
     uri, run_id = train_into_mlflow(shards_synthetic, folder)
     tune_id = tune_into_mlflow(uri)
-    job = report_job()
     out = {}
     for kind, run in (("run", run_id), ("tune", tune_id)):
         out[kind] = folder / f"{kind}.html"
-        assert job.main(["--run", run, "--mlflow-uri", uri, "--out", str(out[kind]), "--no-log-artifact",
-                         "--umap-sample", "80"]) == 0
+        # The job as a script, in a fresh process and another folder: nothing MLflow-global is set up for it.
+        cwd = tmp_path_factory.mktemp("cwd")
+        done = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), "--run", run, "--mlflow-uri", uri,
+                               "--out", str(out[kind]), "--no-log-artifact", "--umap-sample", "80"],
+                              cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert not (cwd / "mlflow.db").exists()  # every read went to --mlflow-uri
     return out
 
 

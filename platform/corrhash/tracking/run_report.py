@@ -9,6 +9,7 @@ job script composes (tracking may not import the launchers).
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote
@@ -126,7 +127,13 @@ def data_folder(run) -> str | None:
 
 
 def _download(client: MlflowClient, uri: str, folder: str) -> Path:
+    """An artifact URI as a local path, through `client`'s store. A logged model's `models:/m-ID` is resolved
+    to its artifact location first: MLflow resolves that form through the global tracking URI whatever
+    `tracking_uri` says (and would create ./mlflow.db when none is set)."""
+    logged_model = re.fullmatch(r"models:/(m-[0-9a-f]+)", uri)
     try:
+        if logged_model:
+            uri = client.get_logged_model(logged_model.group(1)).artifact_location
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
                                                         tracking_uri=client.tracking_uri))
     except (MlflowException, OSError) as exc:
