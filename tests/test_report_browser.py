@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from browser import chromium, open_page
-from test_report_page import train_into_mlflow, tune_into_mlflow
+from test_report_page import report_job, train_into_mlflow, tune_into_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,16 +36,17 @@ def pages(shards_synthetic, tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
     uri, run_id = train_into_mlflow(shards_synthetic, folder)
     tune_id = tune_into_mlflow(uri)
-    out = {}
-    for kind, run in (("run", run_id), ("tune", tune_id)):
-        out[kind] = folder / f"{kind}.html"
-        # The job as a script, in a fresh process and another folder: nothing MLflow-global is set up for it.
-        cwd = tmp_path_factory.mktemp("cwd")
-        done = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), "--run", run, "--mlflow-uri", uri,
-                               "--out", str(out[kind]), "--no-log-artifact", "--umap-sample", "80"],
-                              cwd=cwd, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert not (cwd / "mlflow.db").exists()  # every read went to --mlflow-uri
+    out = {kind: folder / f"{kind}.html" for kind in ("run", "tune")}
+    # The training run's page by the job as a script, in a fresh process and another folder: nothing
+    # MLflow-global is set up for it (its model is read through --mlflow-uri alone).
+    cwd = tmp_path_factory.mktemp("cwd")
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), "--run", run_id, "--mlflow-uri", uri,
+                           "--out", str(out["run"]), "--no-log-artifact", "--umap-sample", "80"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not (cwd / "mlflow.db").exists()
+    assert report_job().main(["--run", tune_id, "--mlflow-uri", uri, "--out", str(out["tune"]),
+                              "--no-log-artifact"]) == 0
     return out
 
 

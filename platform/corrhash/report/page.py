@@ -69,6 +69,8 @@ class AblationInput:
     axis_names: list[str]
     description: str = ""
     codes: dict | None = None
+    command: str = "(the command that ran the ablation is not recorded in MLflow)"
+    """What the ablation report shows under "Command:" (the page's own command is in its header)."""
 
 
 @dataclass
@@ -350,7 +352,7 @@ def ablation_section(page: PageInput) -> str:
     ablation = page.ablation
     with tempfile.TemporaryDirectory(prefix="corrhash-page-") as tmp:
         files = write_report(ablation.rows, tmp, name=ablation.name, axis_names=ablation.axis_names,
-                             command=page.command, description=ablation.description, codes=ablation.codes)
+                             command=ablation.command, description=ablation.description, codes=ablation.codes)
         markdown = files["report.md"].read_text(encoding="utf-8")
         images = {name: path.read_bytes() for name, path in files.items() if name.endswith(".png")}
     return _section("Ablation", markdown_html(markdown, images))
