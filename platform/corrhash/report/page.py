@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -292,7 +293,8 @@ def tune_section(page: PageInput) -> str:
         parts.append(image(figure_png(figure), "trials against parameters"))
     values = importances(trials, page.space)
     if values:
-        parts.append(f"<h3>Parameter importances</h3>{_note('Evaluator: ' + IMPORTANCE_EVALUATOR + ', over the trials’ best val precision.')}")
+        parts.append("<h3>Parameter importances</h3>")
+        parts.append(_note(f"Evaluator: {IMPORTANCE_EVALUATOR}, over the trials' best val precision."))
         parts.append(image(figure_png(importances_figure(values)), "parameter importances"))
         parts.append(table(["parameter", "importance"], [[n, float(v)] for n, v in values.items()],
                            "parameter importances"))
@@ -384,8 +386,6 @@ def codes_figure(codes: Codes, sample: int, seed: int = 0) -> tuple[Figure, bool
 
 
 def _tab20(index: int):
-    from matplotlib import colormaps
-
     return colormaps["tab20"](index % 20)
 
 
