@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, ReportJob, "report")
     args = parser.parse_args(argv)
-    command = shlex.join([Path(sys.executable).name, "jobs/report.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    # The command line as typed (a call of main(argv) from Python is shown as the equivalent command).
+    command = shlex.join([Path(sys.executable).name, *(sys.argv if argv is None else ["jobs/report.py", *argv])])
     try:
         out = render(dataclass_from_args(ReportJob, args), command)
     except CorrhashError as exc:
