@@ -33,13 +33,12 @@ from corrhash.log import log
 from corrhash.runs.cluster import check_fits, init_ray, user_error
 from corrhash.runs.grid import Cell, Grid
 from corrhash.runs.local import run_local
+from corrhash.runs.metrics import EpochExporter, export_counts
 from corrhash.serve.hashing import HashingModel
-from corrhash.tracking.runs import (JOB_TAG, client_for, ensure_experiment, filter_value, final_metrics,
-                                    job_run, log_metrics, log_params, tracking_uri)
+from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, client_for, ensure_experiment, filter_value,
+                                    final_metrics, job_run, log_metrics, log_params, tracking_uri)
 from corrhash.train.preflight import check_job_name, check_job_paths, job_lock
 
-CELL_TAG = "corrhash.cell"
-ABLATION_TAG = "corrhash.ablation"
 NODE_TAG = "corrhash.node"
 PROGRESS_EVERY_S = 15.0
 PROJECTED = ("vdsh", "nash", "corrsh")
@@ -98,8 +97,13 @@ def run_cell(cell_dict: dict, uri: str, experiment_id: str, parent_id: str, abla
         with tempfile.TemporaryDirectory(prefix="corrhash-cell-") as tmp:
             out = Path(tmp) / "run"
             # The plain-process launcher (input checks, the one loop, finish), its epochs also sent to MLflow.
-            results = run_local(spec, out, on_epoch=lambda m: log_metrics(client, run_id, m, step=m["epoch"]),
-                                launcher="ablate", job=ablation, run_id=run_id)
+            export = EpochExporter(ablation, cell.id, 0, spec.model.name)
+
+            def on_epoch(metrics: dict) -> None:
+                log_metrics(client, run_id, metrics, step=metrics["epoch"])
+                export(metrics)
+
+            results = run_local(spec, out, on_epoch=on_epoch, launcher="ablate", job=ablation, run_id=run_id)
             test = TfidfShards(spec.data).split("test")
             codes = HashingModel(out / "model", spec.train.device).encode_features(test.features)
             np.save(out / "test_codes.npy", codes, allow_pickle=False)  # packed; for the code projections
@@ -147,7 +151,7 @@ def _run(grid: Grid, options: AblateOptions, name: str, command: str | None) -> 
         pending = {remote.options(num_cpus=cell.cpus, num_gpus=cell.gpus, max_retries=options.max_retries,
                                   retry_exceptions=False, name=f"cell {cell.label()}")
                    .remote(cell.to_dict(), uri, experiment_id, parent_id, name): cell for cell in todo}
-        failed = _wait(pending, client, experiment_id, parent_id, len(grid.cells))
+        failed = _wait(pending, client, experiment_id, parent_id, len(grid.cells), name)
         folder = write_ablation_report(grid, client, experiment_id, parent_id, options.out / name, command)
         for path in sorted(folder.iterdir()):
             client.log_artifact(parent_id, str(path), "report")
@@ -158,8 +162,9 @@ def _run(grid: Grid, options: AblateOptions, name: str, command: str | None) -> 
     return folder
 
 
-def _wait(pending: dict, client, experiment_id: str, parent_id: str, total: int) -> list:
-    """Wait for every task, printing cells done / running / pending and the best so far; returns the failures."""
+def _wait(pending: dict, client, experiment_id: str, parent_id: str, total: int, name: str) -> list:
+    """Wait for every task, printing (and exporting as `corrhash_ablation_cells`) cells done / running / pending
+    and the best so far; returns the failures."""
     import ray
 
     failed, last = [], 0.0
@@ -180,9 +185,12 @@ def _wait(pending: dict, client, experiment_id: str, parent_id: str, total: int)
             runs = cell_runs(client, experiment_id, parent_id)
             finished = [r for r in runs if r.info.status == "FINISHED"]
             running = sum(r.info.status == "RUNNING" for r in runs)
+            counts = {"done": len(finished), "running": running, "failed": len(failed),
+                      "pending": max(0, total - len(finished) - running - len(failed))}
+            export_counts("cells", name, counts)
             best = max(finished, key=_best_val, default=None)
             best_text = f"; best val precision {_best_val(best):.4f} ({best.info.run_name})" if best else ""
-            log(f"cells: {len(finished)} done, {running} running, {total - len(finished) - running} pending, "
+            log(f"cells: {counts['done']} done, {running} running, {counts['pending']} pending, "
                 f"{len(failed)} failed{best_text}")
     return failed
 

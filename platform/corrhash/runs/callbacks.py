@@ -4,19 +4,31 @@
 that all workers reported, and logs rank 0's metrics to the job's run. `TrialRuns` runs in the Tune
 driver: one child run per trial, created when the trial starts (or found again by its trial tag
 after a restore), fed every result, and ended when the trial ends: FINISHED, FAILED, or FINISHED
-with `corrhash.stopped_by = scheduler` when ASHA stopped it early.
+with `corrhash.stopped_by = scheduler` when ASHA stopped it early. `TrialStates` runs beside it and
+exports the trials' counts by state as a live metric (`runs/metrics.py`).
 """
 
 from __future__ import annotations
 
 from ray.train import UserCallback
+from ray.tune import Callback
+from ray.tune.experiment import Trial
 from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from corrhash.runs.metrics import export_counts
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.runs import client_for, end_run, end_trial_runs, log_metrics, trial_run
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+
+
+def stopped_early(trial, spec: dict) -> bool:
+    """Whether the scheduler stopped a trial that ended without error. A trial ends on its own after its
+    last epoch or `patience` epochs without a better val; ending sooner means the scheduler stopped it."""
+    last = trial.last_result or {}
+    train = RunSpec.from_dict(spec).with_overrides(trial.config).train
+    return "epoch" in last and last["epoch"] < train.epochs and last["epoch"] - last.get("best_epoch", 0) < train.patience
 
 
 class EpochMetrics(UserCallback):
@@ -67,12 +79,7 @@ class TrialRuns(LoggerCallback):
         log_metrics(self.client, self._run_id(trial), metrics, step=result["epoch"])
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        last = trial.last_result or {}
-        train = self._trial_spec(trial).train
-        # A trial ends on its own after its last epoch or `patience` epochs without a better val;
-        # ending sooner means the scheduler stopped it.
-        stopped = (not failed and "epoch" in last and last["epoch"] < train.epochs
-                   and last["epoch"] - last.get("best_epoch", 0) < train.patience)
+        stopped = not failed and stopped_early(trial, self.spec)
         end_run(self.client, self._run_id(trial), "FAILED" if failed else "FINISHED",
                 {"corrhash.stopped_by": "scheduler"} if stopped else None)
 
@@ -81,3 +88,31 @@ class TrialRuns(LoggerCallback):
         statuses = {result.metrics["trial_id"]: "FAILED" if result.error else "FINISHED"
                     for result in results if result.metrics and "trial_id" in result.metrics}
         end_trial_runs(self.client, self.experiment_id, self.parent_run_id, statuses)
+
+
+class TrialStates(Callback):
+    """After every step of the search: the trials pending (including those the searcher has yet to
+    suggest), running, finished, stopped early and failed, as `corrhash_tune_trials{job, state}`."""
+
+    def __init__(self, job: str, num_samples: int, spec: RunSpec):
+        self.job, self.num_samples, self.spec = job, num_samples, spec.to_dict()
+
+    def counts(self, trials: list) -> dict[str, int]:
+        counts = dict.fromkeys(("pending", "running", "finished", "stopped_early", "failed"), 0)
+        for trial in trials:
+            if trial.status == Trial.TERMINATED:
+                counts["stopped_early" if stopped_early(trial, self.spec) else "finished"] += 1
+            elif trial.status == Trial.ERROR:
+                counts["failed"] += 1
+            elif trial.status in (Trial.RUNNING, Trial.PAUSED):
+                counts["running"] += 1
+            else:
+                counts["pending"] += 1
+        counts["pending"] += max(0, self.num_samples - len(trials))
+        return counts
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        export_counts("trials", self.job, self.counts(trials))
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.on_step_end(0, trials)

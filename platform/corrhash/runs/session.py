@@ -1,10 +1,12 @@
 """The one difference between a Ray Train worker and a Tune trial: how it talks to Ray.
 
-Both sessions answer the same four questions (who am I, which device, where do I resume from, how
-do I report an epoch), so `worker.run_worker` is written once for both.
+Both sessions answer the same questions (who am I, which job and run, which device, where do I resume
+from, how do I report an epoch), so `worker.run_worker` is written once for both.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -19,6 +21,7 @@ class TrainSession:
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.job = self.run = context.get_experiment_name()  # the job's --name
 
     def device(self, requested: str) -> torch.device:
         import ray.train.torch
@@ -40,6 +43,13 @@ class TuneSession:
     """A Tune trial: one process, on the requested device (`auto`: CUDA when the trial was given a GPU)."""
 
     rank, world = 0, 1
+
+    def __init__(self):
+        from ray import tune
+
+        context = tune.get_context()
+        self.job = Path(context.get_trial_dir()).parent.name  # the search's --name: the experiment folder
+        self.run = context.get_trial_id()
 
     def device(self, requested: str) -> torch.device:
         return resolve_device(requested)

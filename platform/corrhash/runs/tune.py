@@ -20,7 +20,7 @@ import torch
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
-from corrhash.runs.callbacks import TrialRuns
+from corrhash.runs.callbacks import TrialRuns, TrialStates
 from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.space import check_space, domains
@@ -169,7 +169,7 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
             tune_config=tune.TuneConfig(metric="val_precision", mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=options.num_samples,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path(options.storage), callbacks=[trial_runs],
+            run_config=tune.RunConfig(name=name, storage_path=storage_path(options.storage), callbacks=[trial_runs, TrialStates(name, options.num_samples, spec)],
                                       checkpoint_config=keep,
                                       progress_reporter=tune.CLIReporter(metric_columns=[
                                           "epoch", "val_precision", "best_val_precision", "loss"])))

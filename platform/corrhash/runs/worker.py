@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.runs.metrics import EpochExporter
 from corrhash.runs.session import TrainSession, TuneSession
 from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint
@@ -53,7 +54,10 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
         with resume.as_directory() as directory:
             checkpoint.restore(Path(directory), state, rank, device)
 
+    export = EpochExporter(session.job, session.run, rank, spec.model.name)
+
     def on_epoch(metrics: dict, state) -> bool:
+        export(metrics)  # this rank's own throughput; the report below carries the cluster's
         metrics = {**metrics, "world_size": world, "docs_per_s": metrics.get("docs_per_s", 0.0) * world}
         with tempfile.TemporaryDirectory() as directory:
             checkpoint.save(Path(directory), state, rank)
