@@ -8,19 +8,26 @@ Examples:
 --corpus is a prepared shard folder (its --split, ids = doc_id), a UTF-8 .jsonl file (a `text` field
 and an optional `id`: an integer or a string, the same kind on every line; default: the line's index)
 or a UTF-8 text file (one document per line, ids = line numbers). Queries come one per line from
---queries FILE or stdin (-). Each answer line: {"query": i, "text": ..., "in_vocabulary": n, "hits":
+--queries FILE or stdin (-); stdin is answered --batch lines at a time as they arrive (--batch 1: each
+line at once), so a pipe works as a query stream. Each answer line: {"query": i, "text": ..., "in_vocabulary": n, "hits":
 [{"id", "distance", ...}]}, where n counts the model's vocabulary terms in the query; a query with none
 has a meaningless code, so its hits are arbitrary and a warning goes to stderr. A hit from a --corpus
 also says what the document is: "labels" (label names) for a shard folder, which keeps no text, and
 "text" (its first 80 characters) for a .jsonl or text file. --index-out X.npz also writes X.json
 (bits, size, model) beside it.
+
+Live metrics: connected to a Ray cluster (--address, or $RAY_ADDRESS as `ray job submit` sets it), the
+job exports queries answered and per-batch latency (`corrhash_search_*`, dashboards/README.md); queries
+are answered --batch at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run
 
 from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
+from corrhash.runs.metrics import exporting  # noqa: E402
 
 INT64 = range(-2**63, 2**63)
 ID_KINDS = {int: "an integer", str: "a string"}
@@ -53,15 +61,24 @@ def read_text(path: Path, what: str) -> str:
     return text
 
 
-def read_queries(source: str) -> list[str]:
+def read_queries(source: str):
+    """The queries of a file (read and checked whole, before any work), or an iterator over stdin's lines
+    (`-`), so a pipe gets each batch's answers as soon as its queries arrive."""
     if source != "-":
-        text = read_text(Path(source), "queries")
-    else:
-        try:
-            text = sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise DataError("--queries - (stdin): not UTF-8 text") from exc
-    return [line for line in text.splitlines() if line.strip()]
+        return [line for line in read_text(Path(source), "queries").splitlines() if line.strip()]
+    return stdin_queries()
+
+
+def stdin_queries():
+    line_no = 0
+    try:
+        for line_no, line in enumerate(sys.stdin, start=1):
+            if "\0" in line:
+                raise DataError(f"--queries - (stdin), line {line_no}: NUL byte (binary input?)")
+            if line.strip():
+                yield line.rstrip("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--queries - (stdin), line {line_no + 1}: not UTF-8 text") from exc
 
 
 def document_id(row: dict, line_no: int, path: Path):
@@ -136,12 +153,22 @@ class SearchOptions:
     """file of queries, one per line, or - for stdin"""
     k: int = 10
     """hits per query"""
+    batch: int = 256
+    """queries hashed and searched together (the unit of the exported latency)"""
+    address: str | None = None
+    """Ray cluster to export live search metrics to; default: $RAY_ADDRESS when set, else no export"""
+    linger_s: float = 0.0
+    """after answering, stay connected this long so Prometheus scrapes the last metrics (Ray exports every 10 s)"""
 
     def validate(self) -> None:
         if (self.corpus is None) == (self.index is None):
             raise ConfigError("give exactly one of --corpus (to hash) or --index (to load)")
         if self.k < 1:
             raise ConfigError(f"--k {self.k}: must be at least 1")
+        if self.batch < 1:
+            raise ConfigError(f"--batch {self.batch}: must be at least 1")
+        if not 0 <= self.linger_s <= 3600:
+            raise ConfigError(f"--linger-s {self.linger_s}: must be between 0 and 3600 seconds")
         if self.index_out and self.index_out.suffix == ".json":
             raise ConfigError(f"--index-out {self.index_out}: its JSON sidecar would overwrite it; name it .npz")
 
@@ -156,7 +183,7 @@ def main(argv=None) -> int:
     options = parse_args(argv)
     try:
         options.validate()
-        queries = read_queries(options.queries) if options.queries else []  # before any work or output
+        queries = read_queries(options.queries) if options.queries else []  # a file: checked before any work
         answer(options, queries)
     except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -167,7 +194,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def answer(args: SearchOptions, queries: list[str]) -> None:
+def batches(queries, size: int):
+    batch = []
+    for query in queries:
+        batch.append(query)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def answer(args: SearchOptions, queries) -> None:
     import numpy as np
 
     import corrhash
@@ -192,18 +230,38 @@ def answer(args: SearchOptions, queries: list[str]) -> None:
     if args.index_out:
         index.save(args.index_out)
         print(f"saved index to {args.index_out}", file=sys.stderr)
-    if not queries:
-        return
-    features = model.featurize(queries)
-    in_vocabulary = np.diff(features.indptr)  # distinct vocabulary terms per query
-    ids, distances = index.search(model.encode_features(features), args.k)
-    for i, query in enumerate(queries):
-        if in_vocabulary[i] == 0:
-            print(f"warning: query {i} has no term of the model's vocabulary; its hits are arbitrary",
-                  file=sys.stderr)
-        hits = [{"id": d.item(), "distance": int(h), **shown.get(d.item(), {})} for d, h in zip(ids[i], distances[i])]
-        print(json.dumps({"query": i, "text": query, "in_vocabulary": int(in_vocabulary[i]), "hits": hits}))
+    exporter, start = search_metrics(args), 0
+    for batch in batches(queries, args.batch):
+        with exporter.timed(len(batch)):
+            features = model.featurize(batch)
+            ids, distances = index.search(model.encode_features(features), args.k)
+        in_vocabulary = np.diff(features.indptr)  # distinct vocabulary terms per query
+        for j, query in enumerate(batch):
+            if in_vocabulary[j] == 0:
+                print(f"warning: query {start + j} has no term of the model's vocabulary; its hits are arbitrary",
+                      file=sys.stderr)
+            hits = [{"id": d.item(), "distance": int(h), **shown.get(d.item(), {})}
+                    for d, h in zip(ids[j], distances[j])]
+            print(json.dumps({"query": start + j, "text": query, "in_vocabulary": int(in_vocabulary[j]),
+                              "hits": hits}))
+        sys.stdout.flush()
+        start += len(batch)
+    if args.linger_s and exporting():
+        print(f"keeping the search metrics exported for {args.linger_s:g} s (--linger-s)", file=sys.stderr)
+        time.sleep(args.linger_s)
 
+
+def search_metrics(args: SearchOptions):
+    """The exporter of query counts and latency: connected to Ray when --address or $RAY_ADDRESS names a
+    cluster (otherwise it records nothing)."""
+    from corrhash.runs.metrics import SearchExporter
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        from corrhash.runs.cluster import init_ray
+
+        init_ray(address)
+    return SearchExporter(job=args.model)
 
 if __name__ == "__main__":
     sys.exit(main())
