@@ -87,6 +87,8 @@ class RayHead:
     gcs: str
     token_path: Path
     multi_node: bool = False
+    temp: Path | None = None
+    """the head's --temp-dir: Ray writes prom_metrics_service_discovery.json there"""
 
     def client_env(self) -> dict:
         """For `ray job submit`, drivers and nodes joining this head: they read the token from its 0600 file."""
@@ -106,7 +108,20 @@ def start_ray_head(workdir: Path, num_cpus: int = 2, multi_node: bool = False) -
         env=service_env(token_path, multi_node), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     wait_http(f"{dashboard}/api/version", 120, process, log, auth_header(token_path))
-    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path, multi_node)
+    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path, multi_node, temp)
+
+
+def start_prometheus(workdir: Path, config: Path) -> tuple[subprocess.Popen, str]:
+    """A Prometheus on 127.0.0.1 with its own data folder, reading `config`."""
+    port = free_port()
+    log = workdir / "prometheus.log"
+    process = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+         f"--storage.tsdb.path={workdir / 'prometheus-data'}"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/-/ready", 60, process, log)
+    return process, url
 
 
 def start_mlflow_server(workdir: Path) -> tuple[subprocess.Popen, str]:
