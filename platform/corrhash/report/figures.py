@@ -155,7 +155,7 @@ def learning_curves(rows: list[dict], axis_names: Sequence[str]) -> Figure | Non
     return figure
 
 
-def _project(codes: np.ndarray) -> tuple[np.ndarray, bool]:
+def project_codes(codes: np.ndarray) -> tuple[np.ndarray, bool]:
     """2-D coordinates of binary codes and whether UMAP made them: UMAP with the Hamming metric and a fixed
     random_state, as the paper's Figure 2; a PCA projection where umap-learn is not installed."""
     try:
@@ -180,7 +180,7 @@ def codes_projection(codes: dict[str, tuple], rows: list[dict], axis_names: Sequ
     figure, axes = _panels(len(codes), columns=4, size=(4.0, 4.0))
     used_umap = True
     for ax, (cell, (cell_codes, labels)) in zip(axes, codes.items()):
-        xy, used_umap = _project(np.asarray(cell_codes, dtype=bool))
+        xy, used_umap = project_codes(np.asarray(cell_codes, dtype=bool))
         ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab20", s=3)
         row = by_cell.get(cell)
         ax.set_title(label({k: row[k] for k in keys}) if row else cell, fontsize="small")

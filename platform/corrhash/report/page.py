@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from corrhash.atomic import atomic_write_text
 from corrhash.report.ablation import write_report
-from corrhash.report.figures import _project
+from corrhash.report.figures import project_codes
 
 LOSS_TERMS = ("loss", "recon", "kl")
 CURVE_COLUMNS = ("loss", "recon", "kl", "kl_weight", "val_precision", "best_val_precision", "docs_per_s")
@@ -370,7 +370,7 @@ def codes_figure(codes: Codes, sample: int, seed: int = 0) -> tuple[Figure, bool
     if len(bits) > sample:
         keep = np.sort(np.random.default_rng(seed).choice(len(bits), size=sample, replace=False))
         bits, labels = bits[keep], labels[keep]
-    xy, used_umap = _project(bits)
+    xy, used_umap = project_codes(bits)
     figure = Figure(figsize=(7.5, 6), layout="constrained")
     ax = figure.subplots()
     for label in np.unique(labels):

@@ -24,11 +24,8 @@ from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.report.page import CURVE_COLUMNS, Codes, PageInput, Trial
 from corrhash.serve.hashing import load as load_hashing_model
-from corrhash.tracking.runs import TRIAL_TAG, filter_value
+from corrhash.tracking.runs import ABLATION_TAG, TRIAL_TAG, filter_value
 
-# The tags of runs/ablate.py (kept there with the code that sets them; tracking may not import runs).
-ABLATION_TAG = "corrhash.ablation"
-CELL_TAG = "corrhash.cell"
 PARENT_TAG = "mlflow.parentRunId"
 PAGE_ARTIFACT = "report/report.html"
 KINDS = {"run": "Run", "tune": "Tune", "ablation": "Ablation"}

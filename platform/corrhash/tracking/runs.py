@@ -31,6 +31,8 @@ from corrhash.errors import ConfigError
 
 JOB_TAG = "corrhash.job"
 TRIAL_TAG = "corrhash.trial"
+ABLATION_TAG = "corrhash.ablation"  # an ablation's parent run and its cells
+CELL_TAG = "corrhash.cell"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(corrhash.__file__).parent
 # The versions the model is built with, pinned in its requirements (what `mlflow models serve` installs).
