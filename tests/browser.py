@@ -106,15 +106,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def open_page(path: Path, workdir: Path, width: int = 1280, height: int = 1000):
-    """Yield a `Page` of the HTML file `path`, loaded with every image complete; `workdir` holds the profile
-    and Chromium's log."""
+def open_page(path: Path | str, workdir: Path, width: int = 1280, height: int = 1000):
+    """Yield a `Page` of the HTML file `path` (or an http:// URL), loaded with every image complete; `workdir`
+    holds the profile and Chromium's log."""
     executable = chromium()
     if executable is None:
         raise FileNotFoundError(f"no Chromium on PATH (looked for {', '.join(CANDIDATES)})")
     profile = Path(workdir) / "chromium-profile"
     profile.mkdir(parents=True, exist_ok=True)
-    url = Path(path).absolute().as_uri()
+    url = path if str(path).startswith(("http://", "https://")) else Path(path).absolute().as_uri()
     # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
     command = [executable, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
                "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
@@ -130,7 +130,9 @@ def open_page(path: Path, workdir: Path, width: int = 1280, height: int = 1000):
         # Navigate only now, from about:blank: a page opened on the command line may still be loading when we
         # connect, and the blank document before it already reads as complete.
         page.call("Page.navigate", url=url)
-        page.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete' "
+        # (the query string is left out: a web app such as Prometheus's UI may rewrite it once loaded)
+        page.wait_for(f"location.href.split('?')[0] === {json.dumps(url.split('?')[0])} "
+                      "&& document.readyState === 'complete' "
                       "&& [...document.images].every(i => i.complete)")
         yield page
     finally:

@@ -114,7 +114,7 @@ PLAUSIBLE = {
 }
 # Series a panel must show at least once with a value above zero (a live job, not just zeros).
 POSITIVE = {"Throughput per job", "Queries per second", "Queries answered", "Logical CPUs and GPUs in use"}
-EPOCHS = 60  # enough epochs at batch 4 for each job to live through a few of Ray's 10 s exports
+EPOCHS = 40  # enough epochs at batch 4 for each job to live through a few of Ray's 10 s exports
 
 
 def grafana_to_promql(expr: str, window_s: int) -> str:
@@ -179,10 +179,11 @@ def wait_for_jobs(cluster, job_ids: dict[str, str], timeout: float = 600) -> Non
 
 def stream_queries(cluster, model: Path, corpus: Path, batches: int, size: int) -> list[dict]:
     """A search driver connected to the test cluster, fed `batches` batches of queries one second apart
-    on stdin, as a client streaming queries would; returns its answers."""
+    on stdin, as a client streaming queries would; returns its answers. No --linger-s: counters and
+    histograms stay in the node's metrics agent after the process ends (only gauges expire)."""
     process = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "search.py"), "--model", str(model), "--corpus", str(corpus), "--k", "10",
-         "--queries", "-", "--batch", str(size), "--address", cluster["head"].gcs, "--linger-s", "25"],
+         "--queries", "-", "--batch", str(size), "--address", cluster["head"].gcs],
         env=cluster["head"].client_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, cwd=REPO)
     for b in range(batches):
@@ -216,8 +217,8 @@ def test_every_panel_query_returns_plausible_series(cluster, prometheus, shards_
         assert done.returncode == 0, done.stdout + done.stderr
         job_ids[job] = re.search(r"raysubmit_\w+", done.stdout + done.stderr).group(0)
     wait_for_jobs(cluster, job_ids)
-    answers = stream_queries(cluster, tmp_path / "best" / "model", shards_synthetic, batches=30, size=100)
-    assert [a["query"] for a in answers] == list(range(3000)) and all(len(a["hits"]) == 10 for a in answers)
+    answers = stream_queries(cluster, tmp_path / "best" / "model", shards_synthetic, batches=20, size=100)
+    assert [a["query"] for a in answers] == list(range(2000)) and all(len(a["hits"]) == 10 for a in answers)
 
     gpus = query_range(prometheus, 'sum(ray_resources{Name="GPU", State=~".+"})', started, time.time())
     has_gpu = any(float(v) > 0 for series in gpus for _, v in series["values"])
@@ -265,5 +266,5 @@ def test_every_panel_query_returns_plausible_series(cluster, prometheus, shards_
     epochs = last_by('max by (run) (max_over_time(ray_corrhash_train_epoch{job_name="metrics-train"}[10m]))', "run")
     assert epochs and max(epochs.values()) >= 1, epochs
     answered = last_by('sum(max_over_time(ray_corrhash_search_queries_total[10m]))', "")
-    assert answered.get("") == 3000, answered
+    assert answered.get("") == 2000, answered
     print(json.dumps({f"{t} [{r}]": v for (t, r), v in sorted(checked.items())}, indent=1))
