@@ -263,8 +263,13 @@ def test_every_panel_query_returns_plausible_series(cluster, prometheus, shards_
     cells = last_by('sum by (state) (last_over_time(ray_corrhash_ablation_cells{job_name="metrics-grid"}[10m]))',
                     "state")
     assert cells.get("done") == 2 and sum(cells.values()) == 2, cells
-    epochs = last_by('max by (run) (max_over_time(ray_corrhash_train_epoch{job_name="metrics-train"}[10m]))', "run")
-    assert epochs and max(epochs.values()) >= 1, epochs
+    # Every worker, trial and cell labels its epochs with its job's name and its own run.
+    for job_name, runs in (("metrics-train", 1), ("metrics-tune", 2), ("metrics-grid", 2)):
+        epochs = last_by(f'max by (run) (max_over_time(ray_corrhash_train_epoch{{job_name="{job_name}"}}[10m]))',
+                         "run")
+        assert len(epochs) == runs and min(epochs.values()) >= 1, (job_name, epochs)
+    ranks = last_by('max by (rank) (max_over_time(ray_corrhash_train_epoch{job_name="metrics-train"}[10m]))', "rank")
+    assert sorted(ranks) == ["0", "1"], ranks
     answered = last_by('sum(max_over_time(ray_corrhash_search_queries_total[10m]))', "")
     assert answered.get("") == 2000, answered
     print(json.dumps({f"{t} [{r}]": v for (t, r), v in sorted(checked.items())}, indent=1))

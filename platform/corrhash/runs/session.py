@@ -6,8 +6,6 @@ from, how do I report an epoch), so `worker.run_worker` is written once for both
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from corrhash.device import resolve_device
@@ -44,12 +42,11 @@ class TuneSession:
 
     rank, world = 0, 1
 
-    def __init__(self):
+    def __init__(self, job: str):
         from ray import tune
 
-        context = tune.get_context()
-        self.job = Path(context.get_trial_dir()).parent.name  # the search's --name: the experiment folder
-        self.run = context.get_trial_id()
+        self.job = job  # the search's --name (a trial's own folder is Ray's local staging copy, not named so)
+        self.run = tune.get_context().get_trial_id()
 
     def device(self, requested: str) -> torch.device:
         return resolve_device(requested)

@@ -145,7 +145,7 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict()),
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict(), job=name),
                                     {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
     run_path = Path(storage_path(options.storage)) / name
     # The Optuna study lives beside the Tune state (job_lock made the folder), for Optuna's own tools.

@@ -81,6 +81,6 @@ def train_loop(config: dict) -> None:
     run_worker(RunSpec.from_dict(config), TrainSession())
 
 
-def tune_trial(config: dict, spec: dict) -> None:
+def tune_trial(config: dict, spec: dict, job: str) -> None:
     """A Tune function trainable: `config` holds only the tuned values, `spec` comes from `tune.with_parameters`."""
-    run_worker(RunSpec.from_dict(spec).with_overrides(config), TuneSession())
+    run_worker(RunSpec.from_dict(spec).with_overrides(config), TuneSession(job))
