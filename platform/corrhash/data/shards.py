@@ -5,6 +5,11 @@ Schema (one row per document): doc_id int64, indices list<int32> (sorted), value
 sha256 of every shard file and of vocab.json, and a checksum of itself) and `DIR/vocab.json` holds the
 featurizer. `TfidfShards` checks all of that when it opens the files, and loads a split as CSR without
 densifying.
+
+DIR may be a URI (`s3://bucket/prefix`, `gs://...`, `hdfs://...`, `file:///...`; see data/uri.py): the
+files are then read through pyarrow.fs, one shard at a time into memory (nothing is copied to disk). A
+verified shard is fetched whole (its sha256 needs every byte); unverified, only the row groups and
+columns asked for are read from the remote file.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+from pyarrow.fs import FileType
 
+from corrhash.data import uri
 from corrhash.data.corpora import SPLITS
 from corrhash.errors import DataError
 from corrhash.log import log
@@ -34,6 +42,9 @@ SCHEMA = pa.schema([
     ("values", pa.list_(pa.float32())),
     ("labels", pa.list_(pa.int32())),
 ])
+
+Location = Union[Path, str]
+"""A file of a shard set: a Path under a local folder, a URI string (without its query) under a URI."""
 
 
 @dataclass
@@ -121,7 +132,7 @@ def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], np.asarray(array.flatten())
 
 
-def _check_ids(flat: np.ndarray, offsets: np.ndarray, bound: int, path: Path, what: str) -> None:
+def _check_ids(flat: np.ndarray, offsets: np.ndarray, bound: int, path: Location, what: str) -> None:
     bad = (flat < 0) | (flat >= bound)
     if bad.any():
         first = int(np.argmax(bad))
@@ -141,13 +152,22 @@ class TfidfShards:
     written before shards carried checksums is verified by recomputing its content hash (one full read)."""
 
     def __init__(self, root: str | Path, verify: bool | None = None):
-        self.root = Path(root)
         self.verify = os.environ.get(VERIFY_ENV, "1") != "0" if verify is None else verify
-        self.manifest_path = self.root / "manifest.json"
-        if not self.manifest_path.is_file():
+        self._fs = None  # a URI's pyarrow FileSystem, and the root's path in it
+        if uri.is_uri(root):
+            self.root: Location = uri.display(root).rstrip("/")
+            try:
+                self._fs, self._fs_root = uri.filesystem(str(root))
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise DataError(f"{self.root}: cannot open ({exc})") from exc
+        else:
+            self.root = Path(root)
+        self.manifest_path = self._at("manifest.json")
+        if not self._is_file(self.manifest_path):
             raise DataError(f"{self.manifest_path}: not found; is {self.root} the output of jobs/prepare_data.py?")
         try:
-            self.manifest = json.loads(self.manifest_path.read_text())
+            text = self.manifest_path.read_text() if self._fs is None else self._read(self.manifest_path).decode()
+            self.manifest = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.manifest_path}: invalid JSON ({exc})") from exc
         self._entries = self._check_manifest()
@@ -158,8 +178,45 @@ class TfidfShards:
                 raise DataError(f"{self.manifest_path}: content_hash {self.content_hash[:12]}… does not match the "
                                 "shards and vocab.json; the folder was changed or damaged: prepare it again")
 
-    def _check_manifest(self) -> dict[Path, dict]:
-        """The manifest's shape and checksum; returns {absolute shard path: its manifest entry}."""
+    # ---- files: a local folder through pathlib, a URI through its pyarrow FileSystem ----
+
+    def _at(self, rel: str | PurePosixPath) -> Location:
+        return self.root / rel if self._fs is None else f"{self.root}/{PurePosixPath(rel)}"
+
+    def _key(self, location: Location | str) -> Location:
+        """How the manifest's entries are keyed: absolute paths, or the URIs `_at` makes."""
+        return Path(os.path.abspath(location)) if self._fs is None else str(location)
+
+    def _fs_path(self, location: str) -> str:
+        return self._fs_root.rstrip("/") + location[len(str(self.root)):]
+
+    def _is_file(self, location: Location) -> bool:
+        if self._fs is None:
+            return location.is_file()
+        try:
+            return self._fs.get_file_info(self._fs_path(location)).type == FileType.File
+        except (OSError, pa.ArrowException) as exc:  # credentials, network, a missing bucket
+            raise DataError(f"{location}: cannot read ({exc})") from exc
+
+    def _read(self, location: Location) -> bytes:
+        """The whole file; OSError when it cannot be read."""
+        if self._fs is None:
+            return location.read_bytes()
+        try:
+            with self._fs.open_input_stream(self._fs_path(location)) as stream:
+                return stream.read()
+        except pa.ArrowException as exc:
+            raise OSError(str(exc)) from exc
+
+    def _parquet(self, location: Location, columns: list[str] | None) -> pa.Table:
+        """An unverified shard: a remote one reads only the column chunks asked for (ranged reads)."""
+        if self._fs is None:
+            return pq.read_table(pa.BufferReader(location.read_bytes()), columns=columns)
+        with self._fs.open_input_file(self._fs_path(location)) as handle:
+            return pq.ParquetFile(handle).read(columns=columns)
+
+    def _check_manifest(self) -> dict[Location, dict]:
+        """The manifest's shape and checksum; returns {absolute shard path or URI: its manifest entry}."""
         m, where = self.manifest, self.manifest_path
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             found = m.get("format") if isinstance(m, dict) else type(m).__name__
@@ -179,16 +236,16 @@ class TfidfShards:
                         raise DataError(f"{where}: shard path {entry['path']!r} is outside {self.root}")
                     if not isinstance(entry["rows"], int):
                         raise TypeError(f"rows of {entry['path']}")
-                    entries[Path(os.path.abspath(self.root / rel))] = entry
+                    entries[self._key(self._at(rel))] = entry
         except (KeyError, TypeError) as exc:
             raise DataError(f"{where}: malformed manifest ({exc} missing or of the wrong type)") from exc
         return entries
 
     def _check_vocab(self) -> None:
         """vocab.json's checksum and size; keeps it parsed as `self.vocab` (a model is saved with it)."""
-        vocab_path = self.root / "vocab.json"
+        vocab_path = self._at("vocab.json")
         try:
-            data = vocab_path.read_bytes()
+            data = self._read(vocab_path)
             vocab = json.loads(data)
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{vocab_path}: cannot read the featurizer of {self.root} ({exc})") from exc
@@ -221,26 +278,26 @@ class TfidfShards:
     def content_hash(self) -> str:
         return self.manifest["content_hash"]
 
-    def shard_paths(self, name: str) -> list[Path]:
+    def shard_paths(self, name: str) -> list[Location]:
         if name not in self.manifest["splits"]:
             raise DataError(f"{self.root}: no split {name!r}; has {sorted(self.manifest['splits'])}")
-        return [self.root / entry["path"] for entry in self.manifest["splits"][name]["shards"]]
+        return [self._at(entry["path"]) for entry in self.manifest["splits"][name]["shards"]]
 
-    def _read_shard(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+    def _read_shard(self, path: Location, columns: list[str] | None = None) -> pa.Table:
         """One shard file, its sha256 checked first (when verifying), then its schema and rows."""
-        entry = self._entries.get(Path(os.path.abspath(path)))
+        entry = self._entries.get(self._key(path))
         if entry is None:
             raise DataError(f"{path}: not a shard listed in {self.manifest_path}")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read shard ({exc})") from exc
         expected = entry.get("sha256")
-        if self.verify and expected and hashlib.sha256(data).hexdigest() != expected:
-            raise DataError(f"{path}: sha256 does not match {self.manifest_path}; the shard file was changed or "
-                            "damaged after prepare_data wrote it: prepare the data again")
         try:
-            table = pq.read_table(pa.BufferReader(data), columns=columns)
+            if self.verify and expected:
+                data = self._read(path)
+                if hashlib.sha256(data).hexdigest() != expected:
+                    raise DataError(f"{path}: sha256 does not match {self.manifest_path}; the shard file was changed "
+                                    "or damaged after prepare_data wrote it: prepare the data again")
+                table = pq.read_table(pa.BufferReader(data), columns=columns)
+            else:
+                table = self._parquet(path, columns)
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: cannot read shard ({exc})") from exc
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
@@ -255,7 +312,7 @@ class TfidfShards:
                 raise DataError(f"{path}: column {column_name!r} holds {nulls} null value(s)")
         return table
 
-    def _checked_rows(self, path: Path) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    def _checked_rows(self, path: Location) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
         """(doc ids, features, labels) of one shard file, every row checked."""
         table = self._read_shard(path)
         offsets, cols = _flat(table.column("indices"))
@@ -283,13 +340,13 @@ class TfidfShards:
         return (table.column("doc_id").to_numpy(), _csr(offsets, cols, values.astype(np.float32), self.n_features),
                 _csr(label_offsets, label_ids, np.ones(len(label_ids), dtype=bool), len(self.label_names)))
 
-    def _paths(self, name: str, shards: list[Path] | None) -> list[Path]:
-        paths = self.shard_paths(name) if shards is None else [Path(p) for p in shards]
+    def _paths(self, name: str, shards: list[Location] | None) -> list[Location]:
+        paths = self.shard_paths(name) if shards is None else [Path(p) if self._fs is None else str(p) for p in shards]
         if shards is None and sum(e["rows"] for e in self.manifest["splits"][name]["shards"]) == 0:
             raise DataError(f"{self.manifest_path}: split {name!r} has no documents")
         return paths
 
-    def labels(self, name: str, shards: list[Path] | None = None) -> np.ndarray:
+    def labels(self, name: str, shards: list[Location] | None = None) -> np.ndarray:
         """Only the label matrix of a split (or of the given shard files, in that order)."""
         blocks = []
         for path in self._paths(name, shards):
@@ -300,7 +357,7 @@ class TfidfShards:
             return np.zeros((0, len(self.label_names)), dtype=bool)
         return sp.vstack(blocks, format="csr").toarray()
 
-    def split(self, name: str, shards: list[Path] | None = None) -> Split:
+    def split(self, name: str, shards: list[Location] | None = None) -> Split:
         """Load a split (or only the given shard files of it, e.g. a worker's share)."""
         parts = [self._checked_rows(path) for path in self._paths(name, shards)]
         if not parts:
@@ -316,5 +373,5 @@ class TfidfShards:
         for name in SPLITS:
             tables = [self._read_shard(path) for path in self.shard_paths(name)]
             table_digest(pa.concat_tables(tables) if tables else SCHEMA.empty_table(), digest)
-        digest.update((self.root / "vocab.json").read_bytes())
+        digest.update(self._read(self._at("vocab.json")))
         return digest.hexdigest()
