@@ -23,6 +23,7 @@ from corrhash.log import log
 from corrhash.runs.callbacks import TrialRuns, TrialStates
 from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
+from corrhash.runs.paths import check_shared_paths
 from corrhash.runs.space import check_space, domains
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import tune_trial
@@ -82,6 +83,7 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
     check_job_paths(options.mlflow_uri, options.storage)
     with job_lock(storage_path(options.storage), name):
         init_ray(options.address)
+        check_shared_paths(data={"--data": spec.data}, folders={"--storage": storage_path(options.storage)})
         check_fits(f"--cpus-per-trial {options.cpus_per_trial} --gpus-per-trial {options.gpus_per_trial}",
                    options.cpus_per_trial, options.gpus_per_trial)
         uri = tracking_uri(options.mlflow_uri)
@@ -140,6 +142,8 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
     # Snapshot the experiment state every second (default: 10 s or more), so a stopped search
     # resumes knowing every trial that had finished; the snapshot is small at this scale.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # ...and without Tune's warning, once per snapshot, that frequent snapshots may be a bottleneck.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
