@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,106 @@ def test_s3_uri_reads_the_same_splits_and_names_a_damaged_shard(s3, shards_synth
         TfidfShards(f"s3://{BUCKET}/absent")
     with pytest.raises(DataError, match=r"s3://no-such-bucket-here/x/manifest.json: "):
         TfidfShards("s3://no-such-bucket-here/x")
+
+
+# ---- the visibility check on two nodes, the second one unable to see a folder ------------------------------
+
+DRIVER = r"""
+import json, sys
+sys.path.insert(0, "platform")
+import ray
+from corrhash.errors import ConfigError
+from corrhash.runs.cluster import init_ray
+from corrhash.runs.paths import check_shared_paths
+
+address, data, storage, hidden_data, hidden_storage = sys.argv[1:]
+init_ray(address)
+out = {"driver_node": ray.get_runtime_context().get_node_id(), "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}
+check_shared_paths(data={"--data": data}, folders={"--storage": storage})  # visible everywhere: passes
+for case, kwargs in (("data", {"data": {"--data": hidden_data}}), ("storage", {"folders": {"--storage": hidden_storage}})):
+    try:
+        check_shared_paths(**kwargs)
+        out[case] = None
+    except ConfigError as exc:
+        out[case] = str(exc)
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def start_node_without(head, hidden: Path, workdir: Path) -> subprocess.Popen:
+    """A second node of `head` in its own mount namespace, where an empty tmpfs covers `hidden`: another machine,
+    as far as that folder is concerned."""
+    log = workdir / "ray-node-hidden.log"
+    ports = {name: free_port() for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
+                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                            "runtime-env-agent-port")}
+    ray_start = [str(BIN / "ray"), "start", f"--address={head.gcs}", "--block", "--node-ip-address=127.0.0.1",
+                 "--num-cpus=1", "--num-gpus=0", "--min-worker-port=21000", "--max-worker-port=21999",
+                 *[f"--{name}={port}" for name, port in ports.items()], "--disable-usage-stats"]
+    script = f'mount -t tmpfs corrhash-hidden "{hidden}" && exec "$@"'
+    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *ray_start],
+                            env=head.client_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for_nodes(head, count: int, node: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", head.dashboard, "--format", "json",
+                              "--filter", "state=ALIVE"], env=head.client_env(), capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode == 0 and len(json.loads(out.stdout)) >= count:
+            return
+        if node.poll() is not None:
+            raise RuntimeError(f"the second node exited with {node.returncode}")
+        time.sleep(1)
+    raise TimeoutError(f"{count} nodes did not join in {timeout} s")
+
+
+@pytest.mark.cluster
+def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to hide a folder from the second node")
+    from services import start_ray_head
+
+    hidden = tmp_path / "hidden"
+    shutil.copytree(shards_synthetic, hidden / "shards")
+    (tmp_path / "storage").mkdir()
+    head = start_ray_head(tmp_path, num_cpus=1, multi_node=True)
+    node = None
+    try:
+        node = start_node_without(head, hidden, tmp_path)
+        wait_for_nodes(head, 2, node)
+        repo = Path(__file__).resolve().parents[1]
+
+        # A driver connected to the cluster: data and storage both nodes see pass; hidden ones are refused.
+        driver = subprocess.run([sys.executable, "-c", DRIVER, head.gcs, str(shards_synthetic), str(tmp_path / "storage"),
+                                 str(hidden / "shards"), str(hidden / "storage")],
+                                cwd=repo, env=head.client_env(), capture_output=True, text=True, timeout=120)
+        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+        result = json.loads(driver.stdout.split("RESULT ", 1)[1])
+        (other,) = [n for n in result["nodes"] if n != result["driver_node"]]
+        for case, option in (("data", "--data"), ("storage", "--storage")):
+            message = result[case]
+            assert message is not None, f"{option} on the hidden folder passed the check"
+            # The node's address: Ray rewrites a multi-node 127.0.0.1 to the host's address (cluster/SECURITY.md).
+            assert re.match(rf"{option} {hidden / case.replace('data', 'shards')}: not visible on Ray node "
+                            rf"[0-9.]+ \(id {other[:12]}\)", message), message
+            assert "URI" in message and "shared" in message
+        assert "no prepared data there" in result["data"]
+        assert not list((tmp_path / "storage").glob(".corrhash-visible-*"))  # the markers are removed
+        assert not list((hidden / "storage").glob(".corrhash-visible-*"))
+
+        # The job itself: jobs/train.py on this cluster with the hidden data exits 2, naming --data, path and node.
+        job = subprocess.run([sys.executable, "jobs/train.py", "--address", head.gcs, "--data", str(hidden / "shards"),
+                              "--storage", str(tmp_path / "storage"), "--epochs", "1", "--name", "hidden-data",
+                              "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                             cwd=repo, env=head.client_env(), capture_output=True, text=True, timeout=120)
+        assert job.returncode == 2, job.stdout[-3000:] + job.stderr[-3000:]
+        assert re.search(rf"error: --data {hidden / 'shards'}: not visible on Ray node [0-9.]+ \(id {other[:12]}\)",
+                         job.stderr), job.stderr[-3000:]
+        assert not (tmp_path / "mlflow.db").exists()  # refused before any run was recorded
+    finally:
+        if node is not None:
+            stop(node)
+        stop(head.process)

@@ -34,6 +34,7 @@ from corrhash.runs.cluster import check_fits, init_ray, user_error
 from corrhash.runs.grid import Cell, Grid
 from corrhash.runs.local import run_local
 from corrhash.runs.metrics import EpochExporter, export_counts
+from corrhash.runs.paths import check_shared_paths
 from corrhash.serve.hashing import HashingModel
 from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, client_for, ensure_experiment, filter_value,
                                     final_metrics, job_run, log_metrics, log_params, tracking_uri)
@@ -134,6 +135,7 @@ def _run(grid: Grid, options: AblateOptions, name: str, command: str | None) -> 
     import ray
 
     init_ray(options.address)
+    check_shared_paths(data={f"{grid.source}: data.{cell.dataset}": cell.data for cell in grid.cells})
     for cell in grid.cells:
         check_fits(f"cell {cell.label()} (cpus {cell.cpus:g}, gpus {cell.gpus:g})", cell.cpus, cell.gpus)
     uri = tracking_uri(options.mlflow_uri)

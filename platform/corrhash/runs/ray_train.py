@@ -21,6 +21,7 @@ from corrhash.log import log
 from corrhash.runs.callbacks import EpochMetrics
 from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
+from corrhash.runs.paths import check_shared_paths
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import train_loop
 from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_data, publish_model, tracking_uri
@@ -75,6 +76,7 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
         import ray
 
         init_ray(ray_config.address)
+        check_shared_paths(data={"--data": spec.data}, folders={"--storage": storage_path(ray_config.storage)})
         # --use-gpu auto follows --device: cpu or cuda as asked, else GPU workers when the cluster has GPUs.
         device = spec.train.device
         auto = device.startswith("cuda") or device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
