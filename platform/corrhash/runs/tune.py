@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.data.uri import display, join
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.runs.callbacks import TrialRuns, TrialStates
@@ -151,12 +152,13 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict(), job=name),
                                     {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
-    run_path = Path(storage_path(options.storage)) / name
+    run_uri = join(storage_path(options.storage), name)  # a URI as it is: Path() would make s3://b/x s3:/b/x
+    run_path = Path(run_uri)
     # The Optuna study lives beside the Tune state (job_lock made the folder), for Optuna's own tools.
     study = None if "://" in options.storage else f"sqlite:///{run_path / 'optuna.db'}"
-    if tune.Tuner.can_restore(str(run_path)):
-        log(f"tune {name}: resuming from {run_path}")
-        tuner = tune.Tuner.restore(str(run_path), trainable=trainable, resume_errored=True, param_space=space)
+    if tune.Tuner.can_restore(run_uri):
+        log(f"tune {name}: resuming from {display(run_uri)}")
+        tuner = tune.Tuner.restore(run_uri, trainable=trainable, resume_errored=True, param_space=space)
     else:
         import optuna
 
