@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -174,11 +175,36 @@ def test_launcher_token_auth_and_loopback_dashboard(path):
     assert "0.0.0.0" not in everything
 
 
+def rsync_excluded(path: str, excludes: list[str]) -> bool:
+    """Whether rsync's `--exclude PATTERN`s (plain names, or anchored at the transfer's root with "/") skip `path`."""
+    parts = path.split("/")
+    for pattern in excludes:
+        assert not any(c in pattern for c in "*?["), f"{pattern}: wildcards are not modelled here"
+        if pattern.startswith("/"):
+            anchored = pattern[1:].split("/")
+            if parts[:len(anchored)] == anchored:
+                return True
+        elif "/" not in pattern and pattern in parts:
+            return True
+    return False
+
+
+def test_rsync_excluded_models_anchoring():
+    assert rsync_excluded("data/20ng/manifest.json", ["/data"])
+    assert not rsync_excluded("platform/corrhash/data/shards.py", ["/data"])
+    assert rsync_excluded("platform/corrhash/data/shards.py", ["data"])
+    assert rsync_excluded("jobs/__pycache__/tune.pyc", ["__pycache__"])
+
+
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
 def test_launcher_installs_like_the_readme(path):
     config = load_launcher(path)
     assert config["file_mounts"]["~/corrhash"] == ".", "the checkout goes to ~/corrhash on every node"
-    assert LOCAL_STATE <= set(config["rsync_exclude"])
+    excludes = config["rsync_exclude"]
+    assert all(rsync_excluded(name, excludes) for name in LOCAL_STATE), "local state stays on your machine"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    dropped = [path for path in tracked if rsync_excluded(path, excludes)]
+    assert not dropped, f"rsync_exclude drops files of the checkout: {dropped[:5]}"
     # `make setup` itself (torch 2.13.0 first, then the project): the same steps by construction.
     assert config["head_setup_commands"][0] == "make -C ~/corrhash setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
     assert config["worker_setup_commands"][0] == "make -C ~/corrhash setup", "GPU workers: PyPI's CUDA build"
@@ -277,6 +303,22 @@ def test_rayjob_resources_match_its_cluster_worker_group():
         requests = containers(gpu_group["template"])[0]["resources"]["requests"]
         trial_fits(options, cpu_quantity(requests["cpu"]), float(requests["nvidia.com/gpu"]),
                    gpu_group["maxReplicas"], where)
+
+
+def test_deploy_doc_lists_every_port_the_files_open():
+    table = DEPLOY_DOC.read_text().split("## What listens where", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"\b\d{2,5}\b", table))
+    ports = set()
+    for path in LAUNCHER_FILES:
+        config = load_launcher(path)
+        start = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+        ports |= set(re.findall(r"--[\w-]*port=(\d+)", start)) | set(re.findall(r":(\d+)\b", start))
+    for cluster in by_kind("RayCluster"):
+        spec = cluster["spec"]
+        templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+        ports |= {str(p["containerPort"]) for t in templates for c in containers(t) for p in c.get("ports", [])}
+    assert ports and ports <= listed, f"ports missing from docs/DEPLOY.md's table: {sorted(ports - listed)}"
+    assert {"5000", "5432", "9090"} <= listed, "MLflow, PostgreSQL and Prometheus"
 
 
 def test_deploy_doc_tunes_fit_the_launcher_cluster():
