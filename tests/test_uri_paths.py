@@ -123,6 +123,21 @@ def test_s3_uri_reads_the_same_splits_and_names_a_damaged_shard(s3, shards_synth
         TfidfShards("s3://no-such-bucket-here/x")
 
 
+
+def test_a_uri_for_a_driver_folder_is_a_named_error(tmp_path):
+    """--out (train, tune, ablate) is a folder on the driver: a URI is refused, also once Path() collapsed its //."""
+    from corrhash.errors import ConfigError
+    from corrhash.train.preflight import check_job_paths, check_out_dir
+
+    for out in ("s3://bucket/run", Path("s3://bucket/run")):
+        with pytest.raises(ConfigError, match=r"^--out s3:/+bucket/run: a URI, but --out is a folder on the machine"):
+            check_out_dir(out)
+    with pytest.raises(ConfigError, match=r"^--out gs:/bucket/ablations: a URI"):  # ablate's --out
+        check_job_paths(None, str(Path("gs://bucket/ablations")), option="--out")
+    check_job_paths(None, "s3://bucket/ray")  # --storage takes a URI
+    assert check_out_dir(tmp_path / "run") == tmp_path / "run"
+
+
 # ---- the visibility check on two nodes, the second one unable to see a folder ------------------------------
 
 DRIVER = r"""
@@ -224,3 +239,25 @@ def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
         if node is not None:
             stop(node)
         stop(head.process)
+
+
+@pytest.mark.slow
+def test_ray_train_keeps_its_checkpoints_in_s3(s3, shards_synthetic, tmp_path):
+    """--storage s3://...: Ray Train gets the URI unchanged and its workers write the checkpoints into the bucket."""
+    from pyarrow import fs
+
+    from services import service_env
+
+    filesystem, _ = s3
+    filesystem.create_dir(BUCKET)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**service_env(), **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}, "OMP_NUM_THREADS": "1"}
+    job = subprocess.run([sys.executable, "jobs/train.py", "--data", str(shards_synthetic), "--storage",
+                          f"s3://{BUCKET}/ray", "--name", "s3-storage", "--epochs", "2", "--bits", "16", "--hidden",
+                          "32", "--device", "cpu", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    stored = [info.path for info in filesystem.get_file_info(fs.FileSelector(f"{BUCKET}/ray/s3-storage",
+                                                                             recursive=True))]
+    assert any("/checkpoint_" in path for path in stored), stored
+    assert not (repo / "s3:").exists()  # no local folder named after a collapsed URI

@@ -17,6 +17,7 @@ from corrhash.atomic import sibling_temp_dir
 from corrhash.errors import ConfigError
 
 RUN_FILES = {"metrics.jsonl", "results.json", "model"}  # what a train run writes into --out
+COLLAPSED_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")  # s3://b/x after Path(): s3:/b/x
 JOB_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 LOCK_FILE = "corrhash-job.lock"
 
@@ -34,7 +35,17 @@ def new_run_dir(out: str | Path) -> Path:
         raise ConfigError(f"--out {out}: cannot write beside it ({exc})") from exc
 
 
+def check_local_folder(path: str | Path, option: str) -> None:
+    """A URI given to an option that takes a local folder arrives as a path with its // collapsed: say so,
+    instead of creating ./s3:/bucket/... on the driver."""
+    if COLLAPSED_URI.match(str(path)) or "://" in str(path):
+        raise ConfigError(f"{option} {path}: a URI, but {option} is a folder on the machine that runs the job "
+                          "(the driver); results are also logged to MLflow, whose artifact store may be object "
+                          "storage; pass a local folder")
+
+
 def check_out_dir(out: str | Path) -> Path:
+    check_local_folder(out, "--out")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
@@ -66,7 +77,10 @@ def ray_job_id() -> str | None:
 
 def check_job_paths(mlflow_uri: str | None, storage: str, option: str = "--storage") -> None:
     """Inside a Ray job the working dir is Ray's temporary copy of the checkout, and the submitter's
-    environment is not passed on: a default MLflow DB or a relative --storage would vanish with it."""
+    environment is not passed on: a default MLflow DB or a relative --storage would vanish with it.
+    A `storage` with a collapsed URI (s3:/b/x) came through a local-folder option (ablate's --out)."""
+    if COLLAPSED_URI.match(storage):
+        check_local_folder(storage, option)
     job = ray_job_id()
     if job is None:
         return
