@@ -3,6 +3,7 @@
 # A team with a managed database (RDS, Cloud SQL, ...) skips this and points serve.sh at it.
 #   bash cluster/mlflow/postgres.sh start   # initdb once, start, create role + databases; prints the settings
 #   bash cluster/mlflow/postgres.sh settings  # prints them again
+#   bash cluster/mlflow/postgres.sh bindir    # where the PostgreSQL binaries are, or why none were found
 #   bash cluster/mlflow/postgres.sh stop    # fast shutdown by PID
 # State in ${CORRHASH_PG_DIR:-.cluster/postgres}:
 #   data/            the initdb data dir (owned by the server's account, 0700); its Unix socket lives there too
@@ -157,6 +158,7 @@ case "${1:-}" in
     [ -f "$DIR/port" ] && [ -f "$DIR/pgpass" ] || { echo "no database in $DIR; run '$0 start'" >&2; exit 1; }
     settings
     ;;
+  bindir) pg_bin ;;
   stop) stop ;;
-  *) echo "usage: $0 start|settings|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|settings|bindir|stop" >&2; exit 2 ;;
 esac

@@ -113,13 +113,16 @@ case "${1:-}" in
     artifacts=${CORRHASH_MLFLOW_ARTIFACTS:-$DIR/mlartifacts}
     allowed=()
     [ -z "${CORRHASH_MLFLOW_ALLOWED_HOSTS:-}" ] || allowed=(--allowed-hosts "$CORRHASH_MLFLOW_ALLOWED_HOSTS")
+    # uvicorn restarts a worker that does not answer its health check in 5 s; a worker importing MLflow on a
+    # busy host takes longer, and would be killed and restarted in a loop.
     # Secrets reach the server through its environment (readable only by its user and root), never argv.
     # An empty MLFLOW_AUTH_ADMIN_PASSWORD is ignored once the admin exists; before, MLflow refuses to start.
     MLFLOW_AUTH_CONFIG_PATH=$DIR/basic_auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$password \
     MLFLOW_FLASK_SERVER_SECRET_KEY=$MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_DISABLE_TELEMETRY=true \
       setsid "$MLFLOW" server --app-name basic-auth --backend-store-uri "$db" --serve-artifacts \
       --artifacts-destination "$artifacts" --host "$HOST" --port "$PORT" \
-      --workers "${CORRHASH_MLFLOW_WORKERS:-4}" "${allowed[@]}" > "$DIR/mlflow.log" 2>&1 &
+      --workers "${CORRHASH_MLFLOW_WORKERS:-4}" "${allowed[@]}" \
+      --uvicorn-opts "--timeout-worker-healthcheck 60" > "$DIR/mlflow.log" 2>&1 &
     echo $! > "$DIR/mlflow.pid"
     if ! wait_up "$(cat "$DIR/mlflow.pid")"; then stop; exit 1; fi
     echo "MLFLOW_TRACKING_URI=http://$HOST:$PORT"
