@@ -138,6 +138,24 @@ def test_a_uri_for_a_driver_folder_is_a_named_error(tmp_path):
     assert check_out_dir(tmp_path / "run") == tmp_path / "run"
 
 
+
+def test_jobs_on_uri_storage_lock_their_name_on_the_driver(tmp_path, monkeypatch):
+    from corrhash.errors import ConfigError
+    from corrhash.train import preflight
+
+    monkeypatch.setattr(preflight, "URI_LOCKS", tmp_path / "locks")
+    with preflight.job_lock("s3://bucket/tune?access_key=SECRET", "busy"):
+        # The same storage (whatever its query) and name: refused while the first holds it; another name is free.
+        with pytest.raises(ConfigError, match=r"^--name busy: a job with this name is running \(pid \d+ on "):
+            with preflight.job_lock("s3://bucket/tune", "busy"):
+                pass
+        with preflight.job_lock("s3://bucket/tune", "other"), preflight.job_lock("s3://bucket/elsewhere", "busy"):
+            pass
+    with preflight.job_lock("s3://bucket/tune", "busy"):  # released at exit
+        pass
+    assert "SECRET" not in "".join(str(p) + p.read_text() for p in (tmp_path / "locks").rglob("*") if p.is_file())
+
+
 # ---- the visibility check on two nodes, the second one unable to see a folder ------------------------------
 
 DRIVER = r"""

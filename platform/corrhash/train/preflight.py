@@ -7,6 +7,7 @@ bad option costs milliseconds and leaves nothing behind.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -14,12 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from corrhash.atomic import sibling_temp_dir
+from corrhash.data.uri import display, is_uri
 from corrhash.errors import ConfigError
 
 RUN_FILES = {"metrics.jsonl", "results.json", "model"}  # what a train run writes into --out
 COLLAPSED_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")  # s3://b/x after Path(): s3:/b/x
 JOB_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 LOCK_FILE = "corrhash-job.lock"
+URI_LOCKS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "corrhash" / "job-locks"
+"""Where jobs on URI storage lock their names: on the driver's machine (the head, for every `ray job submit`)."""
 
 
 def new_run_dir(out: str | Path) -> Path:
@@ -98,11 +102,12 @@ def check_job_paths(mlflow_uri: str | None, storage: str, option: str = "--stora
 def job_lock(storage: str, name: str):
     """Hold `storage/NAME/corrhash-job.lock` exclusively while the job runs: a second live job with the
     same name is refused. The OS drops the lock when its process dies, so a stale lock (its PID gone)
-    is simply taken over. URIs (object storage) are not locked."""
-    if "://" in storage:
-        yield
-        return
-    folder = Path(storage) / name
+    is simply taken over. Object storage has no such lock: a URI's lock is a local file under URI_LOCKS,
+    which covers every job whose driver runs on this machine (all jobs submitted to one cluster's head)."""
+    if is_uri(storage):
+        folder = URI_LOCKS / hashlib.sha256(display(storage).encode()).hexdigest()[:16] / name
+    else:
+        folder = Path(storage) / name
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / LOCK_FILE, "a+")
     try:
