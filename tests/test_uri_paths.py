@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from corrhash.data import TfidfShards
+from corrhash.data.shards import upload
 from corrhash.errors import DataError
 
 from services import BIN, free_port, stop
@@ -84,18 +85,12 @@ def s3(tmp_path_factory):
         stop(process)
 
 
-def upload(filesystem, folder: Path, prefix: str) -> None:
-    from pyarrow import fs
-
-    filesystem.create_dir(BUCKET)
-    fs.copy_files(str(folder), f"{BUCKET}/{prefix}", source_filesystem=fs.LocalFileSystem(),
-                  destination_filesystem=filesystem)
-
-
 def test_s3_uri_reads_the_same_splits_and_names_a_damaged_shard(s3, shards_synthetic, tmp_path):
     filesystem, endpoint = s3
-    upload(filesystem, shards_synthetic, "synthetic")
+    filesystem.create_dir(BUCKET)
+    uploaded = upload(shards_synthetic, f"s3://{BUCKET}/synthetic")
     local = TfidfShards(shards_synthetic)
+    assert_same_splits(local, uploaded)
     assert_same_splits(local, TfidfShards(f"s3://{BUCKET}/synthetic"))
     # Unverified, a remote shard is read column by column from the object (ranged reads), with the same result.
     unverified = TfidfShards(f"s3://{BUCKET}/synthetic", verify=False)
@@ -108,7 +103,7 @@ def test_s3_uri_reads_the_same_splits_and_names_a_damaged_shard(s3, shards_synth
     # One byte of a shard changed in the bucket: the sha256 check names that object.
     damaged = bytearray((shards_synthetic / "train" / "part-00001.parquet").read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
-    upload(filesystem, shards_synthetic, "damaged")
+    upload(shards_synthetic, f"s3://{BUCKET}/damaged")
     with filesystem.open_output_stream(f"{BUCKET}/damaged/train/part-00001.parquet") as out:
         out.write(bytes(damaged))
     shards = TfidfShards(f"s3://{BUCKET}/damaged")
@@ -122,6 +117,38 @@ def test_s3_uri_reads_the_same_splits_and_names_a_damaged_shard(s3, shards_synth
     with pytest.raises(DataError, match=r"s3://no-such-bucket-here/x/manifest.json: "):
         TfidfShards("s3://no-such-bucket-here/x")
 
+
+
+def test_upload_replaces_only_a_prepared_set(s3, shards_synthetic, tmp_path):
+    """upload() never overwrites by accident, never clobbers foreign objects, and a replaced set reads as the new one."""
+    from pyarrow import fs
+
+    from corrhash.data import PrepareConfig, TfidfRecipe, prepare
+
+    from conftest import write_synthetic_corpus
+
+    filesystem, _ = s3
+    filesystem.create_dir(BUCKET)
+    target = f"s3://{BUCKET}/replace?scheme=http"  # a query is kept for the filesystem, left out of messages
+    upload(shards_synthetic, target)
+    with pytest.raises(DataError, match=rf"^s3://{BUCKET}/replace: already holds a prepared shard set; pass overwrite"):
+        upload(shards_synthetic, target)
+    other = tmp_path / "other"
+    prepare(PrepareConfig(dataset="text", raw=write_synthetic_corpus(tmp_path / "corpus.jsonl", seed=1), out=other,
+                          recipe=TfidfRecipe(min_df=2, max_df=1.0), rows_per_shard=200))
+    replaced = upload(other, target, overwrite=True)
+    assert replaced.content_hash == TfidfShards(other).content_hash != TfidfShards(shards_synthetic).content_hash
+    assert_same_splits(TfidfShards(other), TfidfShards(target))
+    # Only the new set's files are left (the old set had 4 train shards, the new one 2).
+    left = [i.path for i in filesystem.get_file_info(fs.FileSelector(f"{BUCKET}/replace", recursive=True))
+            if i.type == fs.FileType.File]
+    assert len(left) == 2 + sum(len(v["shards"]) for v in replaced.manifest["splits"].values())
+    with filesystem.open_output_stream(f"{BUCKET}/foreign/notes.txt") as out:
+        out.write(b"not ours")
+    with pytest.raises(DataError, match=rf"^s3://{BUCKET}/foreign: holds files that are not a prepared shard set"):
+        upload(shards_synthetic, f"s3://{BUCKET}/foreign", overwrite=True)
+    with pytest.raises(DataError, match=r"upload copies a local folder"):
+        upload(target, f"s3://{BUCKET}/copy")
 
 
 def test_a_uri_for_a_driver_folder_is_a_named_error(tmp_path):

@@ -375,3 +375,46 @@ class TfidfShards:
             table_digest(pa.concat_tables(tables) if tables else SCHEMA.empty_table(), digest)
         digest.update(self._read(self._at("vocab.json")))
         return digest.hexdigest()
+
+
+def upload(folder: str | Path, target: str, overwrite: bool = False) -> TfidfShards:
+    """Copy a prepared folder to a URI (`s3://bucket/prefix`, ...) so that every node of a cluster reads the same
+    data; returns the uploaded set, opened (manifest and vocab verified).
+
+    Object stores have no rename, so the order makes the upload safe to read at any time: manifest.json, the file
+    readers look for first, goes last (a reader sees "not found" until the set is complete), and with `overwrite` an
+    old set at `target` loses its manifest first, then its files. Only a prepared set is ever overwritten."""
+    from pyarrow import fs
+
+    if uri.is_uri(folder):
+        raise DataError(f"{uri.display(folder)}: upload copies a local folder; this is a URI already")
+    local = TfidfShards(folder)  # a damaged folder is not spread further
+    where = uri.display(target).rstrip("/")
+    try:
+        remote, prefix = uri.filesystem(target)
+        prefix = prefix.rstrip("/")
+        old = remote.get_file_info(f"{prefix}/manifest.json")
+        if old.type != FileType.NotFound or remote.get_file_info(fs.FileSelector(prefix, allow_not_found=True)):
+            try:
+                old_format = json.loads(_read_all(remote, f"{prefix}/manifest.json")).get("format")
+            except (OSError, ValueError, AttributeError):
+                old_format = None
+            if old_format != FORMAT:
+                raise DataError(f"{where}: holds files that are not a prepared shard set; choose another prefix")
+            if not overwrite:
+                raise DataError(f"{where}: already holds a prepared shard set; pass overwrite=True to replace it")
+            remote.delete_file(f"{prefix}/manifest.json")
+            remote.delete_dir_contents(prefix, missing_dir_ok=True)
+        listed = [entry["path"] for name in SPLITS for entry in local.manifest["splits"][name]["shards"]]
+        for rel in ["vocab.json", *listed, "manifest.json"]:
+            with remote.open_output_stream(f"{prefix}/{rel}") as out, open(local.root / rel, "rb") as source:
+                for block in iter(lambda: source.read(1 << 22), b""):
+                    out.write(block)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"{where}: cannot upload {local.root} there ({exc})") from exc
+    return TfidfShards(target)
+
+
+def _read_all(filesystem, path: str) -> bytes:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
