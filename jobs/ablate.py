@@ -57,12 +57,16 @@ def parse_settings(items: list[str]) -> dict:
     return settings
 
 
-def main(argv=None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[AblateJob, AblateOptions]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, AblateJob, "grid")
     add_dataclass_args(parser, AblateOptions, "Ray and MLflow")
     args = parser.parse_args(argv)
-    job, options = dataclass_from_args(AblateJob, args), dataclass_from_args(AblateOptions, args)
+    return dataclass_from_args(AblateJob, args), dataclass_from_args(AblateOptions, args)
+
+
+def main(argv=None) -> int:
+    job, options = parse_args(argv)
     # SIGTERM (ray job stop) ends like Ctrl-C: the parent run is marked KILLED and a rerun resumes it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
