@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A local Ray head (token authentication on) and an MLflow server, for `ray job submit` from this checkout.
 #   bash cluster/local.sh start    # prints the exports and a ready-made `ray job submit` line
-#   bash cluster/local.sh stop     # stops both by PID
-# State (PIDs, logs, the Ray token, MLflow DB and artifacts) lives in ${CORRHASH_CLUSTER_DIR:-.cluster}, mode 0700.
+#   bash cluster/local.sh start --postgres   # the team setup (cluster/mlflow/): MLflow on a private PostgreSQL,
+#                                            # behind basic auth, artifacts proxied through the server
+#   bash cluster/local.sh stop     # stops all of it by PID
+# State (PIDs, logs, the Ray token, MLflow DB and artifacts) lives in ${CORRHASH_CLUSTER_DIR:-.cluster}, mode 0700
+# (0710 for the database's account with --postgres as root); with --postgres also postgres/, mlflow/ and the
+# MLflow admin's initial password in mlflow-admin-password (0600).
 # What listens where and what protects it: cluster/SECURITY.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +23,14 @@ export PATH="$VENV_BIN:$PATH" RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY
   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 unset RAY_AUTH_TOKEN RAY_ADDRESS  # a token or cluster from the caller's shell must not win over ours
 
+POSTGRES=0
+case "${1:-} ${2:-}" in
+  "start --postgres") POSTGRES=1 ;;
+  "start "|"stop ") ;;
+  *) echo "usage: $0 start [--postgres] | stop" >&2; exit 2 ;;
+esac
+ADMIN_PASSWORD=$DIR/mlflow-admin-password
+
 alive() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -32,6 +44,29 @@ stop() {
     for _ in $(seq 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
     rm -f "$DIR/$name.pid"
   done
+  # The team setup (--postgres): its own scripts stop what they started, the database last.
+  [ ! -f "$DIR/mlflow/mlflow.pid" ] || CORRHASH_MLFLOW_DIR=$DIR/mlflow bash cluster/mlflow/serve.sh stop
+  [ ! -f "$DIR/postgres/postgres.pid" ] || CORRHASH_PG_DIR=$DIR/postgres bash cluster/mlflow/postgres.sh stop
+}
+
+# The team setup: PostgreSQL in $DIR/postgres, MLflow (basic auth, proxied artifacts) in $DIR/mlflow. Ray jobs
+# inherit the head's environment, so the head gets the MLflow credentials: no password in any runtime env.
+start_team_mlflow() {
+  local settings
+  if [ "$(id -u)" = 0 ]; then  # PostgreSQL runs as its own account, which must pass through $DIR
+    chgrp "$(bash cluster/mlflow/postgres.sh account)" "$DIR" && chmod 710 "$DIR"
+  fi
+  [ -s "$ADMIN_PASSWORD" ] ||
+    (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(24), end="")' > "$ADMIN_PASSWORD")
+  settings=$(CORRHASH_PG_DIR=$DIR/postgres bash cluster/mlflow/postgres.sh start) || return 1
+  eval "$settings"  # CORRHASH_MLFLOW_DB_URI, CORRHASH_MLFLOW_AUTH_DB_URI, PGPASSFILE: shell-quoted, no secrets
+  CORRHASH_MLFLOW_DB_URI=$CORRHASH_MLFLOW_DB_URI CORRHASH_MLFLOW_AUTH_DB_URI=$CORRHASH_MLFLOW_AUTH_DB_URI \
+    PGPASSFILE=$PGPASSFILE CORRHASH_MLFLOW_DIR=$DIR/mlflow CORRHASH_MLFLOW_PORT=$MLFLOW_PORT \
+    CORRHASH_MLFLOW_ARTIFACTS=$DIR/mlartifacts CORRHASH_MLFLOW_ADMIN_PASSWORD_FILE=$ADMIN_PASSWORD \
+    MLFLOW=$VENV_BIN/mlflow bash cluster/mlflow/serve.sh start > /dev/null || return 1
+  export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT MLFLOW_TRACKING_USERNAME=admin
+  MLFLOW_TRACKING_PASSWORD=$(cat "$ADMIN_PASSWORD")
+  export MLFLOW_TRACKING_PASSWORD
 }
 
 # Polls an authenticated URL while checking that the process we started ($2) is still the one serving.
@@ -49,7 +84,7 @@ wait_up() {
 
 case "${1:-}" in
   start)
-    for name in ray mlflow; do
+    for name in ray mlflow mlflow/mlflow postgres/postgres; do
       if alive "$name"; then
         echo "refusing to start: $DIR/$name.pid names a live process ($(cat "$DIR/$name.pid")); run '$0 stop' first" >&2
         exit 1
@@ -63,24 +98,37 @@ case "${1:-}" in
       fi
     done
     chmod 700 "$DIR"
+    if [ "$POSTGRES" = 1 ] && ! start_team_mlflow; then
+      stop
+      exit 1
+    fi
     rm -f "$TOKEN"  # a fresh token per cluster: a stopped cluster's token opens nothing new
     (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$TOKEN")
     setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
       --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
       --dashboard-agent-listen-port="$DASHBOARD_AGENT_PORT" --disable-usage-stats \
       > "$DIR/ray.log" 2>&1 & echo $! > "$DIR/ray.pid"
-    setsid mlflow server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
-      --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-      > "$DIR/mlflow.log" 2>&1 & echo $! > "$DIR/mlflow.pid"
+    if [ "$POSTGRES" = 0 ]; then
+      setsid mlflow server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+        --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+        > "$DIR/mlflow.log" 2>&1 & echo $! > "$DIR/mlflow.pid"
+    fi
     if ! wait_up "http://127.0.0.1:$DASHBOARD_PORT/api/version" "$(cat "$DIR/ray.pid")" ray ||
-       ! wait_up "http://127.0.0.1:$MLFLOW_PORT/health" "$(cat "$DIR/mlflow.pid")" mlflow; then
+       { [ "$POSTGRES" = 0 ] && ! wait_up "http://127.0.0.1:$MLFLOW_PORT/health" "$(cat "$DIR/mlflow.pid")" mlflow; }; then
       stop
       exit 1
     fi
     mlflow_uri=http://127.0.0.1:$MLFLOW_PORT
+    credentials=
+    if [ "$POSTGRES" = 1 ]; then
+      echo "MLflow: $mlflow_uri on PostgreSQL 127.0.0.1:$(cat "$DIR/postgres/port"), basic auth: user admin," \
+        "initial password in $ADMIN_PASSWORD (0600); jobs on this Ray log as admin"
+      # The shell reads the password from its file: the command line shows where it is, not what it is.
+      credentials=" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=\"\$(cat $ADMIN_PASSWORD)\""
+    fi
     # The two commands the README's "On a Ray cluster" recipe runs next (tests/test_security.py runs them).
     echo "export PATH=$VENV_BIN:\$PATH RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token" \
-      "RAY_AUTH_TOKEN_PATH=$TOKEN MLFLOW_TRACKING_URI=$mlflow_uri"
+      "RAY_AUTH_TOKEN_PATH=$TOKEN MLFLOW_TRACKING_URI=$mlflow_uri$credentials"
     # `ray job submit` does not forward the submitting shell's environment, and the job runs in a copy
     # of the working dir: pass the tracking URI explicitly and give absolute paths.
     runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\"}}"
@@ -88,5 +136,4 @@ case "${1:-}" in
       "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --num-workers 2 --name ng64"
     ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

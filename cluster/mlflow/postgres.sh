@@ -4,6 +4,7 @@
 #   bash cluster/mlflow/postgres.sh start   # initdb once, start, create role + databases; prints the settings
 #   bash cluster/mlflow/postgres.sh settings  # prints them again
 #   bash cluster/mlflow/postgres.sh bindir    # where the PostgreSQL binaries are, or why none were found
+#   bash cluster/mlflow/postgres.sh account   # the account the server runs as (created if root and absent)
 #   bash cluster/mlflow/postgres.sh stop    # fast shutdown by PID
 # State in ${CORRHASH_PG_DIR:-.cluster/postgres}:
 #   data/            the initdb data dir (owned by the server's account, 0700); its Unix socket lives there too
@@ -16,8 +17,7 @@
 # Binaries: $PG_BIN, else `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin, else PATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-mkdir -p "${CORRHASH_PG_DIR:-.cluster/postgres}"
-DIR=$(cd "${CORRHASH_PG_DIR:-.cluster/postgres}" && pwd)
+DIR=$(realpath -m "${CORRHASH_PG_DIR:-.cluster/postgres}")
 DATA=$DIR/data
 # "${AS_SERVER[@]}" CMD...: runs CMD as the account that owns the data dir (PostgreSQL refuses root). setpriv
 # execs, leaving no parent behind, so a started server's PID is PostgreSQL's own.
@@ -39,6 +39,12 @@ pg_bin() {
 }
 
 cd /  # the server's account may not be able to enter the caller's working directory
+
+# The system account PostgreSQL runs as when started by root.
+ensure_account() {
+  id -u "$PG_USER" > /dev/null 2>&1 ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_USER"
+}
 
 alive() { [ -f "$DIR/postgres.pid" ] && kill -0 "$(cat "$DIR/postgres.pid")" 2>/dev/null; }
 
@@ -128,10 +134,10 @@ case "${1:-}" in
       exit 1
     fi
     BIN=$(pg_bin)
+    mkdir -p "$DIR"
     chmod 700 "$DIR"
     if [ "$(id -u)" = 0 ]; then
-      id -u "$PG_USER" > /dev/null 2>&1 ||
-        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_USER"
+      ensure_account
       # The server's account may pass through our folder to its data dir, not list or read it.
       chgrp "$PG_USER" "$DIR" && chmod 710 "$DIR"
       if ! "${AS_SERVER[@]}" test -x "$DIR"; then
@@ -159,6 +165,11 @@ case "${1:-}" in
     settings
     ;;
   bindir) pg_bin ;;
+  account)  # root: creates the account if absent and prints its name (to open a parent folder to it)
+    [ "$(id -u)" = 0 ] || { id -un; exit 0; }
+    ensure_account
+    echo "$PG_USER"
+    ;;
   stop) stop ;;
-  *) echo "usage: $0 start|settings|bindir|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|settings|bindir|account|stop" >&2; exit 2 ;;
 esac

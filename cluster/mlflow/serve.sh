@@ -19,8 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-mkdir -p "${CORRHASH_MLFLOW_DIR:-.cluster/mlflow}"
-DIR=$(cd "${CORRHASH_MLFLOW_DIR:-.cluster/mlflow}" && pwd)
+DIR=$(realpath -m "${CORRHASH_MLFLOW_DIR:-.cluster/mlflow}")
 MLFLOW=${MLFLOW:-$REPO/.venv/bin/mlflow}
 PYTHON=$(dirname "$MLFLOW")/python
 HOST=${CORRHASH_MLFLOW_HOST:-127.0.0.1} PORT=${CORRHASH_MLFLOW_PORT:-5000}
@@ -103,6 +102,7 @@ case "${1:-}" in
     done
     if [ -n "${PGPASSFILE:-}" ]; then read_secret_file "$PGPASSFILE" PGPASSFILE > /dev/null; fi
     password=$(admin_password)
+    mkdir -p "$DIR"
     chmod 700 "$DIR"
     render_auth_config "$auth_db"
     if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
