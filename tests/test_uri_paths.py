@@ -229,8 +229,11 @@ def wait_for_nodes(head, count: int, node: subprocess.Popen, timeout: float = 90
         out = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", head.dashboard, "--format", "json",
                               "--filter", "state=ALIVE"], env=head.client_env(), capture_output=True, text=True,
                              timeout=60)
-        if out.returncode == 0 and len(json.loads(out.stdout)) >= count:
-            return
+        try:
+            if out.returncode == 0 and len(json.loads(out.stdout)) >= count:
+                return
+        except ValueError:  # the state API, still starting, answered with no JSON: ask again
+            pass
         if node.poll() is not None:
             raise RuntimeError(f"the second node exited with {node.returncode}")
         time.sleep(1)
