@@ -193,11 +193,12 @@ from corrhash.errors import ConfigError
 from corrhash.runs.cluster import init_ray
 from corrhash.runs.paths import check_shared_paths
 
-address, data, storage, hidden_data, hidden_storage = sys.argv[1:]
+address, data, storage, hidden_data, hidden_storage, stale_data = sys.argv[1:]
 init_ray(address)
 out = {"driver_node": ray.get_runtime_context().get_node_id(), "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}
 check_shared_paths(data={"--data": data}, folders={"--storage": storage})  # visible everywhere: passes
-for case, kwargs in (("data", {"data": {"--data": hidden_data}}), ("storage", {"folders": {"--storage": hidden_storage}})):
+for case, kwargs in (("data", {"data": {"--data": hidden_data}}), ("storage", {"folders": {"--storage": hidden_storage}}),
+                     ("stale", {"data": {"--data": stale_data}})):
     try:
         check_shared_paths(**kwargs)
         out[case] = None
@@ -242,8 +243,8 @@ def wait_for_nodes(head, count: int, node: subprocess.Popen, timeout: float = 90
 
 @pytest.mark.cluster
 def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) to hide a folder from the second node")
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs root, unshare(1) and nsenter(1) to give the second node its own view of a folder")
     from services import start_ray_head
 
     hidden = tmp_path / "hidden"
@@ -256,9 +257,16 @@ def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
         wait_for_nodes(head, 2, node)
         repo = Path(__file__).resolve().parents[1]
 
+        # Under the same path the second node has a stale copy of other data: only its manifest matters here.
+        shutil.copytree(shards_synthetic, hidden / "stale")
+        stale = json.dumps({"format": "corrhash-shards-v1", "content_hash": "0" * 64})
+        subprocess.run(["nsenter", "-t", str(node.pid), "-m", "sh", "-c",
+                        f"mkdir -p '{hidden / 'stale'}' && printf '%s' '{stale}' > '{hidden / 'stale' / 'manifest.json'}'"],
+                       check=True, timeout=30)
+
         # A driver connected to the cluster: data and storage both nodes see pass; hidden ones are refused.
         driver = subprocess.run([sys.executable, "-c", DRIVER, head.gcs, str(shards_synthetic), str(tmp_path / "storage"),
-                                 str(hidden / "shards"), str(hidden / "storage")],
+                                 str(hidden / "shards"), str(hidden / "storage"), str(hidden / "stale")],
                                 cwd=repo, env=head.client_env(), capture_output=True, text=True, timeout=120)
         assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
         result = json.loads(driver.stdout.split("RESULT ", 1)[1])
@@ -271,6 +279,10 @@ def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
                             rf"[0-9.]+ \(id {other[:12]}\)", message), message
             assert "URI" in message and "shared" in message
         assert "no prepared data there" in result["data"]
+        content_hash = TfidfShards(shards_synthetic).content_hash
+        assert re.match(rf"--data {hidden / 'stale'}: not visible on Ray node [0-9.]+ \(id {other[:12]}\): another "
+                        rf"dataset there \(content hash 000000000000…, the driver's is {content_hash[:12]}…\)",
+                        result["stale"]), result["stale"]
         assert not list((tmp_path / "storage").glob(".corrhash-visible-*"))  # the markers are removed
         assert not list((hidden / "storage").glob(".corrhash-visible-*"))
 
