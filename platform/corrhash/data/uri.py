@@ -3,8 +3,9 @@
 `s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://host/path` and `file:///path` go through
 `pyarrow.fs.FileSystem.from_uri`, so credentials and endpoints come from the usual environment
 (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...) or from the URI's query
-(`?endpoint_override=host:port&scheme=http`). A query may hold secrets (`access_key=`), so messages,
-logs and MLflow tags show a URI through `display`, without its query.
+(`?endpoint_override=host:port&scheme=http`). A URI is logged (MLflow params and tags, Ray's state), so
+one holding credentials (`access_key=`, `secret_key=`, `session_token=`) is refused; messages still show a
+URI through `display`, without its query.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import parse_qs
 
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+SECRET_PARAMETERS = {"access_key", "secret_key", "session_token"}  # pyarrow's S3 URI options that are secrets
 
 
 def is_uri(location: str | Path) -> bool:
@@ -50,8 +53,18 @@ def local_path(location: str | Path) -> str | None:
     return None
 
 
+def secrets_in(location: str | Path) -> list[str]:
+    """The credential parameters in a URI's query (none for a path)."""
+    query = str(location).partition("?")[2] if is_uri(location) else ""
+    return sorted(SECRET_PARAMETERS & set(parse_qs(query)))
+
+
 def filesystem(location: str):
-    """(pyarrow FileSystem, path inside it) of a URI; raises OSError (or ValueError for an unknown scheme)."""
+    """(pyarrow FileSystem, path inside it) of a URI; raises OSError, or ValueError for an unknown scheme or
+    credentials in the URI."""
     from pyarrow.fs import FileSystem
 
+    if secrets_in(location):
+        raise ValueError(f"credentials in the URI ({', '.join(secrets_in(location))}) would be logged with it; "
+                         "pass them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) instead")
     return FileSystem.from_uri(location)

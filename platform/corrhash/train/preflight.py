@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from corrhash.atomic import sibling_temp_dir
-from corrhash.data.uri import display, is_uri
+from corrhash.data.uri import display, is_uri, secrets_in
 from corrhash.errors import ConfigError
 
 RUN_FILES = {"metrics.jsonl", "results.json", "model"}  # what a train run writes into --out
@@ -85,6 +85,9 @@ def check_job_paths(mlflow_uri: str | None, storage: str, option: str = "--stora
     A `storage` with a collapsed URI (s3:/b/x) came through a local-folder option (ablate's --out)."""
     if COLLAPSED_URI.match(storage):
         check_local_folder(storage, option)
+    if secrets_in(storage):
+        raise ConfigError(f"{option} {display(storage)}: holds credentials ({', '.join(secrets_in(storage))}), which "
+                          "would be logged with it; pass them in the environment of the driver and the workers")
     job = ray_job_id()
     if job is None:
         return
