@@ -170,6 +170,8 @@ class TfidfShards:
             self.manifest = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.manifest_path}: invalid JSON ({exc})") from exc
+        except OSError as exc:  # found a moment ago: a permission, a dropped connection
+            raise DataError(f"{self.manifest_path}: cannot read ({exc})") from exc
         self._entries = self._check_manifest()
         self._check_vocab()
         if self.verify and "manifest_sha256" not in self.manifest:
