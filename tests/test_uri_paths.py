@@ -305,23 +305,41 @@ def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
         stop(head.process)
 
 
+TRAIN_FROM_S3 = r"""
+import json, sys
+sys.path.insert(0, "platform")
+from corrhash.models import ModelConfig
+from corrhash.runs.ray_train import RayConfig, train_on_ray
+from corrhash.runs.spec import RunSpec
+from corrhash.train.config import TrainConfig
+
+data, storage, mlflow_uri = sys.argv[1:]
+spec = RunSpec(data, ModelConfig(name="corrsh", bits=16, hidden=32), TrainConfig(epochs=2, eval_k=10, device="cpu"))
+results = train_on_ray(spec, RayConfig(num_workers=2, cpus_per_worker=0.5, storage=storage, name="s3-job",
+                                       mlflow_uri=mlflow_uri), score_test=False)
+print("RESULT " + json.dumps({"data": results["data"], "content_hash": results["content_hash"]}), flush=True)
+"""
+
+
 @pytest.mark.slow
-def test_ray_train_keeps_its_checkpoints_in_s3(s3, shards_synthetic, tmp_path):
-    """--storage s3://...: Ray Train gets the URI unchanged and its workers write the checkpoints into the bucket."""
+def test_ray_train_reads_data_from_and_checkpoints_to_s3(s3, shards_synthetic, tmp_path):
+    """Data and --storage both s3:// URIs: two Ray Train workers each stream their share of the train shards from the
+    bucket, and the checkpoints land in it (Ray gets the storage URI unchanged)."""
     from pyarrow import fs
 
     from services import service_env
 
     filesystem, _ = s3
     filesystem.create_dir(BUCKET)
+    upload(shards_synthetic, f"s3://{BUCKET}/train-data")
     repo = Path(__file__).resolve().parents[1]
     env = {**service_env(), **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}, "OMP_NUM_THREADS": "1"}
-    job = subprocess.run([sys.executable, "jobs/train.py", "--data", str(shards_synthetic), "--storage",
-                          f"s3://{BUCKET}/ray", "--name", "s3-storage", "--epochs", "2", "--bits", "16", "--hidden",
-                          "32", "--device", "cpu", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+    job = subprocess.run([sys.executable, "-c", TRAIN_FROM_S3, f"s3://{BUCKET}/train-data", f"s3://{BUCKET}/ray",
+                          f"sqlite:///{tmp_path / 'mlflow.db'}"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    stored = [info.path for info in filesystem.get_file_info(fs.FileSelector(f"{BUCKET}/ray/s3-storage",
-                                                                             recursive=True))]
+    result = json.loads(job.stdout.split("RESULT ", 1)[1])
+    assert result == {"data": f"s3://{BUCKET}/train-data", "content_hash": TfidfShards(shards_synthetic).content_hash}
+    stored = [info.path for info in filesystem.get_file_info(fs.FileSelector(f"{BUCKET}/ray/s3-job", recursive=True))]
     assert any("/checkpoint_" in path for path in stored), stored
     assert not (repo / "s3:").exists()  # no local folder named after a collapsed URI
