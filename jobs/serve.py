@@ -1,0 +1,174 @@
+"""Serve a trained model and an index over HTTP with Ray Serve, until Ctrl-C or SIGTERM.
+
+Examples:
+  python jobs/serve.py --model models:/corrhash-20ng-64b@champion --index idx.npz
+  python jobs/serve.py --model runs:/RUN_ID/model --corpus data/20ng --split train --replicas 2 --port 8001
+  curl -s localhost:8000/search -d '{"texts": ["the shuttle launch was delayed"], "k": 5}'
+
+Endpoints (JSON in and out):
+  POST /search  {"texts": [...], "k": 10}  ->  {"k", "results": [{"query": i, "in_vocabulary": n, "hits":
+                [{"id", "distance", ...}]}]}; a hit from a --corpus also has "labels" (a shard folder) or
+                "text" (its first 80 characters; a .jsonl or text file), as in jobs/search.py
+  POST /encode  {"texts": [...]}  ->  {"bits", "codes": [hex of the packed code bytes], "in_vocabulary"}
+  GET  /healthz ->  {"status": "ok", "model", "bits", "documents"}
+A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body over --max-body-bytes,
+422 a field of the wrong type or out of range (the message names it), 404 and 405.
+
+The model and the index are loaded here, once (--model as for jobs/search.py; --index a saved index, or
+--corpus hashed now), and handed to each replica, so replicas need neither MLflow nor the files.
+--address joins a Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray with token auth); Serve's
+HTTP proxy then runs there, on --host:--port of the head node. That port has no authentication: keep it
+on 127.0.0.1 (the default) or behind a proxy that has. Serve's HTTP options are fixed while Serve runs on a
+cluster: a second app must use the same --host and --port. On exit the app is deleted, and Serve shut down
+if no other app is left.
+
+Live metrics: each replica exports queries answered and per-request latency (`corrhash_search_*`,
+dashboards/README.md), job_name = --model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # jobs/search.py, also when loaded by path (tests)
+
+from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
+from corrhash.runs.serving import Limits, ServeOptions  # noqa: E402
+from search import read_corpus  # noqa: E402  (jobs/search.py: the same corpus formats)
+
+
+@dataclass
+class ServeJobOptions:
+    model: str
+    """models:/NAME@champion, runs:/ID/model or a model folder"""
+    index: Path | None = None
+    """a saved index (.npz, from jobs/search.py --index-out)"""
+    corpus: Path | None = None
+    """documents to hash and serve instead (shard folder, .jsonl or .txt)"""
+    split: str = "train"
+    """split of a shard folder to index"""
+    host: str = "127.0.0.1"
+    """address Serve's HTTP proxy listens on (it has no authentication)"""
+    port: int = 8000
+    """port Serve's HTTP proxy listens on"""
+    replicas: int = 1
+    """replicas of the app (each holds the model and the index)"""
+    replica_cpus: float = 1.0
+    """CPUs Ray reserves for each replica"""
+    max_ongoing_requests: int = 8
+    """requests a replica accepts at once; more wait in the proxy"""
+    max_body_bytes: int = 1 << 20
+    """largest request body (bytes); larger ones get 413"""
+    max_texts: int = 1000
+    """most texts in one request"""
+    max_k: int = 1000
+    """largest k of a /search request"""
+    address: str | None = None
+    """Ray cluster to serve on; default: $RAY_ADDRESS when set, else an embedded local Ray"""
+    name: str = "corrhash"
+    """Serve application name"""
+
+    def validate(self) -> None:
+        if (self.corpus is None) == (self.index is None):
+            raise ConfigError("give exactly one of --index (to load) or --corpus (to hash)")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port}: must be from 1 to 65535")
+        if self.replicas < 1:
+            raise ConfigError(f"--replicas {self.replicas}: must be at least 1")
+        if not self.replica_cpus > 0:
+            raise ConfigError(f"--replica-cpus {self.replica_cpus}: must be more than 0")
+        if self.max_ongoing_requests < 1:
+            raise ConfigError(f"--max-ongoing-requests {self.max_ongoing_requests}: must be at least 1")
+        if not self.name.strip() or "/" in self.name:
+            raise ConfigError(f"--name {self.name!r}: must be a non-empty name without '/'")
+        self.limits().validate()
+
+    def limits(self) -> Limits:
+        return Limits(self.max_body_bytes, self.max_texts, self.max_k)
+
+    def serve_options(self) -> ServeOptions:
+        return ServeOptions(self.host, self.port, self.replicas, self.replica_cpus, self.max_ongoing_requests,
+                            self.name)
+
+
+def parse_args(argv: list[str] | None = None) -> ServeJobOptions:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, ServeJobOptions, "serve")
+    return dataclass_from_args(ServeJobOptions, parser.parse_args(argv))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_payload(options: ServeJobOptions):
+    """The model and its index (loaded or hashed from --corpus), with the checks jobs/search.py makes."""
+    import corrhash
+    from corrhash.runs.serving import Payload
+    from corrhash.serve.index import HammingIndex
+
+    model = corrhash.load(options.model)
+    if model.featurizer is None:
+        raise DataError(f"--model {options.model}: the model has no vocabulary, so it cannot hash text")
+    shown = {}  # a loaded index has ids only
+    if options.index:
+        index = HammingIndex.load(options.index)
+        if index.bits != model.bits:
+            raise DataError(f"{options.index}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
+    else:
+        corpus = read_corpus(options.corpus, options.split)
+        if len(corpus.ids) == 0:
+            raise DataError(f"{options.corpus}: no documents to index")
+        if corpus.features is not None and corpus.features.shape[1] != model.n_features:
+            raise DataError(f"{options.corpus}: {corpus.features.shape[1]} features per document, but the model "
+                            f"takes {model.n_features} (prepared with another vocabulary?)")
+        index, shown = model.index(corpus.texts, ids=corpus.ids, features=corpus.features), corpus.shown
+    log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents")
+    return Payload.of(options.model, model, index, shown)
+
+
+def serve_until_stopped(options: ServeJobOptions) -> None:
+    from corrhash.runs.cluster import init_ray
+    from corrhash.runs import serving
+
+    payload = load_payload(options)  # before Ray: a bad model or index fails fast, with its name
+    init_ray(options.address)
+    serving.start(options.serve_options())
+    try:
+        url = serving.run(payload, options.limits(), options.serve_options())
+        health = serving.wait_ready(url)
+        log(f"serving {health['documents']} documents on {url} (POST /search, POST /encode, GET /healthz); "
+            "Ctrl-C or SIGTERM stops")
+        while True:
+            time.sleep(3600)
+    finally:
+        log(f"stopping: deleting the Serve app {options.name!r}")
+        serving.undeploy(options.name)
+
+
+def main(argv=None) -> int:
+    options = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # runs the cleanup
+    try:
+        options.validate()
+        serve_until_stopped(options)
+    except KeyboardInterrupt:
+        return 130
+    except CorrhashError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # last resort: the library names what it can as a DataError
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""jobs/serve.py on the session's Ray head (token auth on): real HTTP on loopback, answers checked against the model.
+
+A 16-bit model is trained here on the synthetic shards and registered in the session's MLflow server; the job
+serves `models:/...@champion` with an index of the train split, one replica, on a free port. Every answer is
+compared with what `corrhash.load(...)` computes in this process, every malformed request must get a 4xx JSON
+error (never a traceback), and SIGTERM must delete the app and shut Serve down on the shared head.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+import corrhash
+from badinput import assert_named_error, run_job
+from corrhash.artifact import save_model
+from corrhash.bench.serve_load import run_load_test
+from corrhash.data import TfidfShards
+from corrhash.models import ModelConfig
+from corrhash.tracking.runs import ensure_experiment, log_hashing_model
+from corrhash.train import TrainConfig, fit
+from services import free_port, stop
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_BODY = 64 * 1024  # small, so an oversized body is cheap to send
+REGISTERED = "serve-test"
+
+
+@pytest.fixture(scope="module")
+def trained(shards_synthetic, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve-model")
+    shards = TfidfShards(shards_synthetic)
+    result = fit(ModelConfig(name="nash", bits=16, hidden=32), TrainConfig(epochs=2, batch_size=40, eval_k=10),
+                 shards.split("train"), val=shards.split("val"))
+    vocab = json.loads((shards_synthetic / "vocab.json").read_text())
+    model_dir = save_model(folder / "model", result.model, vocab, {"label_names": shards.label_names})
+    texts = [json.loads(line)["text"] for line in (shards_synthetic.parent / "corpus.jsonl").read_text().splitlines()]
+    return SimpleNamespace(dir=model_dir, shards=shards, texts=texts)
+
+
+def registered_uri(tracking_uri: str, model_dir: Path) -> str:
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(ensure_experiment(client, "serve-test")).info.run_id
+    try:
+        version = log_hashing_model(tracking_uri, run_id, model_dir, ["t0w1 common2"], registered_name=REGISTERED)
+    finally:
+        mlflow.set_tracking_uri(None)  # log_hashing_model sets it process-wide
+    client.set_registered_model_alias(REGISTERED, "champion", version.registered_model_version)
+    client.set_terminated(run_id)
+    return f"models:/{REGISTERED}@champion"
+
+
+@pytest.fixture(scope="module")
+def served(cluster, trained, tmp_path_factory):
+    """jobs/serve.py running on the session head: the URL, the process, and the model and index to compare with."""
+    uri = registered_uri(cluster["mlflow"], trained.dir)
+    port, log = free_port(), tmp_path_factory.mktemp("serve-job") / "serve.log"
+    env = dict(cluster["head"].client_env(), MLFLOW_TRACKING_URI=cluster["mlflow"], OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "serve.py"), "--model", uri, "--corpus", str(trained.shards.root),
+         "--address", cluster["head"].gcs, "--port", str(port), "--replicas", "1", "--max-body-bytes", str(MAX_BODY)],
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(process, log, timeout=150)
+        model = corrhash.load(trained.dir)
+        train = trained.shards.split("train")
+        index = model.index(features=train.features, ids=train.doc_ids)
+        yield SimpleNamespace(url=url, port=port, process=process, log=log, model=model, index=index,
+                              texts=trained.texts, label_names=trained.shards.label_names)
+    finally:
+        stop(process, timeout=60)
+
+
+def wait_serving(process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"jobs/serve.py exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        if "serving " in log.read_text():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"jobs/serve.py not serving after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def call(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+         chunked: bool = False) -> tuple[int, dict, dict]:
+    """(status, JSON answer, headers) of one real HTTP request; the answer must be JSON and hold no traceback."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body, headers or {"Content-Type": "application/json"},
+                           encode_chunked=chunked)
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    text = raw.decode("utf-8", errors="replace")
+    assert "Traceback" not in text, text
+    return response.status, json.loads(raw), dict(response.headers)
+
+
+def post(url: str, path: str, payload) -> tuple[int, dict]:
+    status, answer, _ = call(url, "POST", path, json.dumps(payload).encode())
+    return status, answer
+
+
+@pytest.mark.cluster
+def test_healthz_reports_the_model_and_the_index(served):
+    status, answer, _ = call(served.url, "GET", "/healthz")
+    assert status == 200
+    assert answer == {"status": "ok", "model": f"models:/{REGISTERED}@champion", "bits": 16,
+                      "documents": len(served.index)}
+
+
+@pytest.mark.cluster
+def test_search_answers_what_the_model_finds(served):
+    texts = served.texts[:3] + served.texts[400:402] + ["nothing from the vocabulary here"]
+    status, answer = post(served.url, "/search", {"texts": texts, "k": 7})
+    assert status == 200, answer
+    ids, distances = served.model.search(served.index, texts, 7)
+    features = served.model.featurize(texts)
+    assert answer["k"] == 7 and len(answer["results"]) == len(texts)
+    for j, result in enumerate(answer["results"]):
+        assert result["query"] == j
+        assert result["in_vocabulary"] == features[j].nnz
+        assert [h["id"] for h in result["hits"]] == ids[j].tolist()
+        assert [h["distance"] for h in result["hits"]] == distances[j].tolist()
+        assert all(set(h["labels"]) <= set(served.label_names) and h["labels"] for h in result["hits"])
+    assert "warning" not in answer["results"][0]
+    assert answer["results"][-1]["in_vocabulary"] == 0 and "arbitrary" in answer["results"][-1]["warning"]
+    # the first query is a train document: it finds itself at distance 0
+    assert answer["results"][0]["hits"][0]["distance"] == 0
+
+
+@pytest.mark.cluster
+def test_encode_answers_the_models_codes(served):
+    texts = served.texts[100:110]
+    status, answer = post(served.url, "/encode", {"texts": texts})
+    assert status == 200, answer
+    assert answer["bits"] == 16
+    assert answer["codes"] == [row.tobytes().hex() for row in served.model.encode(texts)]
+    assert answer["in_vocabulary"] == [row.nnz for row in served.model.featurize(texts)]
+
+
+BAD_REQUESTS = [  # (method, path, body, status, words the error must contain)
+    ("POST", "/search", b'{"texts": ["a b", }', 400, "not valid JSON"),
+    ("POST", "/search", b"", 400, "not valid JSON"),
+    ("POST", "/search", b'{"texts": ["\xff\xfe"]}', 400, "not UTF-8"),
+    ("POST", "/search", b'["t0w1"]', 422, "JSON object"),
+    ("POST", "/search", b"{}", 422, "'texts' is missing"),
+    ("POST", "/search", b'{"texts": []}', 422, "'texts' is empty"),
+    ("POST", "/search", b'{"texts": ["t0w1", "   "]}', 422, "'texts'[1] is empty"),
+    ("POST", "/encode", b'{"texts": [""]}', 422, "'texts'[0] is empty"),
+    ("POST", "/search", b'{"texts": "t0w1 t0w2"}', 422, "'texts' must be a list"),
+    ("POST", "/encode", b'{"texts": [3]}', 422, "'texts'[0] must be a string"),
+    ("POST", "/search", json.dumps({"texts": ["t0w1"] * 1001}).encode(), 422, "at most 1000"),
+    ("POST", "/search", b'{"texts": ["t0w1"], "k": 0}', 422, "'k' must be an integer from 1 to 1000"),
+    ("POST", "/search", b'{"texts": ["t0w1"], "k": 1001}', 422, "'k'"),
+    ("POST", "/search", b'{"texts": ["t0w1"], "k": "5"}', 422, "'k'"),
+    ("POST", "/search", b'{"texts": ["t0w1"], "k": true}', 422, "'k'"),
+    ("POST", "/search", b'{"texts": ["t0w1"], "kk": 5}', 422, "unknown field 'kk'"),
+    ("POST", "/encode", b'{"texts": ["t0w1"], "k": 5}', 422, "unknown field 'k'"),
+    ("POST", "/search", b'{"texts": ["t0w1"]}' + b" " * MAX_BODY, 413, "at most"),
+    ("GET", "/search", None, 405, "use POST"),
+    ("POST", "/healthz", b"{}", 405, "use GET"),
+    ("POST", "/nowhere", b"{}", 404, "no endpoint /nowhere"),
+]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("method, path, body, status, words", BAD_REQUESTS,
+                         ids=[f"{m} {p} {s} {w}" for m, p, _, s, w in BAD_REQUESTS])
+def test_a_malformed_request_gets_a_4xx_json_error(served, method, path, body, status, words):
+    got, answer, headers = call(served.url, method, path, body)
+    assert got == status, answer
+    assert set(answer) == {"error"} and words in answer["error"], answer
+    if status == 405:
+        assert headers["Allow"] in ("GET", "POST")
+
+
+@pytest.mark.cluster
+def test_an_oversized_chunked_body_is_refused_while_it_streams(served):
+    """No Content-Length to check first: the replica counts the chunks and stops at the limit."""
+    chunks = iter([b'{"texts": ["', b"t0w1 " * (MAX_BODY // 4), b'"]}'])
+    got, answer, _ = call(served.url, "POST", "/search", chunks, chunked=True)
+    assert got == 413 and "over" in answer["error"], answer
+
+
+@pytest.mark.cluster
+def test_a_bounded_load_test_has_no_errors(served):
+    result = run_load_test(f"{served.url}/search", served.texts, requests=200, concurrency=4, duration_s=60)
+    print(json.dumps(result))
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["ok"] == result["sent"] == 200 and result["stopped_by"] == "count"
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    capped = run_load_test(f"{served.url}/encode", served.texts, requests=10**6, concurrency=2, duration_s=1.0)
+    assert capped["stopped_by"] == "duration" and capped["errors"] == 0 and capped["seconds"] < 10
+
+
+@pytest.mark.cluster
+def test_sigterm_deletes_the_app_and_shuts_serve_down(served):
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(90) == 128 + signal.SIGTERM, served.log.read_text()[-3000:]
+    assert "deleting the Serve app 'corrhash'" in served.log.read_text()
+    with pytest.raises(OSError):  # nothing listens there any more: Serve's proxy is gone from the shared head
+        call(served.url, "GET", "/healthz")
+
+
+# ---- bad options: exit 2 naming the option, before Ray is touched ---------------------------------------------
+
+
+def test_bad_options_are_named_errors(trained, tmp_path, capsys):
+    model = str(trained.dir)
+    assert_named_error(*run_job("serve", ["--model", model], capsys), "--index", "--corpus")
+    assert_named_error(*run_job("serve", ["--model", model, "--index", tmp_path / "i.npz", "--port", "0"], capsys),
+                       "--port 0")
+    assert_named_error(*run_job("serve", ["--model", model, "--index", "i.npz", "--max-k", "0"], capsys), "--max-k")
+    assert_named_error(*run_job("serve", ["--model", tmp_path / "none", "--index", "i.npz"], capsys),
+                       tmp_path / "none")
+    assert_named_error(*run_job("serve", ["--model", model, "--index", tmp_path / "i.npz"], capsys),
+                       tmp_path / "i.npz")
+
+
+def test_an_index_of_other_codes_is_refused(trained, tmp_path, capsys):
+    from corrhash.serve.index import HammingIndex
+    import numpy as np
+
+    HammingIndex(np.zeros((3, 4), np.uint8), [1, 2, 3], 32).save(tmp_path / "i.npz")
+    assert_named_error(*run_job("serve", ["--model", str(trained.dir), "--index", tmp_path / "i.npz"], capsys),
+                       tmp_path / "i.npz", "32-bit")
