@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 
@@ -467,45 +469,78 @@ def _parse_id(value, where: str) -> int:
     return value
 
 
-def read_table(raw: Path, label_delimiter: str = ",", test_fraction: float = 0.2, seed: int = 0,
-               encoding: str = "utf-8") -> RawCorpus:
-    """JSONL, CSV/TSV or Parquet with a `text` column, a `labels` column and optional `split`/`id`.
-
-    Without a `split` column a seeded `test_fraction` of the rows becomes the test set."""
-    import numpy as np
-
-    require_exists(raw, "text table")
-    if raw.is_dir():
-        raise DataError(f"{raw}: the text reader takes one .jsonl, .csv or .parquet file, not a folder")
-    columns, rows = _table_rows(raw, encoding)
+def table_documents(path: Path, label_delimiter: str = ",", encoding: str = "utf-8",
+                    first_index: int = 0) -> tuple[bool, Iterator[Document]]:
+    """(whether the table has a `split` column, its rows as documents in order), read as they stream. A row
+    without an `id` gets `first_index` + its row number - 1 (the rows of earlier files come first); without a
+    `split` column every document is "train" until `hold_out_test` picks the test rows."""
+    require_exists(path, "text table")
+    if path.is_dir():
+        raise DataError(f"{path}: the text reader takes .jsonl, .csv or .parquet files, not a folder")
+    columns, rows = _table_rows(path, encoding)
     missing = [c for c in ("text", "labels") if c not in columns]
     if missing:
-        raise DataError(f"{raw}: missing column(s) {missing}; found {columns} "
+        raise DataError(f"{path}: missing column(s) {missing}; found {columns} "
                         "(need 'text' and 'labels', optional 'split' and 'id')")
     has_split = "split" in columns
-    documents = []
-    for row_no, row in enumerate(rows, start=1):
-        where = f"{raw}, row {row_no}"
-        text = row.get("text")
-        if not isinstance(text, str):
-            raise DataError(f"{where}: 'text' must be a string, got {type(text).__name__}")
-        split = "train"
-        if has_split:
-            split = _SPLIT_ALIASES.get(str(row.get("split", "")).strip().lower())
-            if split is None:
-                raise DataError(f"{where}: unknown split {row.get('split')!r} (use train, val or test)")
-        doc_id = _parse_id(row.get("id", row_no - 1), where)
-        documents.append(Document(doc_id, text, _parse_labels(row.get("labels"), label_delimiter, where), split))
-    if not documents:
-        raise DataError(f"{raw}: no rows")
+
+    def documents() -> Iterator[Document]:
+        for row_no, row in enumerate(rows, start=1):
+            where = f"{path}, row {row_no}"
+            text = row.get("text")
+            if not isinstance(text, str):
+                raise DataError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+            split = "train"
+            if has_split:
+                split = _SPLIT_ALIASES.get(str(row.get("split", "")).strip().lower())
+                if split is None:
+                    raise DataError(f"{where}: unknown split {row.get('split')!r} (use train, val or test)")
+            doc_id = _parse_id(row.get("id", first_index + row_no - 1), where)
+            yield Document(doc_id, text, _parse_labels(row.get("labels"), label_delimiter, where), split)
+    return has_split, documents()
+
+
+def check_same_split_column(paths: list[Path], has_split: list[bool]) -> None:
+    """Every file of a corpus has a `split` column, or none has (held-out rows are drawn over all rows)."""
+    if len(set(has_split)) > 1:
+        with_split = [str(p) for p, has in zip(paths, has_split) if has]
+        without = [str(p) for p, has in zip(paths, has_split) if not has]
+        raise DataError(f"{without[0]}: has no 'split' column but {with_split[0]} has one; give every file of "
+                        "the corpus a 'split' column, or none")
+
+
+def hold_out_test(n_rows: int, test_fraction: float, seed: int) -> np.ndarray:
+    """Which rows (over all files, in order) become test rows when the table has no `split` column: a bool mask,
+    the first round(test_fraction * n_rows) (at least 2) of a seeded permutation."""
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n_rows)[:max(2, int(round(test_fraction * n_rows)))]] = True
+    return mask
+
+
+def read_table(raw: Path | list[Path], label_delimiter: str = ",", test_fraction: float = 0.2, seed: int = 0,
+               encoding: str = "utf-8") -> RawCorpus:
+    """One or several JSONL, CSV/TSV or Parquet files (read in the order given, as one table) with a `text` column,
+    a `labels` column and optional `split`/`id`.
+
+    Without a `split` column a seeded `test_fraction` of the rows becomes the test set."""
+    paths = [Path(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
+    documents: list[Document] = []
+    has_split = []
+    for path in paths:
+        has, rows = table_documents(path, label_delimiter, encoding, first_index=len(documents))
+        has_split.append(has)
+        check_same_split_column(paths, has_split)
+        before = len(documents)
+        documents.extend(rows)
+        if len(documents) == before:
+            raise DataError(f"{path}: no rows")
     if len({d.doc_id for d in documents}) != len(documents):
-        raise DataError(f"{raw}: 'id' values repeat; each row needs a unique id")
-    if not has_split:
-        rng = np.random.default_rng(seed)
-        n_test = max(2, int(round(test_fraction * len(documents))))
-        for i in rng.permutation(len(documents))[:n_test]:
+        raise DataError(f"{paths[0] if len(paths) == 1 else ', '.join(map(str, paths))}: 'id' values repeat; "
+                        "each row needs a unique id")
+    if not has_split[0]:
+        for i in np.flatnonzero(hold_out_test(len(documents), test_fraction, seed)):
             documents[i].split = "test"
     names = sorted({label for d in documents for label in d.labels})
-    log(f"text: {len(documents)} rows, {len(names)} labels from {raw.name}")
-    return RawCorpus("text", documents, names, [raw],
-                     {"split_column": has_split, "test_fraction": None if has_split else test_fraction})
+    log(f"text: {len(documents)} rows, {len(names)} labels from {', '.join(p.name for p in paths)}")
+    return RawCorpus("text", documents, names, paths,
+                     {"split_column": has_split[0], "test_fraction": None if has_split[0] else test_fraction})

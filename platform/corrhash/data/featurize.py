@@ -1,15 +1,20 @@
 """Bag-of-words → sublinear TF-IDF, fitted on train, reproducible at serving time from JSON.
 
-The vocabulary comes from scikit-learn's CountVectorizer; the TF-IDF transform is written out
-here (a few lines) so that `vocab.json` alone (terms + idf) featurizes new text identically,
-with nothing pickled.
+Tokenization is scikit-learn's CountVectorizer analyzer; the vocabulary is fitted from term counts
+(`TermCounts`: document and term frequencies, which blocks of a corpus count separately and merge),
+with CountVectorizer's own rules (min_df, max_df, max_features, alphabetical order), so one process and
+many (runs/prepare_ray.py) fit the same vocabulary. The TF-IDF transform is written out here (a few
+lines) so that `vocab.json` alone (terms + idf) featurizes new text identically, with nothing pickled.
+Every transform is row by row: a block of documents gives the rows the whole corpus would.
 """
 
 from __future__ import annotations
 
 import json
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +53,73 @@ class TfidfRecipe:
     """Row normalization of the TF-IDF vectors: 'l2' or 'none'."""
 
 
+def analyzer(recipe: TfidfRecipe):
+    """text -> its counted tokens (normalized, tokenized, stop words removed), as CountVectorizer counts them."""
+    return CountVectorizer(token_pattern=TOKEN_PATTERN, preprocessor=normalize_text,
+                           stop_words=recipe.stop_words).build_analyzer()
+
+
+@dataclass
+class TermCounts:
+    """Document and term frequencies of the terms of some documents: vocabulary-sized, whatever the number
+    of documents. Counts of blocks merge (`+=`) into the counts of their union."""
+
+    n_docs: int = 0
+    df: Counter = field(default_factory=Counter)
+    tf: Counter = field(default_factory=Counter)
+
+    def add(self, texts, analyze) -> "TermCounts":
+        for text in texts:
+            tokens = analyze(text)
+            self.tf.update(tokens)
+            self.df.update(set(tokens))
+            self.n_docs += 1
+        return self
+
+    def __iadd__(self, other: "TermCounts") -> "TermCounts":
+        self.n_docs += other.n_docs
+        self.df.update(other.df)
+        self.tf.update(other.tf)
+        return self
+
+    def to_columns(self) -> dict:
+        """Plain columns (terms, df, tf, n_docs) that travel between processes without pickling objects."""
+        terms = list(self.df)
+        return {"terms": terms, "df": [self.df[t] for t in terms], "tf": [self.tf[t] for t in terms],
+                "n_docs": self.n_docs}
+
+    @classmethod
+    def from_columns(cls, columns: dict) -> "TermCounts":
+        return cls(int(columns["n_docs"]), Counter(dict(zip(columns["terms"], map(int, columns["df"])))),
+                   Counter(dict(zip(columns["terms"], map(int, columns["tf"])))))
+
+
+def select_terms(counts: TermCounts, recipe: TfidfRecipe) -> list[str]:
+    """The vocabulary CountVectorizer(min_df, max_df, max_features).fit keeps, from merged counts: terms within
+    the document-frequency bounds; above max_features, the most frequent (by term count) with CountVectorizer's
+    tie order (an argsort of the alphabetically ordered counts); returned in alphabetical order."""
+    if not counts.df:
+        raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
+    n_doc = counts.n_docs
+    high = recipe.max_df if isinstance(recipe.max_df, Integral) else recipe.max_df * n_doc
+    low = recipe.min_df if isinstance(recipe.min_df, Integral) else recipe.min_df * n_doc
+    if high < low:
+        raise ValueError("max_df corresponds to < documents than min_df")
+    terms = sorted(counts.df)
+    dfs = np.fromiter((counts.df[t] for t in terms), dtype=np.int64, count=len(terms))
+    mask = (dfs <= high) & (dfs >= low)
+    limit = recipe.max_features
+    if limit is not None and mask.sum() > limit:
+        tfs = np.fromiter((counts.tf[t] for t in terms), dtype=np.int64, count=len(terms))
+        chosen = np.flatnonzero(mask)[(-tfs[mask]).argsort()[:limit]]  # CountVectorizer._limit_features
+        mask = np.zeros(len(terms), dtype=bool)
+        mask[chosen] = True
+    kept = [t for t, keep in zip(terms, mask) if keep]
+    if not kept:
+        raise ValueError("After pruning, no terms remain. Try a lower min_df or a higher max_df.")
+    return kept
+
+
 class TfidfFeaturizer:
     """Fitted vocabulary + idf. `transform(texts)` gives L2-normalized sublinear TF-IDF rows."""
 
@@ -62,15 +134,15 @@ class TfidfFeaturizer:
 
     @classmethod
     def fit_vocabulary(cls, train_texts: list[str], recipe: TfidfRecipe) -> "TfidfFeaturizer":
-        vectorizer = CountVectorizer(token_pattern=TOKEN_PATTERN, preprocessor=normalize_text,
-                                     stop_words=recipe.stop_words,
-                                     max_features=recipe.max_features, max_df=recipe.max_df,
-                                     min_df=recipe.min_df, dtype=np.int32)
+        return cls.from_counts(TermCounts().add(train_texts, analyzer(recipe)), recipe)
+
+    @classmethod
+    def from_counts(cls, train_counts: TermCounts, recipe: TfidfRecipe) -> "TfidfFeaturizer":
+        """The vocabulary fitted on the (merged) counts of the train documents; idf comes later (fit_idf)."""
         try:
-            vectorizer.fit(train_texts)
+            return cls(select_terms(train_counts, recipe), norm=recipe.norm)
         except ValueError as exc:  # "empty vocabulary" or max_df/min_df leaving no terms
             raise DataError(f"train split: cannot build a vocabulary ({exc})") from exc
-        return cls(list(vectorizer.get_feature_names_out()), norm=recipe.norm)
 
     @property
     def n_features(self) -> int:
@@ -79,11 +151,16 @@ class TfidfFeaturizer:
     def counts(self, texts: list[str]) -> sp.csr_matrix:
         return self._counter.transform(texts).tocsr()
 
+    def document_frequencies(self, counts: sp.csr_matrix) -> np.ndarray:
+        """Documents per term of a block of count rows; blocks' frequencies add up."""
+        return np.bincount(counts.indices, minlength=self.n_features)
+
     def fit_idf(self, train_counts: sp.csr_matrix) -> None:
+        self.fit_idf_from(self.document_frequencies(train_counts), train_counts.shape[0])
+
+    def fit_idf_from(self, df: np.ndarray, n_docs: int) -> None:
         """Smoothed idf, as scikit-learn's TfidfTransformer: ln((1 + n) / (1 + df)) + 1."""
-        n_docs = train_counts.shape[0]
-        df = np.bincount(train_counts.indices, minlength=self.n_features)
-        self.idf = np.log((1.0 + n_docs) / (1.0 + df)) + 1.0
+        self.idf = np.log((1.0 + n_docs) / (1.0 + np.asarray(df))) + 1.0
 
     def tfidf(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         if self.idf is None:

@@ -1,4 +1,8 @@
-"""Raw corpus → Parquet TF-IDF shards + vocab.json + manifest.json, written atomically."""
+"""Raw corpus → Parquet TF-IDF shards + vocab.json + manifest.json, written atomically.
+
+`prepare` does it in this process; `run_prepare` is the frame (checks, temporary folder, SIGTERM, the swap into
+place) that runs/prepare_ray.py fills in with Ray Data, and `write_vocab_and_manifest` the common ending, so both
+write the same files."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,7 +25,7 @@ from corrhash.cli import CLI
 from corrhash.data import corpora
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
 from corrhash.data.shards import FORMAT, manifest_checksum, sha256_file, split_table, table_digest, write_split
-from corrhash.data.sources import resolve_raw
+from corrhash.data.sources import resolve_raw_inputs
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 
@@ -33,8 +38,9 @@ class PrepareConfig:
     """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
     out: Path
     """Output folder (must not exist unless --overwrite); built in a temporary sibling and renamed into place."""
-    raw: Path | None = None
-    """Raw archive, folder or file; default: $CORRHASH_RAW_DIR, else (20ng only) download."""
+    raw: Path | list[Path] | None = field(default=None, metadata={CLI: {"nargs": "+"}})
+    """Raw archive, folder or file; text takes several files, folders of them or glob patterns, read in the
+    order given as one table; default: $CORRHASH_RAW_DIR, else (20ng only) download."""
     recipe: TfidfRecipe = TfidfRecipe()
     """TF-IDF recipe (vocabulary fitted on train only)"""
     rows_per_shard: int = 2000
@@ -98,6 +104,10 @@ class PrepareConfig:
             raise ConfigError(f"--min-tokens {r.min_tokens} exceeds --max-tokens {r.max_tokens}")
         if not 0 < r.max_df <= 1:
             raise ConfigError(f"--max-df {r.max_df}: must be in (0, 1]")
+        if r.min_df < 0:
+            raise ConfigError(f"--min-df {r.min_df}: must be >= 0")
+        if r.max_features is not None and r.max_features < 1:
+            raise ConfigError(f"--max-features {r.max_features}: must be >= 1")
 
 
 @dataclass
@@ -331,9 +341,10 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def read_and_featurize(config: PrepareConfig, raw: Path) -> tuple[PreparedSplits, list[Path], dict]:
+def read_and_featurize(config: PrepareConfig, inputs: list[Path]) -> tuple[PreparedSplits, list[Path], dict]:
     """(prepared splits, source files, reader notes)."""
-    log(f"reading {config.dataset} from {raw}")
+    raw = inputs[0]
+    log(f"reading {config.dataset} from {', '.join(map(str, inputs))}")
     if config.dataset == "mat":
         return read_mat(raw), [raw], {}
     encoding = config.text_encoding
@@ -341,7 +352,7 @@ def read_and_featurize(config: PrepareConfig, raw: Path) -> tuple[PreparedSplits
         "20ng": lambda: corpora.read_20ng(raw, config.keep_boilerplate, encoding, config.release),
         "reuters": lambda: corpora.read_reuters(raw, config.top_labels, encoding),
         "tmc": lambda: corpora.read_tmc(raw, encoding),
-        "text": lambda: corpora.read_table(raw, config.label_delimiter, config.test_fraction, config.seed, encoding),
+        "text": lambda: corpora.read_table(inputs, config.label_delimiter, config.test_fraction, config.seed, encoding),
     }[config.dataset]()
     return featurize_corpus(corpus, config), corpus.sources, corpus.notes
 
@@ -357,7 +368,17 @@ def write_output(tmp: Path, prepared: PreparedSplits, config: PrepareConfig, sou
         shards = write_split(tmp, split, table, config.rows_per_shard)
         splits[split] = {"documents": table.num_rows, "shards": shards}
         log(f"wrote {split}: {table.num_rows} documents in {len(shards)} shard(s)")
-    vocab_bytes = json.dumps(prepared.vocab, sort_keys=True).encode()
+    return write_vocab_and_manifest(tmp, config, digest, splits, prepared.vocab, source_checksums(sources),
+                                    int(prepared.features["train"].shape[1]), prepared.label_names,
+                                    prepared.dropped, notes)
+
+
+def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib._Hash", splits: dict, vocab: dict,
+                             sources: dict[str, str], n_features: int, label_names: list[str], dropped: dict,
+                             notes: dict) -> dict:
+    """vocab.json and manifest.json into `tmp`, once the shards are there and `digest` has their contents;
+    returns the manifest."""
+    vocab_bytes = json.dumps(vocab, sort_keys=True).encode()
     digest.update(vocab_bytes)
     (tmp / "vocab.json").write_bytes(vocab_bytes)
     params = {k: v for k, v in asdict(config).items() if k not in ("out", "raw", "overwrite")}
@@ -367,11 +388,11 @@ def write_output(tmp: Path, prepared: PreparedSplits, config: PrepareConfig, sou
         "dataset": config.dataset_name,
         "recipe": params,
         "encoding": config.text_encoding,
-        "sources": source_checksums(sources),
-        "n_features": int(prepared.features["train"].shape[1]),
-        "label_names": prepared.label_names,
+        "sources": sources,
+        "n_features": n_features,
+        "label_names": label_names,
         "splits": splits,
-        "dropped": prepared.dropped,
+        "dropped": dropped,
         "notes": notes,
         "vocab_sha256": hashlib.sha256(vocab_bytes).hexdigest(),
         "content_hash": digest.hexdigest(),
@@ -382,27 +403,44 @@ def write_output(tmp: Path, prepared: PreparedSplits, config: PrepareConfig, sou
     return manifest
 
 
+def build_in_process(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
+    """Read, featurize and write everything from this process (the corpus in memory); returns the manifest."""
+    prepared, sources, notes = read_and_featurize(config, inputs)
+    if config.limit is not None:
+        sample_splits(prepared, config.limit, config.seed)
+    for split in corpora.SPLITS:
+        if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
+            raise DataError(f"{inputs[0]}: split {split!r} has no documents after filtering")
+    return write_output(tmp, prepared, config, sources, notes)
+
+
+Build = Callable[[PrepareConfig, list[Path], Path], dict]
+"""Writes shards, vocab.json and manifest.json for (config, raw input files) into a folder; returns the manifest."""
+
+
 def prepare(config: PrepareConfig) -> dict:
-    """Run the whole preparation; returns the manifest that was written."""
+    """Run the whole preparation in this process; returns the manifest that was written."""
+    return run_prepare(config, build_in_process)
+
+
+def run_prepare(config: PrepareConfig, build: Build) -> dict:
+    """Check the config and --out, let `build` fill a temporary sibling of --out, then swap it into place (the
+    whole folder appears at once; on any failure nothing is left behind). Returns the manifest."""
     config.validate()
     out = Path(config.out).absolute()
     if out.exists() and not config.overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it")
     started = time.monotonic()
-    raw = resolve_raw(config.dataset, config.raw)
-    check_output(out, raw, config.overwrite)
+    inputs = resolve_raw_inputs(config.dataset, config.raw)
+    given = [Path(p) for p in config.raw] if isinstance(config.raw, (list, tuple)) else []
+    for raw in dict.fromkeys([*inputs, *(p for p in given if p.exists())]):
+        check_output(out, raw, config.overwrite)
     termination = _Termination()
     with termination.installed():
         tmp, created = make_temp_dir(out)
         try:
-            prepared, sources, notes = read_and_featurize(config, raw)
-            if config.limit is not None:
-                sample_splits(prepared, config.limit, config.seed)
-            for split in corpora.SPLITS:
-                if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
-                    raise DataError(f"{raw}: split {split!r} has no documents after filtering")
             try:
-                manifest = write_output(tmp, prepared, config, sources, notes)
+                manifest = build(config, inputs, tmp)
                 with termination.held():  # --out is never left missing
                     replace_dir(tmp, out)
             except OSError as exc:  # disk full, read-only file system, quota

@@ -1,7 +1,9 @@
-"""Where raw corpora come from: an explicit path, $CORRHASH_RAW_DIR, or (20ng) a cached download."""
+"""Where raw corpora come from: an explicit path, $CORRHASH_RAW_DIR, or (20ng) a cached download; for `text`,
+any number of table files, folders of them and glob patterns."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import urllib.request
@@ -31,7 +33,7 @@ _HOW_TO_PASS = {
     "20ng": "the bydate archive with --raw PATH/20news-bydate.tar.gz (or its extracted folder)",
     "reuters": "the Reuters-21578 archive or folder of reut2-*.sgm files with --raw",
     "tmc": "the folder with TrainingData.txt, TrainCategoryMatrix.csv, TestData.txt, TestTruth.csv with --raw",
-    "text": "a .jsonl, .csv or .parquet file with --raw",
+    "text": "one or more .jsonl, .csv or .parquet files (or folders, or glob patterns) with --raw",
     "mat": "a VDSH .mat file with --raw",
 }
 
@@ -86,3 +88,51 @@ def resolve_raw(dataset: str, raw: Path | None) -> Path:
         return download_20ng()
     where = f" (nothing suitable under ${RAW_DIR_ENV}={base})" if base else ""
     raise DataError(f"{dataset}: no raw input given{where}; pass {_HOW_TO_PASS[dataset]}")
+
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+COMPRESSED = (".gz", ".xz", ".bz2")
+
+
+def is_table_file(path: Path) -> bool:
+    name = path.name.lower()
+    for suffix in COMPRESSED:
+        name = name.removesuffix(suffix)
+    return name.endswith(TABLE_SUFFIXES) and not name.startswith(".")
+
+
+def expand_tables(raw: list[Path]) -> list[Path]:
+    """The table files of `--raw` entries, in the order given: a file as it is, a folder's table files (all
+    depths, sorted by path), a glob pattern's matching files (sorted). A file named twice is refused."""
+    files: list[Path] = []
+    for entry in raw:
+        if not entry.exists() and glob.has_magic(str(entry)):
+            matches = sorted(Path(p) for p in glob.glob(str(entry), recursive=True) if Path(p).is_file())
+            if not matches:
+                raise DataError(f"{entry}: no file matches this pattern (--raw for text)")
+            files.extend(matches)
+        elif entry.is_dir():
+            matches = sorted(p for p in entry.rglob("*") if p.is_file() and is_table_file(p))
+            if not matches:
+                raise DataError(f"{entry}: holds no {', '.join(TABLE_SUFFIXES)} file (--raw for text)")
+            files.extend(matches)
+        elif not entry.exists():
+            raise DataError(f"{entry}: no such file or folder (--raw for text)")
+        else:
+            files.append(entry)
+    seen: dict[Path, Path] = {}
+    for path in files:
+        if path.resolve() in seen:
+            raise DataError(f"{path}: named twice in --raw (also as {seen[path.resolve()]}); each file is read once")
+        seen[path.resolve()] = path
+    return files
+
+
+def resolve_raw_inputs(dataset: str, raw: Path | list[Path] | None) -> list[Path]:
+    """The raw input files or folder of a corpus: `text` takes several (see `expand_tables`), the others one."""
+    entries = [Path(p) for p in raw] if isinstance(raw, (list, tuple)) else ([] if raw is None else [Path(raw)])
+    if dataset == "text" and entries:
+        return expand_tables(entries)
+    if len(entries) > 1:
+        raise DataError(f"--raw: {dataset} takes one archive, folder or file, got {len(entries)}")
+    return [resolve_raw(dataset, entries[0] if entries else None)]
