@@ -61,9 +61,10 @@ start_team_mlflow() {
   settings=$(CORRHASH_PG_DIR=$DIR/postgres bash cluster/mlflow/postgres.sh start) || return 1
   eval "$settings"  # CORRHASH_MLFLOW_DB_URI, CORRHASH_MLFLOW_AUTH_DB_URI, PGPASSFILE: shell-quoted, no secrets
   CORRHASH_MLFLOW_DB_URI=$CORRHASH_MLFLOW_DB_URI CORRHASH_MLFLOW_AUTH_DB_URI=$CORRHASH_MLFLOW_AUTH_DB_URI \
-    PGPASSFILE=$PGPASSFILE CORRHASH_MLFLOW_DIR=$DIR/mlflow CORRHASH_MLFLOW_PORT=$MLFLOW_PORT \
-    CORRHASH_MLFLOW_ARTIFACTS=$DIR/mlartifacts CORRHASH_MLFLOW_ADMIN_PASSWORD_FILE=$ADMIN_PASSWORD \
-    MLFLOW=$VENV_BIN/mlflow bash cluster/mlflow/serve.sh start > /dev/null || return 1
+    PGPASSFILE=$PGPASSFILE CORRHASH_MLFLOW_DIR=$DIR/mlflow CORRHASH_MLFLOW_ARTIFACTS=$DIR/mlartifacts \
+    CORRHASH_MLFLOW_HOST=127.0.0.1 CORRHASH_MLFLOW_PORT=$MLFLOW_PORT CORRHASH_MLFLOW_ADMIN_USERNAME=admin \
+    CORRHASH_MLFLOW_ADMIN_PASSWORD_FILE=$ADMIN_PASSWORD MLFLOW=$VENV_BIN/mlflow \
+    bash cluster/mlflow/serve.sh start > /dev/null || return 1
   export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT MLFLOW_TRACKING_USERNAME=admin
   MLFLOW_TRACKING_PASSWORD=$(cat "$ADMIN_PASSWORD")
   export MLFLOW_TRACKING_PASSWORD
@@ -113,8 +114,10 @@ case "${1:-}" in
         --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
         > "$DIR/mlflow.log" 2>&1 & echo $! > "$DIR/mlflow.pid"
     fi
+    # With --postgres, serve.sh has waited for its MLflow already.
     if ! wait_up "http://127.0.0.1:$DASHBOARD_PORT/api/version" "$(cat "$DIR/ray.pid")" ray ||
-       { [ "$POSTGRES" = 0 ] && ! wait_up "http://127.0.0.1:$MLFLOW_PORT/health" "$(cat "$DIR/mlflow.pid")" mlflow; }; then
+       { [ "$POSTGRES" = 0 ] &&
+         ! wait_up "http://127.0.0.1:$MLFLOW_PORT/health" "$(cat "$DIR/mlflow.pid")" mlflow; }; then
       stop
       exit 1
     fi

@@ -120,7 +120,7 @@ def test_a_tune_with_concurrent_trials_logs_every_point(cluster, team, shards_sy
     parent = client.search_runs([experiment.experiment_id], "tags.`corrhash.job` = 'team-tune'")[0]
     # The job's user created the experiment, so it manages it.
     users = get_app_client("basic-auth", tracking_uri=team.uri)
-    assert users.get_experiment_permission(experiment.experiment_id, "ray-jobs").permission == "MANAGE"
+    assert users.get_user_permission("ray-jobs", "experiment", experiment.experiment_id).permission == "MANAGE"
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == TRIALS

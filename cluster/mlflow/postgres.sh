@@ -19,26 +19,27 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=$(realpath -m "${CORRHASH_PG_DIR:-.cluster/postgres}")
 DATA=$DIR/data
+cd /  # the server's account may not be able to enter the caller's working directory
 # "${AS_SERVER[@]}" CMD...: runs CMD as the account that owns the data dir (PostgreSQL refuses root). setpriv
 # execs, leaving no parent behind, so a started server's PID is PostgreSQL's own.
 PG_USER=${CORRHASH_PG_USER:-corrhash-pg}
-if [ "$(id -u)" = 0 ]; then AS_SERVER=(setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups --); else AS_SERVER=(); fi
+AS_SERVER=()
+[ "$(id -u)" != 0 ] || AS_SERVER=(setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups --)
 ROLE=mlflow ADMIN=corrhash_admin
 
 pg_bin() {
   local dir
   for dir in "${PG_BIN:-}" "$(pg_config --bindir 2>/dev/null || true)" \
              $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r) "$(dirname "$(command -v initdb || echo .)")"; do
-    if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ] && [ -x "$dir/psql" ]; then
+    [ -n "$dir" ] || continue
+    if [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ] && [ -x "$dir/psql" ] && [ -x "$dir/pg_isready" ]; then
       echo "$dir"; return 0
     fi
   done
-  echo "PostgreSQL not found: no initdb, postgres and psql in \$PG_BIN, \`pg_config --bindir\`," \
+  echo "PostgreSQL not found: no initdb, postgres, psql and pg_isready in \$PG_BIN, \`pg_config --bindir\`," \
     "/usr/lib/postgresql/*/bin or PATH (Debian: apt-get install postgresql)" >&2
   return 1
 }
-
-cd /  # the server's account may not be able to enter the caller's working directory
 
 # The system account PostgreSQL runs as when started by root.
 ensure_account() {
@@ -130,7 +131,8 @@ stop() {
 case "${1:-}" in
   start)
     if alive; then
-      echo "refusing to start: $DIR/postgres.pid names a live process ($(cat "$DIR/postgres.pid")); run '$0 stop' first" >&2
+      echo "refusing to start: $DIR/postgres.pid names a live process ($(cat "$DIR/postgres.pid"));" \
+        "run '$0 stop' first" >&2
       exit 1
     fi
     BIN=$(pg_bin)
@@ -148,7 +150,8 @@ case "${1:-}" in
     fi
     fresh=0
     if [ ! -f "$DATA/PG_VERSION" ] || [ ! -f "$DIR/pgpass" ]; then
-      port=${CORRHASH_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+      port=${CORRHASH_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')}
       init_cluster "$port"
       fresh=1
     fi

@@ -90,10 +90,12 @@ wait_up() {
 
 case "${1:-}" in
   start)
-    alive && fail "refusing to start: $DIR/mlflow.pid names a live process ($(cat "$DIR/mlflow.pid")); run '$0 stop' first"
+    ! alive || fail "refusing to start: $DIR/mlflow.pid names a live process ($(cat "$DIR/mlflow.pid"));" \
+      "run '$0 stop' first"
     db=${CORRHASH_MLFLOW_DB_URI:-}
     auth_db=${CORRHASH_MLFLOW_AUTH_DB_URI:-$db}
-    [ -n "$db" ] || fail "set CORRHASH_MLFLOW_DB_URI (postgresql://USER@HOST:PORT/DB; cluster/mlflow/postgres.sh prints one)"
+    [ -n "$db" ] ||
+      fail "set CORRHASH_MLFLOW_DB_URI (postgresql+psycopg2://USER@HOST:PORT/DB; cluster/mlflow/postgres.sh prints one)"
     for uri in "$db" "$auth_db"; do
       if [[ $uri =~ ://[^/@]*:[^/@]*@ ]]; then
         fail "CORRHASH_MLFLOW_DB_URI and CORRHASH_MLFLOW_AUTH_DB_URI must not hold a password (every local user" \
