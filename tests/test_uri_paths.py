@@ -343,3 +343,23 @@ def test_ray_train_reads_data_from_and_checkpoints_to_s3(s3, shards_synthetic, t
     stored = [info.path for info in filesystem.get_file_info(fs.FileSelector(f"{BUCKET}/ray/s3-job", recursive=True))]
     assert any("/checkpoint_" in path for path in stored), stored
     assert not (repo / "s3:").exists()  # no local folder named after a collapsed URI
+
+
+@pytest.mark.slow
+def test_a_tune_on_s3_storage_resumes_from_it(s3, shards_synthetic, tmp_path):
+    """The search's state lives under --storage s3://...; running the same name again restores it from the bucket."""
+    from services import service_env
+
+    filesystem, _ = s3
+    filesystem.create_dir(BUCKET)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**service_env(), **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "jobs/tune.py", "--data", str(shards_synthetic), "--storage", f"s3://{BUCKET}/tune",
+               "--name", "s3-tune", "--num-samples", "2", "--max-concurrent", "1", "--grace-period", "1", "--epochs",
+               "2", "--bits", "16", "--hidden", "32", "--device", "cpu", "--eval-k", "10", "--space",
+               "lr=loguniform:1e-3:1e-2", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    runs = [subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "resuming from" not in runs[0].stderr
+    assert f"tune s3-tune: resuming from s3://{BUCKET}/tune/s3-tune" in runs[1].stderr
