@@ -1,5 +1,7 @@
-"""Prepared data read from URIs (file://, and S3 through a real S3 API: moto's server on loopback), and the
-multi-node visibility check on a real two-node loopback Ray cluster whose second node cannot see a folder."""
+"""Multi-node-safe paths. Prepared data read from URIs (file://, and S3 through a real S3 API: moto's server on
+loopback), uploaded there safely, and used by Ray Train and Tune (data and --storage on S3); URIs refused where a
+folder must be local or would leak credentials; and the visibility check on a real two-node loopback Ray cluster
+whose second node has its own view of a folder (a private tmpfs in its own mount namespace)."""
 
 from __future__ import annotations
 
@@ -299,6 +301,18 @@ def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
         assert re.search(rf"error: --data {hidden / 'shards'}: not visible on Ray node [0-9.]+ \(id {other[:12]}\)",
                          job.stderr), job.stderr[-3000:]
         assert not (tmp_path / "mlflow.db").exists()  # refused before any run was recorded
+
+        # An ablation whose grid names the hidden data: refused the same way, naming the grid and its key.
+        shutil.copytree(shards_synthetic, hidden / "synthetic")
+        ablation = subprocess.run([sys.executable, "jobs/ablate.py", "--grid", "jobs/grids/smoke.yaml", "--address",
+                                   head.gcs, "--out", str(tmp_path / "ablations"),
+                                   "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                                  cwd=repo, env={**head.client_env(), "CORRHASH_DATA": str(hidden)},
+                                  capture_output=True, text=True, timeout=120)
+        assert ablation.returncode == 2, ablation.stdout[-3000:] + ablation.stderr[-3000:]
+        assert re.search(rf"error: \S*smoke.yaml: data.synthetic {hidden / 'synthetic'}: not visible on Ray node "
+                         rf"[0-9.]+ \(id {other[:12]}\)", ablation.stderr), ablation.stderr[-3000:]
+        assert not (tmp_path / "mlflow.db").exists()
     finally:
         if node is not None:
             stop(node)
