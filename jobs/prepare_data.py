@@ -5,6 +5,7 @@ Examples:
   python jobs/prepare_data.py 20ng --release 18828 --raw 20news-bydate.tar.gz --out data/20ng-paper
   python jobs/prepare_data.py reuters --raw reuters21578/ --out data/reuters --top-labels 20
   python jobs/prepare_data.py text --raw corpus.jsonl --out data/mine
+  python jobs/prepare_data.py text --raw parts/*.jsonl --out data/big --ray   # Ray Data, same output
 Without --raw the corpus is looked up under $CORRHASH_RAW_DIR; 20ng is otherwise downloaded.
 """
 
@@ -21,17 +22,30 @@ from corrhash.data import PrepareConfig, prepare  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> PrepareConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[PrepareConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, PrepareConfig, "corpus and output")
-    return dataclass_from_args(PrepareConfig, parser.parse_args(argv))
+    where = parser.add_argument_group("where it runs (not part of the output: both give the same files)")
+    where.add_argument("--ray", action="store_true",
+                       help="text only: spread the work over a Ray cluster with Ray Data (same output as without)")
+    where.add_argument("--address", default=None,
+                       help="with --ray: the Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    args = parser.parse_args(argv)
+    if args.address is not None and not args.ray:
+        parser.error("--address applies with --ray only")
+    return dataclass_from_args(PrepareConfig, args), args
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, args = parse_args(argv)
     print(f"config: {config}", flush=True)
     try:
-        manifest = prepare(config)
+        if args.ray:
+            from corrhash.runs.prepare_ray import prepare_on_ray
+
+            manifest = prepare_on_ray(config, args.address)
+        else:
+            manifest = prepare(config)
     except CorrhashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

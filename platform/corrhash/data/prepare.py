@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
 from corrhash.cli import CLI
 from corrhash.data import corpora
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
-from corrhash.data.shards import FORMAT, manifest_checksum, sha256_file, split_table, table_digest, write_split
+from corrhash.data.shards import (FORMAT, SCHEMA, manifest_checksum, sha256_file, split_table, table_digest,
+                                  write_split)
 from corrhash.data.sources import resolve_raw_inputs
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
@@ -129,7 +132,7 @@ def source_checksums(sources: list[Path]) -> dict[str, str]:
     return {str(p): sha256_file(p) for p in files}
 
 
-def _label_matrix(label_lists: list[list[str]], names: list[str]) -> sp.csr_matrix:
+def label_matrix(label_lists: list[list[str]], names: list[str]) -> sp.csr_matrix:
     index = {name: i for i, name in enumerate(names)}
     rows = [sorted({index[label] for label in labels}) for labels in label_lists]
     indptr = np.cumsum([0] + [len(row) for row in rows])
@@ -176,7 +179,7 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
     featurizer.fit_idf(kept_counts["train"])
     features = {s: featurizer.tfidf(c) for s, c in kept_counts.items()}
     doc_ids = {s: np.array([d.doc_id for d in docs], dtype=np.int64) for s, docs in kept_docs.items()}
-    labels = {s: _label_matrix([d.labels for d in docs], corpus.label_names) for s, docs in kept_docs.items()}
+    labels = {s: label_matrix([d.labels for d in docs], corpus.label_names) for s, docs in kept_docs.items()}
     if "val" not in features and "test" in features:
         val_rows, test_rows = halve_test(doc_ids["test"], config.seed)
         for target, rows in (("val", val_rows), ("test", test_rows)):
@@ -371,6 +374,32 @@ def write_output(tmp: Path, prepared: PreparedSplits, config: PrepareConfig, sou
     return write_vocab_and_manifest(tmp, config, digest, splits, prepared.vocab, source_checksums(sources),
                                     int(prepared.features["train"].shape[1]), prepared.label_names,
                                     prepared.dropped, notes)
+
+
+def write_shard(out_dir: Path, split: str, part: int, table: pa.Table) -> dict:
+    """One shard file as `write_split` writes each of its parts (same name, compression and manifest entry), for a
+    writer that makes the parts one at a time."""
+    rel = f"{split}/part-{part:05d}.parquet"
+    pq.write_table(table, out_dir / rel, compression="zstd")
+    return {"path": rel, "rows": table.num_rows, "sha256": sha256_file(out_dir / rel)}
+
+
+def digest_split_files(paths: list[Path], digest: "hashlib._Hash") -> None:
+    """Feed a split's contents to `digest` exactly as `table_digest` does for the whole split in memory (each
+    column whole, list columns' offsets then values), reading one column of one shard file at a time."""
+    for name in SCHEMA.names:
+        columns = (pq.read_table(path, columns=[name]).column(0).combine_chunks() for path in paths)
+        if not pa.types.is_list(SCHEMA.field(name).type):
+            for array in columns:
+                digest.update(np.asarray(array).tobytes())
+            continue
+        base = 0
+        for i, array in enumerate(columns):
+            offsets = np.asarray(array.offsets).astype(np.int64) + base
+            digest.update((offsets if i == 0 else offsets[1:]).tobytes())
+            base = int(offsets[-1])
+        for path in paths:
+            digest.update(np.asarray(pq.read_table(path, columns=[name]).column(0).combine_chunks().flatten()).tobytes())
 
 
 def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib._Hash", splits: dict, vocab: dict,
