@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -63,9 +64,13 @@ def prepare_on_ray(config: PrepareConfig, address: str | None = None) -> dict:
         raise ConfigError(f"--ray prepares text tables; {config.dataset} is prepared in one process (drop --ray)")
     if config.limit is not None:
         raise ConfigError("--limit samples the corpus in memory; use it without --ray")
+    import ray.data
+
     from corrhash.runs.cluster import init_ray
 
     init_ray(address)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # each pass logs one line of its own instead
     return run_prepare(config, build_on_ray)
 
 
