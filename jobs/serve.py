@@ -140,6 +140,7 @@ def serve_until_stopped(options: ServeJobOptions) -> None:
 
     payload = load_payload(options)  # before Ray: a bad model or index fails fast, with its name
     init_ray(options.address)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # again: ray.init installs its own, which would abort
     serving.start(options.serve_options())
     try:
         url = serving.run(payload, options.limits(), options.serve_options())
@@ -153,9 +154,17 @@ def serve_until_stopped(options: ServeJobOptions) -> None:
         serving.undeploy(options.name)
 
 
+def exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM: exit through the `finally` that deletes the app. Ray's C++ handler, which sees SIGTERM first and
+    passes it on, has set a 3 s alarm that aborts the process (ray-project/ray#64830); deleting the app takes
+    longer, so the alarm is cancelled."""
+    signal.alarm(0)
+    sys.exit(128 + signum)
+
+
 def main(argv=None) -> int:
     options = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # runs the cleanup
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         options.validate()
         serve_until_stopped(options)
