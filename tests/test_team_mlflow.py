@@ -112,7 +112,7 @@ def test_a_tune_with_concurrent_trials_logs_every_point(cluster, team, shards_sy
     done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard,
                            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
                            "--", "python", "jobs/tune.py", *args],
-                          env=cluster["head"].client_env(), capture_output=True, text=True, timeout=170)
+                          env=cluster["head"].client_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
 
     client = MlflowClient(team.uri)

@@ -14,6 +14,7 @@
 #   CORRHASH_MLFLOW_ADMIN_USERNAME (default admin) and its initial password: CORRHASH_MLFLOW_ADMIN_PASSWORD, or
 #   CORRHASH_MLFLOW_ADMIN_PASSWORD_FILE (mode 0600 or 0400). Used only while the admin does not exist yet.
 #   CORRHASH_MLFLOW_DEFAULT_PERMISSION  on others' experiments and models (default READ)
+#   CORRHASH_MLFLOW_AUTH_CACHE_S   seconds a worker trusts a verified password (default 60; see the template)
 #   MLFLOW_FLASK_SERVER_SECRET_KEY      CSRF key, the same for every server replica (default: generated once)
 # State (rendered basic_auth.ini, generated CSRF key, PID, log) in ${CORRHASH_MLFLOW_DIR:-.cluster/mlflow}, 0700.
 set -euo pipefail
@@ -57,11 +58,13 @@ write_private() {
 render_auth_config() {
   # Values go in through the environment of a Python process, never through sed patterns or argv.
   DEFAULT_PERMISSION=${CORRHASH_MLFLOW_DEFAULT_PERMISSION:-READ} AUTH_DB_URI=$1 \
-  ADMIN_USERNAME=${CORRHASH_MLFLOW_ADMIN_USERNAME:-admin} "$PYTHON" -c '
+  ADMIN_USERNAME=${CORRHASH_MLFLOW_ADMIN_USERNAME:-admin} AUTH_CACHE_S=${CORRHASH_MLFLOW_AUTH_CACHE_S:-60} \
+  "$PYTHON" -c '
 import os, string, sys
 template = string.Template(open(sys.argv[1]).read())
-sys.stdout.write(template.substitute(default_permission=os.environ["DEFAULT_PERMISSION"],
-                 auth_database_uri=os.environ["AUTH_DB_URI"], admin_username=os.environ["ADMIN_USERNAME"]))
+sys.stdout.write(template.substitute(
+    default_permission=os.environ["DEFAULT_PERMISSION"], auth_database_uri=os.environ["AUTH_DB_URI"],
+    admin_username=os.environ["ADMIN_USERNAME"], auth_cache_ttl_seconds=int(os.environ["AUTH_CACHE_S"])))
 ' "$REPO/cluster/mlflow/basic_auth.ini.template" | write_private "$DIR/basic_auth.ini"
 }
 
