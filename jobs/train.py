@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
 from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.data.uri import absolute  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig  # noqa: E402
 from corrhash.train import TrainConfig  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     try:
         inputs, options, model_config, train_config, ray_config = parse_args(argv)
         print(f"model: {dataclasses.asdict(model_config)}\ntrain: {dataclasses.asdict(train_config)}", flush=True)
-        spec = RunSpec(str(inputs.data.absolute()), model_config, train_config)
+        spec = RunSpec(absolute(inputs.data), model_config, train_config)
         if options.local:
             from corrhash.runs.local import run_local
             results = run_local(spec, inputs.out, score_test=not options.skip_test)

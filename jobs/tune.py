@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
 from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.data.uri import absolute  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig  # noqa: E402
 from corrhash.runs.space import TUNABLE, space_specs  # noqa: E402
@@ -61,7 +62,7 @@ def parse_args(argv=None):
     inputs, space, options = (dataclass_from_args(cls, args) for cls in (JobInputs, SpaceOptions, TuneOptions))
     model = dataclass_from_args(ModelConfig, args, name=inputs.model, seed=vars(args)["TrainConfig.seed"])
     train = dataclass_from_args(TrainConfig, args)
-    spec = RunSpec(str(inputs.data.absolute()), model, train)
+    spec = RunSpec(absolute(inputs.data), model, train)
     specs = space_specs(space.space_file, space.space, pinned(argv, {**model.to_dict(), **train.to_dict()}))
     return inputs, spec, specs, options
 

@@ -38,7 +38,7 @@ from corrhash.runs.paths import check_shared_paths
 from corrhash.serve.hashing import HashingModel
 from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, client_for, ensure_experiment, filter_value,
                                     final_metrics, job_run, log_metrics, log_params, tracking_uri)
-from corrhash.train.preflight import check_job_name, check_job_paths, job_lock
+from corrhash.train.preflight import check_job_name, check_job_paths, check_local_folder, job_lock
 
 NODE_TAG = "corrhash.node"
 PROGRESS_EVERY_S = 15.0
@@ -254,6 +254,7 @@ def write_ablation_report(grid: Grid, client, experiment_id: str, parent_id: str
 
 def report_only(grid: Grid, options: AblateOptions, command: str | None = None) -> Path:
     """The report of an ablation's finished cells, without running any."""
+    check_local_folder(options.out, "--out")
     uri = tracking_uri(options.mlflow_uri)
     client = client_for(uri)
     experiment = client.get_experiment_by_name(options.experiment)

@@ -24,6 +24,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from corrhash.data import TfidfShards
+from corrhash.data.uri import is_uri
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import ModelConfig, list_models
 from corrhash.runs.spec import RunSpec
@@ -46,7 +47,7 @@ class Cell:
     dataset: str
     """The grid's label of the data (e.g. 'reuters', '20ng-paper')."""
     data: str
-    """Absolute path of the prepared folder."""
+    """Absolute path or URI of the prepared folder."""
     model: ModelConfig
     train: TrainConfig
     axes: dict
@@ -192,7 +193,8 @@ def _datasets(data: Any, fail: _Failer, root: Path) -> dict[str, tuple[str, str]
             fail(key, "a dataset label uses letters, digits, '.', '_' and '-' only")
         if not isinstance(where, str) or not where:
             fail(key, f"expected a folder path, got {where!r}")
-        folder = os.path.abspath(root / Path(_expand(where, key, fail)).expanduser())
+        expanded = _expand(where, key, fail)
+        folder = expanded if is_uri(expanded) else os.path.abspath(root / Path(expanded).expanduser())
         try:
             shards = TfidfShards(folder)
         except (CorrhashError, OSError) as exc:

@@ -23,8 +23,8 @@ TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 class JobInputs:
     """The options every training job (train, tune) shares besides the model and training configs."""
 
-    data: Path
-    """folder written by jobs/prepare_data.py"""
+    data: str
+    """folder written by jobs/prepare_data.py, or its URI (s3://, gs://, hdfs://, file://)"""
     out: Path | None = None
     """folder for results.json and the model (tune: the best trial's); required with train --local"""
     model: str = field(default="corrsh", metadata={CLI: {"choices": list_models()}})
