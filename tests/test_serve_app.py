@@ -157,6 +157,8 @@ BAD_REQUESTS = [  # (method, path, body, status, words the error must contain)
     ("POST", "/search", b'{"texts": ["a b", }', 400, "not valid JSON"),
     ("POST", "/search", b"", 400, "not valid JSON"),
     ("POST", "/search", b'{"texts": ["\xff\xfe"]}', 400, "not UTF-8"),
+    ("POST", "/search", b'{"texts": ["t0w1"], "k": 1' + b"0" * 5000 + b"}", 400, "not valid JSON"),
+    ("POST", "/search", b"[" * 50_000, 400, "not valid JSON"),
     ("POST", "/search", b'["t0w1"]', 422, "JSON object"),
     ("POST", "/search", b"{}", 422, "'texts' is missing"),
     ("POST", "/search", b'{"texts": []}', 422, "'texts' is empty"),
@@ -206,6 +208,20 @@ def test_a_bounded_load_test_has_no_errors(served):
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     capped = run_load_test(f"{served.url}/encode", served.texts, requests=10**6, concurrency=2, duration_s=1.0)
     assert capped["stopped_by"] == "duration" and capped["errors"] == 0 and capped["seconds"] < 10
+
+
+@pytest.mark.cluster
+def test_a_second_app_on_another_port_is_a_named_error(served, cluster, trained, tmp_path):
+    """Serve's HTTP options are fixed while it runs: a second app asking for another port would be deployed where
+    no one looks for it; the job refuses instead, naming the port Serve listens on."""
+    served.index.save(tmp_path / "index.npz")
+    other = free_port()
+    job = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "serve.py"), "--model", str(trained.dir), "--index",
+         str(tmp_path / "index.npz"), "--address", cluster["head"].gcs, "--port", str(other), "--name", "second"],
+        env=cluster["head"].client_env(), capture_output=True, text=True, timeout=120)
+    assert_named_error(job.returncode, job.stderr, f"127.0.0.1:{served.port}", f"--port {served.port}")
+    assert call(served.url, "GET", "/healthz")[0] == 200  # the first app is untouched
 
 
 @pytest.mark.cluster

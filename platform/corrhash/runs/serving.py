@@ -80,6 +80,8 @@ def parse_json_object(body: bytes) -> dict:
     except json.JSONDecodeError as exc:
         raise HttpError(400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") \
             from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise HttpError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(request, dict):
