@@ -78,6 +78,30 @@ def test_shard_pieces_follow_the_split_order_across_files():
                       [{"file": 1, "split": "test", "rows": [3]}]]
 
 
+def test_uri_inputs_read_as_local_files(tmp_path):
+    """file:// URIs (read through pyarrow.fs, as s3:// or gs:// would be): an object, a .gz object, a prefix of
+    Parquet files; the same content as the local files, the manifest naming the URIs."""
+    import gzip
+
+    jsonl_files = write_corpus(SynthConfig(out=tmp_path / "j", n_docs=400, seed=2, files=2))
+    gz = tmp_path / "j" / "second.jsonl.gz"
+    gz.write_bytes(gzip.compress(jsonl_files[1].read_bytes()))
+    write_corpus(SynthConfig(out=tmp_path / "p", n_docs=400, seed=2, files=3, format="parquet"))
+    recipe = TfidfRecipe(min_df=2, max_df=1.0)
+    local = prepare(PrepareConfig(dataset="text", raw=jsonl_files, out=tmp_path / "local", recipe=recipe))
+    by_uri = prepare(PrepareConfig(dataset="text", raw=[f"file://{jsonl_files[0]}", f"file://{gz}"],
+                                   out=tmp_path / "uri", recipe=recipe))
+    prefix = prepare(PrepareConfig(dataset="text", raw=[f"file://{tmp_path / 'p'}"], out=tmp_path / "prefix",
+                                   recipe=recipe))
+    assert local["content_hash"] == by_uri["content_hash"] == prefix["content_hash"]
+    assert list(by_uri["sources"]) == [f"file://{jsonl_files[0]}", f"file://{gz}"]
+    assert list(prefix["sources"]) == [f"file://{p}" for p in sorted((tmp_path / "p").glob("*.parquet"))]
+    with pytest.raises(DataError, match="no such object or prefix"):
+        prepare(PrepareConfig(dataset="text", raw=[f"file://{tmp_path / 'nothing'}"], out=tmp_path / "x"))
+    with pytest.raises(DataError, match="credentials in the URI"):
+        prepare(PrepareConfig(dataset="text", raw=["s3://bucket/corpus?secret_key=abc"], out=tmp_path / "x"))
+
+
 # ---------------------------------------------------------------- Ray Data against one process
 
 RUN_ON_RAY = r"""
@@ -97,7 +121,7 @@ for name, case in cases.items():
         code = prepare_data.main(case["cli"])
         results[name] = {"exit": code}
         continue
-    config = PrepareConfig(dataset="text", raw=[Path(p) for p in case["raw"]], out=Path(case["out"]),
+    config = PrepareConfig(dataset="text", raw=case["raw"], out=Path(case["out"]),
                            recipe=TfidfRecipe(**case["recipe"]), rows_per_shard=case["rows_per_shard"])
     try:
         results[name] = {"manifest": prepare_on_ray(config)}
@@ -137,6 +161,7 @@ def on_ray(tmp_path_factory):
         "parquet": dict(raw=[str(p) for p in pq_files], recipe=dict(min_df=2, max_df=1.0, min_tokens=3),
                         rows_per_shard=64),
         "no_split": dict(raw=[str(p) for p in no_split], recipe=dict(min_df=2, max_df=1.0), rows_per_shard=40),
+        "uri": dict(raw=[f"file://{base / 'synth-pq'}"], recipe=dict(min_df=2, max_df=1.0), rows_per_shard=100),
         "dup": dict(raw=[str(p) for p in dup], recipe=dict(min_df=1, max_df=1.0), rows_per_shard=10),
         "bad": dict(raw=[str(p) for p in bad], recipe=dict(min_df=1, max_df=1.0), rows_per_shard=10),
         "cli": dict(cli=["text", "--raw", *map(str, synth), "--out", str(base / "out-cli"), "--min-df", "2",
@@ -152,7 +177,7 @@ def on_ray(tmp_path_factory):
 
 
 def in_one_process(case: dict, out: Path) -> dict:
-    return prepare(PrepareConfig(dataset="text", raw=[Path(p) for p in case["raw"]], out=out,
+    return prepare(PrepareConfig(dataset="text", raw=case["raw"], out=out,
                                  recipe=TfidfRecipe(**case["recipe"]), rows_per_shard=case["rows_per_shard"]))
 
 
@@ -164,7 +189,7 @@ def same_files(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["synth", "capped", "parquet", "no_split"])
+@pytest.mark.parametrize("name", ["synth", "capped", "parquet", "no_split", "uri"])
 def test_ray_data_preparation_equals_one_process(on_ray, name):
     base, cases, results, _ = on_ray
     ray_manifest = results[name]["manifest"]

@@ -11,18 +11,21 @@ import bz2
 import codecs
 import csv
 import gzip
+import hashlib
 import html
+import io
 import json
 import lzma
 import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterator, Union
 
 import numpy as np
 
+from corrhash.data import uri
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 
@@ -82,20 +85,66 @@ def decode(data: bytes, encoding: str, where: str) -> str:
         raise _undecodable(where, encoding, exc) from exc
 
 
-def open_text(path: Path, encoding: str = "utf-8") -> Iterator[str]:
-    """Lines of a plain, .gz, .xz or .bz2 file, each decoded with `encoding` (a leading UTF-8 BOM is
-    dropped); an undecodable byte is a DataError naming the line."""
-    opener: Callable = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix, open)
+Location = Union[Path, str]
+"""A raw input: a local path, or a URI string (`s3://...`, `gs://...`, `file:///...`; see data/uri.py)."""
+
+
+def as_location(value: str | Path) -> Location:
+    """A URI stays a string (a Path would fold its `//`); anything else becomes a Path."""
+    return value if uri.is_uri(value) else Path(value)
+
+
+def location_name(location: Location) -> str:
+    """How messages and manifests name a location: the path, or the URI without its query."""
+    return uri.display(location) if uri.is_uri(location) else str(location)
+
+
+def _pure(location: Location) -> PurePosixPath:
+    return PurePosixPath(uri.display(location)) if uri.is_uri(location) else PurePosixPath(location)
+
+
+def open_binary(location: Location, random_access: bool = False) -> BinaryIO:
+    """A local file, or a URI's object through pyarrow.fs (streamed; `random_access` for Parquet)."""
+    if not uri.is_uri(location):
+        return open(location, "rb")
+    import pyarrow as pa
+
+    try:
+        filesystem, path = uri.filesystem(location)
+        return filesystem.open_input_file(path) if random_access else filesystem.open_input_stream(path, compression=None)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"{location_name(location)}: cannot read ({exc})") from exc
+
+
+def sha256_location(location: Location) -> str:
+    digest = hashlib.sha256()
+    with open_binary(location) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_DECOMPRESS: dict[str, Callable] = {".gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), ".xz": lzma.LZMAFile,
+                                    ".bz2": bz2.BZ2File}
+
+
+def open_text(path: Location, encoding: str = "utf-8") -> Iterator[str]:
+    """Lines of a plain, .gz, .xz or .bz2 file (a path or a URI), each decoded with `encoding` (a leading UTF-8
+    BOM is dropped); an undecodable byte is a DataError naming the line."""
+    decompress = _DECOMPRESS.get(_pure(path).suffix)
     first_line_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    name = location_name(path)
     try:
         # Latin-1 maps each byte to one character, so this splits lines on \n, \r\n or \r exactly as the
         # bytes lie; each line is then decoded for real, which lets an error name its line.
-        with opener(path, "rt", encoding="latin-1", newline="") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                line_encoding = first_line_encoding if line_no == 1 else encoding
-                yield decode(line.encode("latin-1"), line_encoding, f"{path}, line {line_no}")
+        with open_binary(path) as raw:
+            binary = decompress(raw) if decompress else raw
+            with io.TextIOWrapper(binary, encoding="latin-1", newline="") as handle:
+                for line_no, line in enumerate(handle, start=1):
+                    line_encoding = first_line_encoding if line_no == 1 else encoding
+                    yield decode(line.encode("latin-1"), line_encoding, f"{name}, line {line_no}")
     except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
+        raise DataError(f"{name}: cannot read ({exc})") from exc
 
 
 def require_exists(path: Path, what: str) -> Path:
@@ -402,15 +451,38 @@ def read_tmc(raw: Path, encoding: str = "latin-1") -> RawCorpus:
 
 # ---------------------------------------------------------------- generic tables
 
-def _table_rows(path: Path, encoding: str) -> tuple[list[str], Iterator[dict]]:
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+PARQUET_BATCH_ROWS = 4096
+"""Rows of a Parquet table read at a time (a table is streamed, never read whole)."""
+
+
+def _parquet_rows(path: Location) -> tuple[list[str], Iterator[dict]]:
+    import pyarrow.parquet as pq
+
+    name = location_name(path)
+    try:
+        parquet = pq.ParquetFile(open_binary(path, random_access=True))
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(f"{name}: not a readable Parquet file ({exc})") from exc
+
+    def rows() -> Iterator[dict]:
         try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-        return table.column_names, iter(table.to_pylist())
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                yield from batch.to_pylist()
+        except Exception as exc:  # a damaged page shows only when it is read
+            raise DataError(f"{name}: not a readable Parquet file ({exc})") from exc
+        finally:
+            parquet.close()
+    return parquet.schema_arrow.names, rows()
+
+
+def _table_rows(path: Location, encoding: str) -> tuple[list[str], Iterator[dict]]:
+    pure = _pure(path)
+    suffixes = "".join(pure.suffixes[-2:]).lower()
+    name = location_name(path)
+    if pure.suffix.lower() == ".parquet":
+        return _parquet_rows(path)
     if ".jsonl" in suffixes or ".json" in suffixes:
         def rows() -> Iterator[dict]:
             for line_no, line in enumerate(open_text(path, encoding), start=1):
@@ -418,9 +490,9 @@ def _table_rows(path: Path, encoding: str) -> tuple[list[str], Iterator[dict]]:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
+                        raise DataError(f"{name}, line {line_no}: invalid JSON ({exc.msg})") from exc
                     if not isinstance(row, dict):
-                        raise DataError(f"{path}, line {line_no}: expected a JSON object per line")
+                        raise DataError(f"{name}, line {line_no}: expected a JSON object per line")
                     yield row
         first = next(rows(), None)
         columns = list(first) if first else []
@@ -432,15 +504,15 @@ def _table_rows(path: Path, encoding: str) -> tuple[list[str], Iterator[dict]]:
         try:
             columns = list(reader.fieldnames or [])
         except csv.Error as exc:
-            raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
+            raise DataError(f"{name}: not a readable CSV file ({exc})") from exc
 
         def csv_rows() -> Iterator[dict]:
             try:
                 yield from reader
             except csv.Error as exc:
-                raise DataError(f"{path}, line {reader.line_num}: not readable CSV ({exc})") from exc
+                raise DataError(f"{name}, line {reader.line_num}: not readable CSV ({exc})") from exc
         return columns, csv_rows()
-    raise DataError(f"{path}: unknown table format (use .jsonl, .csv, .tsv or .parquet)")
+    raise DataError(f"{name}: unknown table format (use .jsonl, .csv, .tsv or .parquet)")
 
 
 def _parse_labels(value, delimiter: str, where: str) -> list[str]:
@@ -469,24 +541,26 @@ def _parse_id(value, where: str) -> int:
     return value
 
 
-def table_documents(path: Path, label_delimiter: str = ",", encoding: str = "utf-8",
+def table_documents(path: Location, label_delimiter: str = ",", encoding: str = "utf-8",
                     first_index: int = 0) -> tuple[bool, Iterator[Document]]:
     """(whether the table has a `split` column, its rows as documents in order), read as they stream. A row
     without an `id` gets `first_index` + its row number - 1 (the rows of earlier files come first); without a
     `split` column every document is "train" until `hold_out_test` picks the test rows."""
-    require_exists(path, "text table")
-    if path.is_dir():
-        raise DataError(f"{path}: the text reader takes .jsonl, .csv or .parquet files, not a folder")
+    name = location_name(path)
+    if not uri.is_uri(path):
+        require_exists(path, "text table")
+        if path.is_dir():
+            raise DataError(f"{path}: the text reader takes .jsonl, .csv or .parquet files, not a folder")
     columns, rows = _table_rows(path, encoding)
     missing = [c for c in ("text", "labels") if c not in columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {columns} "
+        raise DataError(f"{name}: missing column(s) {missing}; found {columns} "
                         "(need 'text' and 'labels', optional 'split' and 'id')")
     has_split = "split" in columns
 
     def documents() -> Iterator[Document]:
         for row_no, row in enumerate(rows, start=1):
-            where = f"{path}, row {row_no}"
+            where = f"{name}, row {row_no}"
             text = row.get("text")
             if not isinstance(text, str):
                 raise DataError(f"{where}: 'text' must be a string, got {type(text).__name__}")
@@ -500,11 +574,11 @@ def table_documents(path: Path, label_delimiter: str = ",", encoding: str = "utf
     return has_split, documents()
 
 
-def check_same_split_column(paths: list[Path], has_split: list[bool]) -> None:
+def check_same_split_column(paths: list[Location], has_split: list[bool]) -> None:
     """Every file of a corpus has a `split` column, or none has (held-out rows are drawn over all rows)."""
     if len(set(has_split)) > 1:
-        with_split = [str(p) for p, has in zip(paths, has_split) if has]
-        without = [str(p) for p, has in zip(paths, has_split) if not has]
+        with_split = [location_name(p) for p, has in zip(paths, has_split) if has]
+        without = [location_name(p) for p, has in zip(paths, has_split) if not has]
         raise DataError(f"{without[0]}: has no 'split' column but {with_split[0]} has one; give every file of "
                         "the corpus a 'split' column, or none")
 
@@ -517,13 +591,13 @@ def hold_out_test(n_rows: int, test_fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def read_table(raw: Path | list[Path], label_delimiter: str = ",", test_fraction: float = 0.2, seed: int = 0,
+def read_table(raw: Location | list[Location], label_delimiter: str = ",", test_fraction: float = 0.2, seed: int = 0,
                encoding: str = "utf-8") -> RawCorpus:
     """One or several JSONL, CSV/TSV or Parquet files (read in the order given, as one table) with a `text` column,
     a `labels` column and optional `split`/`id`.
 
     Without a `split` column a seeded `test_fraction` of the rows becomes the test set."""
-    paths = [Path(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
+    paths = [as_location(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
     documents: list[Document] = []
     has_split = []
     for path in paths:
@@ -533,14 +607,14 @@ def read_table(raw: Path | list[Path], label_delimiter: str = ",", test_fraction
         before = len(documents)
         documents.extend(rows)
         if len(documents) == before:
-            raise DataError(f"{path}: no rows")
+            raise DataError(f"{location_name(path)}: no rows")
     if len({d.doc_id for d in documents}) != len(documents):
-        raise DataError(f"{paths[0] if len(paths) == 1 else ', '.join(map(str, paths))}: 'id' values repeat; "
+        raise DataError(f"{', '.join(map(location_name, paths))}: 'id' values repeat; "
                         "each row needs a unique id")
     if not has_split[0]:
         for i in np.flatnonzero(hold_out_test(len(documents), test_fraction, seed)):
             documents[i].split = "test"
     names = sorted({label for d in documents for label in d.labels})
-    log(f"text: {len(documents)} rows, {len(names)} labels from {', '.join(p.name for p in paths)}")
+    log(f"text: {len(documents)} rows, {len(names)} labels from {', '.join(_pure(p).name for p in paths)}")
     return RawCorpus("text", documents, names, paths,
                      {"split_column": has_split[0], "test_fraction": None if has_split[0] else test_fraction})

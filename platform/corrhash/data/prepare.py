@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
 from corrhash.cli import CLI
-from corrhash.data import corpora
+from corrhash.data import corpora, uri
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
 from corrhash.data.shards import (FORMAT, SCHEMA, manifest_checksum, sha256_file, split_table, table_digest,
                                   write_split)
@@ -41,9 +41,10 @@ class PrepareConfig:
     """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
     out: Path
     """Output folder (must not exist unless --overwrite); built in a temporary sibling and renamed into place."""
-    raw: Path | list[Path] | None = field(default=None, metadata={CLI: {"nargs": "+"}})
-    """Raw archive, folder or file; text takes several files, folders of them or glob patterns, read in the
-    order given as one table; default: $CORRHASH_RAW_DIR, else (20ng only) download."""
+    raw: Path | list[Path | str] | None = field(default=None, metadata={CLI: {"nargs": "+", "type": str}})
+    """Raw archive, folder or file; text takes several files, folders of them, glob patterns or URIs (s3://,
+    gs://, file://: an object or a prefix), read in the order given as one table; default: $CORRHASH_RAW_DIR,
+    else (20ng only) download."""
     recipe: TfidfRecipe = TfidfRecipe()
     """TF-IDF recipe (vocabulary fitted on train only)"""
     rows_per_shard: int = 2000
@@ -125,11 +126,16 @@ class PreparedSplits:
     dropped: dict
 
 
-def source_checksums(sources: list[Path]) -> dict[str, str]:
+def source_checksums(sources: list[corpora.Location]) -> dict[str, str]:
+    """{file (a URI without its query): sha256} of the raw inputs, a folder's files one by one."""
     files = []
     for source in sources:
-        files.extend(sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source])
-    return {str(p): sha256_file(p) for p in files}
+        if not uri.is_uri(source) and source.is_dir():
+            files.extend(sorted(p for p in source.rglob("*") if p.is_file()))
+        else:
+            files.append(source)
+    return {corpora.location_name(p): sha256_file(p) if not uri.is_uri(p) else corpora.sha256_location(p)
+            for p in files}
 
 
 def label_matrix(label_lists: list[list[str]], names: list[str]) -> sp.csr_matrix:
@@ -157,7 +163,7 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
             continue
         by_split[doc.split].append(doc)
     if not by_split["train"]:
-        raise DataError(f"{corpus.sources[0]}: no labelled training documents")
+        raise DataError(f"{corpora.location_name(corpus.sources[0])}: no labelled training documents")
     log(f"fitting vocabulary on {len(by_split['train'])} train documents")
     featurizer = TfidfFeaturizer.fit_vocabulary([d.text for d in by_split["train"]], recipe)
     kept_counts, kept_docs = {}, {}
@@ -174,7 +180,7 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
         log(f"{split}: {keep.sum()} of {len(docs)} documents kept "
             f"({dropped['too_short'][split]} too short, {dropped['too_long'][split]} too long)")
     if not kept_docs.get("train"):
-        raise DataError(f"{corpus.sources[0]}: corpus is empty after filtering (no train document has "
+        raise DataError(f"{corpora.location_name(corpus.sources[0])}: corpus is empty after filtering (no train document has "
                         f"{recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
     featurizer.fit_idf(kept_counts["train"])
     features = {s: featurizer.tfidf(c) for s, c in kept_counts.items()}
@@ -304,14 +310,18 @@ def is_prepared_corpus(folder: Path) -> bool:
         return False
 
 
-def check_output(out: Path, raw: Path, overwrite: bool) -> None:
-    """Refuse an --out that holds or sits inside the raw input, and (with --overwrite) anything that is
-    not a prepared corpus: --overwrite deletes the old folder."""
+def check_not_input(out: Path, raw: Path) -> None:
+    """Refuse an --out that holds or sits inside a (local) raw input."""
     out_real, raw_real = out.resolve(), raw.resolve()
     if out_real == raw_real or out_real in raw_real.parents:
         raise DataError(f"{out}: holds the raw input {raw}; choose an --out outside it")
     if raw_real in out_real.parents:
         raise DataError(f"{out}: is inside the raw input {raw}; choose an --out outside it")
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse an existing --out without --overwrite, and (with it) anything that is not a prepared corpus:
+    --overwrite deletes the old folder."""
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise DataError(f"{out}: already exists; pass --overwrite to replace it")
@@ -344,10 +354,10 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def read_and_featurize(config: PrepareConfig, inputs: list[Path]) -> tuple[PreparedSplits, list[Path], dict]:
+def read_and_featurize(config: PrepareConfig, inputs: list[corpora.Location]) -> tuple[PreparedSplits, list, dict]:
     """(prepared splits, source files, reader notes)."""
     raw = inputs[0]
-    log(f"reading {config.dataset} from {', '.join(map(str, inputs))}")
+    log(f"reading {config.dataset} from {', '.join(map(corpora.location_name, inputs))}")
     if config.dataset == "mat":
         return read_mat(raw), [raw], {}
     encoding = config.text_encoding
@@ -432,18 +442,18 @@ def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib.
     return manifest
 
 
-def build_in_process(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
+def build_in_process(config: PrepareConfig, inputs: list[corpora.Location], tmp: Path) -> dict:
     """Read, featurize and write everything from this process (the corpus in memory); returns the manifest."""
     prepared, sources, notes = read_and_featurize(config, inputs)
     if config.limit is not None:
         sample_splits(prepared, config.limit, config.seed)
     for split in corpora.SPLITS:
         if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
-            raise DataError(f"{inputs[0]}: split {split!r} has no documents after filtering")
+            raise DataError(f"{corpora.location_name(inputs[0])}: split {split!r} has no documents after filtering")
     return write_output(tmp, prepared, config, sources, notes)
 
 
-Build = Callable[[PrepareConfig, list[Path], Path], dict]
+Build = Callable[[PrepareConfig, list[corpora.Location], Path], dict]
 """Writes shards, vocab.json and manifest.json for (config, raw input files) into a folder; returns the manifest."""
 
 
@@ -461,9 +471,10 @@ def run_prepare(config: PrepareConfig, build: Build) -> dict:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it")
     started = time.monotonic()
     inputs = resolve_raw_inputs(config.dataset, config.raw)
-    given = [Path(p) for p in config.raw] if isinstance(config.raw, (list, tuple)) else []
-    for raw in dict.fromkeys([*inputs, *(p for p in given if p.exists())]):
-        check_output(out, raw, config.overwrite)
+    given = [corpora.as_location(p) for p in config.raw] if isinstance(config.raw, (list, tuple)) else []
+    for raw in dict.fromkeys(p for p in [*inputs, *given] if not uri.is_uri(p) and p.exists()):
+        check_not_input(out, raw)
+    check_replaceable(out, config.overwrite)
     termination = _Termination()
     with termination.installed():
         tmp, created = make_temp_dir(out)

@@ -10,6 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from corrhash.atomic import atomic_open
+from corrhash.data import uri
+from corrhash.data.corpora import Location, as_location, location_name
 from corrhash.data.shards import sha256_file
 from corrhash.errors import DataError
 from corrhash.log import log
@@ -101,12 +103,40 @@ def is_table_file(path: Path) -> bool:
     return name.endswith(TABLE_SUFFIXES) and not name.startswith(".")
 
 
-def expand_tables(raw: list[Path]) -> list[Path]:
+def _expand_uri(entry: str) -> list[str]:
+    """A URI's object, or the table files under a URI prefix (all depths, sorted)."""
+    import pyarrow as pa
+    from pyarrow.fs import FileSelector, FileType
+
+    name = uri.display(entry)
+    try:
+        filesystem, path = uri.filesystem(entry)
+        info = filesystem.get_file_info(path)
+        if info.type == FileType.File:
+            return [entry]
+        if info.type == FileType.NotFound:
+            raise DataError(f"{name}: no such object or prefix (--raw for text)")
+        found = filesystem.get_file_info(FileSelector(path, recursive=True))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"{name}: cannot list ({exc}) (--raw for text)") from exc
+    root = path.rstrip("/")
+    files = sorted(f.path[len(root) + 1:] for f in found if f.type == FileType.File and is_table_file(Path(f.path)))
+    if not files:
+        raise DataError(f"{name}: holds no {', '.join(TABLE_SUFFIXES)} file (--raw for text)")
+    return [uri.join(entry, *rel.split("/")) for rel in files]
+
+
+def expand_tables(raw: list[Location]) -> list[Location]:
     """The table files of `--raw` entries, in the order given: a file as it is, a folder's table files (all
-    depths, sorted by path), a glob pattern's matching files (sorted). A file named twice is refused."""
-    files: list[Path] = []
+    depths, sorted by path), a glob pattern's matching files (sorted); a URI (`s3://...`, `file:///...`) names an
+    object or a prefix holding table files. A file named twice is refused."""
+    files: list[Location] = []
     for entry in raw:
-        if not entry.exists() and glob.has_magic(str(entry)):
+        if uri.is_uri(entry):
+            if glob.has_magic(uri.display(entry)):
+                raise DataError(f"{uri.display(entry)}: glob patterns work for local paths only; name the prefix")
+            files.extend(_expand_uri(entry))
+        elif not entry.exists() and glob.has_magic(str(entry)):
             matches = sorted(Path(p) for p in glob.glob(str(entry), recursive=True) if Path(p).is_file())
             if not matches:
                 raise DataError(f"{entry}: no file matches this pattern (--raw for text)")
@@ -120,19 +150,25 @@ def expand_tables(raw: list[Path]) -> list[Path]:
             raise DataError(f"{entry}: no such file or folder (--raw for text)")
         else:
             files.append(entry)
-    seen: dict[Path, Path] = {}
+    seen: dict = {}
     for path in files:
-        if path.resolve() in seen:
-            raise DataError(f"{path}: named twice in --raw (also as {seen[path.resolve()]}); each file is read once")
-        seen[path.resolve()] = path
+        key = uri.display(path) if uri.is_uri(path) else path.resolve()
+        if key in seen:
+            raise DataError(f"{location_name(path)}: named twice in --raw (also as {location_name(seen[key])}); "
+                            "each file is read once")
+        seen[key] = path
     return files
 
 
-def resolve_raw_inputs(dataset: str, raw: Path | list[Path] | None) -> list[Path]:
-    """The raw input files or folder of a corpus: `text` takes several (see `expand_tables`), the others one."""
-    entries = [Path(p) for p in raw] if isinstance(raw, (list, tuple)) else ([] if raw is None else [Path(raw)])
+def resolve_raw_inputs(dataset: str, raw: Location | list[Location] | None) -> list[Location]:
+    """The raw input files or folder of a corpus: `text` takes several (see `expand_tables`) and URIs, the others
+    one local path."""
+    entries = [as_location(p) for p in (raw if isinstance(raw, (list, tuple)) else ([] if raw is None else [raw]))]
     if dataset == "text" and entries:
         return expand_tables(entries)
     if len(entries) > 1:
         raise DataError(f"--raw: {dataset} takes one archive, folder or file, got {len(entries)}")
+    if entries and uri.is_uri(entries[0]):
+        raise DataError(f"{location_name(entries[0])}: {dataset} reads a local archive, folder or file; only text "
+                        "reads URIs")
     return [resolve_raw(dataset, entries[0] if entries else None)]

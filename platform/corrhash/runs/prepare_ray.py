@@ -77,7 +77,8 @@ def prepare_on_ray(config: PrepareConfig, address: str | None = None) -> dict:
 # ---------------------------------------------------------------- tasks (run on the cluster)
 
 def _documents(job: dict, first_index: int = 0):
-    return corpora.table_documents(Path(job["path"]), job["label_delimiter"], job["encoding"], first_index)
+    return corpora.table_documents(corpora.as_location(job["path"]), job["label_delimiter"], job["encoding"],
+                                   first_index)
 
 
 def _batches(iterable, size: int = BATCH_ROWS):
@@ -95,11 +96,11 @@ def scan_file(job: dict) -> dict:
             rows += 1
             labels.update(document.labels)
         if rows == 0:
-            raise DataError(f"{job['path']}: no rows")
+            raise DataError(f"{corpora.location_name(job['path'])}: no rows")
     except CorrhashError as exc:
         return {"error": str(exc)}
     return {"rows": rows, "has_split": has_split, "labels": sorted(labels),
-            "sources": source_checksums([Path(job["path"])])}
+            "sources": source_checksums([corpora.as_location(job["path"])])}
 
 
 def _splits(job: dict, documents: list[corpora.Document], first_row: int) -> list[corpora.Document]:
@@ -255,7 +256,7 @@ def _decode(value: dict):
 class _Files:
     """What pass 1 found, over all files in order."""
 
-    paths: list[Path]
+    paths: list[corpora.Location]
     rows: list[int]
     has_split: bool
     label_names: list[str]
@@ -266,7 +267,7 @@ class _Files:
         return np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(int).tolist()
 
 
-def _scan(config: PrepareConfig, inputs: list[Path]) -> _Files:
+def _scan(config: PrepareConfig, inputs: list[corpora.Location]) -> _Files:
     jobs = [{"path": path, "label_delimiter": config.label_delimiter, "encoding": config.text_encoding}
             for path in inputs]
     results = _run(scan_file, jobs, "scan")
@@ -283,7 +284,7 @@ def _scan(config: PrepareConfig, inputs: list[Path]) -> _Files:
     return files
 
 
-def build_on_ray(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
+def build_on_ray(config: PrepareConfig, inputs: list[corpora.Location], tmp: Path) -> dict:
     """Fill `tmp` as `build_in_process` would, with the work spread over the cluster; returns the manifest."""
     work = tmp / WORK
     work.mkdir()
@@ -300,8 +301,8 @@ def build_on_ray(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
     counted = _run(count_file, jobs, "count terms")
     ids = np.concatenate([np.load(work / f"ids-{i:05d}.npy") for i in range(len(jobs))])
     if len(np.unique(ids)) != len(ids):
-        where = inputs[0] if len(inputs) == 1 else ", ".join(map(str, inputs))
-        raise DataError(f"{where}: 'id' values repeat; each row needs a unique id")
+        raise DataError(f"{', '.join(map(corpora.location_name, inputs))}: 'id' values repeat; each row needs a "
+                        "unique id")
     del ids
     no_labels: dict[str, int] = {}
     labelled: Counter = Counter()
@@ -310,7 +311,7 @@ def build_on_ray(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
             no_labels[split] = no_labels.get(split, 0) + n
         labelled.update(result["labelled"])
     if not labelled["train"]:
-        raise DataError(f"{inputs[0]}: no labelled training documents")
+        raise DataError(f"{corpora.location_name(inputs[0])}: no labelled training documents")
     train_counts = TermCounts()
     for i in range(len(jobs)):
         with pa.memory_map(str(work / f"terms-{i:05d}.arrow")) as source:
@@ -335,7 +336,7 @@ def build_on_ray(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
             f"{dropped['too_long'][split]} too long)")
     if not sum(kept.get("train", [])):
         r = config.recipe
-        raise DataError(f"{inputs[0]}: corpus is empty after filtering (no train document has "
+        raise DataError(f"{corpora.location_name(inputs[0])}: corpus is empty after filtering (no train document has "
                         f"{r.min_tokens}..{r.max_tokens} in-vocabulary tokens)")
     df = sum(np.load(work / f"df-{i:05d}.npy") for i in range(len(jobs)))
     featurizer.fit_idf_from(df, sum(kept["train"]))
@@ -349,7 +350,7 @@ def build_on_ray(config: PrepareConfig, inputs: list[Path], tmp: Path) -> dict:
     for split in corpora.SPLITS:
         source, rows = selections.get(split, (None, None))
         if source is None or (len(rows) if rows is not None else sum(kept[source])) == 0:
-            raise DataError(f"{inputs[0]}: split {split!r} has no documents after filtering")
+            raise DataError(f"{corpora.location_name(inputs[0])}: split {split!r} has no documents after filtering")
 
     shard_jobs = []
     for split in corpora.SPLITS:
