@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 import corrhash
 from badinput import assert_named_error, run_job
 from corrhash.artifact import save_model
-from corrhash.bench.serve_load import run_load_test
+from corrhash.bench.serve_load import percentile, run_load_test
 from corrhash.data import TfidfShards
 from corrhash.models import ModelConfig
 from corrhash.tracking.runs import ensure_experiment, log_hashing_model
@@ -255,3 +255,23 @@ def test_an_index_of_other_codes_is_refused(trained, tmp_path, capsys):
     HammingIndex(np.zeros((3, 4), np.uint8), [1, 2, 3], 32).save(tmp_path / "i.npz")
     assert_named_error(*run_job("serve", ["--model", str(trained.dir), "--index", tmp_path / "i.npz"], capsys),
                        tmp_path / "i.npz", "32-bit")
+
+
+# ---- the load test's own accounting, without a server ----------------------------------------------------------
+
+
+def test_percentiles_are_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50.0, 99.0, 100.0)
+    assert percentile([7.0], 99) == 7.0 and percentile([], 50) != percentile([], 50)  # nan
+
+
+def test_a_load_test_against_nothing_counts_every_request_as_an_error():
+    result = run_load_test(f"http://127.0.0.1:{free_port()}/search", ["t0w1"], requests=6, concurrency=2,
+                           duration_s=30)
+    assert (result["sent"], result["ok"], result["errors"], result["stopped_by"]) == (6, 0, 6, "count")
+    assert "ConnectionRefusedError" in result["error_samples"][0]
+    with pytest.raises(ValueError, match="texts"):
+        run_load_test("http://127.0.0.1:1/search", [], requests=1, concurrency=1, duration_s=1)
+    with pytest.raises(ValueError, match="http://"):
+        run_load_test("127.0.0.1:1/search", ["a"], requests=1, concurrency=1, duration_s=1)

@@ -179,7 +179,7 @@ async def read_body(request, limit: int) -> bytes:
     """The body, read in chunks and refused (413) as soon as it passes `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise HttpError(400, f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise HttpError(413, f"request body of {declared} bytes; at most {limit}")
