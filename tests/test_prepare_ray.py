@@ -122,7 +122,8 @@ for name, case in cases.items():
         results[name] = {"exit": code}
         continue
     config = PrepareConfig(dataset="text", raw=case["raw"], out=Path(case["out"]),
-                           recipe=TfidfRecipe(**case["recipe"]), rows_per_shard=case["rows_per_shard"])
+                           recipe=TfidfRecipe(**case["recipe"]), rows_per_shard=case["rows_per_shard"],
+                           limit=case.get("limit"))
     try:
         results[name] = {"manifest": prepare_on_ray(config)}
     except CorrhashError as exc:
@@ -162,6 +163,7 @@ def on_ray(tmp_path_factory):
                         rows_per_shard=64),
         "no_split": dict(raw=[str(p) for p in no_split], recipe=dict(min_df=2, max_df=1.0), rows_per_shard=40),
         "uri": dict(raw=[f"file://{base / 'synth-pq'}"], recipe=dict(min_df=2, max_df=1.0), rows_per_shard=100),
+        "limit": dict(raw=[str(p) for p in no_split], recipe=dict(min_df=2, max_df=1.0), rows_per_shard=30, limit=70),
         "dup": dict(raw=[str(p) for p in dup], recipe=dict(min_df=1, max_df=1.0), rows_per_shard=10),
         "bad": dict(raw=[str(p) for p in bad], recipe=dict(min_df=1, max_df=1.0), rows_per_shard=10),
         "cli": dict(cli=["text", "--raw", *map(str, synth), "--out", str(base / "out-cli"), "--min-df", "2",
@@ -178,7 +180,8 @@ def on_ray(tmp_path_factory):
 
 def in_one_process(case: dict, out: Path) -> dict:
     return prepare(PrepareConfig(dataset="text", raw=case["raw"], out=out,
-                                 recipe=TfidfRecipe(**case["recipe"]), rows_per_shard=case["rows_per_shard"]))
+                                 recipe=TfidfRecipe(**case["recipe"]), rows_per_shard=case["rows_per_shard"],
+                                 limit=case.get("limit")))
 
 
 def same_files(a: Path, b: Path) -> None:
@@ -189,7 +192,7 @@ def same_files(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["synth", "capped", "parquet", "no_split", "uri"])
+@pytest.mark.parametrize("name", ["synth", "capped", "parquet", "no_split", "uri", "limit"])
 def test_ray_data_preparation_equals_one_process(on_ray, name):
     base, cases, results, _ = on_ray
     ray_manifest = results[name]["manifest"]
@@ -201,6 +204,8 @@ def test_ray_data_preparation_equals_one_process(on_ray, name):
         assert len(local["splits"]["train"]["shards"]) > len(cases[name]["raw"])  # shards straddle files
     if name == "no_split":
         assert local["notes"]["split_column"] is False and local["dropped"]["no_labels"]
+    if name == "limit":
+        assert [local["splits"][s]["documents"] for s in ("train", "val", "test")] == [70, 70, 70]
     assert not [p for p in base.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 

@@ -62,8 +62,6 @@ def prepare_on_ray(config: PrepareConfig, address: str | None = None) -> dict:
     """Prepare `config` (dataset `text`) on the Ray cluster at `address` (None: $RAY_ADDRESS or a local Ray)."""
     if config.dataset != "text":
         raise ConfigError(f"--ray prepares text tables; {config.dataset} is prepared in one process (drop --ray)")
-    if config.limit is not None:
-        raise ConfigError("--limit samples the corpus in memory; use it without --ray")
     import ray.data
 
     from corrhash.runs.cluster import init_ray
@@ -342,11 +340,7 @@ def build_on_ray(config: PrepareConfig, inputs: list[corpora.Location], tmp: Pat
     featurizer.fit_idf_from(df, sum(kept["train"]))
     vocab_path.write_text(json.dumps(featurizer.to_json()))
 
-    # Which rows of which counts file each output split holds, in order (the val/test halving as in one process).
-    selections = {s: (s, None) for s in kept}
-    if "val" not in kept and "test" in kept:
-        val_rows, test_rows = halve_test(np.zeros(sum(kept["test"])), config.seed)
-        selections = dict(selections, val=("test", val_rows), test=("test", test_rows))
+    selections = _selections(config, kept)
     for split in corpora.SPLITS:
         source, rows = selections.get(split, (None, None))
         if source is None or (len(rows) if rows is not None else sum(kept[source])) == 0:
@@ -372,6 +366,24 @@ def build_on_ray(config: PrepareConfig, inputs: list[corpora.Location], tmp: Pat
     notes = {"split_column": files.has_split, "test_fraction": None if files.has_split else config.test_fraction}
     return write_vocab_and_manifest(tmp, config, digest, splits, featurizer.to_json(), files.sources,
                                     featurizer.n_features, files.label_names, dropped, notes)
+
+
+def _selections(config: PrepareConfig, kept: dict[str, list[int]]) -> dict[str, tuple[str, np.ndarray | None]]:
+    """{output split: (split of the counts files it comes from, positions among their kept rows or None for all)}:
+    the val/test halving and the --limit sample drawn as one process draws them (same seeds, same split order)."""
+    selections: dict[str, tuple[str, np.ndarray | None]] = {s: (s, None) for s in kept}
+    if "val" not in kept and "test" in kept:
+        val_rows, test_rows = halve_test(np.zeros(sum(kept["test"])), config.seed)
+        selections["test"] = ("test", test_rows)
+        selections["val"] = ("test", val_rows)  # after test, as featurize_corpus adds it
+    if config.limit is not None:
+        rng = np.random.default_rng(config.seed)
+        for split, (source, rows) in selections.items():
+            n = sum(kept[source]) if rows is None else len(rows)
+            if n > config.limit:
+                chosen = np.sort(rng.choice(n, config.limit, replace=False))
+                selections[split] = (source, chosen if rows is None else rows[chosen])
+    return selections
 
 
 def _shard_pieces(per_file: list[int], source: str, rows: np.ndarray | None, rows_per_shard: int) -> list[list[dict]]:
