@@ -17,10 +17,12 @@ A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body
 The model and the index are loaded here, once (--model as for jobs/search.py; --index a saved index, or
 --corpus hashed now), and handed to each replica, so replicas need neither MLflow nor the files.
 --address joins a Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray with token auth); Serve's
-HTTP proxy then runs there, on --host:--port of the head node. That port has no authentication: keep it
-on 127.0.0.1 (the default) or behind a proxy that has. Serve's HTTP options are fixed while Serve runs on a
-cluster: a second app must use the same --host and --port. On exit the app is deleted, and Serve shut down
-if no other app is left.
+HTTP proxy then runs there, on --host:--port of the head node (and of each node holding a replica), so run
+the job on the head, e.g. with `ray job submit -- python jobs/serve.py ...` (`ray job stop` sends the
+SIGTERM that ends it). That port has no authentication: keep it on 127.0.0.1 (the default) or behind a
+proxy that has. Serve's HTTP options are fixed while Serve runs on a cluster: a second app must use the
+same --host and --port (and another --name). On exit the app is deleted, and Serve shut down if no other
+app is left.
 
 Live metrics: each replica exports queries answered and per-request latency (`corrhash_search_*`,
 dashboards/README.md), job_name = --model.

@@ -296,4 +296,5 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> dict:
         except OSError as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise ConfigError(f"{url}/healthz: no answer after {math.ceil(timeout_s)} s ({last})")
+    raise ConfigError(f"{url}/healthz: no answer after {math.ceil(timeout_s)} s ({last}); Serve listens on the "
+                      "Ray head node: run the job there (e.g. with `ray job submit`)")
