@@ -70,6 +70,7 @@ def start_team_mlflow(workdir: Path, workers: int = 2) -> TeamMlflow:
     # As root, PostgreSQL runs as a system account that must be able to reach its data dir; pytest's base
     # folder is 0700 root, so the database then lives in a folder of its own under /tmp.
     pg_dir = Path(tempfile.mkdtemp(prefix="corrhash-pg-", dir="/tmp")) if os.geteuid() == 0 else workdir / "pg"
+    mlflow_dir = workdir / "mlflow"
     env = script_env(workdir)
     try:
         started = run_script(POSTGRES_SH, "start", dict(env, CORRHASH_PG_DIR=str(pg_dir)))
@@ -80,15 +81,21 @@ def start_team_mlflow(workdir: Path, workers: int = 2) -> TeamMlflow:
             out.write(secrets.token_urlsafe(18))
         port = free_port()
         team = TeamMlflow(f"http://127.0.0.1:{port}", "admin", password_file.read_text(), password_file, pg_dir,
-                          workdir / "mlflow", workdir / "mlartifacts", settings)
+                          mlflow_dir, workdir / "mlartifacts", settings)
         run_script(SERVE_SH, "start", dict(env, **settings, CORRHASH_MLFLOW_DIR=str(team.mlflow_dir),
                                            CORRHASH_MLFLOW_PORT=str(port), CORRHASH_MLFLOW_WORKERS=str(workers),
                                            CORRHASH_MLFLOW_ARTIFACTS=str(team.artifacts),
                                            CORRHASH_MLFLOW_ADMIN_PASSWORD_FILE=str(password_file)))
-    except BaseException:
+    except BaseException:  # whatever did start is stopped
+        stop_mlflow(mlflow_dir, env)
         stop_postgres(pg_dir, env)
         raise
     return team
+
+
+def stop_mlflow(mlflow_dir: Path, env: dict) -> None:
+    subprocess.run(["bash", str(SERVE_SH), "stop"], env=dict(env, CORRHASH_MLFLOW_DIR=str(mlflow_dir)),
+                   capture_output=True, timeout=120)
 
 
 def stop_postgres(pg_dir: Path, env: dict) -> None:
@@ -102,8 +109,7 @@ def stop_team_mlflow(team: TeamMlflow) -> None:
     """serve.sh stop and postgres.sh stop; then SIGKILL whatever of their sessions is left."""
     leaders = team.pids()
     env = script_env(team.mlflow_dir.parent)
-    subprocess.run(["bash", str(SERVE_SH), "stop"], env=dict(env, CORRHASH_MLFLOW_DIR=str(team.mlflow_dir)),
-                   capture_output=True, timeout=120)
+    stop_mlflow(team.mlflow_dir, env)
     stop_postgres(team.pg_dir, env)
     for pid in leaders:
         try:
