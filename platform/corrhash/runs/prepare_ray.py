@@ -21,8 +21,12 @@ corpus. The driver holds vocabulary-sized counts, the document ids for the dupli
 and, only when the table has no split column, the held-out mask (1 byte a document) or, without a val split, the
 val/test halving of the test rows (8 bytes a test document).
 
-On a cluster of several nodes, the input files and the output's parent folder must be on a file system that
-every node sees at the same path (the tasks read the one and write into the other).
+Disk. Pass 3 keeps the kept rows' term counts (int32 indices and counts) in Arrow files inside the temporary
+output folder until the shards are written: about the size of the shards before compression.
+
+On a cluster of several nodes, the output's parent folder, and input files given as local paths, must be on a
+file system that every node sees at the same path (the tasks write into the one and read the other); inputs
+given as URIs (s3://, gs://) are read from wherever a task runs.
 """
 
 from __future__ import annotations
@@ -86,17 +90,14 @@ def _batches(iterable, size: int = BATCH_ROWS):
 
 
 def scan_file(job: dict) -> dict:
-    """Pass 1: rows, split column, label names and sha256 of one file; a DataError comes back as its message."""
-    try:
-        has_split, documents = _documents(job)
-        rows, labels = 0, set()
-        for document in documents:
-            rows += 1
-            labels.update(document.labels)
-        if rows == 0:
-            raise DataError(f"{corpora.location_name(job['path'])}: no rows")
-    except CorrhashError as exc:
-        return {"error": str(exc)}
+    """Pass 1: rows, split column, label names and sha256 of one file."""
+    has_split, documents = _documents(job)
+    rows, labels = 0, set()
+    for document in documents:
+        rows += 1
+        labels.update(document.labels)
+    if rows == 0:
+        raise DataError(f"{corpora.location_name(job['path'])}: no rows")
     return {"rows": rows, "has_split": has_split, "labels": sorted(labels),
             "sources": source_checksums([corpora.as_location(job["path"])])}
 
@@ -219,19 +220,30 @@ def _write_arrow(path: Path, table: pa.Table) -> None:
 # ---------------------------------------------------------------- the driver
 
 def _run(function: Callable[[dict], dict], jobs: list[dict], what: str) -> list[dict]:
-    """`function` over `jobs` with Ray Data, one job a block; results in job order."""
+    """`function` over `jobs` with Ray Data, one job a block; results in job order. A job's DataError (a bad row,
+    an unreadable file) or OSError (a full disk) is raised here as a DataError, the first in job order: the one
+    a single process would meet first."""
     import ray.data
 
     started = time.monotonic()
     items = [{"index": i, "job": json.dumps(job, default=_encode)} for i, job in enumerate(jobs)]
 
     def task(item: dict) -> dict:
-        return {"index": item["index"], "result": json.dumps(function(json.loads(item["job"], object_hook=_decode)))}
+        try:
+            result = {"ok": function(json.loads(item["job"], object_hook=_decode))}
+        except CorrhashError as exc:
+            result = {"error": str(exc)}
+        except OSError as exc:
+            result = {"error": f"{what}: {exc.strerror or exc}"}
+        return {"index": item["index"], "result": json.dumps(result)}
 
     rows = ray.data.from_items(items, override_num_blocks=len(items)).map(task).take_all()
     results = [json.loads(row["result"]) for row in sorted(rows, key=lambda row: row["index"])]
+    for result in results:
+        if "error" in result:
+            raise DataError(result["error"])
     log(f"ray: {what}: {len(jobs)} job(s) in {time.monotonic() - started:.1f}s")
-    return results
+    return [result["ok"] for result in results]
 
 
 def _encode(value):
@@ -270,9 +282,7 @@ def _scan(config: PrepareConfig, inputs: list[corpora.Location]) -> _Files:
             for path in inputs]
     results = _run(scan_file, jobs, "scan")
     has_split = []
-    for path, result in zip(inputs, results):
-        if "error" in result:
-            raise DataError(result["error"])
+    for result in results:
         has_split.append(result["has_split"])
         corpora.check_same_split_column(inputs, has_split)
     labels = sorted(set().union(*(result["labels"] for result in results)))
