@@ -225,3 +225,14 @@ def test_ray_data_preparation_fails_as_one_process(on_ray, name):
         in_one_process(cases[name], base / f"local-{name}")
     assert results[name] == {"error": str(local.value)}
     assert not Path(cases[name]["out"]).exists()
+
+
+def test_job_options_ray_and_address(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "jobs/prepare_data.py", *args, "--out", str(tmp_path / "o")],
+                              cwd=REPO, capture_output=True, text=True)
+    address_alone = run("text", "--raw", str(tmp_path), "--address", "127.0.0.1:6379")
+    assert address_alone.returncode == 2 and "--address applies with --ray only" in address_alone.stderr
+    not_text = run("reuters", "--raw", str(tmp_path), "--ray")
+    assert not_text.returncode == 2 and "--ray prepares text tables" in not_text.stderr
+    assert not (tmp_path / "o").exists()
