@@ -183,18 +183,22 @@ def write_shard_job(job: dict) -> dict:
     """Pass 4: one shard: its rows from the counts files (memory-mapped, only those rows copied), as TF-IDF."""
     payload = json.loads(Path(job["vocab"]).read_text())
     featurizer = TfidfFeaturizer.from_json(payload)
-    pieces = []
-    for piece in job["pieces"]:
-        path = Path(job["work"]) / f"counts-{piece['file']:05d}-{piece['split']}.arrow"
-        with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_file(source).read_all()
+    pieces, maps = [], []
+    try:
+        for piece in job["pieces"]:
+            maps.append(pa.memory_map(str(Path(job["work"]) / f"counts-{piece['file']:05d}-{piece['split']}.arrow")))
+            table = pa.ipc.open_file(maps[-1]).read_all()
             rows = piece.get("rows")
             pieces.append(table.slice(piece["start"], piece["stop"] - piece["start"]) if rows is None
                           else table.take(pa.array(rows, pa.int64())))
-    table = pa.concat_tables(pieces).combine_chunks()
-    counts = _csr(table.column("indices"), table.column("counts"), featurizer.n_features, np.int32)
-    labels = _csr(table.column("labels"), None, job["n_labels"], bool)
-    shard = split_table(featurizer.tfidf(counts), labels, table.column("doc_id").to_numpy())
+        table = pa.concat_tables(pieces).combine_chunks()
+        counts = _csr(table.column("indices"), table.column("counts"), featurizer.n_features, np.int32)
+        labels = _csr(table.column("labels"), None, job["n_labels"], bool)
+        doc_ids = table.column("doc_id").to_numpy().copy()
+    finally:  # the slices above point into the maps until copied out
+        for source in maps:
+            source.close()
+    shard = split_table(featurizer.tfidf(counts), labels, doc_ids)
     return write_shard(Path(job["out"]), job["split"], job["part"], shard)
 
 
@@ -206,7 +210,7 @@ def _csr(column: pa.ChunkedArray, data: pa.ChunkedArray | None, n_cols: int, dty
     array = column.combine_chunks()
     offsets = np.asarray(array.offsets, dtype=np.int64)
     offsets = offsets - offsets[0]
-    cols = np.asarray(array.flatten(), dtype=np.int32)
+    cols = np.array(array.flatten(), dtype=np.int32)  # a copy: the array may point into a memory map
     values = (np.ones(len(cols), dtype=dtype) if data is None
               else np.asarray(data.combine_chunks().flatten()).astype(dtype))
     return sp.csr_matrix((values, cols, offsets), shape=(len(offsets) - 1, n_cols))
