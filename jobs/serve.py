@@ -21,7 +21,7 @@ HTTP proxy then runs there, on --host:--port of the head node (and of each node 
 the job on the head, e.g. with `ray job submit -- python jobs/serve.py ...` (`ray job stop` sends the
 SIGTERM that ends it). That port has no authentication: keep it on 127.0.0.1 (the default) or behind a
 proxy that has. Serve's HTTP options are fixed while Serve runs on a cluster: a second app must use the
-same --host and --port (and another --name). On exit the app is deleted, and Serve shut down if no other
+same --host and --port, and its own --name and --route-prefix. On exit the app is deleted, and Serve shut down if no other
 app is left.
 
 Live metrics: each replica exports queries answered and per-request latency (`corrhash_search_*`,
@@ -75,7 +75,9 @@ class ServeJobOptions:
     address: str | None = None
     """Ray cluster to serve on; default: $RAY_ADDRESS when set, else an embedded local Ray"""
     name: str = "corrhash"
-    """Serve application name"""
+    """Serve application name (an app of that name on the cluster is replaced)"""
+    route_prefix: str = "/"
+    """URL path the endpoints sit under (/search, or e.g. /corrhash/search); apps on one cluster need their own"""
 
     def validate(self) -> None:
         if (self.corpus is None) == (self.index is None):
@@ -90,6 +92,9 @@ class ServeJobOptions:
             raise ConfigError(f"--max-ongoing-requests {self.max_ongoing_requests}: must be at least 1")
         if not self.name.strip() or "/" in self.name:
             raise ConfigError(f"--name {self.name!r}: must be a non-empty name without '/'")
+        if not self.route_prefix.startswith("/") or (self.route_prefix != "/" and self.route_prefix.endswith("/")):
+            raise ConfigError(f"--route-prefix {self.route_prefix!r}: must start with '/' and not end with one "
+                              "(e.g. / or /corrhash)")
         self.limits().validate()
 
     def limits(self) -> Limits:
@@ -97,7 +102,7 @@ class ServeJobOptions:
 
     def serve_options(self) -> ServeOptions:
         return ServeOptions(self.host, self.port, self.replicas, self.replica_cpus, self.max_ongoing_requests,
-                            self.name)
+                            self.name, self.route_prefix)
 
 
 def parse_args(argv: list[str] | None = None) -> ServeJobOptions:

@@ -211,17 +211,36 @@ def test_a_bounded_load_test_has_no_errors(served):
 
 
 @pytest.mark.cluster
-def test_a_second_app_on_another_port_is_a_named_error(served, cluster, trained, tmp_path):
-    """Serve's HTTP options are fixed while it runs: a second app asking for another port would be deployed where
-    no one looks for it; the job refuses instead, naming the port Serve listens on."""
+def test_a_second_app_shares_the_port_under_its_own_prefix(served, cluster, trained, tmp_path):
+    """Serve's HTTP options are fixed while it runs: a second app asking for another port (where no one would
+    reach it) is refused, naming the port Serve listens on; under its own --route-prefix it runs beside the
+    first, and stopping it leaves the first app and Serve running."""
     served.index.save(tmp_path / "index.npz")
-    other = free_port()
-    job = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "serve.py"), "--model", str(trained.dir), "--index",
-         str(tmp_path / "index.npz"), "--address", cluster["head"].gcs, "--port", str(other), "--name", "second"],
-        env=cluster["head"].client_env(), capture_output=True, text=True, timeout=120)
-    assert_named_error(job.returncode, job.stderr, f"127.0.0.1:{served.port}", f"--port {served.port}")
-    assert call(served.url, "GET", "/healthz")[0] == 200  # the first app is untouched
+    command = [sys.executable, str(REPO / "jobs" / "serve.py"), "--model", str(trained.dir), "--index",
+               str(tmp_path / "index.npz"), "--address", cluster["head"].gcs, "--name", "second"]
+    refused = subprocess.run(command + ["--port", str(free_port())], env=cluster["head"].client_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert_named_error(refused.returncode, refused.stderr, f"127.0.0.1:{served.port}", f"--port {served.port}")
+
+    log = tmp_path / "second.log"
+    second = subprocess.Popen(command + ["--port", str(served.port), "--route-prefix", "/second",
+                                         "--replica-cpus", "0.5"],
+                              env=cluster["head"].client_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        wait_serving(second, log, timeout=120)
+        status, health, _ = call(served.url, "GET", "/second/healthz")
+        assert status == 200 and health["model"] == str(trained.dir) and health["documents"] == len(served.index)
+        status, answer = post(served.url, "/second/search", {"texts": served.texts[:2], "k": 3})
+        assert status == 200 and [set(hit) for hit in answer["results"][0]["hits"]] == [{"id", "distance"}] * 3
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(90) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    finally:
+        stop(second)
+    status, health, _ = call(served.url, "GET", "/healthz")  # the first app, untouched
+    assert status == 200 and health["model"] == f"models:/{REGISTERED}@champion"
+    status, answer, _ = call(served.url, "GET", "/second/healthz")  # now the first app's path, which it lacks
+    assert status == 404 and "no endpoint /second/healthz" in answer["error"]
 
 
 @pytest.mark.cluster
@@ -242,6 +261,8 @@ def test_bad_options_are_named_errors(trained, tmp_path, capsys):
     assert_named_error(*run_job("serve", ["--model", model, "--index", tmp_path / "i.npz", "--port", "0"], capsys),
                        "--port 0")
     assert_named_error(*run_job("serve", ["--model", model, "--index", "i.npz", "--max-k", "0"], capsys), "--max-k")
+    assert_named_error(*run_job("serve", ["--model", model, "--index", "i.npz", "--route-prefix", "x/"], capsys),
+                       "--route-prefix")
     assert_named_error(*run_job("serve", ["--model", tmp_path / "none", "--index", "i.npz"], capsys),
                        tmp_path / "none")
     assert_named_error(*run_job("serve", ["--model", model, "--index", tmp_path / "i.npz"], capsys),

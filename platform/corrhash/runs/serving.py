@@ -164,8 +164,14 @@ class Searcher:
         return {"k": k, "results": results}
 
 
+def app_path(scope: dict) -> str:
+    """The request's path inside the app: Serve keeps the full path and puts the route prefix in root_path."""
+    path, prefix = scope.get("path", "/"), scope.get("root_path", "")
+    return path[len(prefix):] if prefix and path.startswith(prefix) else path
+
+
 def route(path: str, method: str) -> str:
-    """The endpoint a request names, or the 404/405 it gets."""
+    """The endpoint a request names (its path inside the app), or the 404/405 it gets."""
     path = path.rstrip("/") or "/"
     if path not in ROUTES:
         raise HttpError(404, f"no endpoint {path}; endpoints: {', '.join(f'{m} {p}' for p, m in ROUTES.items())}")
@@ -215,7 +221,7 @@ class SearchReplica:
         return JSONResponse(answer, status_code=status, headers=headers)
 
     async def answer(self, request) -> dict:
-        endpoint = route(request.url.path, request.method)
+        endpoint = route(app_path(request.scope), request.method)
         if endpoint == "/healthz":
             return self.searcher.health()
         body = parse_json_object(await read_body(request, self.searcher.limits.max_body_bytes))
@@ -235,6 +241,7 @@ class ServeOptions:
     replica_cpus: float = 1.0
     max_ongoing_requests: int = 8
     name: str = "corrhash"
+    route_prefix: str = "/"
 
 
 def serve_config_error(options: ServeOptions) -> str | None:
@@ -260,15 +267,15 @@ def start(options: ServeOptions) -> None:
 
 
 def run(payload: Payload, limits: Limits, options: ServeOptions) -> str:
-    """Run (or replace) the application at / with its replicas up; its base URL."""
+    """Run the application (replacing one of the same name) with its replicas up; its base URL."""
     from ray import serve
 
     deployment = serve.deployment(SearchReplica, name="search").options(
         num_replicas=options.replicas, max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.replica_cpus})
-    serve.run(deployment.bind(payload, limits), name=options.name, route_prefix="/")
+    serve.run(deployment.bind(payload, limits), name=options.name, route_prefix=options.route_prefix)
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
-    return f"http://{host}:{options.port}"
+    return f"http://{host}:{options.port}{options.route_prefix.rstrip('/')}"
 
 
 def undeploy(name: str) -> None:
