@@ -2,10 +2,11 @@
 
 The driver (jobs/serve.py) loads the model and the index once, where the registry and the files are, and
 hands them to every replica as a `Payload` (the model's three files as bytes, the index's arrays, what a hit
-shows of each document): replicas on any node need no MLflow access and no shared file system, and nothing
-read from the model is unpickled (a replica reads the safetensors + JSON files it was given). The payload
-travels in the deployment's configuration, so it is sized by the index (about 16 bytes and a hit's labels
-or snippet per document).
+shows of each document): replicas on any node need no MLflow access and no shared file system. The payload
+travels in the deployment's configuration, serialized by Ray between its own processes inside the
+token-authenticated cluster; a replica reads the model from the safetensors + JSON files it was given, as
+`corrhash.load` reads a folder. Its size is the index's (the code bytes, an id, and a hit's labels or snippet
+per document), so an index of millions of documents is better served from a saved --index (ids only).
 
 Every answer is JSON. A malformed request gets a 4xx `{"error": "..."}` naming what is wrong; an
 unexpected failure is logged on the replica and answered 500 `{"error": "internal error"}`, never with a
