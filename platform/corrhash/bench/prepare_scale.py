@@ -118,8 +118,8 @@ def run_prepare_scale(sizes: list[int], workdir: Path, seed: int = 0, files: int
         started = time.perf_counter()
         paths = write_corpus(SynthConfig(out=raw, n_docs=n_docs, seed=seed, files=min(files, n_docs), overwrite=True))
         generate_s = time.perf_counter() - started
-        common = {"n_docs": n_docs, "files": len(paths), "raw_mib": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
-                  "generate_s": round(generate_s, 2)}
+        raw_mib = round(sum(p.stat().st_size for p in paths) / 2**20, 1)
+        common = {"n_docs": n_docs, "files": len(paths), "raw_mib": raw_mib, "generate_s": round(generate_s, 2)}
         single = None
         for mode in ("single", "ray") if ray else ("single",):
             result = run_prepare(raw, workdir / f"prepared-{n_docs}-{mode}", mode == "ray", timeout)

@@ -111,7 +111,9 @@ def open_binary(location: Location, random_access: bool = False) -> BinaryIO:
 
     try:
         filesystem, path = uri.filesystem(location)
-        return filesystem.open_input_file(path) if random_access else filesystem.open_input_stream(path, compression=None)
+        if random_access:
+            return filesystem.open_input_file(path)
+        return filesystem.open_input_stream(path, compression=None)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"{location_name(location)}: cannot read ({exc})") from exc
 

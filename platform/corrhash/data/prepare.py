@@ -180,8 +180,8 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
         log(f"{split}: {keep.sum()} of {len(docs)} documents kept "
             f"({dropped['too_short'][split]} too short, {dropped['too_long'][split]} too long)")
     if not kept_docs.get("train"):
-        raise DataError(f"{corpora.location_name(corpus.sources[0])}: corpus is empty after filtering (no train document has "
-                        f"{recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
+        raise DataError(f"{corpora.location_name(corpus.sources[0])}: corpus is empty after filtering (no train "
+                        f"document has {recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
     featurizer.fit_idf(kept_counts["train"])
     features = {s: featurizer.tfidf(c) for s, c in kept_counts.items()}
     doc_ids = {s: np.array([d.doc_id for d in docs], dtype=np.int64) for s, docs in kept_docs.items()}
@@ -409,7 +409,8 @@ def digest_split_files(paths: list[Path], digest: "hashlib._Hash") -> None:
             digest.update((offsets if i == 0 else offsets[1:]).tobytes())
             base = int(offsets[-1])
         for path in paths:
-            digest.update(np.asarray(pq.read_table(path, columns=[name]).column(0).combine_chunks().flatten()).tobytes())
+            values = pq.read_table(path, columns=[name]).column(0).combine_chunks().flatten()
+            digest.update(np.asarray(values).tobytes())
 
 
 def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib._Hash", splits: dict, vocab: dict,

@@ -150,7 +150,8 @@ class TextGenerator:
         self.in_topic = _zipf_cdf(config.topic_words, config.zipf_s)
         # Topic blocks start below the most frequent words (which every topic shares), in a seeded order.
         start = config.vocab_size - config.topics * config.topic_words
-        self.topic_start = start + np.random.default_rng([config.seed, 0]).permutation(config.topics) * config.topic_words
+        order = np.random.default_rng([config.seed, 0]).permutation(config.topics)
+        self.topic_start = start + order * config.topic_words
         self.label_names = [f"topic{t:02d}" for t in range(config.topics)]
 
     def batch(self, number: int) -> list[SyntheticDocument]:
