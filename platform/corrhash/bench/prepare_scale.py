@@ -1,5 +1,5 @@
-"""Preparation cost as the corpus grows: for each size, a synthetic text corpus (data/synthetic_text.py, several
-files) prepared by `jobs/prepare_data.py text` in one process and with `--ray` (Ray Data on an embedded local
+"""Preparation cost as the corpus grows: for each size, a synthetic text corpus (jobs/synth.py, several files)
+prepared by `jobs/prepare_data.py text` in one process and with `--ray` (Ray Data on an embedded local
 Ray), each run as its own subprocess so that its time and memory are its own.
 
 Measured per run: wall time of the command (Python start-up, and for --ray the start of a local Ray, included),
@@ -19,8 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-from corrhash.data.synthetic_text import SynthConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE_S = 0.25
@@ -84,18 +82,34 @@ class TreeMemory:
         self._thread.join()
 
 
-def run_prepare(raw: Path, out: Path, ray: bool, timeout: float | None = None) -> dict:
-    """One `prepare_data.py text` run as a subprocess: times, peak memory and the manifest's content hash."""
-    command = [sys.executable, str(REPO / "jobs" / "prepare_data.py"), "text", "--raw", str(raw), "--out", str(out),
-               "--overwrite", *(["--ray"] if ray else [])]
+def _measured(command: list[str], timeout: float | None) -> tuple[float, TreeMemory, str]:
+    """(wall seconds, memory peaks, stderr) of a command run to completion; RuntimeError if it fails."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with TreeMemory(process.pid) as memory:
-        stdout, stderr = process.communicate(timeout=timeout)
+        _, stderr = process.communicate(timeout=timeout)
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{stderr[-3000:]}")
+    return wall, memory, stderr
+
+
+def run_generate(out: Path, n_docs: int, seed: int, files: int, timeout: float | None = None) -> dict:
+    """`jobs/synth.py` as a subprocess: the corpus's files, size, generation time and peak memory."""
+    command = [sys.executable, str(REPO / "jobs" / "synth.py"), "--out", str(out), "--n-docs", str(n_docs),
+               "--seed", str(seed), "--files", str(files), "--overwrite"]
+    wall, memory, _ = _measured(command, timeout)
+    paths = sorted(out.glob("part-*"))
+    return {"files": len(paths), "raw_mib": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
+            "generate_s": round(wall, 2), "generate_peak_rss_mib": round(memory.peak_process_rss_mib, 1)}
+
+
+def run_prepare(raw: Path, out: Path, ray: bool, timeout: float | None = None) -> dict:
+    """One `prepare_data.py text` run as a subprocess: times, peak memory and the manifest's content hash."""
+    command = [sys.executable, str(REPO / "jobs" / "prepare_data.py"), "text", "--raw", str(raw), "--out", str(out),
+               "--overwrite", *(["--ray"] if ray else [])]
+    wall, memory, stderr = _measured(command, timeout)
     done = DONE.findall(stderr)
     manifest = json.loads((out / "manifest.json").read_text())
     return {"wall_s": round(wall, 2), "prepare_s": float(done[-1]) if done else None,
@@ -107,19 +121,16 @@ def run_prepare(raw: Path, out: Path, ray: bool, timeout: float | None = None) -
 
 def run_prepare_scale(sizes: list[int], workdir: Path, seed: int = 0, files: int = 8, ray: bool = True,
                       timeout: float | None = None) -> list[dict]:
-    """For each size N: generate N documents in `files` JSONL files under `workdir`, prepare them in one process
-    and (with `ray`) on Ray Data; one row per (N, mode): n_docs, mode, files, raw_mib, generate_s, wall_s,
-    prepare_s, docs_per_s (N / prepare_s), peak_tree_pss_mib, peak_process_rss_mib, content_hash and
-    same_as_single (the Ray run's content hash is the single-process one)."""
+    """For each size N: generate N documents in `files` JSONL files under `workdir` (jobs/synth.py), prepare them in
+    one process and (with `ray`) on Ray Data; one row per (N, mode): n_docs, mode, files, raw_mib, generate_s,
+    generate_peak_rss_mib, wall_s, prepare_s, docs_per_s (N / prepare_s), peak_tree_pss_mib, peak_process_rss_mib,
+    content_hash and same_as_single (the Ray run's content hash is the single-process one)."""
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for n_docs in sizes:
         raw = workdir / f"synth-{n_docs}"
-        started = time.perf_counter()
-        paths = write_corpus(SynthConfig(out=raw, n_docs=n_docs, seed=seed, files=min(files, n_docs), overwrite=True))
-        generate_s = time.perf_counter() - started
-        raw_mib = round(sum(p.stat().st_size for p in paths) / 2**20, 1)
-        common = {"n_docs": n_docs, "files": len(paths), "raw_mib": raw_mib, "generate_s": round(generate_s, 2)}
+        common = {"n_docs": n_docs, **run_generate(raw, n_docs, seed, min(files, n_docs), timeout)}
         single = None
         for mode in ("single", "ray") if ray else ("single",):
             result = run_prepare(raw, workdir / f"prepared-{n_docs}-{mode}", mode == "ray", timeout)
