@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
@@ -36,29 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run
 from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
 from corrhash.runs.metrics import exporting  # noqa: E402
-
-INT64 = range(-2**63, 2**63)
-ID_KINDS = {int: "an integer", str: "a string"}
-SNIPPET_CHARS = 80  # of a hit's text: enough to see what it is about, short enough for one line
-
-
-def read_text(path: Path, what: str) -> str:
-    """A UTF-8 text file's contents; a missing file, a folder or binary bytes are named errors."""
-    if path.is_dir():
-        raise DataError(f"{path}: a folder, expected a {what} file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the {what} file ({exc.strerror})") from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}, line {line_no}: not UTF-8 text (a binary file?)") from exc
-    if "\0" in text:
-        line_no = text.count("\n", 0, text.index("\0")) + 1
-        raise DataError(f"{path}, line {line_no}: NUL byte (a binary file?)")
-    return text
+from corrhash.serve.corpus import read_text  # noqa: E402
 
 
 def read_queries(source: str):
@@ -79,62 +57,6 @@ def stdin_queries():
                 yield line.rstrip("\n")
     except UnicodeDecodeError as exc:
         raise DataError(f"--queries - (stdin), line {line_no + 1}: not UTF-8 text") from exc
-
-
-def document_id(row: dict, line_no: int, path: Path):
-    """The `id` of a .jsonl row (default: its line index), if it can be saved and printed as given."""
-    doc_id = row.get("id", line_no - 1)
-    if isinstance(doc_id, str) or (isinstance(doc_id, int) and not isinstance(doc_id, bool) and doc_id in INT64):
-        return doc_id
-    raise DataError(f"{path}, line {line_no}: id {doc_id!r} must be an integer (64-bit) or a string")
-
-
-@dataclass
-class Corpus:
-    """Documents to index: texts (a text file) or TF-IDF features (a shard folder), their ids, and what a
-    hit shows of each document ({id: {"labels": [...]} or {"text": "..."}})."""
-
-    texts: list[str] | None
-    features: object | None  # scipy CSR
-    ids: list
-    shown: dict = field(default_factory=dict)
-
-
-def snippet(text: str) -> str:
-    return " ".join(text.split())[:SNIPPET_CHARS]
-
-
-def read_corpus(path: Path, split: str) -> Corpus:
-    from corrhash.data import TfidfShards
-
-    if path.is_dir():
-        shards = TfidfShards(path)
-        data = shards.split(split)
-        names = shards.label_names
-        shown = {doc_id: {"labels": [names[j] for j in row.nonzero()[0]]}
-                 for doc_id, row in zip(data.doc_ids.tolist(), data.labels)}
-        return Corpus(None, data.features, data.doc_ids, shown)
-    if not path.exists():
-        raise DataError(f"{path}: no such corpus file or shard folder")
-    texts, ids, first_id_line = [], [], None
-    for line_no, line in enumerate(read_text(path, "corpus").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            texts.append(line)
-            ids.append(line_no - 1)
-            continue
-        try:
-            row = json.loads(line)
-            texts.append(str(row["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}, line {line_no}: expected a JSON object with a 'text' field") from exc
-        ids.append(document_id(row, line_no, path))
-        first_id_line = first_id_line or line_no
-        if type(ids[-1]) is not type(ids[0]):  # mixed kinds would all become strings in the index
-            raise DataError(f"{path}, line {line_no}: id {ids[-1]!r} is {ID_KINDS[type(ids[-1])]}, but line "
-                            f"{first_id_line}'s is {ID_KINDS[type(ids[0])]}; use one kind of id")
-    return Corpus(texts, None, ids, {doc_id: {"text": snippet(text)} for doc_id, text in zip(ids, texts)})
 
 
 @dataclass
@@ -209,23 +131,10 @@ def answer(args: SearchOptions, queries) -> None:
     import numpy as np
 
     import corrhash
-    from corrhash.serve.index import HammingIndex
-
+    from corrhash.serve.corpus import index_for
     model = corrhash.load(args.model)
-    shown = {}  # a loaded index has ids only
-    if args.index:
-        index = HammingIndex.load(args.index)
-        if index.bits != model.bits:
-            raise DataError(f"{args.index}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
-    else:
-        corpus = read_corpus(args.corpus, args.split)
-        if len(corpus.ids) == 0:
-            raise DataError(f"{args.corpus}: no documents to index")
-        if corpus.features is not None and corpus.features.shape[1] != model.n_features:
-            raise DataError(f"{args.corpus}: {corpus.features.shape[1]} features per document, but the model "
-                            f"takes {model.n_features} (prepared with another vocabulary?)")
-        index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features)
-        shown = corpus.shown
+    index, shown = index_for(model, args.index, args.corpus, args.split)
+    if args.corpus is not None:
         print(f"indexed {len(index)} documents from {args.corpus}", file=sys.stderr)
     if args.index_out:
         index.save(args.index_out)

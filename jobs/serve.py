@@ -38,12 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
-sys.path.insert(1, str(Path(__file__).resolve().parent))  # jobs/search.py, also when loaded by path (tests)
 
 from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
 from corrhash.runs.serving import Limits, ServeOptions  # noqa: E402
-from search import read_corpus  # noqa: E402  (jobs/search.py: the same corpus formats)
+from corrhash.serve.corpus import index_for  # noqa: E402
 
 
 @dataclass
@@ -119,24 +118,11 @@ def load_payload(options: ServeJobOptions):
     """The model and its index (loaded or hashed from --corpus), with the checks jobs/search.py makes."""
     import corrhash
     from corrhash.runs.serving import Payload
-    from corrhash.serve.index import HammingIndex
 
     model = corrhash.load(options.model)
     if model.featurizer is None:
         raise DataError(f"--model {options.model}: the model has no vocabulary, so it cannot hash text")
-    shown = {}  # a loaded index has ids only
-    if options.index:
-        index = HammingIndex.load(options.index)
-        if index.bits != model.bits:
-            raise DataError(f"{options.index}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
-    else:
-        corpus = read_corpus(options.corpus, options.split)
-        if len(corpus.ids) == 0:
-            raise DataError(f"{options.corpus}: no documents to index")
-        if corpus.features is not None and corpus.features.shape[1] != model.n_features:
-            raise DataError(f"{options.corpus}: {corpus.features.shape[1]} features per document, but the model "
-                            f"takes {model.n_features} (prepared with another vocabulary?)")
-        index, shown = model.index(corpus.texts, ids=corpus.ids, features=corpus.features), corpus.shown
+    index, shown = index_for(model, options.index, options.corpus, options.split)
     log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents")
     return Payload.of(options.model, model, index, shown)
 

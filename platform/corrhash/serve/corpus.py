@@ -1,0 +1,114 @@
+"""Documents to index, as jobs/search.py and jobs/serve.py read them: a prepared shard folder, a .jsonl file or
+a text file, and the index for a model (loaded from disk or hashed from a corpus) with the checks both make.
+
+--corpus is a prepared shard folder (its split, ids = doc_id), a UTF-8 .jsonl file (a `text` field and an optional
+`id`: an integer or a string, the same kind on every line; default: the line's index) or a UTF-8 text file (one
+document per line, ids = line numbers). A hit also says what the document is: "labels" for a shard folder, which
+keeps no text, and "text" (its first 80 characters) for a .jsonl or text file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corrhash.errors import DataError
+
+INT64 = range(-2**63, 2**63)
+ID_KINDS = {int: "an integer", str: "a string"}
+SNIPPET_CHARS = 80  # of a hit's text: enough to see what it is about, short enough for one line
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents; a missing file, a folder or binary bytes are named errors."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, expected a {what} file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what} file ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}, line {line_no}: not UTF-8 text (a binary file?)") from exc
+    if "\0" in text:
+        line_no = text.count("\n", 0, text.index("\0")) + 1
+        raise DataError(f"{path}, line {line_no}: NUL byte (a binary file?)")
+    return text
+
+
+def document_id(row: dict, line_no: int, path: Path):
+    """The `id` of a .jsonl row (default: its line index), if it can be saved and printed as given."""
+    doc_id = row.get("id", line_no - 1)
+    if isinstance(doc_id, str) or (isinstance(doc_id, int) and not isinstance(doc_id, bool) and doc_id in INT64):
+        return doc_id
+    raise DataError(f"{path}, line {line_no}: id {doc_id!r} must be an integer (64-bit) or a string")
+
+
+@dataclass
+class Corpus:
+    """Documents to index: texts (a text file) or TF-IDF features (a shard folder), their ids, and what a
+    hit shows of each document ({id: {"labels": [...]} or {"text": "..."}})."""
+
+    texts: list[str] | None
+    features: object | None  # scipy CSR
+    ids: list
+    shown: dict = field(default_factory=dict)
+
+
+def snippet(text: str) -> str:
+    return " ".join(text.split())[:SNIPPET_CHARS]
+
+
+def read_corpus(path: Path, split: str) -> Corpus:
+    from corrhash.data import TfidfShards
+
+    if path.is_dir():
+        shards = TfidfShards(path)
+        data = shards.split(split)
+        names = shards.label_names
+        shown = {doc_id: {"labels": [names[j] for j in row.nonzero()[0]]}
+                 for doc_id, row in zip(data.doc_ids.tolist(), data.labels)}
+        return Corpus(None, data.features, data.doc_ids, shown)
+    if not path.exists():
+        raise DataError(f"{path}: no such corpus file or shard folder")
+    texts, ids, first_id_line = [], [], None
+    for line_no, line in enumerate(read_text(path, "corpus").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            texts.append(line)
+            ids.append(line_no - 1)
+            continue
+        try:
+            row = json.loads(line)
+            texts.append(str(row["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}, line {line_no}: expected a JSON object with a 'text' field") from exc
+        ids.append(document_id(row, line_no, path))
+        first_id_line = first_id_line or line_no
+        if type(ids[-1]) is not type(ids[0]):  # mixed kinds would all become strings in the index
+            raise DataError(f"{path}, line {line_no}: id {ids[-1]!r} is {ID_KINDS[type(ids[-1])]}, but line "
+                            f"{first_id_line}'s is {ID_KINDS[type(ids[0])]}; use one kind of id")
+    return Corpus(texts, None, ids, {doc_id: {"text": snippet(text)} for doc_id, text in zip(ids, texts)})
+
+
+def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train"):
+    """(index, shown): a saved index (ids only; its bits checked against the model's) or one hashed from a corpus
+    (its features checked against the model's vocabulary size), and what each hit shows ({id: {...}})."""
+    from corrhash.serve.index import HammingIndex
+
+    if index_path is not None:
+        index = HammingIndex.load(index_path)
+        if index.bits != model.bits:
+            raise DataError(f"{index_path}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
+        return index, {}
+    corpus = read_corpus(corpus_path, split)
+    if len(corpus.ids) == 0:
+        raise DataError(f"{corpus_path}: no documents to index")
+    if corpus.features is not None and corpus.features.shape[1] != model.n_features:
+        raise DataError(f"{corpus_path}: {corpus.features.shape[1]} features per document, but the model "
+                        f"takes {model.n_features} (prepared with another vocabulary?)")
+    return model.index(corpus.texts, ids=corpus.ids, features=corpus.features), corpus.shown
