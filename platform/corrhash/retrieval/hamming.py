@@ -111,23 +111,34 @@ def _check_pair(queries, database, chunk, db_chunk) -> tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------- faiss
 
 
-def _faiss_index(database: np.ndarray) -> "faiss.IndexBinaryFlat":  # noqa: F821
+def import_faiss():
+    """faiss, imported on first use (the GPU machine has none) with its loader quiet."""
     # faiss logs every SIMD build it tries at INFO; Ray workers would print all of them.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import faiss
 
-    index = faiss.IndexBinaryFlat(8 * database.shape[1])  # faiss wants d in bits, d % 8 == 0
+    return faiss
+
+
+def faiss_flat_index(database: np.ndarray) -> "faiss.IndexBinaryFlat":  # noqa: F821
+    """An exact faiss index over packed codes; it can be kept and searched many times."""
+    index = import_faiss().IndexBinaryFlat(8 * database.shape[1])  # faiss wants d in bits, d % 8 == 0
     index.add(database)
     return index
 
 
-def _faiss_topk(queries, database, k, chunk):
-    index = _faiss_index(database)
+def faiss_search(index, queries: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(distances int32 [n_q, k], indices int64 [n_q, k]) from any faiss binary index, ``chunk`` queries a
+    step so that faiss's per-call buffers stay bounded."""
     distances = np.empty((queries.shape[0], k), dtype=np.int32)
     indices = np.empty((queries.shape[0], k), dtype=np.int64)
     for q0 in range(0, queries.shape[0], chunk):
         distances[q0 : q0 + chunk], indices[q0 : q0 + chunk] = index.search(queries[q0 : q0 + chunk], k)
     return distances, indices
+
+
+def _faiss_topk(queries, database, k, chunk):
+    return faiss_search(faiss_flat_index(database), queries, k, chunk)
 
 
 def _faiss_pairs_at_distance(queries, database, distance, chunk, db_chunk):
@@ -136,7 +147,7 @@ def _faiss_pairs_at_distance(queries, database, distance, chunk, db_chunk):
     # the few hits closer than r (< k per query at a top-k cut) are dropped.
     # A small index per database chunk bounds the size of each result.
     for d0 in range(0, database.shape[0], db_chunk):
-        index = _faiss_index(database[d0 : d0 + db_chunk])
+        index = faiss_flat_index(database[d0 : d0 + db_chunk])
         for q0 in range(0, queries.shape[0], chunk):
             block_distance = distance[q0 : q0 + chunk]
             for r in np.unique(block_distance):

@@ -3,11 +3,36 @@
 Ids are integers or strings; strings are stored as a fixed-width unicode array, which np.load reads
 without pickle. An index is checked when it is built and again when it is loaded, so every index
 that was saved can be read back, and a damaged or foreign file is a DataError naming it.
+
+Two kinds of search:
+
+* ``"flat"``: exact, every code compared (faiss IndexBinaryFlat on CPU, the torch matmul on CUDA).
+* ``"ivf"``: faiss IndexBinaryIVF, sub-linear and approximate. The codes are split into ``nlist`` lists
+  by their nearest centroid and a query scans the ``nprobe`` lists nearest to it. ``nprobe`` is chosen
+  when the index is built: the smallest power of two whose recall@k against exact search, on a seeded
+  sample of the index's own codes as queries, reaches ``target_recall``. That recall is recorded in the
+  JSON sidecar.
+
+``"auto"`` (the default) is flat below ``AUTO_IVF_FROM`` codes. Above it, IVF is calibrated and kept
+only if it reaches the target by probing at most ``AUTO_MAX_PROBED`` of its lists; codes without
+cluster structure (uniformly random ones) need nearly all of them and stay flat, with the measurement
+recorded. Why IVF, and these numbers, is in ``corrhash.bench.sublinear``.
+
+Recall here is tie-aware: a returned code counts as correct if its distance is at most the k-th exact
+distance for that query. At Hamming distance many codes tie at the k-th distance and exact search
+keeps an arbitrary (lowest-index) subset of them, so plain id overlap would penalise correct answers.
+
+The faiss index itself is never saved: faiss's reader is C++ that trusts the sizes in its file, which
+is not a format to open from someone else. The .npz keeps the IVF centroids (nlist codes); the lists
+are rebuilt from them on the first search after loading, which assigns every code to the same list
+(nearest centroid, ties to the lower one), so the index searched is the one whose recall was recorded.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import threading
 import zipfile
 from pathlib import Path
 
@@ -15,34 +40,84 @@ import numpy as np
 
 from corrhash.atomic import atomic_open, atomic_write_text
 from corrhash.errors import DataError
-from corrhash.retrieval import hamming_topk, packed_width
+from corrhash.retrieval import hamming_topk, packed_width, resolve_backend
+from corrhash.retrieval.codes import check_packed
+from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, import_faiss
+
+KINDS = ("auto", "flat", "ivf")
+AUTO_IVF_FROM = 200_000  # below this flat search is fast enough that IVF's build cost and recall loss buy little
+AUTO_MAX_PROBED = 1 / 16  # probing more than this share of the lists, IVF is not worth losing exactness for
+TARGET_RECALL = 0.95
+CALIBRATION_K = 100
+CALIBRATION_QUERIES = 256
+TRAIN_POINTS_PER_LIST = 40  # faiss's k-means asks for at least 39 training points per centroid
+RECALL_DEFINITION = "tie-aware: a hit is correct if its distance <= the k-th exact distance of its query"
 
 
 class HammingIndex:
-    def __init__(self, codes: np.ndarray, ids, bits: int, meta: dict | None = None):
+    def __init__(self, codes: np.ndarray, ids, bits: int, meta: dict | None = None, kind: str = "auto",
+                 seed: int = 0):
+        """Index `codes` (packed uint8 rows) under `ids`. kind: "auto", "flat" or "ivf" (see the module);
+        `seed` draws IVF's training sample and calibration queries."""
         self.codes, self.ids, self.bits = _checked(codes, ids, bits)
         self.meta = dict(meta or {})
+        if "search" in self.meta:
+            raise DataError("meta key 'search' is reserved for the index's search parameters")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.search_info: dict = {}  # what the sidecar records under "search"; {} is plain flat
+        self._centroids: np.ndarray | None = None  # set for IVF
+        self._faiss = None  # built on first search, never pickled or saved
+        self._lock = threading.Lock()
+        if kind == "ivf" or (kind == "auto" and len(self) >= AUTO_IVF_FROM and _has_faiss()):
+            self._calibrate_ivf(np.random.default_rng(seed), seed, keep_anyway=kind == "ivf")
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if self._centroids is not None else "flat"
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getstate__(self) -> dict:
+        # A faiss index and a lock do not travel (Ray ships objects between processes): rebuild there.
+        return {**self.__dict__, "_faiss": None, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def search(self, query_codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(ids [q, k], Hamming distances [q, k]), nearest first, ties by index order; k is capped at len."""
+        """(ids [q, k], Hamming distances [q, k]), nearest first; k is capped at len. Flat: exact, ties by
+        index order. IVF: approximate, with the recall recorded in search_info."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        distances, positions = hamming_topk(query_codes, self.codes, min(k, len(self)))
+        k = min(int(k), len(self))
+        if self.kind == "flat" and resolve_backend("auto") == "torch":
+            distances, positions = hamming_topk(query_codes, self.codes, k)  # the GPU's matmul search
+            return self.ids[positions], distances
+        queries = check_packed(query_codes, "queries_packed")
+        if queries.shape[1] != self.codes.shape[1]:
+            raise ValueError(f"queries have {queries.shape[1]} bytes per code, database {self.codes.shape[1]}")
+        distances, positions = faiss_search(self._built(), queries, k)
+        short = np.flatnonzero((positions < 0).any(axis=1))
+        if len(short):  # IVF: the probed lists held fewer than k codes; answer those queries exactly
+            distances[short], positions[short] = hamming_topk(queries[short], self.codes, k)
         return self.ids[positions], distances
 
     def save(self, path: str | Path) -> Path:
-        """Write PATH (codes, ids) and PATH.json (bits, size, meta), each atomically."""
+        """Write PATH (codes, ids, IVF centroids) and PATH.json (bits, size, search, meta), each atomically."""
         path = Path(path)
         sidecar = path.with_suffix(".json")
         if path == sidecar:
             raise DataError(f"{path}: an index named .json would be overwritten by its JSON sidecar; use .npz")
         path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"codes": self.codes, "ids": self.ids}
+        if self._centroids is not None:
+            arrays["ivf_centroids"] = self._centroids
         with atomic_open(path) as handle:
-            np.savez(handle, codes=self.codes, ids=self.ids)
-        atomic_write_text(sidecar, json.dumps({**self.meta, "bits": self.bits, "size": len(self)}))
+            np.savez(handle, **arrays)
+        search = {"search": self.search_info} if self.search_info else {}
+        atomic_write_text(sidecar, json.dumps({**self.meta, "bits": self.bits, "size": len(self), **search}))
         return path
 
     @classmethod
@@ -54,15 +129,132 @@ class HammingIndex:
         if not path.is_file() or not sidecar.is_file():
             raise DataError(f"{path}: no index there (need {path.name} and {sidecar.name})")
         meta = _read_sidecar(sidecar)
-        codes, ids = _read_arrays(path)
+        codes, ids, centroids = _read_arrays(path)
         size = meta.pop("size", len(ids))
         if size != len(ids):
             raise DataError(f"{sidecar}: says {size} documents, but {path.name} holds {len(ids)} "
                             "(files from two different saves?)")
+        search = meta.pop("search", {})
         try:
-            return cls(codes, ids, meta.pop("bits"), meta)
+            index = cls(codes, ids, meta.pop("bits"), meta, kind="flat")
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
+        index._restore_search(search, centroids, path, sidecar)
+        return index
+
+    # ------------------------------------------------------------ IVF
+
+    def _calibrate_ivf(self, rng: np.random.Generator, seed: int, keep_anyway: bool) -> None:
+        """Train IVF centroids, find the nprobe that reaches TARGET_RECALL; keep IVF if it is worth it."""
+        nlist = default_nlist(len(self))
+        centroids = _train_centroids(self.codes, nlist, rng)
+        ivf = _ivf_index(self.codes, centroids)
+        queries = self.codes[rng.choice(len(self), min(len(self), CALIBRATION_QUERIES), replace=False)]
+        k = min(CALIBRATION_K, len(self))
+        nprobe, recall = _least_nprobe(ivf, self.codes, queries, k)
+        measured = {"nlist": nlist, "nprobe": nprobe, "recall": {
+            "k": k, "value": round(recall, 4), "target": TARGET_RECALL, "queries": len(queries), "seed": seed,
+            "sample": "codes of the index itself", "definition": RECALL_DEFINITION}}
+        if keep_anyway or nprobe <= AUTO_MAX_PROBED * nlist:
+            self.search_info = {"kind": "ivf", **measured}
+            self._centroids, self._faiss = centroids, ivf
+        else:
+            self.search_info = {"kind": "flat", "ivf_rejected": {
+                **measured, "why": f"reaching the target recall probes more than {AUTO_MAX_PROBED:.3g} of the lists"}}
+
+    def _restore_search(self, search, centroids: np.ndarray | None, path: Path, sidecar: Path) -> None:
+        """Take back the kind and parameters a sidecar records; DataError if the files cannot provide them."""
+        if not isinstance(search, dict) or search.get("kind", "flat") not in ("flat", "ivf"):
+            raise DataError(f"{sidecar}: 'search' must be an object whose kind is 'flat' or 'ivf', got {search!r}")
+        self.search_info = search
+        if search.get("kind", "flat") == "flat":
+            return
+        nlist, nprobe = search.get("nlist"), search.get("nprobe")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (nlist, nprobe)) \
+                or not 1 <= nprobe <= nlist <= len(self):
+            raise DataError(f"{sidecar}: an ivf index needs integers 1 <= nprobe <= nlist <= size ({len(self)}), "
+                            f"got nlist={nlist!r}, nprobe={nprobe!r}")
+        if centroids is None:
+            raise DataError(f"{path}: {sidecar.name} says kind 'ivf', but there is no ivf_centroids array")
+        if centroids.dtype != np.uint8 or centroids.shape != (nlist, self.codes.shape[1]):
+            raise DataError(f"{path}: ivf_centroids must be uint8 of shape {(nlist, self.codes.shape[1])} "
+                            f"(nlist from {sidecar.name}), got {centroids.dtype} {centroids.shape}")
+        self._centroids = np.ascontiguousarray(centroids)
+
+    def _built(self):
+        """The faiss index searched, built once (lazily: a loaded index rebuilds it on first use)."""
+        with self._lock:
+            if self._faiss is None:
+                if self._centroids is None:
+                    self._faiss = faiss_flat_index(self.codes)
+                else:
+                    self._faiss = _ivf_index(self.codes, self._centroids)
+                    self._faiss.nprobe = self.search_info["nprobe"]
+            return self._faiss
+
+
+def _has_faiss() -> bool:
+    """Whether faiss imports here (the GPU benchmark machine has none: auto stays flat there)."""
+    try:
+        import_faiss()
+    except ImportError:
+        return False
+    return True
+
+
+def default_nlist(size: int) -> int:
+    """About 2·sqrt(size) lists, with at least TRAIN_POINTS_PER_LIST codes each."""
+    return max(1, min(round(2 * math.sqrt(size)), size // TRAIN_POINTS_PER_LIST))
+
+
+def tie_aware_recall(distances: np.ndarray, positions: np.ndarray, exact_kth: np.ndarray) -> float:
+    """Mean share of the k hits (per query) within the k-th exact distance; missing hits (-1) count as
+    wrong. See the module docstring for why ties make plain id overlap the wrong measure."""
+    correct = (positions >= 0) & (distances <= np.asarray(exact_kth)[:, None])
+    return float(correct.sum(axis=1).mean() / distances.shape[1])
+
+
+def _train_centroids(codes: np.ndarray, nlist: int, rng: np.random.Generator) -> np.ndarray:
+    """nlist binary centroids [nlist, n_bytes] from faiss's k-means on a seeded sample of the codes."""
+    faiss = import_faiss()
+    sample = codes[np.sort(rng.choice(len(codes), min(len(codes), TRAIN_POINTS_PER_LIST * nlist), replace=False))]
+    quantizer = faiss.IndexBinaryFlat(8 * codes.shape[1])
+    trainer = faiss.IndexBinaryIVF(quantizer, 8 * codes.shape[1], nlist)
+    trainer.train(sample)  # k-means on the codes as floats, centroids thresholded back to bits
+    return faiss.vector_to_array(quantizer.xb).reshape(nlist, codes.shape[1]).copy()
+
+
+def _least_nprobe(ivf, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[int, float]:
+    """(the least nprobe whose tie-aware recall@k reaches TARGET_RECALL, that recall). Recall cannot fall
+    as nprobe grows (more lists, more candidates), and nprobe = nlist is exhaustive, so this terminates."""
+    exact_kth = hamming_topk(queries, codes, k, backend="faiss")[0][:, -1]
+    recall_at = {}
+
+    def reaches(nprobe: int) -> bool:
+        ivf.nprobe = nprobe
+        distances, positions = faiss_search(ivf, queries, k)
+        recall_at[nprobe] = tie_aware_recall(distances, positions, exact_kth)
+        return recall_at[nprobe] >= TARGET_RECALL
+
+    high = 1  # doubling finds an nprobe that reaches the target, bisection the least one below it
+    while not reaches(high) and high < ivf.nlist:
+        high = min(2 * high, ivf.nlist)
+    low = high // 2  # does not reach it (or is 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if reaches(middle) else (middle, high)
+    ivf.nprobe = high
+    return high, recall_at[high]
+
+
+def _ivf_index(codes: np.ndarray, centroids: np.ndarray):
+    """A faiss IndexBinaryIVF over `codes` with these centroids as its (already trained) quantizer."""
+    faiss = import_faiss()
+    quantizer = faiss_flat_index(centroids)
+    ivf = faiss.IndexBinaryIVF(quantizer, 8 * codes.shape[1], len(centroids))
+    ivf.add(codes)  # each code into the list of its nearest centroid
+    ivf.quantizer_ref = quantizer  # the IVF index does not own its quantizer; keep it alive with it
+    return ivf
 
 
 def _checked(codes, ids, bits) -> tuple[np.ndarray, np.ndarray, int]:
@@ -94,8 +286,9 @@ def _read_sidecar(sidecar: Path) -> dict:
     return meta
 
 
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """codes and ids of an .npz, never unpickling: object arrays and pickle files are refused."""
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """codes, ids and IVF centroids (None if absent) of an .npz, never unpickling: object arrays and
+    pickle files are refused."""
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -107,7 +300,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if missing:
             raise DataError(f"{path}: no {' or '.join(missing)} array; not a corrhash index")
         try:
-            return arrays["codes"], arrays["ids"]
+            centroids = arrays["ivf_centroids"] if "ivf_centroids" in arrays.files else None
+            return arrays["codes"], arrays["ids"], centroids
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # ValueError: a pickled object array
             raise DataError(f"{path}: unreadable array ({exc})") from exc
-
