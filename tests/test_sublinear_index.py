@@ -166,3 +166,13 @@ def test_unknown_kind_and_reserved_meta_are_refused(planted):
         HammingIndex(planted[1], planted[2], BITS, kind="hnsw")
     with pytest.raises(DataError, match="search"):
         HammingIndex(planted[1], planted[2], BITS, {"search": 1})
+
+
+def test_calibration_queries_given_at_build_time_are_the_ones_recorded(planted):
+    queries, codes, ids, _, _ = planted
+    index = HammingIndex(codes, ids, BITS, kind="ivf", calibration_queries=queries)
+    recall = index.search_info["recall"]
+    assert recall["sample"] == "queries given at build time" and recall["queries"] == len(queries)
+    assert recall["value"] >= 0.95
+    with pytest.raises(ValueError, match="calibration_queries"):
+        HammingIndex(codes, ids, BITS, kind="ivf", calibration_queries=queries[:, :4])

@@ -9,9 +9,9 @@ Two kinds of search:
 * ``"flat"``: exact, every code compared (faiss IndexBinaryFlat on CPU, the torch matmul on CUDA).
 * ``"ivf"``: faiss IndexBinaryIVF, sub-linear and approximate. The codes are split into ``nlist`` lists
   by their nearest centroid and a query scans the ``nprobe`` lists nearest to it. ``nprobe`` is chosen
-  when the index is built: the smallest power of two whose recall@k against exact search, on a seeded
-  sample of the index's own codes as queries, reaches ``target_recall``. That recall is recorded in the
-  JSON sidecar.
+  when the index is built: the least nprobe whose recall@k against exact search reaches TARGET_RECALL on
+  calibration queries (given ones, or a seeded sample of the index's own codes). That recall is recorded
+  in the JSON sidecar.
 
 ``"auto"`` (the default) is flat below ``AUTO_IVF_FROM`` codes. Above it, IVF is calibrated and kept
 only if it reaches the target by probing at most ``AUTO_MAX_PROBED`` of its lists; codes without
@@ -56,9 +56,10 @@ RECALL_DEFINITION = "tie-aware: a hit is correct if its distance <= the k-th exa
 
 class HammingIndex:
     def __init__(self, codes: np.ndarray, ids, bits: int, meta: dict | None = None, kind: str = "auto",
-                 seed: int = 0):
+                 seed: int = 0, calibration_queries: np.ndarray | None = None):
         """Index `codes` (packed uint8 rows) under `ids`. kind: "auto", "flat" or "ivf" (see the module);
-        `seed` draws IVF's training sample and calibration queries."""
+        `seed` draws IVF's training sample and, unless `calibration_queries` (packed codes like the
+        queries to come, e.g. a validation split's) are given, its calibration queries from the codes."""
         self.codes, self.ids, self.bits = _checked(codes, ids, bits)
         self.meta = dict(meta or {})
         if "search" in self.meta:
@@ -70,7 +71,7 @@ class HammingIndex:
         self._faiss = None  # built on first search, never pickled or saved
         self._lock = threading.Lock()
         if kind == "ivf" or (kind == "auto" and len(self) >= AUTO_IVF_FROM and _has_faiss()):
-            self._calibrate_ivf(np.random.default_rng(seed), seed, keep_anyway=kind == "ivf")
+            self._calibrate_ivf(np.random.default_rng(seed), seed, calibration_queries, keep_anyway=kind == "ivf")
 
     @property
     def kind(self) -> str:
@@ -144,17 +145,25 @@ class HammingIndex:
 
     # ------------------------------------------------------------ IVF
 
-    def _calibrate_ivf(self, rng: np.random.Generator, seed: int, keep_anyway: bool) -> None:
+    def _calibrate_ivf(self, rng: np.random.Generator, seed: int, given_queries, keep_anyway: bool) -> None:
         """Train IVF centroids, find the nprobe that reaches TARGET_RECALL; keep IVF if it is worth it."""
         nlist = default_nlist(len(self))
         centroids = _train_centroids(self.codes, nlist, rng)
         ivf = _ivf_index(self.codes, centroids)
-        queries = self.codes[rng.choice(len(self), min(len(self), CALIBRATION_QUERIES), replace=False)]
+        if given_queries is None:  # a code of the index finds itself at distance 0: a slightly easy query
+            queries = self.codes[rng.choice(len(self), min(len(self), CALIBRATION_QUERIES), replace=False)]
+            sample = "codes of the index itself"
+        else:
+            queries = check_packed(given_queries, "calibration_queries")
+            if queries.shape[1] != self.codes.shape[1] or len(queries) == 0:
+                raise ValueError(f"calibration_queries: need codes of {self.codes.shape[1]} bytes, got shape "
+                                 f"{queries.shape}")
+            sample = "queries given at build time"
         k = min(CALIBRATION_K, len(self))
         nprobe, recall = _least_nprobe(ivf, self.codes, queries, k)
         measured = {"nlist": nlist, "nprobe": nprobe, "recall": {
             "k": k, "value": round(recall, 4), "target": TARGET_RECALL, "queries": len(queries), "seed": seed,
-            "sample": "codes of the index itself", "definition": RECALL_DEFINITION}}
+            "sample": sample, "definition": RECALL_DEFINITION}}
         if keep_anyway or nprobe <= AUTO_MAX_PROBED * nlist:
             self.search_info = {"kind": "ivf", **measured}
             self._centroids, self._faiss = centroids, ivf
