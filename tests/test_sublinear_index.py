@@ -105,7 +105,7 @@ def test_flat_is_exact_and_its_sidecar_unchanged(tmp_path):
     assert json.loads(path.with_suffix(".json").read_text()) == {"bits": BITS, "size": 3000}
 
 
-def test_auto_keeps_ivf_on_clustered_codes_and_rejects_it_on_random_ones(monkeypatch):
+def test_auto_keeps_ivf_on_clustered_codes_and_rejects_it_on_random_ones(monkeypatch, tmp_path):
     monkeypatch.setattr(index_module, "AUTO_IVF_FROM", 1000)
     clustered = HammingIndex(clustered_codes(20000), np.arange(20000), BITS)
     assert clustered.kind == "ivf"
@@ -114,6 +114,8 @@ def test_auto_keeps_ivf_on_clustered_codes_and_rejects_it_on_random_ones(monkeyp
     assert flat.kind == "flat" and flat.search_info["kind"] == "flat"
     rejected = flat.search_info["ivf_rejected"]
     assert rejected["nprobe"] > index_module.AUTO_MAX_PROBED * rejected["nlist"]
+    again = HammingIndex.load(flat.save(tmp_path / "rejected.npz"))  # the measurement that chose flat is kept
+    assert again.kind == "flat" and again.search_info == flat.search_info
 
 
 def test_tie_aware_recall_counts_ties_at_the_kth_distance_and_not_missing_hits():
