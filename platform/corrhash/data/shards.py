@@ -59,6 +59,13 @@ class Split:
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    def sample(self, count: int, seed: int) -> "Split":
+        """A seeded sample of `count` documents in their split order (the whole split when it has no more)."""
+        if count >= len(self):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
+        return Split(self.name, self.features[rows], self.labels[rows], self.doc_ids[rows])
+
     def torch_features(self, device=None):
         """The features as a torch sparse CSR tensor (no densification)."""
         import torch

@@ -72,6 +72,9 @@ def finish(spec: RunSpec, shards: TfidfShards, selection: Selection, folder: Pat
 
     `publish(model_dir, results)` returns the keys it adds (`model_uri`, `registered_version`)."""
     k = spec.train.eval_k
+    val = shards.split("val")
+    if 0 < spec.train.eval_queries < len(val):  # epochs were chosen on a sample: report the whole val split
+        selection.val_precision = Evaluator(shards.split("train"), val, device, k)(selection.model).tie_aware
     test = Evaluator(shards.split("train"), shards.split("test"), device, k)(selection.model) if score_test else None
     results = dict.fromkeys(RESULT_KEYS)
     results.update(

@@ -23,7 +23,7 @@ from corrhash.runs.session import TrainSession, TuneSession
 from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint
 from corrhash.train.evaluate import Evaluator, Shares
-from corrhash.train.loop import fit, new_state
+from corrhash.train.loop import fit, new_state, selection_queries
 
 
 def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
@@ -44,7 +44,8 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     if world > 1:
         labels = np.concatenate([shards.labels("train", paths[r::world]) for r in range(world)])
         shares = Shares(rank, world, labels)
-    evaluator = Evaluator(share, val, device, train_config.eval_k, shares)
+    queries = selection_queries(val, train_config) if val is not None else None
+    evaluator = Evaluator(share, queries, device, train_config.eval_k, shares)
 
     state = new_state(spec.model, train_config, shards.n_features, device)
     if world > 1:

@@ -27,6 +27,9 @@ class TrainConfig:
     """k of the validation precision@k used for model selection."""
     eval_every: int = 1
     """Evaluate on validation every this many epochs."""
+    eval_queries: int = 0
+    """Per-epoch selection scores a seeded sample of this many val queries (0: all); the chosen model's reported
+    val precision is always over the whole val split."""
     seed: int = 0
     """Seeds weight initialisation, batch order and every random draw of the loss."""
     device: str = "auto"
@@ -37,6 +40,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train option {name}={getattr(self, name)}: must be >= 1")
         # `not x > 0` rather than `x <= 0`: NaN fails every comparison and must be refused too.
+        if self.eval_queries < 0:
+            raise ConfigError(f"train option eval_queries={self.eval_queries}: must be >= 0 (0: every val document)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"train option lr={self.lr}: must be a finite number > 0")
         if not 0 < self.lr_decay <= 1:

@@ -77,6 +77,12 @@ def new_state(model_config: ModelConfig, train_config: TrainConfig, n_features: 
     return TrainState(model, optimizer, scheduler, generator)
 
 
+def selection_queries(val: Split, train_config: TrainConfig) -> Split:
+    """The val documents each epoch scores: all of them, or a seeded sample (`eval_queries`), so that per-epoch
+    selection against a large database does not dominate the epoch."""
+    return val.sample(train_config.eval_queries, train_config.seed) if train_config.eval_queries else val
+
+
 @dataclass
 class FitResult:
     model: HashModel
@@ -137,7 +143,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, eval
     if evaluator is None:
         if val is None:
             raise ValueError("fit needs `val` or an `evaluator` for model selection")
-        evaluator = Evaluator(train, val, device, train_config.eval_k)
+        evaluator = Evaluator(train, selection_queries(val, train_config), device, train_config.eval_k)
     model = state.model
     if not model.trainable:  # no epochs: fit in closed form (SpH, STH; LSH has nothing to fit), score once
         model.fit_closed_form(train.features)
