@@ -15,6 +15,9 @@ Writes NAME.json and NAME.md to --out (default $OUT when set, else results/), af
 so a run stopped midway still leaves what it measured. bench/gpu.sh runs it on a GPU machine.
 
 Example (CPU, small): python jobs/bench.py --data data/20ng --sections epochs --epochs 1
+
+`python jobs/bench.py scale ...` is the other benchmark: how each stage's cost grows with the corpus
+(synthetic corpora of N documents; preparation, training, search, serving; see `jobs/bench.py scale --help`).
 """
 
 from __future__ import annotations
@@ -103,6 +106,94 @@ class BenchOptions:
     """search: codes the XOR-and-sort baseline scans"""
 
 
+SCALE_SECTIONS = ("prepare", "train", "search", "serve")
+
+
+@dataclass
+class ScaleOptions:
+    sizes: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000], metadata={CLI: {"nargs": "+"}})
+    """prepare, train: corpus sizes N (documents), smallest first"""
+    code_sizes: list[int] = field(default_factory=lambda: [1_000_000, 10_000_000], metadata={CLI: {"nargs": "+"}})
+    """search: 64-bit codes in the database"""
+    sections: list[str] = field(default_factory=lambda: list(SCALE_SECTIONS),
+                                metadata={CLI: {"nargs": "+", "choices": SCALE_SECTIONS}})
+    """sections to run (train and serve use the prepare section's corpora)"""
+    workdir: Path = Path("runs/scale")
+    """where the synthetic corpora and their preparations go (large: about 1 GiB per million documents)"""
+    files: int = 8
+    """prepare: input files per corpus (Ray Data reads them in parallel)"""
+    ray: bool = True
+    """prepare: also prepare on Ray Data (an embedded local Ray) and compare"""
+    serve_requests: int = 2000
+    """serve: requests of the bounded load test"""
+    serve_concurrency: int = 8
+    """serve: requests in flight"""
+    serve_duration_s: float = 120.0
+    """serve: the load test's time cap"""
+    seed: int = 0
+    """seed of the corpora, the models and the random codes"""
+    out: Path = field(default_factory=lambda: Path(os.environ.get("OUT") or "results"))
+    """folder for NAME.json and NAME.md; $OUT when set"""
+    name: str = "scale"
+    """file stem"""
+
+
+def scale_main(argv) -> int:
+    from corrhash.bench import scale
+    from corrhash.bench.prepare_scale import run_prepare_scale
+    from corrhash.bench.sublinear import run_search_scale
+
+    parser = argparse.ArgumentParser(prog="bench.py scale", description=scale.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, ScaleOptions, "scale benchmark")
+    args = dataclass_from_args(ScaleOptions, parser.parse_args(argv))
+    sizes = sorted(args.sizes)
+    report = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": " ".join(["jobs/bench.py", "scale", *(sys.argv[2:] if argv is None else argv)]),
+              "prepare": [], "train": [], "search": [], "serve": None, "section_seconds": {}, "errors": {}}
+    log(f"scale benchmark: N = {sizes}, writing {args.out}/{args.name}.{{json,md}}")
+
+    def prepared(n: int) -> Path:
+        return args.workdir / f"prepared-{n}-single"
+
+    def prepare():
+        report["prepare"] = run_prepare_scale(sizes, args.workdir, args.seed, args.files, args.ray)
+        for row in report["prepare"]:
+            row["seconds"] = row["prepare_s"] or row["wall_s"]  # the job's own timing, else the process's
+        for mode in ("single", "ray"):
+            scale.per_document_ratios(report["prepare"], "n_docs", "seconds", mode)
+
+    def train():
+        report["train"] = [scale.train_row(prepared(n), n, seed=args.seed, log=log) for n in sizes]
+        scale.per_document_ratios(report["train"], "train_docs", "epoch_s")
+
+    def search():
+        report["search"] = run_search_scale(args.code_sizes, args.seed, log=log)
+
+    def serve():
+        raw = sorted((args.workdir / f"synth-{sizes[0]}").glob("part-*.jsonl"))[0]
+        texts = [json.loads(line)["text"] for line, _ in zip(raw.open(), range(500))]
+        report["serve"] = scale.serve_row(prepared(sizes[0]), texts, args.workdir, args.serve_requests,
+                                          args.serve_concurrency, args.serve_duration_s, log=log)
+
+    measures = {"prepare": prepare, "train": train, "search": search, "serve": serve}
+    for section in SCALE_SECTIONS:
+        if section not in args.sections:
+            continue
+        log(f"{section} ...")
+        started = time.perf_counter()
+        try:
+            measures[section]()
+        except Exception as exc:  # noqa: BLE001 - one broken section must not cost the others' numbers
+            report["errors"][section] = f"{type(exc).__name__}: {exc}"
+            log(f"{section}: failed\n{traceback.format_exc()}")
+        report["section_seconds"][section] = time.perf_counter() - started
+        scale.write(report, args.out, args.name)  # after every section: a stopped run keeps what it measured
+    print(scale.markdown(report))
+    return 1 if report["errors"] else 0
+
+
 def parse_args(argv=None) -> BenchOptions:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, BenchOptions, "benchmark")
@@ -110,6 +201,9 @@ def parse_args(argv=None) -> BenchOptions:
 
 
 def main(argv=None) -> int:
+    rest = sys.argv[1:] if argv is None else list(argv)
+    if rest[:1] == ["scale"]:
+        return scale_main(rest[1:])
     args = parse_args(argv)
     device = resolve_device(args.device)
     if device.type == "cuda":
