@@ -16,6 +16,7 @@ machine's only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from corrhash.train.loop import new_state, run_epoch, selection_queries
 
 REPO = Path(__file__).resolve().parents[3]
 EVAL_SAMPLE = 1000
+EPOCH_REPEATS = 2
 
 
 def train_row(folder: Path, n_docs: int, bits: int = 64, seed: int = 0, full_eval_max: int = 200_000,
@@ -47,12 +49,14 @@ def train_row(folder: Path, n_docs: int, bits: int = 64, seed: int = 0, full_eva
     config = TrainConfig(epochs=1, seed=seed, device="cpu", eval_queries=EVAL_SAMPLE)
     state = new_state(ModelConfig(name="corrsh", bits=bits), config, shards.n_features, device)
     rows = place(train, device)
-    started = time.perf_counter()
-    terms = run_epoch(state.model, state, rows, config.batch_size, device)
-    epoch_s = time.perf_counter() - started
+    epoch_s = math.inf
+    for _ in range(EPOCH_REPEATS):  # the best of a few: another process on this machine only ever slows one down
+        started = time.perf_counter()
+        terms = run_epoch(state.model, state, rows, config.batch_size, device)
+        epoch_s = min(epoch_s, time.perf_counter() - started)
     row = {"n_docs": n_docs, "train_docs": len(train), "val_docs": len(val), "n_features": shards.n_features,
            "bits": bits, "batch_size": config.batch_size, "threads": torch.get_num_threads(),
-           "epoch_s": epoch_s, "train_docs_per_s": terms["docs"] / epoch_s}
+           "epoch_s": epoch_s, "epoch_timing": f"best of {EPOCH_REPEATS}", "train_docs_per_s": terms["docs"] / epoch_s}
     for name, queries in (("eval_all", val), ("eval_sample", selection_queries(val, config))):
         if name == "eval_all" and len(train) > full_eval_max:
             row[f"{name}_s"], row[f"{name}_queries"] = None, len(queries)
@@ -150,7 +154,7 @@ def markdown(report: dict) -> str:
                          f"{r.get('same_as_single', '-')} |")
         lines.append("")
     if report.get("train"):
-        lines += ["## Training and per-epoch evaluation (CorrSH 64 bits, one epoch, this process)", "",
+        lines += ["## Training and per-epoch evaluation (CorrSH 64 bits, an epoch's time best of 2, this process)", "",
                   "| N | train docs | features | epoch s | docs/s | cost/doc vs smallest N | eval, all val (queries) | "
                   "eval, sample (queries) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in report["train"]:
