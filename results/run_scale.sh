@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The runs behind results/scale.md: each writes results/NAME.{json,md} after every section (JSON is gitignored;
+# the .md tables are committed). Corpora and preparations go to runs/scale (about 3 GiB). ~25 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=".venv/bin/python jobs/bench.py scale --workdir runs/scale"
+$B --sizes 10000 100000 --sections prepare train serve --name scale-small
+$B --code-sizes 1000000 10000000 --sections search --name scale-search
+$B --sizes 10000 1000000 --sections prepare --name scale-1m
+$B --sizes 10000 100000 1000000 --sections train --name scale-train
