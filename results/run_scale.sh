@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 B=".venv/bin/python jobs/bench.py scale --workdir runs/scale"
 $B --sizes 10000 100000 --sections prepare train serve --name scale-small
 $B --code-sizes 1000000 10000000 --sections search --name scale-search
-$B --sizes 10000 1000000 --sections prepare --name scale-1m
+$B --sizes 10000 1000000 --sections prepare train --name scale-1m   # stopped during train: superseded by scale-train
 $B --sizes 10000 100000 1000000 --sections train --name scale-train
