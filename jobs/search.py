@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
+from corrhash.cli import add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
+from corrhash.errors import ConfigError, DataError  # noqa: E402
 from corrhash.runs.metrics import exporting  # noqa: E402
 from corrhash.serve.corpus import read_text  # noqa: E402
 
@@ -103,17 +103,13 @@ def parse_args(argv: list[str] | None = None) -> SearchOptions:
 
 def main(argv=None) -> int:
     options = parse_args(argv)
-    try:
+
+    def body() -> None:
         options.validate()
         queries = read_queries(options.queries) if options.queries else []  # a file: checked before any work
         answer(options, queries)
-    except CorrhashError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # last resort: the library names what it can as a DataError
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(body)
 
 
 def batches(queries, size: int):

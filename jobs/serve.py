@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
-from corrhash.errors import ConfigError, CorrhashError, DataError  # noqa: E402
+from corrhash.cli import add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
+from corrhash.errors import ConfigError, DataError  # noqa: E402
 from corrhash.runs.serving import Limits, ServeOptions  # noqa: E402
 from corrhash.serve.corpus import index_for  # noqa: E402
 
@@ -158,18 +158,15 @@ def exit_on_sigterm(signum, frame) -> None:
 def main(argv=None) -> int:
     options = parse_args(argv)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
-    try:
+
+    def body() -> None:
         options.validate()
         serve_until_stopped(options)
+
+    try:
+        return exit_status(body)
     except KeyboardInterrupt:
         return 130
-    except CorrhashError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # last resort: the library names what it can as a DataError
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":
