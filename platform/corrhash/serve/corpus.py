@@ -5,6 +5,9 @@ a text file, and the index for a model (loaded from disk or hashed from a corpus
 `id`: an integer or a string, the same kind on every line; default: the line's index) or a UTF-8 text file (one
 document per line, ids = line numbers). A hit also says what the document is: "labels" for a shard folder, which
 keeps no text, and "text" (its first 80 characters) for a .jsonl or text file.
+
+An index hashed from a corpus is of the kind asked for (corrhash.serve.index: auto, flat or ivf); one that may
+become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of the folder's val split.
 """
 
 from __future__ import annotations
@@ -95,15 +98,20 @@ def read_corpus(path: Path, split: str) -> Corpus:
     return Corpus(texts, None, ids, {doc_id: {"text": snippet(text)} for doc_id, text in zip(ids, texts)})
 
 
-def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train"):
-    """(index, shown): a saved index (ids only; its bits checked against the model's) or one hashed from a corpus
-    (its features checked against the model's vocabulary size), and what each hit shows ({id: {...}})."""
+def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train", kind: str = "auto"):
+    """(index, shown): a saved index (ids only; its bits checked against the model's, and its kind against `kind`
+    unless that is "auto") or one of `kind` hashed from a corpus (its features checked against the model's
+    vocabulary size), and what each hit shows ({id: {...}}). A shard folder's IVF is calibrated on its val split."""
     from corrhash.serve.index import HammingIndex
 
     if index_path is not None:
         index = HammingIndex.load(index_path)
         if index.bits != model.bits:
             raise DataError(f"{index_path}: {index.bits}-bit codes, but the model makes {model.bits}-bit codes")
+        if kind != "auto" and index.kind != kind:  # a saved index is searched as it was built, never rebuilt
+            raise DataError(f"{index_path}: the saved index is {index.kind}, but --index-kind {kind} was asked for; "
+                            f"hash --corpus with --index-kind {kind} instead (jobs/search.py --index-out saves it), "
+                            "or give --index-kind auto")
         return index, {}
     corpus = read_corpus(corpus_path, split)
     if len(corpus.ids) == 0:
@@ -111,4 +119,43 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
     if corpus.features is not None and corpus.features.shape[1] != model.n_features:
         raise DataError(f"{corpus_path}: {corpus.features.shape[1]} features per document, but the model "
                         f"takes {model.n_features} (prepared with another vocabulary?)")
-    return model.index(corpus.texts, ids=corpus.ids, features=corpus.features), corpus.shown
+    queries = calibration_queries(model, corpus_path, split) \
+        if corpus.features is not None and may_be_ivf(kind, len(corpus.ids)) else None
+    index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features, kind=kind,
+                        calibration_queries=queries)
+    return index, corpus.shown
+
+
+def may_be_ivf(kind: str, size: int) -> bool:
+    """Whether HammingIndex will calibrate IVF for an index of `size` codes of this kind."""
+    from corrhash.serve.index import AUTO_IVF_FROM
+
+    return kind == "ivf" or (kind == "auto" and size >= AUTO_IVF_FROM)
+
+
+def calibration_queries(model, shards_path: Path, split: str):
+    """Packed codes of a seeded sample of a shard folder's val split, the queries IVF calibrates nprobe on: held-out
+    documents are queries like those to come, where the index's own codes would each find themselves at distance 0.
+    None (HammingIndex's default sample) when the folder has no val documents or val is the split indexed."""
+    from corrhash.data import TfidfShards
+    from corrhash.serve.index import CALIBRATION_QUERIES
+
+    shards = TfidfShards(shards_path)
+    val = shards.manifest["splits"].get("val")
+    if split == "val" or val is None or sum(entry["rows"] for entry in val["shards"]) == 0:
+        return None
+    return model.encode_features(shards.split("val").sample(CALIBRATION_QUERIES, seed=0).features)
+
+
+def describe(index) -> str:
+    """An index's kind in a few words, for a job's log: flat (and why, if auto measured IVF), or IVF's probes and
+    its calibrated recall."""
+    info = index.search_info
+    if index.kind == "flat":
+        rejected = info.get("ivf_rejected")
+        return "flat index, exact" + (f" (auto: ivf would probe {rejected['nprobe']} of {rejected['nlist']} lists "
+                                      f"for recall@{rejected['recall']['k']} {rejected['recall']['target']})"
+                                      if rejected else "")
+    recall = info["recall"]
+    return (f"ivf index probing {info['nprobe']} of {info['nlist']} lists, recall@{recall['k']} {recall['value']} "
+            f"on {recall['queries']} {recall['sample']}")

@@ -64,13 +64,28 @@ class HashingModel:
         """Packed codes (uint8, [n, ceil(bits / 8)]) of raw texts, featurized exactly as in training."""
         return self.encode_features(self.featurize(texts))
 
-    def index(self, texts: list[str] | None = None, ids=None, features: sp.csr_matrix | None = None):
-        """A HammingIndex of texts (or TF-IDF rows); ids default to 0..n-1."""
+    def index(self, texts: list[str] | None = None, ids=None, features: sp.csr_matrix | None = None, *,
+              kind: str = "auto", calibration_queries=None, seed: int = 0):
+        """A HammingIndex of texts (or TF-IDF rows); ids default to 0..n-1. `kind`, `seed` and
+        `calibration_queries` are HammingIndex's (see corrhash.serve.index); the queries IVF calibrates
+        nprobe on may be packed codes, TF-IDF rows or texts, and default to a sample of the index's codes."""
         from corrhash.serve.index import HammingIndex
 
         codes = self.encode_features(features) if features is not None else self.encode(texts)
         ids = np.arange(len(codes)) if ids is None else np.asarray(ids)
-        return HammingIndex(codes, ids, self.bits, {"model": str(self.directory)})
+        return HammingIndex(codes, ids, self.bits, {"model": str(self.directory)}, kind=kind, seed=seed,
+                            calibration_queries=self._query_codes(calibration_queries))
+
+    def _query_codes(self, queries) -> np.ndarray | None:
+        """Packed codes of calibration queries given as packed codes, TF-IDF rows or texts (None stays None)."""
+        if queries is None or isinstance(queries, np.ndarray):
+            return queries  # packed codes: HammingIndex checks their dtype and width
+        if sp.issparse(queries):
+            return self.encode_features(sp.csr_matrix(queries))
+        if isinstance(queries, (list, tuple)) and all(isinstance(q, str) for q in queries):
+            return self.encode(list(queries))
+        raise TypeError("calibration_queries must be packed codes (a uint8 array), TF-IDF rows or a list of "
+                        f"texts, got {type(queries).__name__}")
 
     def search(self, index, texts: list[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, distances) of each text in `index`."""
