@@ -14,7 +14,11 @@ line at once), so a pipe works as a query stream. Each answer line: {"query": i,
 has a meaningless code, so its hits are arbitrary and a warning goes to stderr. A hit from a --corpus
 also says what the document is: "labels" (label names) for a shard folder, which keeps no text, and
 "text" (its first 80 characters) for a .jsonl or text file. --index-out X.npz also writes X.json
-(bits, size, model) beside it.
+(bits, size, model, and an IVF index's parameters and calibrated recall) beside it.
+
+--index-kind: flat searches every code (exact); ivf only the lists nearest a query (sub-linear, approximate:
+its nprobe is calibrated to recall@100 >= 0.95, on a sample of the val split of a shard folder --corpus, else
+on the index's own codes); auto is flat below 500,000 documents and above them ivf where that pays.
 
 Live metrics: connected to a Ray cluster (--address, or $RAY_ADDRESS as `ray job submit` sets it), the
 job exports queries answered and per-batch latency (`corrhash_search_*`, dashboards/README.md); queries
@@ -28,15 +32,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
+from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
 from corrhash.errors import ConfigError, DataError  # noqa: E402
 from corrhash.runs.metrics import exporting  # noqa: E402
 from corrhash.serve.corpus import read_text  # noqa: E402
+from corrhash.serve.index import KINDS  # noqa: E402
 
 
 def read_queries(source: str):
@@ -71,6 +76,8 @@ class SearchOptions:
     """load a saved index instead of hashing --corpus"""
     index_out: Path | None = None
     """save the index here (.npz + .json beside it)"""
+    index_kind: str = field(default="auto", metadata={CLI: {"choices": KINDS}})
+    """index built from --corpus: flat (exact), ivf (approximate, sub-linear) or auto; a loaded --index must match"""
     queries: str | None = None
     """file of queries, one per line, or - for stdin"""
     k: int = 10
@@ -127,11 +134,11 @@ def answer(args: SearchOptions, queries) -> None:
     import numpy as np
 
     import corrhash
-    from corrhash.serve.corpus import index_for
+    from corrhash.serve.corpus import describe, index_for
     model = corrhash.load(args.model)
-    index, shown = index_for(model, args.index, args.corpus, args.split)
+    index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind)
     if args.corpus is not None:
-        print(f"indexed {len(index)} documents from {args.corpus}", file=sys.stderr)
+        print(f"indexed {len(index)} documents from {args.corpus} ({describe(index)})", file=sys.stderr)
     if args.index_out:
         index.save(args.index_out)
         print(f"saved index to {args.index_out}", file=sys.stderr)

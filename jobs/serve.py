@@ -15,7 +15,8 @@ A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body
 422 a field of the wrong type or out of range (the message names it), 404 and 405.
 
 The model and the index are loaded here, once (--model as for jobs/search.py; --index a saved index, or
---corpus hashed now), and handed to each replica, so replicas need neither MLflow nor the files.
+--corpus hashed now into an index of --index-kind, as in jobs/search.py), and handed to each replica as built,
+so replicas need neither MLflow nor the files, and all search the same index.
 --address joins a Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray with token auth); Serve's
 HTTP proxy then runs there, on --host:--port of the head node (and of each node holding a replica), so run
 the job on the head, e.g. with `ray job submit -- python jobs/serve.py ...` (`ray job stop` sends the
@@ -34,15 +35,16 @@ import argparse
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
+from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
 from corrhash.errors import ConfigError, DataError  # noqa: E402
 from corrhash.runs.serving import Limits, ServeOptions  # noqa: E402
-from corrhash.serve.corpus import index_for  # noqa: E402
+from corrhash.serve.corpus import describe, index_for  # noqa: E402
+from corrhash.serve.index import KINDS  # noqa: E402
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ServeJobOptions:
     """documents to hash and serve instead (shard folder, .jsonl or .txt)"""
     split: str = "train"
     """split of a shard folder to index"""
+    index_kind: str = field(default="auto", metadata={CLI: {"choices": KINDS}})
+    """index built from --corpus: flat (exact), ivf (approximate, sub-linear) or auto; a loaded --index must match"""
     host: str = "127.0.0.1"
     """address Serve's HTTP proxy listens on (it has no authentication)"""
     port: int = 8000
@@ -122,8 +126,8 @@ def load_payload(options: ServeJobOptions):
     model = corrhash.load(options.model)
     if model.featurizer is None:
         raise DataError(f"--model {options.model}: the model has no vocabulary, so it cannot hash text")
-    index, shown = index_for(model, options.index, options.corpus, options.split)
-    log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents")
+    index, shown = index_for(model, options.index, options.corpus, options.split, options.index_kind)
+    log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents ({describe(index)})")
     return Payload.of(options.model, model, index, shown)
 
 

@@ -1,12 +1,15 @@
 """A trained model and its index behind Ray Serve: `POST /search`, `POST /encode` and `GET /healthz`, JSON in and out.
 
 The driver (jobs/serve.py) loads the model and the index once, where the registry and the files are, and
-hands them to every replica as a `Payload` (the model's three files as bytes, the index's arrays, what a hit
-shows of each document): replicas on any node need no MLflow access and no shared file system. The payload
-travels in the deployment's configuration, serialized by Ray between its own processes inside the
-token-authenticated cluster; a replica reads the model from the safetensors + JSON files it was given, as
-`corrhash.load` reads a folder. Its size is the index's (the code bytes, an id, and a hit's labels or snippet
-per document), so an index of millions of documents is better served from a saved --index (ids only).
+hands them to every replica as a `Payload` (the model's three files as bytes, the index, what a hit shows of
+each document): replicas on any node need no MLflow access and no shared file system. The payload travels in
+the deployment's configuration, serialized by Ray between its own processes inside the token-authenticated
+cluster; a replica reads the model from the safetensors + JSON files it was given, as `corrhash.load` reads a
+folder. The index travels as it was built (arrays, kind, IVF centroids and recorded recall; faiss's own
+structure stays behind and is rebuilt from them on a replica's first search), so every replica searches the
+index of the kind asked for, calibrated once, rather than choosing and calibrating one of its own. The
+payload's size is the index's (the code bytes, an id, and a hit's labels or snippet per document), so an index
+of millions of documents is better served from a saved --index (ids only).
 
 Every answer is JSON. A malformed request gets a 4xx `{"error": "..."}` naming what is wrong; an
 unexpected failure is logged on the replica and answered 500 `{"error": "internal error"}`, never with a
@@ -50,21 +53,20 @@ class Limits:
 
 @dataclass
 class Payload:
-    """What a replica serves: the model's files, the index's arrays, and what a hit shows of a document."""
+    """What a replica serves: the model's files, the index, and what a hit shows of a document."""
 
     model: str
     """the URI or folder the model came from (reported by /healthz, the metrics' job_name)"""
     model_files: dict[str, bytes]
-    codes: np.ndarray
-    ids: np.ndarray
-    bits: int
+    index: object
+    """the HammingIndex to search (it pickles without its faiss structure)"""
     shown: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, uri: str, model, index, shown: dict | None = None) -> "Payload":
         """From a loaded HashingModel (`corrhash.load`) and HammingIndex."""
         files = {name: (model.directory / name).read_bytes() for name in MODEL_FILES}
-        return cls(str(uri), files, index.codes, index.ids, index.bits, dict(shown or {}))
+        return cls(str(uri), files, index, dict(shown or {}))
 
 
 class HttpError(Exception):
@@ -126,14 +128,13 @@ class Searcher:
 
     def __init__(self, payload: Payload, limits: Limits):
         from corrhash.serve.hashing import HashingModel
-        from corrhash.serve.index import HammingIndex
 
         # The model is read from its files as corrhash.load reads a folder: safetensors and JSON only.
         self._folder = tempfile.TemporaryDirectory(prefix="corrhash-serve-")
         for name, data in payload.model_files.items():
             (Path(self._folder.name) / name).write_bytes(data)
         self.model = HashingModel(self._folder.name)
-        self.index = HammingIndex(payload.codes, payload.ids, payload.bits, {"model": payload.model})
+        self.index = payload.index
         self.shown, self.limits, self.uri = payload.shown, limits, payload.model
 
     def health(self) -> dict:
