@@ -6,6 +6,7 @@ gathers, so an epoch never touches the host (no per-item DataLoader, no copy per
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -56,6 +57,14 @@ class DeviceCSR:
     def chunks(self, size: int):
         for start in range(0, len(self), size):
             yield self.range(start, min(start + size, len(self)))
+
+    def batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None):
+        """`steps` training batches (default: one pass) in one seeded random order of all rows; beyond one
+        pass the order wraps around."""
+        order = torch.randperm(len(self), generator=generator, device=generator.device)
+        steps = steps if steps is not None else math.ceil(len(self) / batch_size)
+        for step in range(steps):
+            yield self.rows(order[(step * batch_size) % len(self):][:batch_size].to(self.device))
 
 
 def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:

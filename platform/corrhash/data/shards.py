@@ -59,6 +59,10 @@ class Split:
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[1]
+
     def sample(self, count: int, seed: int) -> "Split":
         """A seeded sample of `count` documents in their split order (the whole split when it has no more)."""
         if count >= len(self):
@@ -321,7 +325,7 @@ class TfidfShards:
                 raise DataError(f"{path}: column {column_name!r} holds {nulls} null value(s)")
         return table
 
-    def _checked_rows(self, path: Location) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    def shard_rows(self, path: Location) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
         """(doc ids, features, labels) of one shard file, every row checked."""
         table = self._read_shard(path)
         offsets, cols = _flat(table.column("indices"))
@@ -349,16 +353,37 @@ class TfidfShards:
         return (table.column("doc_id").to_numpy(), _csr(offsets, cols, values.astype(np.float32), self.n_features),
                 _csr(label_offsets, label_ids, np.ones(len(label_ids), dtype=bool), len(self.label_names)))
 
-    def _paths(self, name: str, shards: list[Location] | None) -> list[Location]:
+    def files(self, name: str, shards: list[Location] | None = None) -> list[Location]:
+        """The shard files of a split (or the given ones of it, as Locations); an empty whole split is an error."""
         paths = self.shard_paths(name) if shards is None else [Path(p) if self._fs is None else str(p) for p in shards]
         if shards is None and sum(e["rows"] for e in self.manifest["splits"][name]["shards"]) == 0:
             raise DataError(f"{self.manifest_path}: split {name!r} has no documents")
         return paths
 
+    def rows_in(self, path: Location) -> int:
+        """The rows the manifest lists for one shard file."""
+        entry = self._entries.get(self._key(path))
+        if entry is None:
+            raise DataError(f"{path}: not a shard listed in {self.manifest_path}")
+        return int(entry["rows"])
+
+    def nonzeros_in(self, path: Location) -> int:
+        """The feature values one shard file holds, from its Parquet footer alone (a ranged read on a URI)."""
+        try:
+            if self._fs is None:
+                metadata = pq.read_metadata(path)
+            else:
+                with self._fs.open_input_file(self._fs_path(path)) as handle:
+                    metadata = pq.ParquetFile(handle).metadata
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{path}: cannot read shard ({exc})") from exc
+        column = next(i for i in range(metadata.num_columns) if metadata.schema.column(i).path.startswith("values."))
+        return sum(metadata.row_group(g).column(column).num_values for g in range(metadata.num_row_groups))
+
     def labels(self, name: str, shards: list[Location] | None = None) -> np.ndarray:
         """Only the label matrix of a split (or of the given shard files, in that order)."""
         blocks = []
-        for path in self._paths(name, shards):
+        for path in self.files(name, shards):
             offsets, label_ids = _flat(self._read_shard(path, columns=["labels"]).column("labels"))
             _check_ids(label_ids, offsets, len(self.label_names), path, "label")
             blocks.append(_csr(offsets, label_ids, np.ones(len(label_ids), dtype=bool), len(self.label_names)))
@@ -368,7 +393,7 @@ class TfidfShards:
 
     def split(self, name: str, shards: list[Location] | None = None) -> Split:
         """Load a split (or only the given shard files of it, e.g. a worker's share)."""
-        parts = [self._checked_rows(path) for path in self._paths(name, shards)]
+        parts = [self.shard_rows(path) for path in self.files(name, shards)]
         if not parts:
             return Split(name, sp.csr_matrix((0, self.n_features), dtype=np.float32),
                          np.zeros((0, len(self.label_names)), dtype=bool), np.zeros(0, dtype=np.int64))

@@ -20,6 +20,7 @@ import torch
 from corrhash.artifact import save_model
 from corrhash.atomic import atomic_write_text, replace_dir
 from corrhash.data import TfidfShards
+from corrhash.data.stream import open_split
 from corrhash.models import HashModel
 from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint
@@ -71,11 +72,15 @@ def finish(spec: RunSpec, shards: TfidfShards, selection: Selection, folder: Pat
     """Test once, save `folder/model`, publish it, write `folder/results.json`; returns the results.
 
     `publish(model_dir, results)` returns the keys it adds (`model_uri`, `registered_version`)."""
-    k = spec.train.eval_k
-    val = shards.split("val")
-    if 0 < spec.train.eval_queries < len(val):  # epochs were chosen on a sample: report the whole val split
-        selection.val_precision = Evaluator(shards.split("train"), val, device, k)(selection.model).tie_aware
-    test = Evaluator(shards.split("train"), shards.split("test"), device, k)(selection.model) if score_test else None
+    k, train_config = spec.train.eval_k, spec.train
+
+    def split(name: str):
+        return open_split(shards, name, train_config.stream, train_config.stream_buffer)
+
+    database, val = split("train"), split("val")
+    if 0 < train_config.eval_queries < len(val):  # epochs were chosen on a sample: report the whole val split
+        selection.val_precision = Evaluator(database, val, device, k)(selection.model).tie_aware
+    test = Evaluator(database, split("test"), device, k)(selection.model) if score_test else None
     results = dict.fromkeys(RESULT_KEYS)
     results.update(
         launcher=launcher, job=job, run_id=run_id, data=str(shards.root), dataset=shards.manifest["dataset"],

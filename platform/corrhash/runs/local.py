@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 from corrhash.data import TfidfShards
+from corrhash.data.stream import open_split
 from corrhash.device import resolve_device
-from corrhash.errors import ConfigError, DataError
+from corrhash.errors import ConfigError
 from corrhash.log import log
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
@@ -39,13 +40,12 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True, *, on_epoch: Ca
     started = time.monotonic()
     shards = TfidfShards(spec.data)
     device = resolve_device(spec.train.device)
-    train, val, test = (shards.split(name) for name in ("train", "val", "test"))
-    for split in (train, val, test):
-        if len(split) == 0:
-            raise DataError(f"{shards.root}: the {split.name} split has no documents")
+    # An empty split is a DataError here, before training: opening it (or listing its files) checks.
+    train, val = (open_split(shards, name, spec.train.stream, spec.train.stream_buffer) for name in ("train", "val"))
+    test_rows = sum(shards.rows_in(path) for path in shards.files("test"))
     if spec.train.eval_k > len(train):
         raise ConfigError(f"--eval-k {spec.train.eval_k}: more than the {len(train)} train documents")
-    log(f"data {spec.data}: train {len(train)}, val {len(val)}, test {len(test)}, {shards.n_features} features")
+    log(f"data {spec.data}: train {len(train)}, val {len(val)}, test {test_rows}, {shards.n_features} features")
     with run_folder(Path(out)) as folder:
         def record_epoch(metrics: dict, state) -> None:
             with open(folder / "metrics.jsonl", "a") as handle:

@@ -1,7 +1,7 @@
 """The one worker function: a Ray Train worker and a Tune trial run the same code.
 
 Each rank reads only its share of the train shard files (`paths[rank::world]`; a trial is rank 0
-of 1), keeps it on its device for all epochs, and takes as many steps per epoch as the rank with
+of 1), keeps it on its device for all epochs (or streams it from the files, `data/stream.py`), and takes as many steps per epoch as the rank with
 the largest share (DDP needs matching collectives). The per-rank batch is ceil(batch / world), so
 the global batch and the optimisation are the same for any number of workers. Every epoch is a
 checkpoint (`train/checkpoint.py`) reported through the session; MLflow is the driver's business.
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.data.stream import open_split
 from corrhash.runs.metrics import EpochExporter
 from corrhash.runs.session import TrainSession, TuneSession
 from corrhash.runs.spec import RunSpec
@@ -35,11 +36,11 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
 
     shards = TfidfShards(spec.data)
     paths = shards.shard_paths("train")
-    share = shards.split("train", shards=paths[rank::world])
+    share = open_split(shards, "train", train_config.stream, train_config.stream_buffer, paths[rank::world])
     rows_per_rank = [sum(e["rows"] for e in shards.manifest["splits"]["train"]["shards"][r::world])
                      for r in range(world)]
     steps = math.ceil(max(rows_per_rank) / train_config.batch_size)
-    val = shards.split("val") if rank == 0 else None
+    val = open_split(shards, "val", train_config.stream, train_config.stream_buffer) if rank == 0 else None
     shares = None
     if world > 1:
         labels = np.concatenate([shards.labels("train", paths[r::world]) for r in range(world)])

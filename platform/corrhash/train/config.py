@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from corrhash.cli import CLI
+from corrhash.data.stream import STREAM_MODES
 from corrhash.errors import ConfigError
 
 
@@ -30,13 +32,18 @@ class TrainConfig:
     eval_queries: int = 0
     """Per-epoch selection scores a seeded sample of this many val queries (0: all); the chosen model's reported
     val precision is always over the whole val split."""
+    stream: str = field(default="auto", metadata={CLI: {"choices": STREAM_MODES}})
+    """Read each split from its shard files a few at a time instead of holding it whole: 'auto' streams a split
+    that needs more than half the memory available, 'always', 'never'."""
+    stream_buffer: int = 50_000
+    """Streaming: train rows (whole shard files, in a seeded random order) shuffled together; more mixes better."""
     seed: int = 0
     """Seeds weight initialisation, batch order and every random draw of the loss."""
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr_decay_steps", "patience", "eval_k", "eval_every"):
+        for name in ("epochs", "batch_size", "lr_decay_steps", "patience", "eval_k", "eval_every", "stream_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train option {name}={getattr(self, name)}: must be >= 1")
         # `not x > 0` rather than `x <= 0`: NaN fails every comparison and must be refused too.
@@ -46,6 +53,8 @@ class TrainConfig:
             raise ConfigError(f"train option lr={self.lr}: must be a finite number > 0")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train option lr_decay={self.lr_decay}: must be in (0, 1]")
+        if self.stream not in STREAM_MODES:
+            raise ConfigError(f"train option stream={self.stream!r}: use one of {', '.join(STREAM_MODES)}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"train option device={self.device!r}: use auto, cpu, cuda or cuda:N")
 

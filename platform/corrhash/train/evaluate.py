@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from corrhash.data.device_csr import DeviceCSR, place
+from corrhash.data.device_csr import DeviceCSR
 from corrhash.data.shards import Split
+from corrhash.data.stream import ShardStream, rows_of
 from corrhash.models import HashModel
 from corrhash.retrieval import pack_codes, precision_at_k
 
@@ -54,21 +55,22 @@ class Shares:
 
 
 @torch.no_grad()
-def embed_all(model: HashModel, rows: DeviceCSR, device: torch.device) -> torch.Tensor:
+def embed_all(model: HashModel, rows: DeviceCSR | ShardStream, device: torch.device) -> torch.Tensor:
     return torch.cat([model.embed(chunk.to(device)) for chunk in rows.chunks(EVAL_CHUNK)])
 
 
 class Evaluator:
     """precision@k of `queries` against `database` codes (thresholds calibrated on the database first).
 
-    With `shares`, `database` is this rank's share and `queries` is needed on rank 0 only."""
+    With `shares`, `database` is this rank's share and `queries` is needed on rank 0 only. Either may be streamed
+    from its shard files (`data/stream.py`): only the embeddings (4 bytes per bit per document) are then held."""
 
-    def __init__(self, database: Split, queries: Split | None, device: torch.device, k: int = 100,
+    def __init__(self, database: Split | ShardStream, queries: Split | ShardStream | None, device: torch.device, k: int = 100,
                  shares: Shares | None = None):
         self.database, self.queries, self.device, self.k, self.shares = database, queries, device, k, shares
         self.database_labels = shares.database_labels if shares else database.labels
-        self.database_rows = place(database, device)
-        self.query_rows = place(queries, device) if queries is not None else None
+        self.database_rows = rows_of(database, device)
+        self.query_rows = rows_of(queries, device) if queries is not None else None
 
     @torch.no_grad()
     def codes(self, model: HashModel) -> tuple[np.ndarray, np.ndarray | None]:

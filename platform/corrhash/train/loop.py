@@ -18,10 +18,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from corrhash.data.device_csr import DeviceCSR, place
+from corrhash.data.device_csr import DeviceCSR
 from corrhash.data.shards import Split
+from corrhash.data.stream import ShardStream, rows_of
 from corrhash.device import resolve_device
-from corrhash.errors import DataError
+from corrhash.errors import ConfigError, DataError
+from corrhash.log import log
 from corrhash.models import HashModel, ModelConfig, create_model
 from corrhash.train.config import TrainConfig
 from corrhash.train.evaluate import Evaluator
@@ -77,7 +79,7 @@ def new_state(model_config: ModelConfig, train_config: TrainConfig, n_features: 
     return TrainState(model, optimizer, scheduler, generator)
 
 
-def selection_queries(val: Split, train_config: TrainConfig) -> Split:
+def selection_queries(val: Split | ShardStream, train_config: TrainConfig) -> Split | ShardStream:
     """The val documents each epoch scores: all of them, or a seeded sample (`eval_queries`), so that per-epoch
     selection against a large database does not dominate the epoch."""
     return val.sample(train_config.eval_queries, train_config.seed) if train_config.eval_queries else val
@@ -95,28 +97,27 @@ class FitResult:
     seconds: float
 
 
-def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR, batch_size: int, device: torch.device,
+def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStream, batch_size: int, device: torch.device,
               batches: int | None = None) -> dict:
-    """One pass over `rows` in a seeded random order; returns the mean loss terms per document.
+    """One pass over `rows` (held on a device, or streamed from shard files) in a seeded random order; returns the
+    mean loss terms per document.
 
     `batches` fixes the number of steps (distributed workers must all take the same number)."""
     model, generator = state.model, state.generator
     model.train()
-    order = torch.randperm(len(rows), generator=generator, device=generator.device)
     steps = batches if batches is not None else math.ceil(len(rows) / batch_size)
     # Per-step terms stay on the device (no sync per step); they are checked once, at the epoch's end.
     terms_per_step = torch.zeros(steps, 3, device=device)
     sizes = torch.zeros(steps, 1, device=device)
-    for step in range(steps):
-        index = order[(step * batch_size) % len(rows):][:batch_size].to(rows.device)
-        x = rows.rows(index).to(device)
+    for step, x in enumerate(rows.batches(generator, batch_size, steps)):
+        x = x.to(device)
         terms = forward(x, generator=generator)
         state.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         state.optimizer.step()
         state.scheduler.step()
         terms_per_step[step] = torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach()
-        sizes[step] = len(index)
+        sizes[step] = x.shape[0]
     finite = torch.isfinite(terms_per_step).all(dim=1)
     if not bool(finite.all()):
         step = int((~finite).nonzero()[0])
@@ -129,7 +130,7 @@ def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR, batch_size
     return {"loss": loss, "recon": recon, "kl": kl, "docs": docs}
 
 
-def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, evaluator: Evaluator | None = None,
+def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | ShardStream, evaluator: Evaluator | None = None,
         val: Split | None = None, on_epoch: Callable[[dict, TrainState], bool | None] | None = None,
         state: TrainState | None = None, wrap_model: Callable[[nn.Module], nn.Module] | None = None,
         batches_per_epoch: int | None = None) -> FitResult:
@@ -139,13 +140,19 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, eval
     started = time.monotonic()
     device = resolve_device(train_config.device)
     if state is None:
-        state = new_state(model_config, train_config, train.features.shape[1], device)
+        state = new_state(model_config, train_config, train.n_features, device)
     if evaluator is None:
         if val is None:
             raise ValueError("fit needs `val` or an `evaluator` for model selection")
         evaluator = Evaluator(train, selection_queries(val, train_config), device, train_config.eval_k)
     model = state.model
     if not model.trainable:  # no epochs: fit in closed form (SpH, STH; LSH has nothing to fit), score once
+        if isinstance(train, ShardStream):
+            if train_config.stream == "always":
+                raise ConfigError(f"--stream always: {model_config.name} fits in closed form on the whole train "
+                                  "split at once, which cannot be streamed; use --stream auto or never")
+            log(f"{model_config.name} fits in closed form on the whole train split: loading it whole")
+            train = train.shards.split(train.name, train.paths)
         model.fit_closed_form(train.features)
         precision = evaluator(model)
         record = {"epoch": 0, "val_precision": precision.tie_aware, "val_precision_ordered": precision.ordered,
@@ -157,7 +164,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, eval
         return FitResult(model, 0, precision.tie_aware, [record], time.monotonic() - started)
 
     forward = wrap_model(model) if wrap_model else model
-    rows = place(train, device)
+    rows = rows_of(train, device)
     while state.epoch < train_config.epochs and state.bad_epochs < train_config.patience:
         epoch_start = time.monotonic()
         metrics = run_epoch(forward, state, rows, train_config.batch_size, device, batches_per_epoch)
@@ -166,7 +173,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split, eval
         state.epoch += 1
         metrics.update(epoch=state.epoch, seconds=train_seconds, docs_per_s=metrics["docs"] / train_seconds,
                        lr=state.optimizer.param_groups[0]["lr"], kl_weight=float(model.kl_weight),
-                       noise_scale=float(model.noise_scale))
+                       noise_scale=float(model.noise_scale), streamed=int(isinstance(rows, ShardStream)))
         if state.epoch % train_config.eval_every == 0 or state.epoch == train_config.epochs:
             precision = evaluator(model)
             metrics.update(val_precision=precision.tie_aware, val_precision_ordered=precision.ordered)
