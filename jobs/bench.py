@@ -106,7 +106,7 @@ class BenchOptions:
     """search: codes the XOR-and-sort baseline scans"""
 
 
-SCALE_SECTIONS = ("prepare", "train", "search", "serve")
+SCALE_SECTIONS = ("prepare", "train", "stream", "search", "serve")
 
 
 @dataclass
@@ -117,13 +117,15 @@ class ScaleOptions:
     """search: 64-bit codes in the database"""
     sections: list[str] = field(default_factory=lambda: list(SCALE_SECTIONS),
                                 metadata={CLI: {"nargs": "+", "choices": SCALE_SECTIONS}})
-    """sections to run (train and serve use the prepare section's corpora)"""
+    """sections to run (train, stream and serve use the prepare section's corpora)"""
     workdir: Path = Path("runs/scale")
     """where the synthetic corpora and their preparations go (large: about 1 GiB per million documents)"""
     files: int = 8
     """prepare: input files per corpus (Ray Data reads them in parallel)"""
     ray: bool = True
     """prepare: also prepare on Ray Data (an embedded local Ray) and compare"""
+    stream_buffer: int = 50_000
+    """stream: train rows a streamed epoch shuffles together"""
     serve_requests: int = 2000
     """serve: requests of the bounded load test"""
     serve_concurrency: int = 8
@@ -151,7 +153,7 @@ def scale_main(argv) -> int:
     report = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": " ".join(["jobs/bench.py", "scale", *(sys.argv[2:] if argv is None else argv)]),
-              "prepare": [], "train": [], "search": [], "serve": None, "section_seconds": {}, "errors": {}}
+              "prepare": [], "train": [], "stream": None, "search": [], "serve": None, "section_seconds": {}, "errors": {}}
     log(f"scale benchmark: N = {sizes}, writing {args.out}/{args.name}.{{json,md}}")
 
     def prepared(n: int) -> Path:
@@ -168,6 +170,11 @@ def scale_main(argv) -> int:
         report["train"] = [scale.train_row(prepared(n), n, seed=args.seed, log=log) for n in sizes]
         scale.per_document_ratios(report["train"], "train_docs", "epoch_s")
 
+    def stream():
+        from corrhash.bench.streaming import run_stream_scale
+
+        report["stream"] = run_stream_scale({n: prepared(n) for n in sizes}, args.stream_buffer, args.seed, log=log)
+
     def search():
         report["search"] = run_search_scale(args.code_sizes, args.seed, log=log)
 
@@ -177,7 +184,7 @@ def scale_main(argv) -> int:
         report["serve"] = scale.serve_row(prepared(sizes[0]), texts, args.workdir, args.serve_requests,
                                           args.serve_concurrency, args.serve_duration_s, log=log)
 
-    measures = {"prepare": prepare, "train": train, "search": search, "serve": serve}
+    measures = {"prepare": prepare, "train": train, "stream": stream, "search": search, "serve": serve}
     for section in SCALE_SECTIONS:
         if section not in args.sections:
             continue

@@ -6,6 +6,10 @@ Sections, each a list of rows (one JSON file and one markdown table in the end):
   train    on each single-process preparation: one epoch of CorrSH (64 bits) in this process, docs/s, and
            the per-epoch evaluation against the whole train split as database with every val document as a
            query and with a seeded sample (`eval_queries`)
+  stream   on the same preparations: an epoch and an evaluation with the train split held whole and streamed
+           from its shard files, each in a fresh process: seconds and peak memory; then both under a cgroup memory
+           limit between the two peaks, where holding it must fail and `--stream auto` must finish
+           (bench/streaming.py)
   search   flat vs sub-linear Hamming search over random and clustered 64-bit codes (bench/sublinear.py)
   serve    the Ray Serve app (jobs/serve.py) over the smallest corpus and its model, under a bounded loopback
            load test (bench/serve_load.py): q/s, p50/p99 latency, errors
@@ -163,6 +167,11 @@ def markdown(report: dict) -> str:
                          f"{_seconds(r['eval_all_s'])} ({r['eval_all_queries']:,}) | "
                          f"{_seconds(r['eval_sample_s'])} ({r['eval_sample_queries']:,}) |")
         lines.append("")
+    if report.get("stream"):
+        from corrhash.bench.streaming import markdown_lines
+
+        lines += ["## Training from shards larger than memory (held whole vs streamed, CorrSH 64 bits)", "",
+                  *markdown_lines(report["stream"])]
     if report.get("search"):
         from corrhash.bench.sublinear import markdown_lines
 
