@@ -38,6 +38,13 @@ from corrhash.retrieval.codes import check_packed
 BACKENDS = ("auto", "faiss", "torch")
 
 
+PAIRS_PER_BLOCK = 1 << 22
+"""Most pairs one block of `pairs_at_distance` may hold. A model whose codes collapse puts most of the database
+in every query's tie group, and each pair costs about 50 bytes on its way through (faiss's range-search result,
+the index arrays, the label check): 4M pairs keep an evaluation's transient memory near 200 MB, where the
+default 1024 x 32768 block reached 2 GB (measured: bench/streaming.py, an untrained CorrSH at 100k documents)."""
+
+
 def resolve_backend(backend: str) -> str:
     """Map ``"auto"`` to ``"torch"`` on CUDA machines and ``"faiss"`` elsewhere."""
     if backend not in BACKENDS:
@@ -84,9 +91,11 @@ def pairs_at_distance(
 
     Used for tie groups at a cut-off.  Cost is one more exhaustive pass
     (n_q × n_db comparisons); each yielded block holds at most
-    ``chunk × db_chunk`` pairs, in both backends.
+    ``chunk × db_chunk`` pairs, in both backends, and never more than
+    ``PAIRS_PER_BLOCK`` (fewer queries per step where that product is larger).
     """
     queries, database = _check_pair(queries_packed, database_packed, chunk, db_chunk)
+    chunk = max(1, min(chunk, PAIRS_PER_BLOCK // db_chunk))
     distance = np.asarray(distance)
     if distance.shape != (queries.shape[0],) or not np.issubdtype(distance.dtype, np.integer):
         raise ValueError(f"distance must be integer [n_queries={queries.shape[0]}], got {distance.dtype} {distance.shape}")
