@@ -62,6 +62,19 @@ def test_one_epoch_gives_every_row_once_in_full_batches_holding_only_a_buffer(ma
     assert len({file_of[row] for row in dense_rows(batches[:1])}) > 1  # a batch mixes the buffer's files
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_streamed_epoch_gathers_its_batches_on_the_device(many_shards):
+    shards = TfidfShards(many_shards)
+    stream = ShardStream(shards, "train", buffer_rows=40)
+    batches = list(stream.batches(torch.Generator(device="cuda").manual_seed(7), batch_size=16))
+    assert all(b.device.type == "cuda" for b in batches)
+    assert sorted(dense_rows([b.cpu() for b in batches])) == sorted(dense_rows([shards.split("train").torch_features()]))
+    held = Evaluator(shards.split("train"), shards.split("val"), torch.device("cuda"), k=20)
+    model = create_model(ModelConfig(name="nash", bits=16, hidden=32), shards.n_features).cuda()
+    streamed = Evaluator(stream, ShardStream(shards, "val"), torch.device("cuda"), k=20)
+    assert streamed(model) == held(model)
+
+
 def test_a_pass_ends_with_a_short_batch_and_fixed_steps_run_on_in_full_batches(many_shards):
     stream = ShardStream(TfidfShards(many_shards), "train", buffer_rows=50)
     sizes = [b.shape[0] for b in stream.batches(torch.Generator().manual_seed(0), batch_size=30)]
