@@ -105,6 +105,9 @@ case "${1:-}" in
     fi
     rm -f "$TOKEN"  # a fresh token per cluster: a stopped cluster's token opens nothing new
     (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$TOKEN")
+    # This cluster stops whole: draining its one node (up to 30 s by default, and after a Ray Train run the drain
+    # does not finish here) would only delay `stop`; the jobs end either way.
+    RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}" \
     setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
       --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
       --dashboard-agent-listen-port="$DASHBOARD_AGENT_PORT" --disable-usage-stats \

@@ -105,7 +105,10 @@ def start_ray_head(workdir: Path, num_cpus: int = 2, multi_node: bool = False) -
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
          f"--dashboard-agent-listen-port={agent_port}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp}",
          "--include-dashboard=true", "--disable-usage-stats"],
-        env=service_env(token_path, multi_node), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        # No drain on stop (default up to 30 s, which a Ray Train run's leftovers never finish): the head is stopped
+        # once, at the session's end, when no job of it matters any more.
+        env=dict(service_env(token_path, multi_node), RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     wait_http(f"{dashboard}/api/version", 120, process, log, auth_header(token_path))
     return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path, multi_node, temp)
