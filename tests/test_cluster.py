@@ -59,8 +59,10 @@ def checkpoint_state(storage: Path, name: str) -> dict:
 
 def test_job_submit_trains_logs_and_resumes(cluster, shards, tmp_path):
     storage = tmp_path / "ray-storage"
+    # Streamed from the shard files (data/stream.py) on the Ray Train worker, through a resume; the other cluster
+    # tests train on splits held whole.
     args = ["--data", str(shards), *SMALL_MODEL, "--epochs", "3", "--name", "job-a", "--storage", str(storage),
-            "--cpus-per-worker", "0.5"]
+            "--cpus-per-worker", "0.5", "--stream", "always", "--stream-buffer", "300"]
     done = submit(cluster, args)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     client = MlflowClient(cluster["mlflow"])
@@ -70,6 +72,8 @@ def test_job_submit_trains_logs_and_resumes(cluster, shards, tmp_path):
     assert run.data.tags["data.content_hash"] == TfidfShards(shards).content_hash
     assert epochs_logged(client, run.info.run_id) == [1, 2, 3]
     assert 0 <= run.data.metrics["test_precision_at_100"] <= 1
+    assert run.data.params["train.stream"] == "always"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "streamed")] == [1, 1, 1]
 
     # The registered artifact encodes text exactly like the trained weights in the last checkpoint.
     state = checkpoint_state(storage, "job-a")
@@ -89,6 +93,7 @@ def test_job_submit_trains_logs_and_resumes(cluster, shards, tmp_path):
     again = run_for_job(client, "job-a")
     assert again.info.run_id == run.info.run_id
     assert epochs_logged(client, run.info.run_id) == [1, 2, 3, 4, 5]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "streamed")] == [1] * 5
 
 
 def registered_epoch(run_storage: Path) -> int:
