@@ -124,6 +124,10 @@ class ScaleOptions:
     """prepare: input files per corpus (Ray Data reads them in parallel)"""
     ray: bool = True
     """prepare: also prepare on Ray Data (an embedded local Ray) and compare"""
+    search_model_n: int = 0
+    """search: also the codes of a CorrSH model trained on the prepared corpus of this N (0: none)"""
+    search_model_epochs: int = 3
+    """search: epochs that model trains"""
     stream_buffer: int = 50_000
     """stream: train rows a streamed epoch shuffles together"""
     serve_requests: int = 2000
@@ -143,7 +147,7 @@ class ScaleOptions:
 def scale_main(argv) -> int:
     from corrhash.bench import scale
     from corrhash.bench.prepare_scale import run_prepare_scale
-    from corrhash.bench.sublinear import run_search_scale
+    from corrhash.bench.sublinear import run_model_codes, run_search_scale
 
     parser = argparse.ArgumentParser(prog="bench.py scale", description=scale.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +181,9 @@ def scale_main(argv) -> int:
 
     def search():
         report["search"] = run_search_scale(args.code_sizes, args.seed, log=log)
+        if args.search_model_n:
+            report["search"] += run_model_codes(prepared(args.search_model_n), args.search_model_epochs, args.seed,
+                                                log=log)
 
     def serve():
         raw = sorted((args.workdir / f"synth-{sizes[0]}").glob("part-*.jsonl"))[0]

@@ -14,7 +14,7 @@ from badinput import job
 def test_scale_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "out"
     code = job("bench").main(["scale", "--sizes", "1500", "3000", "--code-sizes", "20000", "--no-ray",
-                              "--sections", "prepare", "train", "stream", "search", "--stream-buffer", "400", "--workdir", str(tmp_path / "work"),
+                              "--sections", "prepare", "train", "stream", "search", "--stream-buffer", "400", "--search-model-n", "3000", "--search-model-epochs", "1", "--workdir", str(tmp_path / "work"),
                               "--out", str(out), "--name", "tiny"])
     assert code == 0
     report = json.loads((out / "tiny.json").read_text())
@@ -34,7 +34,10 @@ def test_scale_benchmark_writes_every_section(tmp_path):
         assert row["most_rows_held"] == row["train_docs"] or row["streamed"]  # one 2000-row file here: no less
     # At a few thousand documents torch's own memory hides the split's, so no limit fits between the two peaks.
     assert stream["limited"] == [] and stream["limited_skipped"]
-    assert {(r["codes"], r["n"]) for r in report["search"]} == {("random", 20000), ("clustered", 20000)}
+    model_rows = [r for r in report["search"] if r["codes"] == "CorrSH model, 1 epoch"]
+    assert model_rows and all(r["n"] == report["train"][1]["train_docs"] for r in model_rows)  # the database: train
+    assert {(r["codes"], r["n"]) for r in report["search"] if r not in model_rows} == {("random", 20000),
+                                                                                         ("clustered", 20000)}
     assert all(0 <= r["recall_at_k"] <= 1 and r["flat_qps"] > 0 and r["ivf_qps"] > 0 for r in report["search"])
     table = (out / "tiny.md").read_text()
     assert "## Preparation" in table and "## Training" in table and "## Search" in table

@@ -7,6 +7,8 @@ Two kinds of codes, because what a sub-linear index can do depends on them:
   across many cells. The worst case for every sub-linear index.
 * ``clustered``: ``CENTRES`` random centre codes, each code a centre with every bit flipped with
   probability ``FLIP``. Learned hash codes are like this (documents of a topic share most bits).
+* model codes (``run_model_codes``): what a CorrSH model trained on a prepared corpus makes of it, the
+  check of that claim.
 
 For each, both indexes are built as serving builds them (``HammingIndex(kind="flat")`` and
 ``kind="ivf"``, whose nprobe is calibrated at build time to recall >= 0.95 on 256 calibration queries
@@ -63,8 +65,6 @@ def clustered_codes(rng: np.random.Generator, centres: np.ndarray, n: int) -> np
 def run_search_scale(sizes=(1_000_000, 10_000_000), seed: int = 0, kinds=("random", "clustered"),
                      queries: int = QUERIES, log=print) -> list[dict]:
     """One row per (codes kind, size, threads): flat and IVF queries/s, speed-up, tie-aware recall@100."""
-    faiss = import_faiss()
-    all_threads = faiss.omp_get_max_threads()
     rows = []
     for kind in kinds:
         for n in sizes:
@@ -76,34 +76,71 @@ def run_search_scale(sizes=(1_000_000, 10_000_000), seed: int = 0, kinds=("rando
                 centres = rng.integers(0, 2, size=(CENTRES, BITS), dtype=np.uint8)
                 database, query_codes = clustered_codes(rng, centres, n), clustered_codes(rng, centres, queries)
                 calibration = clustered_codes(rng, centres, CALIBRATION_QUERIES)
-            ids = np.arange(n)
-            flat_build_s, flat = timed(lambda: HammingIndex(database, ids, BITS, kind="flat"))
-            ivf_build_s, ivf = timed(lambda: HammingIndex(database, ids, BITS, kind="ivf", seed=seed,
-                                                                calibration_queries=calibration))
-            flat.search(query_codes[:1], K)  # builds the kept faiss index, outside the timings
-            _, exact_distances = flat.search(query_codes, K)
-            found, distances = ivf.search(query_codes, K)
-            recall = tie_aware_recall(distances, found, exact_distances[:, -1])  # ids are positions here
-            for threads in sorted({1, all_threads}):
-                faiss.omp_set_num_threads(threads)
-                try:
-                    flat_s = min(timed(lambda: flat.search(query_codes, K))[0] for _ in range(REPEATS))
-                    ivf_s = min(timed(lambda: ivf.search(query_codes, K))[0] for _ in range(REPEATS))
-                finally:
-                    faiss.omp_set_num_threads(all_threads)
-                info = ivf.search_info
-                row = {"codes": kind, "n": n, "bits": BITS, "k": K, "queries": queries, "threads": threads,
-                       "flat_backend": resolve_backend("auto"), "flat_qps": queries / flat_s,
-                       "ivf_qps": queries / ivf_s, "speedup": flat_s / ivf_s, "recall_at_k": recall,
-                       "recall_definition": info["recall"]["definition"], "nlist": info["nlist"],
-                       "nprobe": info["nprobe"], "calibrated_recall": info["recall"]["value"],
-                       "flat_build_s": flat_build_s, "ivf_build_s": ivf_build_s, "timing": f"best of {REPEATS}",
-                       "seed": seed}
-                row["meets_target"] = row["speedup"] >= TARGET_SPEEDUP and recall >= TARGET_RECALL
-                rows.append(row)
-                log(f"  search {kind} {n:,} x {BITS} bits, {threads} thread(s): flat {row['flat_qps']:,.0f} q/s, "
-                    f"ivf {row['ivf_qps']:,.0f} q/s ({row['speedup']:.1f}x, nprobe {info['nprobe']}/"
-                    f"{info['nlist']}), recall@{K} {recall:.3f}")
+            rows += _measure(kind, database, query_codes, calibration, seed, log)
+    return rows
+
+
+def run_model_codes(folder, epochs: int = 3, seed: int = 0, queries: int = QUERIES, log=print) -> list[dict]:
+    """The same measurement on codes a model made: CorrSH (64 bits) trained `epochs` epochs on a prepared corpus
+    in this process; its train split's codes are the database, and a seeded sample of val documents gives the
+    queries and, disjoint from them, the calibration set."""
+    import torch
+
+    from corrhash.data import TfidfShards
+    from corrhash.models import ModelConfig
+    from corrhash.train import Evaluator, TrainConfig
+    from corrhash.train.loop import new_state, run_epoch
+
+    shards = TfidfShards(folder)
+    device = torch.device("cpu")
+    config = TrainConfig(epochs=epochs, seed=seed, device="cpu")
+    train, val = shards.split("train"), shards.split("val")
+    state = new_state(ModelConfig(name="corrsh", bits=BITS), config, shards.n_features, device)
+    evaluator = Evaluator(train, val.sample(queries + CALIBRATION_QUERIES, seed), device, K)
+    for epoch in range(epochs):
+        terms = run_epoch(state.model, state, evaluator.database_rows, config.batch_size, device)
+        state.model.end_epoch()
+        log(f"  search: model codes, epoch {epoch + 1}/{epochs} on {len(train):,} documents, loss {terms['loss']:.1f}")
+    database, sample = evaluator.codes(state.model)
+    order = np.random.default_rng(seed).permutation(len(sample))
+    calibration, query_codes = sample[order[:CALIBRATION_QUERIES]], sample[order[CALIBRATION_QUERIES:]]
+    return _measure(f"CorrSH model, {epochs} epoch{'s' if epochs != 1 else ''}", database, query_codes, calibration, seed, log)
+
+
+def _measure(kind: str, database: np.ndarray, query_codes: np.ndarray, calibration: np.ndarray, seed: int,
+             log=print) -> list[dict]:
+    """Flat and calibrated IVF over `database`, searched with `query_codes` at one thread and at all of them."""
+    faiss = import_faiss()
+    all_threads = faiss.omp_get_max_threads()
+    n, queries, rows = len(database), len(query_codes), []
+    ids = np.arange(n)
+    flat_build_s, flat = timed(lambda: HammingIndex(database, ids, BITS, kind="flat"))
+    ivf_build_s, ivf = timed(lambda: HammingIndex(database, ids, BITS, kind="ivf", seed=seed,
+                                                        calibration_queries=calibration))
+    flat.search(query_codes[:1], K)  # builds the kept faiss index, outside the timings
+    _, exact_distances = flat.search(query_codes, K)
+    found, distances = ivf.search(query_codes, K)
+    recall = tie_aware_recall(distances, found, exact_distances[:, -1])  # ids are positions here
+    for threads in sorted({1, all_threads}):
+        faiss.omp_set_num_threads(threads)
+        try:
+            flat_s = min(timed(lambda: flat.search(query_codes, K))[0] for _ in range(REPEATS))
+            ivf_s = min(timed(lambda: ivf.search(query_codes, K))[0] for _ in range(REPEATS))
+        finally:
+            faiss.omp_set_num_threads(all_threads)
+        info = ivf.search_info
+        row = {"codes": kind, "n": n, "bits": BITS, "k": K, "queries": queries, "threads": threads,
+               "flat_backend": resolve_backend("auto"), "flat_qps": queries / flat_s,
+               "ivf_qps": queries / ivf_s, "speedup": flat_s / ivf_s, "recall_at_k": recall,
+               "recall_definition": info["recall"]["definition"], "nlist": info["nlist"],
+               "nprobe": info["nprobe"], "calibrated_recall": info["recall"]["value"],
+               "flat_build_s": flat_build_s, "ivf_build_s": ivf_build_s, "timing": f"best of {REPEATS}",
+               "seed": seed}
+        row["meets_target"] = row["speedup"] >= TARGET_SPEEDUP and recall >= TARGET_RECALL
+        rows.append(row)
+        log(f"  search {kind} {n:,} x {BITS} bits, {threads} thread(s): flat {row['flat_qps']:,.0f} q/s, "
+            f"ivf {row['ivf_qps']:,.0f} q/s ({row['speedup']:.1f}x, nprobe {info['nprobe']}/"
+            f"{info['nlist']}), recall@{K} {recall:.3f}")
     return rows
 
 
