@@ -62,7 +62,19 @@ def alive_nodes(head) -> list[dict]:
                           "--filter", "state=ALIVE"], env=head.client_env(), capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
+    if out.stdout.strip() == "No resource in the cluster":  # a head just started may not be registered yet
+        return []
     return json.loads(out.stdout)
+
+
+def head_node_id(head, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        heads = [n["node_id"] for n in alive_nodes(head) if n["is_head_node"]]
+        if heads:
+            return heads[0]
+        time.sleep(1)
+    raise TimeoutError(f"the head at {head.dashboard} never listed itself as an alive node")
 
 
 def cell_runs(client: MlflowClient, name: str) -> list:
@@ -88,7 +100,7 @@ def _two_node_ablation(head, cluster: dict, shards_synthetic: Path, tmp_path: Pa
     client = MlflowClient(cluster["mlflow"])
     grid = write_grid(tmp_path / "grid.yaml", shards_synthetic, epochs=40)
     args = ["--grid", str(grid), "--out", str(tmp_path / "ablations")]
-    head_id = next(n["node_id"] for n in alive_nodes(head) if n["is_head_node"])
+    head_id = head_node_id(head)
     node2 = start_second_node(head, tmp_path)
     try:
         submitted = submit(cluster, args, wait=False, job="jobs/ablate.py")
