@@ -138,13 +138,15 @@ def calibration_queries(model, shards_path: Path, split: str):
     documents are queries like those to come, where the index's own codes would each find themselves at distance 0.
     None (HammingIndex's default sample) when the folder has no val documents or val is the split indexed."""
     from corrhash.data import TfidfShards
+    from corrhash.data.stream import ShardStream
     from corrhash.serve.index import CALIBRATION_QUERIES
 
     shards = TfidfShards(shards_path)
     val = shards.manifest["splits"].get("val")
     if split == "val" or val is None or sum(entry["rows"] for entry in val["shards"]) == 0:
         return None
-    return model.encode_features(shards.split("val").sample(CALIBRATION_QUERIES, seed=0).features)
+    # The same sample Split.sample draws, read one file at a time: val is never held whole for 256 documents.
+    return model.encode_features(ShardStream(shards, "val").sample(CALIBRATION_QUERIES, seed=0).features)
 
 
 def describe(index) -> str:
