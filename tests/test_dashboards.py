@@ -12,6 +12,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -199,22 +201,38 @@ def wait_for_jobs(cluster, job_ids: dict[str, str], timeout: float = 600) -> Non
 
 
 def stream_queries(cluster, model: Path, corpus: Path, batches: int, size: int) -> list[dict]:
-    """A search driver connected to the test cluster, fed `batches` batches of queries one second apart
-    on stdin, as a client streaming queries would; returns its answers. No --linger-s: counters and
-    histograms stay in the node's metrics agent after the process ends (only gauges expire)."""
+    """A search driver connected to the test cluster, fed `batches` batches of queries on stdin, each sent
+    one second after the previous one was answered, as a client streaming queries would; returns its answers.
+    Paced on the answers, not on the clock: a driver slow to start on a busy machine would otherwise find every
+    batch waiting in the pipe and answer them all between two metric exports, and Prometheus would see the
+    counter only at its final value (a rate of zero). No --linger-s: counters and histograms stay in the
+    node's metrics agent after the process ends (only gauges expire)."""
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: stderr is read only if something went wrong
     process = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "search.py"), "--model", str(model), "--corpus", str(corpus), "--k", "10",
          "--queries", "-", "--batch", str(size), "--address", cluster["head"].gcs],
-        env=cluster["head"].client_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=REPO)
+        env=cluster["head"].client_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+
+    def errors() -> str:
+        log.seek(0)
+        return log.read()[-3000:]
+
+    watchdog = threading.Timer(batches * 5 + 120, process.kill)  # a hung driver fails the test instead of CI
+    watchdog.start()
+    answers = []
     for b in range(batches):
         process.stdin.write("".join(f"t{i % 8}w{i % 30} t{(i + 3) % 8}w{i % 7} common{i % 60}\n"
                                     for i in range(b * size, (b + 1) * size)))
         process.stdin.flush()
+        for _ in range(size):
+            line = process.stdout.readline()
+            assert line, f"search ended before answering batch {b}: {errors()}"
+            answers.append(json.loads(line))
         time.sleep(1)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err[-3000:]
-    return [json.loads(line) for line in out.splitlines()]
+    out, _ = process.communicate(timeout=120)
+    watchdog.cancel()
+    assert process.returncode == 0, errors()
+    return answers + [json.loads(line) for line in out.splitlines()]
 
 
 def what_the_jobs_did(prometheus: str, started: float) -> list[str]:
