@@ -393,7 +393,10 @@ class TfidfShards:
 
     def split(self, name: str, shards: list[Location] | None = None) -> Split:
         """Load a split (or only the given shard files of it, e.g. a worker's share)."""
-        parts = [self.shard_rows(path) for path in self.files(name, shards)]
+        return self.stack(name, [self.shard_rows(path) for path in self.files(name, shards)])
+
+    def stack(self, name: str, parts: list[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]]) -> Split:
+        """A Split of `shard_rows` results (or row subsets of them), in order; empty when there are none."""
         if not parts:
             return Split(name, sp.csr_matrix((0, self.n_features), dtype=np.float32),
                          np.zeros((0, len(self.label_names)), dtype=bool), np.zeros(0, dtype=np.int64))

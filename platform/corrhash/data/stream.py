@@ -76,12 +76,7 @@ class ShardStream:
             if len(mine):
                 ids, features, labels = self.shards.shard_rows(path)
                 parts.append((ids[mine], features[mine], labels[mine]))
-        if not parts:
-            return Split(self.name, sp.csr_matrix((0, self.n_features), dtype=np.float32),
-                         np.zeros((0, len(self.shards.label_names)), dtype=bool), np.zeros(0, dtype=np.int64))
-        return Split(self.name, sp.vstack([f for _, f, _ in parts], format="csr"),
-                     sp.vstack([y for _, _, y in parts], format="csr").toarray(),
-                     np.concatenate([ids for ids, _, _ in parts]))
+        return self.shards.stack(self.name, parts)
 
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
         """Every row in split order as CSR batches of at most `size` rows on the host (evaluation)."""
