@@ -89,20 +89,30 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def word_presence(x: Tensor) -> Tensor:
+    """x with every value > 0 set to 1 and the rest to 0, in x's layout (CSR stays CSR, never densified)."""
+    if x.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), (x.values() > 0).to(x.dtype),
+                                       x.shape, device=x.device, check_invariants=False)
+    return (x > 0).to(x.dtype)
+
+
 class MLPEncoder(nn.Module):
     """V -> hidden -> hidden, each layer ReLU then dropout (as the authors' code).
 
-    Dropout takes an explicit mask instead of nn.Dropout so that every random number of a
-    loss evaluation comes from the caller's generator (reproducible, testable)."""
+    `binary_input` reads word presence instead of the TF-IDF values (`ModelConfig.encoder_input`), as some
+    published implementations feed their encoders. Dropout takes an explicit mask instead of nn.Dropout so that
+    every random number of a loss evaluation comes from the caller's generator (reproducible, testable)."""
 
-    def __init__(self, n_features: int, hidden: int):
+    def __init__(self, n_features: int, hidden: int, binary_input: bool = False):
         super().__init__()
         self.input = SparseLinear(n_features, hidden)
         self.hidden = nn.Linear(hidden, hidden)
+        self.binary_input = binary_input
 
     def forward(self, x: Tensor, dropout_mask: Tensor | None = None) -> Tensor:
         """`dropout_mask` is [2, B, hidden]: one scaled keep-mask per layer (None: no dropout)."""
-        h = F.relu(self.input(x))
+        h = F.relu(self.input(word_presence(x) if self.binary_input else x))
         if dropout_mask is not None:
             h = h * dropout_mask[0]
         h = F.relu(self.hidden(h))
@@ -127,6 +137,12 @@ class HashModel(nn.Module):
 
     trainable: bool = True
     model_name: str = ""  # set by corrhash.models.register
+    search_space: dict[str, str] = {}
+    """The model's own default search space, {dimension: spec} (`corrhash.models.space`): only the ModelConfig
+    and TrainConfig fields this model uses. A trained model lists the recipe dimensions it uses (RECIPE_SPACE)
+    and its own; a closed-form one its fit's, or none."""
+    also_searchable: tuple[str, ...] = ()
+    """Fields the model uses that a search may name (`--space hidden=...`) but its default space leaves alone."""
 
     def __init__(self, config: ModelConfig, n_features: int):
         super().__init__()
@@ -138,8 +154,9 @@ class HashModel(nn.Module):
             config.anneal_step if config.anneal_step is not None else self.default_anneal_step(config)
         )
         self.register_buffer("thresholds", torch.zeros(config.bits))
-        self.register_buffer("kl_weight", torch.tensor(0.0))
-        self.register_buffer("noise_scale", torch.tensor(1.0))
+        # anneal_step 0: no annealing, the full KL weight and the noise floor from the first step.
+        self.register_buffer("kl_weight", torch.tensor(config.beta if self.anneal_step == 0 else 0.0))
+        self.register_buffer("noise_scale", torch.tensor(config.noise_floor if self.anneal_step == 0 else 1.0))
         # Weights are recomputed from the epoch count rather than accumulated, so that
         # float32 round-off never drifts away from min(1, N*step) over hundreds of epochs.
         self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
@@ -170,10 +187,11 @@ class HashModel(nn.Module):
         return self.loss(x, generator)
 
     def end_epoch(self) -> None:
-        """KL weight rises by anneal_step (cap 1), decoder noise falls by it (floor)."""
+        """KL weight rises by beta * anneal_step (cap beta), decoder noise falls by anneal_step (floor); with
+        anneal_step 0 both stay where __init__ put them (beta, the floor)."""
         self.epochs_done += 1
-        progress = self.epochs_done.item() * self.anneal_step
-        self.kl_weight.fill_(min(1.0, progress))
+        progress = self.epochs_done.item() * self.anneal_step if self.anneal_step else 1.0
+        self.kl_weight.fill_(self.config.beta * min(1.0, progress))
         self.noise_scale.fill_(max(self.noise_floor, 1.0 - progress))
 
     def _dropout_mask(self, shape, device, generator) -> Tensor:

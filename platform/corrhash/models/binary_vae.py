@@ -34,10 +34,15 @@ from corrhash.models.base import (
     present_word_log_likelihood,
 )
 from corrhash.models.config import ModelConfig
+from corrhash.models.space import VAE_RECIPE_SPACE
 
 
 class BinaryCodeVAE(HashModel):
-    """Encoder, posterior part, prior part, decoder; subclasses list a posterior and a prior mixin first."""
+    """Encoder, posterior part, prior part, decoder; subclasses list a posterior and a prior mixin first, and add
+    their parts' dimensions to the shared recipe's in `search_space`."""
+
+    search_space = VAE_RECIPE_SPACE
+    also_searchable = ("hidden",)
 
     factorized_posterior: bool = False
     """True when q(s|x) is a product of independent Bernoullis (priors may then use an analytic term)."""
@@ -46,7 +51,7 @@ class BinaryCodeVAE(HashModel):
         super().__init__(config, n_features)
         # Construction order fixes the weight initialisation under one seed: encoder, posterior heads, prior,
         # decoder (with the uniform prior, exactly the order CorrSH and NASH always had).
-        self.encoder = MLPEncoder(n_features, config.hidden)
+        self.encoder = MLPEncoder(n_features, config.hidden, config.encoder_input == "binary")
         self.build_posterior(config)
         self.build_prior(config, self.factorized_posterior)
         self.decoder = SoftmaxDecoder(config.bits, n_features)

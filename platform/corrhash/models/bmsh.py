@@ -20,8 +20,11 @@ from corrhash.models import register
 from corrhash.models.binary_vae import BinaryCodeVAE
 from corrhash.models.posteriors import IndependentBernoulli
 from corrhash.models.priors import BernoulliMixturePrior
+from corrhash.models.space import MIXTURE_PRIOR_SPACE, VAE_RECIPE_SPACE
 
 
 @register("bmsh")
 class BMSH(IndependentBernoulli, BernoulliMixturePrior, BinaryCodeVAE):
     """Independent posterior + learned Bernoulli-mixture prior."""
+
+    search_space = {**VAE_RECIPE_SPACE, **MIXTURE_PRIOR_SPACE}

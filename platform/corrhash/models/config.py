@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from corrhash.cli import CLI
 from corrhash.errors import ConfigError
 
 # Step used when the model has no (v, k) of its own: the authors' 1/(50v + 50k) at the
 # paper's defaults v = k = 10, so baselines anneal on the same schedule as default CorrSH.
 DEFAULT_ANNEAL_STEP = 1.0 / (50 * 10 + 50 * 10)
+ENCODER_INPUTS = ("tfidf", "binary")
 
 
 @dataclass
@@ -31,12 +33,20 @@ class ModelConfig:
     """bmsh, corrsh-mixture: number of components of the learned Bernoulli-mixture prior over codes"""
     neighbours: int = 25
     """sth: neighbours per document in the k-nearest-neighbour cosine graph"""
+    svm_c: float = 0.1
+    """sth: inverse regularisation strength C of the per-bit linear SVMs"""
     energy_terms: bool = False
     """corrsh, corrsh-mixture: keep the Boltzmann energies E(s), E(s~) of eq. 24 (authors' code drops them)"""
     noise_floor: float = 0.05
     """lowest scale of the Gaussian noise added to the decoder input"""
     anneal_step: float | None = None
-    """per-epoch KL-weight rise / noise fall; None: 1/(50v+50k) for corrsh(-mixture), 1/1000 for others"""
+    """per-epoch KL-weight rise / noise fall; None: 1/(50v+50k) for corrsh(-mixture), 1/1000 for others; 0: no
+    annealing (full KL weight and the noise floor from the first step)"""
+    beta: float = 1.0
+    """final KL weight (beta-VAE style): the annealed weight rises to beta, not 1"""
+    encoder_input: str = field(default="tfidf", metadata={CLI: {"choices": ENCODER_INPUTS}})
+    """what the encoder reads: 'tfidf' (the shards' values) or 'binary' (word presence); decoders always
+    reconstruct the present words"""
     seed: int = 0
     """seed of the fit of models without epochs (lsh's projection, sph's and sth's eigensolvers)"""
 
@@ -58,8 +68,15 @@ class ModelConfig:
             problems.append(f"neighbours must be >= 1, got {self.neighbours}")
         if not 0.0 <= self.noise_floor <= 1.0:
             problems.append(f"noise_floor must be in [0, 1], got {self.noise_floor}")
-        if self.anneal_step is not None and not (math.isfinite(self.anneal_step) and self.anneal_step > 0):
-            problems.append(f"anneal_step must be a finite number > 0 or None, got {self.anneal_step}")
+        if self.anneal_step is not None and not (math.isfinite(self.anneal_step) and self.anneal_step >= 0):
+            problems.append(f"anneal_step must be a finite number >= 0 (0: no annealing) or None, "
+                            f"got {self.anneal_step}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            problems.append(f"beta must be a finite number > 0, got {self.beta}")
+        if self.encoder_input not in ENCODER_INPUTS:
+            problems.append(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
+        if not (math.isfinite(self.svm_c) and self.svm_c > 0):
+            problems.append(f"svm_c must be a finite number > 0, got {self.svm_c}")
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
 

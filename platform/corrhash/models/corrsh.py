@@ -14,13 +14,20 @@ from corrhash.models import register
 from corrhash.models.binary_vae import BinaryCodeVAE
 from corrhash.models.posteriors import LowRankBoltzmann
 from corrhash.models.priors import BernoulliMixturePrior, UniformPrior
+from corrhash.models.space import LOW_RANK_SPACE, MIXTURE_PRIOR_SPACE, VAE_RECIPE_SPACE
 
 
 @register("corrsh")
 class CorrSH(LowRankBoltzmann, UniformPrior, BinaryCodeVAE):
     """Correlated posterior + uniform prior."""
 
+    search_space = {**VAE_RECIPE_SPACE, **LOW_RANK_SPACE}
+    also_searchable = ("hidden", "energy_terms")
+
 
 @register("corrsh-mixture")
 class CorrSHMixture(LowRankBoltzmann, BernoulliMixturePrior, BinaryCodeVAE):
     """Correlated posterior + learned Bernoulli-mixture prior."""
+
+    search_space = {**VAE_RECIPE_SPACE, **LOW_RANK_SPACE, **MIXTURE_PRIOR_SPACE}
+    also_searchable = ("hidden", "energy_terms")

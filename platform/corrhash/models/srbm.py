@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from corrhash.models import register
 from corrhash.models.base import HashModel, Noise, as_batch, draw_uniform, present_word_log_likelihood
 from corrhash.models.config import ModelConfig
+from corrhash.models.space import LOOP_SPACE
 
 # Small random weights, zero biases (Hinton's practical guide, section 8).
 INIT_STD = 0.01
@@ -124,6 +125,9 @@ class ReplicatedSoftmaxRBM(nn.Module):
 
 @register("srbm")
 class SRBM(HashModel):
+    search_space = LOOP_SPACE  # CD-1 has no KL, dropout or decoder noise: only the loop's own dimensions
+    also_searchable = ("hidden",)
+
     def __init__(self, config: ModelConfig, n_features: int):
         super().__init__(config, n_features)
         self.bottom = ReplicatedSoftmaxRBM(n_features, config.hidden)

@@ -17,13 +17,18 @@ from corrhash.models.base import (
     present_word_log_likelihood,
 )
 from corrhash.models.config import ModelConfig
+from corrhash.models.space import VAE_RECIPE_SPACE
 
 
 @register("vdsh")
 class VDSH(HashModel):
+    # The shared VAE recipe but the decoder-noise floor: VDSH's decoder reads its Gaussian sample, no added noise.
+    search_space = {name: spec for name, spec in VAE_RECIPE_SPACE.items() if name != "noise_floor"}
+    also_searchable = ("hidden",)
+
     def __init__(self, config: ModelConfig, n_features: int):
         super().__init__(config, n_features)
-        self.encoder = MLPEncoder(n_features, config.hidden)
+        self.encoder = MLPEncoder(n_features, config.hidden, config.encoder_input == "binary")
         self.mean_head = nn.Linear(config.hidden, config.bits)
         # log-variance (VDSH's parameterisation) keeps log sigma^2 in the KL finite.
         self.logvar_head = nn.Linear(config.hidden, config.bits)

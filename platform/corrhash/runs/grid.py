@@ -29,8 +29,9 @@ from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import ModelConfig, list_models
 from corrhash.runs.spec import RunSpec
 from corrhash.train.config import TrainConfig
+from corrhash.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe_values
 
-TOP_KEYS = ("name", "description", "data", "methods", "bits", "seeds", "axes", "fixed", "resources")
+TOP_KEYS = ("name", "description", "recipe", "data", "methods", "bits", "seeds", "axes", "fixed", "resources")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 # Set by the grid's own keys (methods, bits, seeds) or by the scheduler (device follows the cell's gpus).
 RESERVED = {"name": "methods", "bits": "bits", "seed": "seeds", "device": "resources (gpus)"}
@@ -75,9 +76,18 @@ class Cell:
         return " ".join([a["dataset"], a["method"], f"{a['bits']}b", f"seed {a['seed']}", *extra])
 
 
+# Config fields added after cell ids were first recorded: left out of the id while at their default, so a cell
+# that does not use them keeps its id (and a finished ablation is not rerun). Add every new field here.
+LATER_FIELDS = {"model": {"beta": 1.0, "encoder_input": "tfidf", "svm_c": 0.1}, "train": {"grad_clip": 0.0}}
+
+
 def cell_id(content_hash: str, model: ModelConfig, train: TrainConfig) -> str:
-    canonical = json.dumps({"data": content_hash, "model": model.to_dict(), "train": train.to_dict()},
-                           sort_keys=True, separators=(",", ":"))
+    configs = {"model": model.to_dict(), "train": train.to_dict()}
+    for section, later in LATER_FIELDS.items():
+        for name, default in later.items():
+            if configs[section][name] == default:
+                del configs[section][name]
+    canonical = json.dumps({"data": content_hash, **configs}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -139,6 +149,12 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
     fixed = _settings({**(file_fixed or {}), **fixed} if fixed and isinstance(file_fixed, (dict, type(None)))
                       else file_fixed, "fixed", fail)
     cpus, gpus = _resources(raw.get("resources"), fail)
+    # The recipe's values come first: fixed values, axes and a method's overrides all win over them. The paper's
+    # grids pin `recipe: authors`; a grid without the key starts from the jobs' default recipe.
+    recipe = raw.get("recipe", DEFAULT_RECIPE)
+    if recipe not in RECIPE_NAMES:
+        fail("recipe", f"{recipe!r}: unknown recipe (known: {', '.join(RECIPE_NAMES)})")
+    start = recipe_values(recipe)
     axis_names = list(dict.fromkeys(k for product in axes for k in product))
     for key in fixed:
         if key in axis_names:
@@ -149,7 +165,7 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
             datasets.items(), methods.items(), bits, seeds):
         for product in axes:
             for combo in itertools.product(*product.values()):
-                values = {**fixed, **dict(zip(product, combo)), **overrides, "name": method, "bits": bit}
+                values = {**start, **fixed, **dict(zip(product, combo)), **overrides, "name": method, "bits": bit}
                 head = {"dataset": label, "method": method, "bits": bit, "seed": seed}
                 cell = _cell(label, folder, content_hash, values, seed, head, axis_names, cpus, gpus, fail)
                 cells.setdefault(cell.id, cell)

@@ -23,6 +23,8 @@ class TrainConfig:
     """Multiply the learning rate by this every `lr_decay_steps` steps (authors' code)."""
     lr_decay_steps: int = 10_000
     """Optimizer steps between learning-rate decays."""
+    grad_clip: float = 0.0
+    """Clip the gradients' global L2 norm to this before each step (0: no clipping)."""
     patience: int = 20
     """Stop after this many epochs without a better validation precision@k."""
     eval_k: int = 100
@@ -51,6 +53,8 @@ class TrainConfig:
             raise ConfigError(f"train option eval_queries={self.eval_queries}: must be >= 0 (0: every val document)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"train option lr={self.lr}: must be a finite number > 0")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ConfigError(f"train option grad_clip={self.grad_clip}: must be a finite number >= 0 (0: off)")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train option lr_decay={self.lr_decay}: must be in (0, 1]")
         if self.stream not in STREAM_MODES:

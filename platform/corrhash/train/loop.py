@@ -98,11 +98,12 @@ class FitResult:
 
 
 def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStream, batch_size: int, device: torch.device,
-              batches: int | None = None) -> dict:
+              batches: int | None = None, grad_clip: float = 0.0) -> dict:
     """One pass over `rows` (held on a device, or streamed from shard files) in a seeded random order; returns the
     mean loss terms per document.
 
-    `batches` fixes the number of steps (distributed workers must all take the same number)."""
+    `batches` fixes the number of steps (distributed workers must all take the same number); `grad_clip` > 0 clips
+    the gradients' global norm before each step."""
     model, generator = state.model, state.generator
     model.train()
     steps = batches if batches is not None else math.ceil(len(rows) / batch_size)
@@ -114,6 +115,8 @@ def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStre
         terms = forward(x, generator=generator)
         state.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         state.optimizer.step()
         state.scheduler.step()
         terms_per_step[step] = torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach()
@@ -167,7 +170,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
     rows = rows_of(train, device)
     while state.epoch < train_config.epochs and state.bad_epochs < train_config.patience:
         epoch_start = time.monotonic()
-        metrics = run_epoch(forward, state, rows, train_config.batch_size, device, batches_per_epoch)
+        metrics = run_epoch(forward, state, rows, train_config.batch_size, device, batches_per_epoch,
+                            train_config.grad_clip)
         train_seconds = time.monotonic() - epoch_start
         model.end_epoch()
         state.epoch += 1
