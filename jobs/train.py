@@ -5,6 +5,10 @@ Examples:
   python jobs/train.py --data data/20ng --num-workers 2 --cpus-per-worker 0.5 --name ng64
   ray job submit ... -- python jobs/train.py --data "$PWD/data/20ng" --storage "$PWD/runs/ray"  # see README
   python jobs/train.py --local --data data/20ng --out runs/ng64          # one plain process, no Ray/MLflow
+  python jobs/train.py --data data/20ng --recipe authors                 # the authors' KL schedule (the paper)
+
+The recipe (--recipe, default converge) sets the starting values of the KL schedule, learning rate and epochs;
+any flag given wins over it (platform/corrhash/train/recipes.py).
 
 The model is selected on validation precision@k (--eval-k, default 100); test precision is computed once for it. With
 Ray, every epoch is checkpointed and a lost worker restarts the group from the last checkpoint;
@@ -29,7 +33,7 @@ from corrhash.errors import CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig  # noqa: E402
 from corrhash.train import TrainConfig  # noqa: E402
 from corrhash.runs.ray_train import RayConfig  # noqa: E402
-from corrhash.runs.spec import JobInputs, RunSpec  # noqa: E402
+from corrhash.runs.spec import JobInputs, RunSpec, parse_job_args  # noqa: E402
 
 
 @dataclass
@@ -47,7 +51,7 @@ def parse_args(argv=None):
     add_dataclass_args(parser, ModelConfig, "model", skip=("name", "seed"))
     add_dataclass_args(parser, TrainConfig, "training")
     add_dataclass_args(parser, RayConfig, "Ray and MLflow")
-    args = parser.parse_args(argv)
+    args = parse_job_args(parser, argv)
     inputs, options = dataclass_from_args(JobInputs, args), dataclass_from_args(TrainJobOptions, args)
     if options.local and inputs.out is None:
         parser.error("--local needs --out")
@@ -59,7 +63,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     try:
         inputs, options, model_config, train_config, ray_config = parse_args(argv)
-        print(f"model: {dataclasses.asdict(model_config)}\ntrain: {dataclasses.asdict(train_config)}", flush=True)
+        print(f"recipe: {inputs.recipe}\nmodel: {dataclasses.asdict(model_config)}\n"
+              f"train: {dataclasses.asdict(train_config)}", flush=True)
         spec = RunSpec(absolute(inputs.data), model_config, train_config)
         if options.local:
             from corrhash.runs.local import run_local

@@ -23,7 +23,7 @@ from corrhash.data.shards import Split
 from corrhash.errors import ConfigError, DataError
 from corrhash.models import ModelConfig
 from corrhash.tracking.registry import promote_if_better
-from corrhash.runs.space import DEFAULT_SPACE
+from corrhash.models import model_class
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.runs import ensure_experiment, filter_value, final_metrics, start_or_resume_run
 from corrhash.train import TrainConfig, fit
@@ -153,6 +153,11 @@ TUNE_CASES = [
     ("anneal-nan", ["--anneal-step", "nan"], "anneal_step"),
     ("flag-and-space", ["--dropout", "0.1", "--space", "dropout=uniform:0:0.3"], "--dropout 0.1"),
     ("cuda-without-gpus", ["--device", "cuda"], "--gpus-per-trial"),
+    ("unknown-method", ["--models", "corrsh,bogus"], "bogus"),
+    ("dimension-the-model-lacks", ["--model", "nash", "--space", "rank=randint:0:4"], "nash does not use 'rank'"),
+    ("dimension-no-model-has", ["--models", "sph,lsh", "--space", "lr=loguniform:1e-4:1e-2"], "'lr'"),
+    ("other-models-dimension", ["--models", "nash,sth", "--space", "corrsh.rank=randint:0:4"], "corrsh"),
+    ("max-epochs-zero", ["--max-epochs", "0"], "--max-epochs"),
 ]
 
 
@@ -171,8 +176,9 @@ def test_tune_refuses_before_ray_starts(case, argv, named, data, tmp_path, capsy
 def test_tune_flags_pin_their_dimension_and_tuned_values_route_to_their_config(data):
     """--dropout on tune fixes that dimension (not silently replaced by the default space); a trial's values
     reach ModelConfig/TrainConfig through RunSpec.with_overrides, the one routing."""
-    _, spec, specs, _ = job("tune").parse_args(["--data", str(data), "--dropout", "0.1", "--lr", "0.002"])
-    assert specs["dropout"] == 0.1 and specs["lr"] == 0.002 and specs["rank"] == DEFAULT_SPACE["rank"]
+    _, spec, spaces, _ = job("tune").parse_args(["--data", str(data), "--dropout", "0.1", "--lr", "0.002"])
+    specs = spaces["corrsh"]
+    assert specs["dropout"] == 0.1 and specs["lr"] == 0.002 and specs["rank"] == model_class("corrsh").search_space["rank"]
     tuned = spec.with_overrides({"dropout": 0.3, "rank": 4, "lr": 0.01, "batch_size": 50})
     assert (tuned.model.dropout, tuned.model.rank, tuned.train.lr, tuned.train.batch_size) == (0.3, 4, 0.01, 50)
     assert RunSpec.from_dict(tuned.to_dict()) == tuned

@@ -21,8 +21,10 @@ SHIPPED = sorted((REPO / "jobs" / "grids").glob("*.yaml"))
 
 
 def write(tmp_path: Path, folder: Path | str, file: str = "g.yaml", **keys) -> Path:
-    """A grid file: one 'syn' dataset at `folder`, CorrSH at 8 bits, seed 0, unless `keys` say otherwise."""
-    grid = {"data": {"syn": str(folder)}, "methods": {"corrsh": {}}, "bits": [8], "seeds": [0], **keys}
+    """A grid file: one 'syn' dataset at `folder`, CorrSH at 8 bits, seed 0, the authors' recipe (the dataclass
+    defaults), unless `keys` say otherwise."""
+    grid = {"recipe": "authors", "data": {"syn": str(folder)}, "methods": {"corrsh": {}}, "bits": [8], "seeds": [0],
+            **keys}
     path = tmp_path / file
     path.write_text(yaml.safe_dump({k: v for k, v in grid.items() if v is not None}, sort_keys=False))
     return path

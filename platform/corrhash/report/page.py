@@ -50,6 +50,8 @@ class Trial:
     best_val: float | None
     epochs: int
     stopped_early: bool = False
+    model: str = ""
+    """The registered model the trial trained (a search over several models varies it)."""
 
 
 @dataclass
@@ -280,6 +282,47 @@ def importances_figure(values: dict[str, float]) -> Figure:
     return figure
 
 
+def model_progress(trials: list[Trial]) -> dict[str, list[tuple[int, int, float]]]:
+    """{model: [(trials so far, epochs spent so far, the model's best val precision so far)]}, one point per
+    scored trial of that model, with `trials` in start order and epochs over every model's trials (a closed-form
+    fit counts one): how fast each family reached its best."""
+    progress: dict[str, list[tuple[int, int, float]]] = {}
+    spent = 0
+    for number, t in enumerate(trials, start=1):
+        spent += max(1, t.epochs)
+        if t.best_val is None:
+            continue
+        points = progress.setdefault(t.model or "?", [])
+        points.append((number, spent, max(t.best_val, points[-1][2]) if points else t.best_val))
+    return progress
+
+
+def models_figure(progress: dict) -> Figure:
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    by_trials, by_epochs = figure.subplots(1, 2)
+    for model, points in sorted(progress.items()):
+        by_trials.step([p[0] for p in points], [p[2] for p in points], where="post", marker="o", label=model)
+        by_epochs.step([p[1] for p in points], [p[2] for p in points], where="post", marker="o", label=model)
+    by_trials.set(xlabel="trials started", ylabel="best val precision so far")
+    by_epochs.set(xlabel="epochs spent, all trials", ylabel="best val precision so far")
+    by_trials.legend(fontsize="x-small")
+    return figure
+
+
+def models_section(trials: list[Trial]) -> list[str]:
+    """For a search over several models: each model's best val precision against trials and epochs spent, and a
+    table of what the search spent on each."""
+    progress = model_progress(trials)
+    if len({t.model for t in trials}) < 2 or not progress:
+        return []
+    rows = sorted(([model, sum(t.model == model for t in trials), sum(max(1, t.epochs) for t in trials
+                                                                      if t.model == model), points[-1][2]]
+                   for model, points in progress.items()), key=lambda row: -row[3])
+    return ["<h3>Best val precision per model, against trials and epochs spent</h3>",
+            image(figure_png(models_figure(progress)), "best val precision per model"),
+            table(["model", "trials", "epochs", "best val precision"], rows, "models, best first")]
+
+
 def tune_section(page: PageInput) -> str:
     import optuna
 
@@ -287,6 +330,7 @@ def tune_section(page: PageInput) -> str:
     trials = sorted(page.trials, key=lambda t: -1.0 if t.best_val is None else -t.best_val)
     names = list(page.space)
     parts = [_note(f"{len(trials)} trials; searched: " + ", ".join(f"{n} = {s}" for n, s in page.space.items()))]
+    parts += models_section(page.trials)
     figure = trials_figure(trials, page.space)
     if figure is not None:
         parts.append("<h3>Best val precision against each searched parameter</h3>")
@@ -302,9 +346,11 @@ def tune_section(page: PageInput) -> str:
         parts.append(_note("No parameter importances: they need two trials with a val precision and every "
                            "searched value."))
     parts.append("<h3>Trials</h3>")
-    parts.append(table(["trial", "status", "stopped early", *names, "best val precision", "epochs", "run id"],
-                       [[t.name, t.status, "yes" if t.stopped_early else "no", *(t.params.get(n) for n in names),
-                         t.best_val, t.epochs, t.run_id] for t in trials], "trials, best first"))
+    parts.append(table(["trial", "model", "status", "stopped early", *names, "best val precision", "epochs",
+                        "run id"],
+                       [[t.name, t.model, t.status, "yes" if t.stopped_early else "no",
+                         *(t.params.get(n) for n in names), t.best_val, t.epochs, t.run_id] for t in trials],
+                       "trials, best first"))
     return _section("Trials", *parts)
 
 

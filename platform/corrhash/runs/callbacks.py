@@ -27,7 +27,7 @@ def stopped_early(trial, spec: dict) -> bool:
     """Whether the scheduler stopped a trial that ended without error. A trial ends on its own after its
     last epoch or `patience` epochs without a better val; ending sooner means the scheduler stopped it."""
     last = trial.last_result or {}
-    train = RunSpec.from_dict(spec).with_overrides(trial.config).train
+    train = RunSpec.from_dict(spec).with_trial(trial.config).train
     return "epoch" in last and last["epoch"] < train.epochs and last["epoch"] - last.get("best_epoch", 0) < train.patience
 
 
@@ -56,7 +56,7 @@ class TrialRuns(LoggerCallback):
         return {**self.__dict__, "_client": None, "run_ids": {}}  # Tune pickles its callbacks with its state
 
     def _trial_spec(self, trial) -> RunSpec:
-        return RunSpec.from_dict(self.spec).with_overrides(trial.config)
+        return RunSpec.from_dict(self.spec).with_trial(trial.config)
 
     @property
     def client(self):
@@ -68,7 +68,7 @@ class TrialRuns(LoggerCallback):
             spec = self._trial_spec(trial)
             self.run_ids[trial.trial_id] = trial_run(
                 self.client, self.experiment_id, self.parent_run_id, trial.trial_id, str(trial),
-                {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
+                {"model": spec.model.to_dict(), "train": spec.train.to_dict()}, {"model": spec.model.name})
         return self.run_ids[trial.trial_id]
 
     def log_trial_start(self, trial) -> None:

@@ -1,63 +1,43 @@
-"""The search space of a tune: a default over CorrSH's dropout, rank v, mixture k and lr, overridable
-from YAML or `name=kind:args` strings, and pinned by the job's own flags (`--dropout 0.1`).
+"""The search space of a tune: each model's own default space (`HashModel.search_space`), overridable from YAML or
+`name=kind:args` strings and pinned by the job's own flags (`--dropout 0.1`), for one model or several at once.
 
-Kinds: uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH (inclusive), choice:A,B,C, or a
-plain value (fixed). The space is kept as these strings (logged as the tune's params) and turned
-into Tune domains only for the Tuner.
+Over several models the space is conditional and define-by-run (`ConditionalSpace`): Optuna first picks the model
+(the `model` dimension), then only that model's dimensions, named `MODEL.DIM` so each model's values are modelled
+apart (`corrsh.rank`, `nash.lr`). Over one model the dimensions keep their plain names (`lr`), as they always had.
+The spec grammar lives in `corrhash.models.space`; specs stay strings (logged as the tune's params) until a trial
+asks for its values.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import yaml
 
 from corrhash.errors import ConfigError, CorrhashError
-from corrhash.runs.spec import RunSpec
+from corrhash.models import list_models, model_class, searchable
+from corrhash.models.space import parse_spec
+from corrhash.runs.spec import RunSpec, trial_values
 
-TUNABLE = ("dropout", "rank", "mixture", "lr", "energy_terms", "hidden", "batch_size")
-DEFAULT_SPACE = {
-    "dropout": "uniform:0:0.5",
-    "rank": "randint:0:16",
-    "mixture": "randint:1:16",
-    "lr": "loguniform:1e-4:1e-2",
-}
+TUNABLE = tuple(sorted(set().union(*(searchable(name) for name in list_models()))))
+"""Every field some registered model lets a search vary."""
+MODEL_DIMENSION = "model"
 
 
-def parse_domain(name: str, spec):
-    from ray import tune
-
-    if not isinstance(spec, str):
-        return spec  # a fixed value from YAML
-    if ":" not in spec:  # a fixed value on the command line: a number, true/false, or text
-        try:
-            return json.loads(spec)
-        except json.JSONDecodeError:
-            return spec
-    kind, _, args = spec.partition(":")
-    try:
-        if kind == "uniform":
-            low, high = map(float, args.split(":"))
-            return tune.uniform(low, high)
-        if kind == "loguniform":
-            low, high = map(float, args.split(":"))
-            return tune.loguniform(low, high)
-        if kind == "randint":
-            low, high = map(int, args.split(":"))
-            return tune.randint(low, high + 1)  # inclusive upper bound, as written
-        if kind == "choice":
-            return tune.choice([yaml.safe_load(v) for v in args.split(",")])
-    except ValueError as exc:
-        raise ConfigError(f"search space {name}={spec!r}: {exc}") from exc
-    raise ConfigError(f"search space {name}={spec!r}: unknown kind {kind!r} (uniform, loguniform, randint, choice)")
+def model_names(text: str) -> list[str]:
+    """`--models corrsh,nash` or `all` as registered names, in the order given; a named error for an unknown one."""
+    names = list_models() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--models {text!r}: name one or more models, comma-separated, or 'all'")
+    unknown = [n for n in names if n not in list_models()]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--models {text!r}: a model is named twice")
+    return names
 
 
-def space_specs(yaml_file: Path | None = None, overrides: list[str] | None = None, pinned: dict | None = None) -> dict:
-    """{param: spec}: DEFAULT_SPACE, then the YAML file, then `--space NAME=SPEC`; a dimension whose own
-    flag was given (`pinned`, e.g. {"dropout": 0.1} for --dropout 0.1) is fixed to that value."""
-    specs = dict(DEFAULT_SPACE)
+def _chosen(yaml_file: Path | None, overrides: list[str] | None) -> dict:
     chosen = {}
     if yaml_file is not None:
         try:
@@ -66,58 +46,110 @@ def space_specs(yaml_file: Path | None = None, overrides: list[str] | None = Non
             raise ConfigError(f"{yaml_file}: cannot read search space ({exc})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{yaml_file}: expected a mapping of parameter: spec")
-        chosen.update(loaded)
+        chosen.update({str(k): v for k, v in loaded.items()})
     for item in overrides or []:
         name, sep, spec = item.partition("=")
         if not sep:
             raise ConfigError(f"--space {item!r}: expected NAME=SPEC, e.g. lr=loguniform:1e-4:1e-2")
         chosen[name.strip()] = spec.strip()
+    return chosen
+
+
+def model_spaces(models: list[str], yaml_file: Path | None = None, overrides: list[str] | None = None,
+                 pinned: dict | None = None) -> dict[str, dict]:
+    """{model: {dimension: spec}}: each model's declared space, then the YAML file, then `--space NAME=SPEC`
+    (NAME may be `MODEL.DIM` to change one model's dimension; a plain DIM changes it for every model that uses it),
+    then the job's flags (`pinned`, e.g. {"dropout": 0.1} for --dropout 0.1), which fix that dimension wherever a
+    model's space has it. A dimension no searched model uses is a named error."""
+    spaces = {name: dict(model_class(name).search_space) for name in models}
+    chosen = _chosen(yaml_file, overrides)
+    for key, spec in chosen.items():
+        owner, dot, dim = key.rpartition(".")
+        # One model: a dimension it lacks is named as its own. Several: a plain DIM goes to those that use it.
+        targets = [owner] if dot else list(models) if len(models) == 1 else [m for m in models if dim in searchable(m)]
+        if dot and owner not in models:
+            raise ConfigError(f"search space {key}: {owner!r} is not a searched model ({', '.join(models)})")
+        for model in targets:
+            if dim not in searchable(model):
+                raise ConfigError(f"search space {key}: {model} does not use {dim!r}; it can search "
+                                  f"{', '.join(sorted(searchable(model))) or 'nothing'}")
+        if not targets:
+            uses = "; ".join(f"{m}: {', '.join(sorted(searchable(m))) or 'nothing'}" for m in models)
+            raise ConfigError(f"search space {key}: no searched model uses {dim!r} ({uses})")
+        for model in targets:
+            spaces[model][dim] = spec
     for name, value in (pinned or {}).items():
-        if name in chosen:
+        clash = [key for key in chosen if key.rpartition(".")[2] == name]
+        if clash:
             flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} {value} and the search space's {name}={chosen[name]!r}: give one of them")
-        if name in TUNABLE:
-            chosen[name] = value
-    specs.update(chosen)
-    unknown = sorted(set(specs) - set(TUNABLE))
-    if unknown:
-        raise ConfigError(f"search space: unknown parameter(s) {unknown}; tunable: {sorted(TUNABLE)}")
-    return specs
+            raise ConfigError(f"{flag} {value} and the search space's {clash[0]}={chosen[clash[0]]!r}: give one")
+        for model in models:
+            if name in spaces[model]:
+                spaces[model][name] = value
+    return spaces
 
 
-def domains(specs: dict) -> dict:
-    """{param: Tune domain or fixed value}, for Tune's param_space."""
-    return {name: parse_domain(name, spec) for name, spec in specs.items()}
+def space_params(spaces: dict[str, dict]) -> dict:
+    """What a tune logs as its `space`: {dim: spec} for one model (as always), {model: {dim: spec}} for several."""
+    return next(iter(spaces.values())) if len(spaces) == 1 else spaces
 
 
-def _drawable(name: str, domain) -> list:
-    """The extreme values a domain can draw (every value of a choice); a plain value is fixed."""
-    from ray.tune.search.sample import Categorical, Float, Integer
+class ConditionalSpace:
+    """Optuna's define-by-run space over `spaces` ({model: {dim: spec}}), for `OptunaSearch(space=...)`: the
+    model first (when there are several), then that model's dimensions. Fixed specs come back as constants.
+    A class, not a closure: Tune pickles its searcher, and this with it, to resume a search."""
 
-    if isinstance(domain, Categorical):
-        return list(domain.categories)
-    if isinstance(domain, (Float, Integer)):
-        if not domain.lower < domain.upper:
-            raise ConfigError(f"search space {name}: empty range {domain.lower}..{domain.upper}")
-        # Tune's upper bounds are exclusive: the largest draw is just below `upper`.
-        top = domain.upper - 1 if isinstance(domain, Integer) else math.nextafter(domain.upper, domain.lower)
-        return [domain.lower, top]
-    return [domain]
+    def __init__(self, spaces: dict[str, dict]):
+        self.spaces = spaces
+
+    def key(self, model: str, dim: str) -> str:
+        return dim if len(self.spaces) == 1 else f"{model}.{dim}"
+
+    def __call__(self, trial) -> dict:
+        models = list(self.spaces)
+        constants = {}
+        model = models[0]
+        if len(models) > 1:
+            model = trial.suggest_categorical(MODEL_DIMENSION, models)
+        for dim, spec in self.spaces[model].items():
+            key = self.key(model, dim)
+            parsed = parse_spec(key, spec)
+            if parsed.kind == "fixed":
+                constants[key] = parsed.values[0]
+            elif parsed.kind in ("uniform", "loguniform"):
+                trial.suggest_float(key, *parsed.values, log=parsed.kind == "loguniform")
+            elif parsed.kind == "randint":
+                trial.suggest_int(key, *parsed.values)
+            else:
+                trial.suggest_categorical(key, list(parsed.values))
+        return constants
 
 
-def check_space(space: dict, spec: RunSpec) -> None:
-    """Every value the search can draw must make a valid RunSpec with options of the right type.
+def _kind_ok(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return isinstance(value, int if isinstance(default, int) else (int, float))
+
+
+def check_space(spaces: dict[str, dict], spec: RunSpec) -> None:
+    """Every value the search can draw must make a valid RunSpec with options of the right type, for every model.
     Checked in the driver before Ray starts: a bad range would otherwise fail every trial."""
-    for name, domain in space.items():
-        default = getattr(spec.model if hasattr(spec.model, name) else spec.train, name)
-        for value in _drawable(name, domain):
-            kind_ok = (isinstance(value, bool) if isinstance(default, bool)
-                       else not isinstance(value, bool) and isinstance(value, int if isinstance(default, int)
-                                                                       else (int, float)))
-            if not kind_ok:
-                raise ConfigError(f"search space {name}: can draw {value!r}, but {name} is a "
-                                  f"{type(default).__name__}")
-            try:
-                spec.with_overrides({name: value})
-            except (ValueError, CorrhashError) as exc:
-                raise ConfigError(f"search space {name}: can draw {value!r}, which is invalid ({exc})") from exc
+    conditional = ConditionalSpace(spaces)
+    for model, specs in spaces.items():
+        base = spec.with_overrides({"name": model})
+        for dim, text in specs.items():
+            key = conditional.key(model, dim)
+            default = getattr(base.model if hasattr(base.model, dim) else base.train, dim)
+            for value in parse_spec(key, text).drawable():
+                if not _kind_ok(value, default):
+                    raise ConfigError(f"search space {key}: can draw {value!r}, but {dim} is a "
+                                      f"{type(default).__name__}")
+                try:
+                    base.with_overrides(trial_values({MODEL_DIMENSION: model, conditional.key(model, dim): value}
+                                                     if len(spaces) > 1 else {dim: value}))
+                except (ValueError, CorrhashError) as exc:
+                    raise ConfigError(f"search space {key}: can draw {value!r}, which is invalid ({exc})") from exc

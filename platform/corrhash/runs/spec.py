@@ -2,11 +2,13 @@
 
 A `RunSpec` crosses the Ray boundary as `to_dict()` (to a Ray Train worker's config, or into a
 Tune trial through `tune.with_parameters`) and comes back with `from_dict`. A trial's tuned values
-are applied with `with_overrides`, the only place that routes a flat name to its config.
+are applied with `with_trial` (its config as the search named it: `model`, `MODEL.DIM` over several
+models) and `with_overrides`, the only place that routes a flat name to its config.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from corrhash.cli import CLI
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, list_models
 from corrhash.train.config import TrainConfig
+from corrhash.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe_values
 
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
@@ -29,6 +32,35 @@ class JobInputs:
     """folder for results.json and the model (tune: the best trial's); required with train --local"""
     model: str = field(default="corrsh", metadata={CLI: {"choices": list_models()}})
     """model family"""
+    recipe: str = field(default=DEFAULT_RECIPE, metadata={CLI: {"choices": RECIPE_NAMES}})
+    """starting values of the training recipe, before the flags: 'converge' (KL at full weight within the budget,
+    train/recipes.py) or 'authors' (the authors' schedule, for reproducing the paper)"""
+
+
+def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args(argv)` with the chosen `--recipe`'s values as the defaults of their options, so a flag
+    given on the command line still wins over the recipe."""
+    known, _ = parser.parse_known_args(argv)
+    values = recipe_values(getattr(known, "JobInputs.recipe"))
+    parser.set_defaults(**{f"{cls.__name__}.{name}": value for cls, names in ((ModelConfig, MODEL_FIELDS),
+                                                                              (TrainConfig, TRAIN_FIELDS))
+                           for name, value in values.items() if name in names})
+    return parser.parse_args(argv)
+
+
+def trial_values(config: dict) -> dict:
+    """A trial's config as flat config fields: `model` (a search over several models) becomes `name`, and
+    `MODEL.DIM` becomes `DIM` (only the trial's own model's dimensions are ever drawn)."""
+    model = config.get("model")
+    values = {"name": model} if model is not None else {}
+    for key, value in config.items():
+        if key == "model":
+            continue
+        owner, dot, dim = key.rpartition(".")
+        if dot and owner != model:
+            raise ConfigError(f"trial value {key}: belongs to model {owner!r}, but the trial trains {model!r}")
+        values[dim if dot else key] = value
+    return values
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,10 @@ class RunSpec:
     def from_dict(cls, values: dict) -> RunSpec:
         return cls(data=values["data"], model=ModelConfig.from_dict(values["model"]),
                    train=TrainConfig.from_dict(values["train"]), threads=int(values.get("threads", 1)))
+
+    def with_trial(self, config: dict) -> RunSpec:
+        """This spec as a Tune trial with `config` (see `trial_values`) trains it."""
+        return self.with_overrides(trial_values(config))
 
     def with_overrides(self, values: dict) -> RunSpec:
         """This spec with flat `{name: value}` (e.g. a trial's tuned values) set on ModelConfig or TrainConfig."""

@@ -1,5 +1,6 @@
-"""The Tune launcher: Optuna (TPE) proposes, ASHA stops weak trials early, every trial runs
-`worker.tune_trial`; the best trial is finished like any run, registered, and may become the champion.
+"""The Tune launcher: Optuna (TPE) proposes, over one model's space or several models' at once (`runs/space.py`),
+ASHA stops weak trials early, every trial runs `worker.tune_trial`; the best trial across models is finished like
+any run, registered, and may become the champion.
 
 Everything that can be checked without Ray is checked before it starts. The tune's parent MLflow run
 and one child run per trial (`callbacks.TrialRuns`) are driven from here; starting the same name
@@ -25,8 +26,8 @@ from corrhash.runs.callbacks import TrialRuns, TrialStates
 from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.paths import check_shared_paths
-from corrhash.runs.space import check_space, domains
-from corrhash.runs.spec import RunSpec
+from corrhash.runs.space import ConditionalSpace, check_space, space_params
+from corrhash.runs.spec import RunSpec, trial_values
 from corrhash.runs.worker import tune_trial
 from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
 from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_figures, log_params,
@@ -68,17 +69,19 @@ class TuneOptions:
             check_job_name(self.name)
 
 
-def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None = None) -> dict:
-    """Search `specs` ({param: spec string or fixed value}) around `spec`; returns the results of the best trial."""
+def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: Path | None = None) -> dict:
+    """Search `spaces` ({model: {param: spec string or fixed value}}, `runs/space.py`) around `spec`; returns the
+    results of the best trial across models."""
     started = time.monotonic()
     shards = TfidfShards(spec.data)
-    name = check_job_name(options.name or f"{shards.manifest['dataset']}-{spec.model.name}-{spec.model.bits}b-tune")
+    models = list(spaces)
+    family = models[0] if len(models) == 1 else "multi"
+    name = check_job_name(options.name or f"{shards.manifest['dataset']}-{family}-{spec.model.bits}b-tune")
     if not 1 <= options.grace_period <= spec.train.epochs:  # ASHA asserts this only after Ray has started
         raise ConfigError(f"--grace-period {options.grace_period}: must be between 1 and --epochs {spec.train.epochs}")
     if spec.train.device.startswith("cuda") and options.gpus_per_trial == 0:
         raise ConfigError(f"--device {spec.train.device}: trials get no GPU; pass --gpus-per-trial (e.g. 1 or 0.25)")
-    space = domains(specs)
-    check_space(space, spec)
+    check_space(spaces, spec)
     if out:
         check_out_dir(out)
     check_job_paths(options.mlflow_uri, options.storage)
@@ -90,20 +93,24 @@ def run_tune(spec: RunSpec, specs: dict, options: TuneOptions, out: Path | None 
         uri = tracking_uri(options.mlflow_uri)
         client = client_for(uri)
         experiment_id = ensure_experiment(client, options.experiment)
-        fixed = {section: {k: v for k, v in values.items() if k not in specs}
+        searched = set().union(*spaces.values()) | ({"name"} if len(models) > 1 else set())
+        fixed = {section: {k: v for k, v in values.items() if k not in searched}
                  for section, values in (("model", spec.model.to_dict()), ("train", spec.train.to_dict()))}
-        params = {**fixed, "data": spec.data, "num_samples": options.num_samples, "space": specs}
+        params = {**fixed, "data": spec.data, "num_samples": options.num_samples, "space": space_params(spaces),
+                  **({"models": ",".join(models)} if len(models) > 1 else {})}
         tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
-                "data.path": spec.data, "model": spec.model.name, "bits": str(spec.model.bits)}
+                "data.path": spec.data, "model": ",".join(models), "bits": str(spec.model.bits)}
         with job_run(client, experiment_id, name, params, tags) as (parent_id, resumed):
             log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if resumed else ''} at {uri}")
             log_data(client, parent_id, shards)
             spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(options.cpus_per_trial)))
             with run_folder(out) as folder:
                 fit_started = time.monotonic()
-                best, study = _search(spec, space, options, name, TrialRuns(uri, experiment_id, parent_id, spec))
+                best, study, grid = _search(spec, spaces, options, name,
+                                            TrialRuns(uri, experiment_id, parent_id, spec))
                 log_figures(client, parent_id, study_figures(study, name, best))
-                tuned = {k: best.config[k] for k in specs}
+                log_model_bests(client, parent_id, model_bests(grid, spec))
+                tuned = trial_values(best.config)
                 spec = spec.with_overrides(tuned)
                 log_params(client, parent_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
                 for key, value in tuned.items():
@@ -137,9 +144,38 @@ def _decide_champion(client, parent_id: str, registry: str, results: dict) -> st
     return decision
 
 
-def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_runs: TrialRuns):
-    """Tuner.fit (or its resume), the best trial's result and the Optuna storage URL (None: in memory);
-    a named error when no trial has a checkpoint."""
+def model_bests(grid, spec: RunSpec) -> dict[str, dict]:
+    """{model: {"val_precision", "trial", "trials", "epochs"}} over a search's trials: each model's best val
+    precision, the trial that reached it, its trials and the epochs they trained (a closed-form fit counts one)."""
+    bests: dict[str, dict] = {}
+    for result in grid:
+        if not result.metrics or "best_val_precision" not in result.metrics:
+            continue
+        model = trial_values(result.config).get("name", spec.model.name)
+        entry = bests.setdefault(model, {"val_precision": -1.0, "trial": None, "trials": 0, "epochs": 0})
+        entry["trials"] += 1
+        entry["epochs"] += max(1, int(result.metrics.get("epoch", 0)))
+        if result.metrics["best_val_precision"] > entry["val_precision"]:
+            entry["val_precision"], entry["trial"] = result.metrics["best_val_precision"], result.metrics["trial_id"]
+    return bests
+
+
+def log_model_bests(client, run_id: str, bests: dict[str, dict]) -> None:
+    """The parent run records each model's best trial: metric `best_val_precision.MODEL`, tags `best_trial.MODEL`
+    (its trial id), `trials.MODEL` and `epochs.MODEL` (what the search spent on it)."""
+    for model, entry in bests.items():
+        client.log_metric(run_id, f"best_val_precision.{model}", entry["val_precision"])
+        client.set_tag(run_id, f"best_trial.{model}", entry["trial"])
+        client.set_tag(run_id, f"trials.{model}", str(entry["trials"]))
+        client.set_tag(run_id, f"epochs.{model}", str(entry["epochs"]))
+    for model, entry in sorted(bests.items(), key=lambda item: -item[1]["val_precision"]):
+        log(f"  {model:<15} best val {entry['val_precision']:.4f}  ({entry['trials']} trials, "
+            f"{entry['epochs']} epochs)")
+
+
+def _search(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, name: str, trial_runs: TrialRuns):
+    """Tuner.fit (or its resume): the best trial's result, the Optuna storage URL (None: in memory) and the
+    ResultGrid; a named error when no trial has a checkpoint."""
     # Snapshot the experiment state every second (default: 10 s or more), so a stopped search
     # resumes knowing every trial that had finished; the snapshot is small at this scale.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -158,12 +194,14 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
     study = None if "://" in options.storage else f"sqlite:///{run_path / 'optuna.db'}"
     if tune.Tuner.can_restore(run_uri):
         log(f"tune {name}: resuming from {display(run_uri)}")
-        tuner = tune.Tuner.restore(run_uri, trainable=trainable, resume_errored=True, param_space=space)
+        tuner = tune.Tuner.restore(run_uri, trainable=trainable, resume_errored=True)
     else:
         import optuna
 
         storage = optuna.storages.RDBStorage(study) if study else None
-        searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.train.seed, study_name=name, storage=storage),
+        # Define-by-run: the model first, then its own dimensions; metric and mode go to the searcher itself.
+        searcher = ConcurrencyLimiter(OptunaSearch(space=ConditionalSpace(spaces), metric="val_precision", mode="max",
+                                                   seed=spec.train.seed, study_name=name, storage=storage),
                                       max_concurrent=options.max_concurrent)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
         # One checkpoint per trial: `best_val_precision` never falls, so the one kept is the latest, and it
@@ -171,7 +209,7 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
         keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="best_val_precision",
                                      checkpoint_score_order="max")
         tuner = tune.Tuner(
-            trainable, param_space=space,
+            trainable,
             tune_config=tune.TuneConfig(metric="val_precision", mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=options.num_samples,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
@@ -193,7 +231,7 @@ def _search(spec: RunSpec, space: dict, options: TuneOptions, name: str, trial_r
         raise (type(first) if first else CorrhashError)(
             f"tune {name}: no trial produced a checkpoint ({len(errors)} of {len(results)} failed); "
             f"first error: {detail}")
-    return results.get_best_result(metric="val_precision", mode="max", scope="all"), study
+    return results.get_best_result(metric="val_precision", mode="max", scope="all"), study, results
 
 
 def study_figures(study: str | None, name: str, best) -> dict:

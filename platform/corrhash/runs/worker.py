@@ -85,4 +85,4 @@ def train_loop(config: dict) -> None:
 
 def tune_trial(config: dict, spec: dict, job: str) -> None:
     """A Tune function trainable: `config` holds only the tuned values, `spec` comes from `tune.with_parameters`."""
-    run_worker(RunSpec.from_dict(spec).with_overrides(config), TuneSession(job))
+    run_worker(RunSpec.from_dict(spec).with_trial(config), TuneSession(job))

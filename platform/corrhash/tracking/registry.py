@@ -3,6 +3,8 @@ and only against a champion scored on the same data."""
 
 from __future__ import annotations
 
+import json
+
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -30,7 +32,10 @@ def describe_version(client: MlflowClient, name: str, version: str, results: dic
         + (f"; tuned: {tuned}" if tuned else "")))
     tags = {"model": results["model"]["name"], "bits": results["model"]["bits"], "eval_k": k,
             "data.content_hash": results["content_hash"], "job": results["job"],
-            "test_precision": results["test_precision"]}
+            "test_precision": results["test_precision"],
+            # The full configuration, so a version says exactly what to re-run (the method is `model`).
+            "config.model": json.dumps(results["model"], sort_keys=True),
+            "config.train": json.dumps(results["train"], sort_keys=True)}
     for key, value in tags.items():
         if value is not None:
             client.set_model_version_tag(name, version, key, str(value))

@@ -96,26 +96,32 @@ def _value(text: str | None):
 
 
 def searched_space(run) -> dict[str, str]:
-    """A tune's searched dimensions, {param: spec}: its `space.NAME` params that are a kind:args spec (a plain
-    value there was fixed, not searched)."""
+    """A tune's searched dimensions, {param: spec}: its `space.NAME` (`space.MODEL.NAME` over several models)
+    params that are a kind:args spec (a plain value there was fixed, not searched)."""
     return {key[len("space."):]: value for key, value in run.data.params.items()
             if key.startswith("space.") and ":" in value}
 
 
 def trials_of(client: MlflowClient, children: list, space: dict) -> list[Trial]:
-    """The tune's trials: each child run's searched values (its `model.NAME` or `train.NAME` param), best val
-    precision (its last `best_val_precision`, which never falls) and epochs run."""
+    """The tune's trials, in the order they started: each child run's model, searched values (its `model.NAME`
+    or `train.NAME` param; a search over several models names them MODEL.NAME, and a trial has only its own
+    model's), best val precision (its last `best_val_precision`, which never falls) and epochs run."""
     trials = []
-    for run in children:
+    for run in sorted(children, key=lambda r: r.info.start_time or 0):
         if TRIAL_TAG not in run.data.tags:
             continue
         params, metrics = run.data.params, run.data.metrics
-        values = {name: _value(params.get(f"model.{name}", params.get(f"train.{name}"))) for name in space}
+        model = params.get("model.name", "")
+        values = {}
+        for name in space:
+            owner, dot, field = name.rpartition(".")
+            if not dot or owner == model:
+                values[name] = _value(params.get(f"model.{field}", params.get(f"train.{field}")))
         best = metrics.get("best_val_precision", metrics.get("val_precision"))
         trials.append(Trial(name=run.info.run_name or run.data.tags[TRIAL_TAG], run_id=run.info.run_id,
                             status=run.info.status, params={k: v for k, v in values.items() if v is not None},
                             best_val=best, epochs=int(metrics.get("epoch", 0)),
-                            stopped_early=run.data.tags.get("corrhash.stopped_by") == "scheduler"))
+                            stopped_early=run.data.tags.get("corrhash.stopped_by") == "scheduler", model=model))
     return trials
 
 

@@ -130,12 +130,12 @@ def job_run(client: MlflowClient, experiment_id: str, job_name: str, params: dic
 
 
 def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
-              params: dict) -> str:
+              params: dict, tags: dict | None = None) -> str:
     """The child run of one Tune trial, found again by its trial tag after a restore."""
     query = (f"tags.`{TRIAL_TAG}` = {filter_value(trial_id)} and "
              f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}")
     run_id, _ = _find_or_create(client, experiment_id, query, run_name,
-                                {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id})
+                                {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id, **(tags or {})})
     log_params(client, run_id, params)
     return run_id
 

@@ -1,0 +1,156 @@
+"""Each registered model's declared search space (timm-style: the model owns it): valid, and naming only what the
+model uses; the conditional space over several models; the routing of a trial's values; the named errors."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from corrhash.data import TfidfShards
+from corrhash.data.device_csr import DeviceCSR
+from corrhash.errors import ConfigError
+from corrhash.models import ModelConfig, create_model, list_models, model_class, searchable
+from corrhash.models.space import LOOP_SPACE, parse_spec
+from corrhash.report.page import Trial, model_progress
+from corrhash.runs.space import ConditionalSpace, check_space, model_names, model_spaces
+from corrhash.runs.spec import RunSpec, trial_values
+from corrhash.train import TrainConfig
+from corrhash.train.loop import fit
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+BASE = dict(bits=8, hidden=16, rank=2, mixture=2, components=2)
+
+
+@pytest.fixture(scope="module")
+def splits(shards_synthetic):
+    shards = TfidfShards(shards_synthetic)
+    return shards.split("train"), shards.split("val")
+
+
+def two_values(name: str, dim: str) -> tuple:
+    """Two distinct values the model's space (or, for `also_searchable`, a sensible pair) can take."""
+    spec = model_class(name).search_space.get(dim)
+    if spec is None:
+        return {"hidden": (16, 24), "energy_terms": (False, True)}[dim]
+    values = parse_spec(dim, spec).drawable()
+    return values[0], values[1] if len(values) > 1 else values[0]
+
+
+def model_outcome(name: str, config: ModelConfig, splits) -> list[torch.Tensor]:
+    """What a model dimension can change: the weights' shapes, and the training loss on one batch with fixed noise
+    after 1 and after 2,000 annealing epochs (both ends of the schedule), or a closed-form fit's embeddings."""
+    train, _ = splits
+    torch.manual_seed(0)
+    model = create_model(config, train.n_features)
+    x = DeviceCSR(train.features, torch.device("cpu")).range(0, 40)
+    if not model.trainable:
+        model.fit_closed_form(train.features)
+        return [model.embed(x)]
+    out = [torch.tensor([p.numel() for p in model.state_dict().values()], dtype=torch.float64)]
+    for epochs in (1, 2000):
+        while int(model.epochs_done) < epochs:
+            model.end_epoch()
+        model.train()
+        out.append(model.loss(x, torch.Generator().manual_seed(1))["loss"].detach())
+    return out
+
+
+def differs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, b))
+
+
+CASES = [(name, dim) for name in list_models() for dim in sorted(searchable(name))]
+
+
+@pytest.mark.parametrize("name, dim", CASES, ids=[f"{n}-{d}" for n, d in CASES])
+def test_every_dimension_a_model_declares_changes_what_it_learns(name, dim, splits):
+    """A declared dimension is one the model uses: two of its values give a different model (model fields) or a
+    different training run (the loop's fields, for trained models only)."""
+    low, high = two_values(name, dim)
+    assert low != high
+    train, val = splits
+    if dim in TrainConfig.__dataclass_fields__:
+        assert model_class(name).trainable, f"{name} fits in closed form: the loop's {dim} means nothing to it"
+        runs = [fit(ModelConfig(name=name, **BASE), TrainConfig(**{"epochs": 1, "batch_size": 40, "seed": 0, dim: v}),
+                    train, val=val) for v in (low, high)]
+        assert differs([*runs[0].model.state_dict().values()], [*runs[1].model.state_dict().values()]), dim
+    else:
+        outcomes = [model_outcome(name, ModelConfig(name=name, **{**BASE, dim: v}), splits) for v in (low, high)]
+        assert differs(*outcomes), f"{name} does not use {dim}: {low!r} and {high!r} give the same model"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_each_models_space_is_valid_and_shaped_by_what_it_is(name, tmp_path):
+    cls = model_class(name)
+    spec = RunSpec(str(tmp_path), ModelConfig(name=name), TrainConfig())
+    check_space(model_spaces([name]), spec)  # every drawable value makes a valid config of the right type
+    if cls.trainable:
+        assert set(LOOP_SPACE) <= set(cls.search_space)
+    else:
+        assert not set(cls.search_space) & set(TrainConfig.__dataclass_fields__)
+    assert {"sph": {}, "lsh": {}}.get(name, cls.search_space) == cls.search_space
+    assert set(model_class("sth").search_space) == {"neighbours", "svm_c"}
+
+
+def test_conditional_space_draws_the_model_then_only_its_own_dimensions(tmp_path):
+    spaces = model_spaces(["corrsh", "nash", "sth"], pinned={"dropout": 0.1})
+    spec = RunSpec(str(tmp_path), ModelConfig(), TrainConfig())
+    check_space(spaces, spec)
+    space = ConditionalSpace(spaces)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        constants = space(trial)  # suggests first: trial.params holds the draws only after
+        config = {**trial.params, **constants}
+        model = config["model"]
+        seen.add(model)
+        assert {key.partition(".")[0] for key in config if key != "model"} == {model}
+        assert {key.partition(".")[2] for key in config if key != "model"} == set(spaces[model])
+        trained = spec.with_trial(config)
+        assert trained.model.name == model
+        if model != "sth":
+            assert config[f"{model}.dropout"] == 0.1 and trained.model.dropout == 0.1  # pinned: a constant
+        study.tell(trial, 0.5)
+    assert seen == {"corrsh", "nash", "sth"}
+    one = ConditionalSpace(model_spaces(["corrsh"]))
+    trial = study.ask()
+    constants = one(trial)
+    config = {**trial.params, **constants}
+    assert "model" not in config and "rank" in config  # one model: plain names, as a tune always had
+
+
+def test_trial_values_route_a_trials_config():
+    assert trial_values({"model": "corrsh", "corrsh.rank": 3, "corrsh.lr": 0.01}) == {"name": "corrsh", "rank": 3,
+                                                                                      "lr": 0.01}
+    assert trial_values({"rank": 3}) == {"rank": 3}
+    with pytest.raises(ConfigError, match="belongs to model 'nash'"):
+        trial_values({"model": "corrsh", "nash.lr": 0.01})
+
+
+def test_space_overrides_and_their_named_errors():
+    spaces = model_spaces(["corrsh", "nash"], overrides=["lr=loguniform:1e-3:2e-3", "corrsh.rank=choice:0,4"])
+    assert spaces["corrsh"]["lr"] == spaces["nash"]["lr"] == "loguniform:1e-3:2e-3"
+    assert spaces["corrsh"]["rank"] == "choice:0,4" and "rank" not in spaces["nash"]
+    assert model_spaces(["nash", "sth"], overrides=["neighbours=randint:5:9"])["sth"]["neighbours"] == "randint:5:9"
+    assert model_names("all") == list_models() and model_names("sth, nash") == ["sth", "nash"]
+    for call, message in [(lambda: model_names("corrsh,bogus"), "unknown model.*bogus"),
+                          (lambda: model_names("nash,nash"), "named twice"),
+                          (lambda: model_spaces(["nash"], overrides=["rank=randint:0:4"]), "nash does not use 'rank'"),
+                          (lambda: model_spaces(["sph", "lsh"], overrides=["lr=choice:0.1"]), "no searched model"),
+                          (lambda: model_spaces(["nash"], overrides=["corrsh.rank=randint:0:4"]), "not a searched"),
+                          (lambda: model_spaces(["nash"], overrides=["lr"]), "NAME=SPEC"),
+                          (lambda: parse_spec("lr", "loguniform:0:1"), "LOW > 0"),
+                          (lambda: parse_spec("lr", "normal:0:1"), "unknown kind")]:
+        with pytest.raises(ConfigError, match=message):
+            call()
+
+
+def test_model_progress_is_each_models_best_so_far_against_trials_and_epochs():
+    trials = [Trial("a", "1", "FINISHED", {}, 0.5, 10, model="nash"),
+              Trial("b", "2", "FINISHED", {}, 0.7, 0, model="sth"),     # a closed-form fit counts one epoch
+              Trial("c", "3", "FINISHED", {}, 0.4, 30, model="nash"),   # worse: nash's best so far stays 0.5
+              Trial("d", "4", "FAILED", {}, None, 2, model="nash"),     # no score: spends, adds no point
+              Trial("e", "5", "FINISHED", {}, 0.6, 5, model="nash")]
+    assert model_progress(trials) == {"nash": [(1, 10, 0.5), (3, 41, 0.5), (5, 48, 0.6)], "sth": [(2, 11, 0.7)]}
