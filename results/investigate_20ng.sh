@@ -12,4 +12,4 @@ test -d data/20ng-boiler || $PY jobs/prepare_data.py 20ng --raw "$RAW" --out dat
 test -d data/20ng-nonorm || $PY jobs/prepare_data.py 20ng --raw "$RAW" --out data/20ng-nonorm --norm none
 export OMP_NUM_THREADS=1
 printf '%s\n' "data/20ng A --epochs 300" "data/20ng-boiler B --epochs 100" "data/20ng-nonorm C --epochs 100" |
-  xargs -P "${PARALLEL:-3}" -L 1 sh -c '$0 jobs/train.py --local --data $1 --bits 64 --skip-test $3 $4 --out runs/investigate/$2 > runs/investigate-$2.log 2>&1' "$PY"
+  xargs -P "${PARALLEL:-3}" -L 1 sh -c '$0 jobs/train.py --local --recipe authors --data $1 --bits 64 --skip-test $3 $4 --out runs/investigate/$2 > runs/investigate-$2.log 2>&1' "$PY"

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-/tmp/corrhash-measure-ray}
 rm -rf "$OUT"; mkdir -p "$OUT"
-common=(--data data/20ng --bits 32 --epochs 3 --patience 100 --skip-test)
+common=(--recipe authors --data data/20ng --bits 32 --epochs 3 --patience 100 --skip-test)
 start=$(date +%s.%N); $PY jobs/train.py --local "${common[@]}" --out "$OUT/local" > "$OUT/local.log" 2>&1; end=$(date +%s.%N)
 echo "local wall $(echo "$end - $start" | bc)" > "$OUT/walls.txt"
 for n in 1 2; do

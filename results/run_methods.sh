@@ -11,5 +11,5 @@ export OMP_NUM_THREADS=1 DATA
 mkdir -p runs/methods
 for model in lsh srbm sph sth vdsh nash bmsh corrsh corrsh-mixture; do for bits in 32 64; do echo "$model $bits"; done; done |
   xargs -P "${PARALLEL:-2}" -L 1 sh -c \
-    'test -f runs/methods/reuters-$1-$2/results.json || $0 jobs/train.py --data "$DATA" --local --model $1 --bits $2 --out runs/methods/reuters-$1-$2 > runs/methods/reuters-$1-$2.log 2>&1' "$PY"
+    'test -f runs/methods/reuters-$1-$2/results.json || $0 jobs/train.py --recipe authors --data "$DATA" --local --model $1 --bits $2 --out runs/methods/reuters-$1-$2 > runs/methods/reuters-$1-$2.log 2>&1' "$PY"
 $PY jobs/quality_table.py runs/methods/*/results.json

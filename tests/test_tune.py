@@ -150,3 +150,39 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_precision")]
         assert sorted(steps) == [1, 2, 3, 4] or run.data.tags["corrhash.trial"] not in first, steps
     assert first <= set(trials)
+
+
+def test_search_across_two_models_records_each_and_registers_the_better(cluster, shards_synthetic, tmp_path):
+    """`--models nash,sth`: one conditional study on the shared head; every child run says which model it trained
+    and with which values, the parent each model's best, and the registered version is the better model's."""
+    client = MlflowClient(cluster["mlflow"])
+    done = submit(cluster, ["--data", str(shards_synthetic), "--models", "nash,sth", "--bits", "12", "--hidden", "32",
+                            "--batch-size", "20", "--num-samples", "4", "--max-epochs", "4", "--grace-period", "2",
+                            "--cpus-per-trial", "1", "--max-concurrent", "2", "--name", "tune-multi",
+                            "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")],
+                  job="jobs/tune.py", timeout=600)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    parent = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
+                                filter_string="tags.`corrhash.job` = 'tune-multi'")[0]
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4
+    best_of: dict[str, float] = {}
+    for child in children:
+        model = child.data.tags["model"]
+        assert model in ("nash", "sth") and child.data.params["model.name"] == model
+        if model == "sth":  # a closed-form trial reports once (epoch 0) and ends
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "val_precision")] == [0]
+        best_of[model] = max(best_of.get(model, 0.0), child.data.metrics["best_val_precision"])
+    assert set(best_of) == {"nash", "sth"}, best_of  # the seeded sampler draws both
+    for model, value in best_of.items():
+        assert parent.data.metrics[f"best_val_precision.{model}"] == pytest.approx(value)
+        assert parent.data.tags[f"best_trial.{model}"]
+    assert parent.data.params["models"] == "nash,sth" and "space.sth.neighbours" in parent.data.params
+    winner = max(best_of, key=best_of.get)
+    results = json.loads((tmp_path / "best" / "results.json").read_text())
+    assert results["model"]["name"] == winner and results["tuned"]["name"] == winner
+    version = client.get_model_version("corrhash-text-12b", results["registered_version"].rpartition("/")[2])
+    assert version.tags["model"] == winner and json.loads(version.tags["config.model"]) == results["model"]
+    assert json.loads(version.tags["config.train"])["epochs"] == 4
+    assert float(version.tags["val_precision"]) == pytest.approx(best_of[winner], abs=1e-6)

@@ -15,7 +15,7 @@ trap 'kill "$(cat .cluster/prometheus.pid)"; bash cluster/local.sh stop' EXIT
 
 ray job submit --working-dir . --runtime-env-json \
   '{"env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "OMP_NUM_THREADS": "1"}}' \
-  -- python jobs/tune.py --data "$PWD/data/reuters/" --bits 64 --num-samples 16 --max-concurrent 2 --epochs 30 \
+  -- python jobs/tune.py --recipe authors --data "$PWD/data/reuters/" --bits 64 --num-samples 16 --max-concurrent 2 --epochs 30 \
   --grace-period 5 --name "$NAME" --storage "$PWD/runs/tune" --out "$PWD/runs/$NAME/best"
 
 python jobs/report.py --run "$NAME" --mlflow-uri http://127.0.0.1:5000 --out "runs/$NAME/report.html"
