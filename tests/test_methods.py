@@ -42,8 +42,9 @@ def test_every_model_fits_saves_reloads_and_encodes_text(name, shards_synthetic,
     text_codes = loaded.encode(TEXTS)
     assert text_codes.dtype == np.uint8 and text_codes.shape == (len(TEXTS), SMALL["bits"] // 8)
 
-    # The plain-process launcher of the lifecycle, twice with one seed: the same codes.
-    argv = ["--local", "--data", str(shards_synthetic), "--model", name, "--epochs", "3", "--eval-k", "20",
+    # The plain-process launcher of the lifecycle, twice with one seed: the same codes (the authors' recipe is
+    # the dataclass defaults fit() was given).
+    argv = ["--local", "--recipe", "authors", "--data", str(shards_synthetic), "--model", name, "--epochs", "3", "--eval-k", "20",
             "--seed", "3"] + [f"--{key}={value}" for key, value in SMALL.items()]
     runs = []
     for run in ("a", "b"):

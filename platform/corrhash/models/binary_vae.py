@@ -17,6 +17,11 @@ the KL needs of the sampling), `code_kl(dist, s, draw, noise, h)` (per document;
 estimate it and asks the prior part for its terms) and `code_scores(dist)` (the real values whose sign is the
 code). What a prior part provides: `build_prior(config, factorized)`, `prior_log_prob(s)` (exact
 log p(s)) and `prior_cross_entropy(logits, h)` (-E_q log p(s) for a factorized q, or the bound its paper uses).
+
+Recipes: ModelConfig's defaults are the authors' recipe (the KL weight and decoder noise anneal by 1/(50v + 50k)
+per epoch, 1/1000 without v, k; `--recipe authors`), which leaves the KL weight at 0.1 after 100 epochs. The jobs
+start from `--recipe converge` instead (step 0.05: full weight at epoch 20; lr 3e-3), where these models stop on a
+plateau (train/recipes.py, results/best.md). Every knob of both is a ModelConfig/TrainConfig field.
 """
 
 from __future__ import annotations
