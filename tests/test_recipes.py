@@ -133,8 +133,9 @@ def test_job_recipes_start_the_configs_and_flags_win(shards_synthetic):
     _, _, model, train, _ = train_job.parse_args(["--data", str(shards_synthetic), "--local", "--out", "x"])
     converge = recipe_values(DEFAULT_RECIPE)
     assert DEFAULT_RECIPE == "converge"
-    assert (model.anneal_step, train.lr, train.epochs) == (converge["anneal_step"], converge["lr"],
-                                                           converge["epochs"])
+    assert (model.anneal_step, train.epochs, train.patience) == (converge["anneal_step"], converge["epochs"],
+                                                                 converge["patience"])
+    assert train.lr == TrainConfig().lr  # the authors' lr: 3e-3 collapsed a 32-bit run (results/best.md)
     _, _, model, train, _ = train_job.parse_args(["--data", str(shards_synthetic), "--local", "--out", "x",
                                                   "--recipe", "authors"])
     assert model == ModelConfig(name="corrsh") and train == TrainConfig()  # the authors' = the dataclass defaults

@@ -20,7 +20,7 @@ log p(s)) and `prior_cross_entropy(logits, h)` (-E_q log p(s) for a factorized q
 
 Recipes: ModelConfig's defaults are the authors' recipe (the KL weight and decoder noise anneal by 1/(50v + 50k)
 per epoch, 1/1000 without v, k; `--recipe authors`), which leaves the KL weight at 0.1 after 100 epochs. The jobs
-start from `--recipe converge` instead (step 0.05: full weight at epoch 20; lr 3e-3), where these models stop on a
+start from `--recipe converge` instead (step 0.05: full weight at epoch 20; 150 epochs), where these models stop on a
 plateau (train/recipes.py, results/best.md). Every knob of both is a ModelConfig/TrainConfig field.
 """
 
