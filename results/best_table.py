@@ -49,7 +49,7 @@ def tuned_text(best: dict) -> str:
 
 def main(folder: Path) -> None:
     stages = sorted(folder.glob("best-*b/best/results.json"))
-    print("| data | bits | chosen (search) | its test p@100 | re-run, 3 seeds | default recipe, seed 0 | "
+    print("| data | bits | chosen (search) | its test p@100 | re-run, 3 seeds | each method, first converge recipe (KL step 0.05, lr 3e-3), seed 0 | "
           "paper CorrSH | best published | search budget, wall |")
     print("|---|---|---|---|---|---|---|---|---|")
     paired = []
