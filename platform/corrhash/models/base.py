@@ -139,8 +139,8 @@ class HashModel(nn.Module):
     model_name: str = ""  # set by corrhash.models.register
     search_space: dict[str, str] = {}
     """The model's own default search space, {dimension: spec} (`corrhash.models.space`): only the ModelConfig
-    and TrainConfig fields this model uses. A trained model lists the recipe dimensions it uses (RECIPE_SPACE)
-    and its own; a closed-form one its fit's, or none."""
+    and TrainConfig fields this model uses. A trained model lists the loop's and recipe's dimensions it uses
+    (LOOP_SPACE, VAE_RECIPE_SPACE) and its own; a closed-form one its fit's, or none."""
     also_searchable: tuple[str, ...] = ()
     """Fields the model uses that a search may name (`--space hidden=...`) but its default space leaves alone."""
 
@@ -154,12 +154,12 @@ class HashModel(nn.Module):
             config.anneal_step if config.anneal_step is not None else self.default_anneal_step(config)
         )
         self.register_buffer("thresholds", torch.zeros(config.bits))
-        # anneal_step 0: no annealing, the full KL weight and the noise floor from the first step.
-        self.register_buffer("kl_weight", torch.tensor(config.beta if self.anneal_step == 0 else 0.0))
-        self.register_buffer("noise_scale", torch.tensor(config.noise_floor if self.anneal_step == 0 else 1.0))
+        self.register_buffer("kl_weight", torch.tensor(0.0))
+        self.register_buffer("noise_scale", torch.tensor(1.0))
         # Weights are recomputed from the epoch count rather than accumulated, so that
         # float32 round-off never drifts away from min(1, N*step) over hundreds of epochs.
         self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
+        self._apply_schedule()
 
     @staticmethod
     def default_anneal_step(config: ModelConfig) -> float:
@@ -190,6 +190,11 @@ class HashModel(nn.Module):
         """KL weight rises by beta * anneal_step (cap beta), decoder noise falls by anneal_step (floor); with
         anneal_step 0 both stay where __init__ put them (beta, the floor)."""
         self.epochs_done += 1
+        self._apply_schedule()
+
+    def _apply_schedule(self) -> None:
+        """KL weight and decoder noise for `epochs_done` (0 before training: weight 0, noise 1, unless
+        anneal_step is 0, which means no annealing: beta and the floor from the first step)."""
         progress = self.epochs_done.item() * self.anneal_step if self.anneal_step else 1.0
         self.kl_weight.fill_(self.config.beta * min(1.0, progress))
         self.noise_scale.fill_(max(self.noise_floor, 1.0 - progress))

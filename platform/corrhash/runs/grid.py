@@ -78,14 +78,15 @@ class Cell:
 
 # Config fields added after cell ids were first recorded: left out of the id while at their default, so a cell
 # that does not use them keeps its id (and a finished ablation is not rerun). Add every new field here.
-LATER_FIELDS = {"model": {"beta": 1.0, "encoder_input": "tfidf", "svm_c": 0.1}, "train": {"grad_clip": 0.0}}
+LATER_FIELDS = {"model": ("beta", "encoder_input", "svm_c"), "train": ("grad_clip",)}
+_DEFAULTS = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
 
 
 def cell_id(content_hash: str, model: ModelConfig, train: TrainConfig) -> str:
     configs = {"model": model.to_dict(), "train": train.to_dict()}
-    for section, later in LATER_FIELDS.items():
-        for name, default in later.items():
-            if configs[section][name] == default:
+    for section, names in LATER_FIELDS.items():
+        for name in names:
+            if configs[section][name] == _DEFAULTS[section][name]:
                 del configs[section][name]
     canonical = json.dumps({"data": content_hash, **configs}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

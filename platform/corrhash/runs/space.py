@@ -17,7 +17,7 @@ import yaml
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import list_models, model_class, searchable
 from corrhash.models.space import parse_spec
-from corrhash.runs.spec import RunSpec, trial_values
+from corrhash.runs.spec import RunSpec
 
 TUNABLE = tuple(sorted(set().union(*(searchable(name) for name in list_models()))))
 """Every field some registered model lets a search vary."""
@@ -149,7 +149,6 @@ def check_space(spaces: dict[str, dict], spec: RunSpec) -> None:
                     raise ConfigError(f"search space {key}: can draw {value!r}, but {dim} is a "
                                       f"{type(default).__name__}")
                 try:
-                    base.with_overrides(trial_values({MODEL_DIMENSION: model, conditional.key(model, dim): value}
-                                                     if len(spaces) > 1 else {dim: value}))
+                    base.with_overrides({dim: value})
                 except (ValueError, CorrhashError) as exc:
                     raise ConfigError(f"search space {key}: can draw {value!r}, which is invalid ({exc})") from exc
