@@ -119,7 +119,7 @@ BAD = [
     ({"seed_list": [0]}, "seed_list: unknown key"),
     ({"bits": None}, "bits: missing"),
     ({"name": "two words"}, "name: 'two words'"),
-    ({"methods": {"corrhs": {}}}, "methods.corrhs: unknown method (known: bmsh, corrsh, corrsh-mixture"),
+    ({"methods": {"corrhs": {}}}, "methods.corrhs: unknown method (known: bmsh, bmsh-nbr, corrsh, corrsh-mixture"),
     ({"methods": {}}, "methods: expected a non-empty mapping"),
     ({"axes": {"rnak": [1]}}, "axes.rnak: not a ModelConfig or TrainConfig field"),
     ({"fixed": {"bits": 16}}, "fixed.bits: bits is set through the grid's bits key"),

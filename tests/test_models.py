@@ -50,8 +50,9 @@ def x_csr() -> torch.Tensor:
 
 
 def test_registry_lists_all_models_and_rejects_unknown():
-    assert list_models() == ["bmsh", "corrsh", "corrsh-mixture", "lsh", "nash", "sph", "srbm", "sth", "vdsh"]
-    with pytest.raises(ConfigError, match="bmsh, corrsh, corrsh-mixture, lsh, nash, sph, srbm, sth, vdsh"):
+    assert list_models() == ["bmsh", "bmsh-nbr", "corrsh", "corrsh-mixture", "corrsh-mixture-nbr", "corrsh-nbr", "lsh",
+                             "nash", "nash-nbr", "sph", "srbm", "sth", "vdsh"]
+    with pytest.raises(ConfigError, match="bmsh, bmsh-nbr, corrsh, .*, sth, vdsh"):
         create_model(ModelConfig(name="nope"), N_FEATURES)
 
 
@@ -88,10 +89,12 @@ def test_model_contract(name, x_csr, tmp_path):
         model.end_epoch()  # non-zero KL weight so the KL path is in the gradient too
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(0)
+        # a -nbr model's batch comes with one neighbour row per document: here the batch reversed
+        neighbours = x_csr.to_dense().flip(0).to_sparse_csr() if model.uses_neighbours else None
         for _ in range(5):
             optimizer.zero_grad()
-            out = model.loss(x_csr, generator=generator)
-            assert set(out) == {"loss", "recon", "kl"}
+            out = model.loss(x_csr, generator=generator, neighbours=neighbours)
+            assert set(out) == {"loss", "recon", "kl"} | ({"neighbour"} if model.uses_neighbours else set())
             for key, value in out.items():
                 assert value.dim() == 0 and torch.isfinite(value), key
             out["loss"].backward()

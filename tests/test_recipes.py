@@ -63,7 +63,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", list_models())
+def test_every_model_of_before_is_checked():
+    assert set(BEFORE) == {name for name in list_models() if not create_model(ModelConfig(name=name), 10).uses_neighbours}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
 def test_new_knobs_at_their_defaults_give_the_numbers_of_before_bit_for_bit(name, splits, one_thread):
     train, val = splits
     result = fit(ModelConfig(name=name, bits=16, hidden=32), TrainConfig(epochs=3, batch_size=40, seed=0), train,

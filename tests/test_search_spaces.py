@@ -11,7 +11,7 @@ from corrhash.data import TfidfShards
 from corrhash.data.device_csr import DeviceCSR
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, create_model, list_models, model_class, searchable
-from corrhash.models.space import LOOP_SPACE, parse_spec
+from corrhash.models.space import LOOP_SPACE, NEIGHBOUR_SPACE, parse_spec
 from corrhash.report.page import Trial, model_progress
 from corrhash.runs.space import ConditionalSpace, check_space, model_names, model_spaces
 from corrhash.runs.spec import RunSpec, trial_values
@@ -73,6 +73,10 @@ def test_every_dimension_a_model_declares_changes_what_it_learns(name, dim, spli
     if dim in TrainConfig.__dataclass_fields__:
         assert model_class(name).trainable, f"{name} fits in closed form: the loop's {dim} means nothing to it"
         runs = [fit(ModelConfig(name=name, **BASE), TrainConfig(**{"epochs": 1, "batch_size": 40, "seed": 0, dim: v}),
+                    train, val=val) for v in (low, high)]
+        assert differs([*runs[0].model.state_dict().values()], [*runs[1].model.state_dict().values()]), dim
+    elif dim in NEIGHBOUR_SPACE and model_class(name).uses_neighbours:  # the graph enters through fit's batches
+        runs = [fit(ModelConfig(name=name, **{**BASE, dim: v}), TrainConfig(epochs=1, batch_size=40, seed=0),
                     train, val=val) for v in (low, high)]
         assert differs([*runs[0].model.state_dict().values()], [*runs[1].model.state_dict().values()]), dim
     else:

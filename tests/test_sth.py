@@ -1,4 +1,4 @@
-"""Self-Taught Hashing: kNN graph, Laplacian eigenmap, per-bit classifiers (tiny synthetic data)."""
+"""Self-Taught Hashing: Laplacian eigenmap, per-bit classifiers (tiny synthetic data; its kNN graph: test_graph.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import corrhash.models.sth  # noqa: F401  (registers "sth")
 from corrhash.models import ModelConfig, create_model
-from corrhash.models.sth import knn_graph, laplacian_eigenmap, median_bits
+from corrhash.models.sth import laplacian_eigenmap, median_bits
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
 
@@ -83,26 +83,6 @@ def test_eigenmap_signs_are_fixed_and_too_few_documents_rejected():
     assert (y[biggest, np.arange(3)] > 0).all()
     with pytest.raises(ValueError, match="at least bits \\+ 1 = 8"):
         laplacian_eigenmap(hand_graph(), bits=7, seed=0)
-
-
-def test_knn_graph_matches_brute_force():
-    rng = np.random.default_rng(3)
-    dense = rng.uniform(0, 1, (23, 15)) * (rng.uniform(0, 1, (23, 15)) < 0.3)
-    dense[5] = 0  # an empty document: no neighbours at all
-    k = 4
-    norms = np.linalg.norm(dense, axis=1, keepdims=True)
-    unit = np.divide(dense, norms, out=np.zeros_like(dense), where=norms > 0)
-    sims = unit @ unit.T
-    expected = np.zeros_like(sims)
-    for i in range(len(sims)):
-        others = [j for j in np.argsort(-sims[i], kind="stable") if j != i][:k]
-        for j in others:
-            if sims[i, j] > 0:
-                expected[i, j] = expected[j, i] = sims[i, j]
-    for chunk_rows in (1, 7, 100):
-        graph = knn_graph(sp.csr_matrix(dense, dtype=np.float32), k, chunk_rows=chunk_rows)
-        np.testing.assert_allclose(graph.toarray(), expected, atol=1e-12)
-    assert graph.toarray()[5].sum() == 0 and np.diag(graph.toarray()).sum() == 0
 
 
 def test_median_threshold_balances_bits():

@@ -68,7 +68,9 @@ def test_every_model_trains_on_real_documents(name, splits):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     for step in range(3):
-        terms = model(rows.range(100 * step, 100 * step + 100), generator=generator)
+        # -nbr models: the next 100 documents stand in for sampled neighbours
+        neighbours = rows.range(100 * step + 100, 100 * step + 200) if model.uses_neighbours else None
+        terms = model(rows.range(100 * step, 100 * step + 100), generator=generator, neighbours=neighbours)
         assert all(torch.isfinite(v) for v in terms.values())
         optimizer.zero_grad()
         terms["loss"].backward()

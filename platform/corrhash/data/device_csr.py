@@ -37,10 +37,13 @@ class DeviceCSR:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """The given rows (a 1-D int64 tensor on the device) as a sparse CSR batch."""
+    def rows(self, index: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The given rows (a 1-D int64 tensor on the device) as a sparse CSR batch; where the bool `keep` is
+        False the batch's row is empty instead."""
         starts, ends = self.crow[index], self.crow[index + 1]
         lengths = ends - starts
+        if keep is not None:
+            lengths = lengths * keep
         crow = torch.zeros(len(index) + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(lengths, 0, out=crow[1:])
         # Position of each output non-zero within its row, added to that row's start offset.
@@ -58,13 +61,18 @@ class DeviceCSR:
         for start in range(0, len(self), size):
             yield self.range(start, min(start + size, len(self)))
 
-    def batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None):
-        """`steps` training batches (default: one pass) in one seeded random order of all rows; beyond one
-        pass the order wraps around."""
+    def index_batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None):
+        """The row ids (on the device) of `steps` training batches (default: one pass) in one seeded random
+        order of all rows; beyond one pass the order wraps around."""
         order = torch.randperm(len(self), generator=generator, device=generator.device)
         steps = steps if steps is not None else math.ceil(len(self) / batch_size)
         for step in range(steps):
-            yield self.rows(order[(step * batch_size) % len(self):][:batch_size].to(self.device))
+            yield order[(step * batch_size) % len(self):][:batch_size].to(self.device)
+
+    def batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None):
+        """The CSR batches of `index_batches`."""
+        for index in self.index_batches(generator, batch_size, steps):
+            yield self.rows(index)
 
 
 def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:

@@ -136,6 +136,9 @@ class HashModel(nn.Module):
     the weights (state_dict holds plain tensors only, safetensors-compatible)."""
 
     trainable: bool = True
+    uses_neighbours: bool = False
+    """True when training pairs each batch with sampled graph neighbours (models/neighbours.py): `fit` then passes
+    `neighbours` to loss(). Codes never need them."""
     model_name: str = ""  # set by corrhash.models.register
     search_space: dict[str, str] = {}
     """The model's own default search space, {dimension: spec} (`corrhash.models.space`): only the ModelConfig
@@ -172,19 +175,25 @@ class HashModel(nn.Module):
         """All random numbers one loss evaluation needs, drawn on `device`."""
         raise NotImplementedError
 
-    def loss_from_noise(self, x: Tensor, noise: Noise) -> dict[str, Tensor]:
+    def loss_from_noise(self, x: Tensor, noise: Noise, neighbours: Tensor | None = None) -> dict[str, Tensor]:
         """The loss given pre-drawn noise (deterministic); see loss()."""
         raise NotImplementedError
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None,
+             neighbours: Tensor | None = None) -> dict[str, Tensor]:
         """{"loss": mean(recon + kl_weight * kl), "recon": mean -sum log p(w|s) over
-        present words, "kl": mean unweighted KL term}; random numbers from `generator`."""
+        present words, "kl": mean unweighted KL term}; random numbers from `generator`. A model that
+        `uses_neighbours` takes `neighbours` (row i: a sampled graph neighbour of x's row i) and adds
+        "neighbour", its pairwise term, weighted into "loss"."""
+        if neighbours is not None and not self.uses_neighbours:
+            raise TypeError(f"{self.model_name} does not learn from neighbours; its -nbr model does, where one exists")
         x = as_batch(x)
-        return self.loss_from_noise(x, self.sample_noise(x.shape[0], x.device, generator))
+        return self.loss_from_noise(x, self.sample_noise(x.shape[0], x.device, generator), neighbours)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None,
+                neighbours: Tensor | None = None) -> dict[str, Tensor]:
         """loss() as forward, so wrappers such as DistributedDataParallel see every step."""
-        return self.loss(x, generator)
+        return self.loss(x, generator, neighbours)
 
     def end_epoch(self) -> None:
         """KL weight rises by beta * anneal_step (cap beta), decoder noise falls by anneal_step (floor); with

@@ -11,6 +11,10 @@ A model is one posterior part and one prior part (mixins, so their layers keep f
     LowRankBoltzmann (rank v, mixture k)      UniformPrior                  corrsh
     LowRankBoltzmann (rank v, mixture k)      BernoulliMixturePrior         corrsh-mixture
 
+and, optionally, the neighbourhood part (models/neighbours.py, PairRec's pairwise reconstruction from the document
+graph): each of the four with `NeighbourReconstruction` is registered as NAME-nbr (nash-nbr, bmsh-nbr, corrsh-nbr,
+corrsh-mixture-nbr). It provides `uses_neighbours = True` and `neighbour_term(log_probs, neighbours)`.
+
 What a posterior part provides: `build_posterior(config)`, `posterior_noise(...)` (its random numbers),
 `code_distribution(h)`, `sample_code(dist, noise) -> (s, draw)` (s straight-through; `draw`: what
 the KL needs of the sampling), `code_kl(dist, s, draw, noise, h)` (per document; the posterior decides how to
@@ -69,15 +73,21 @@ class BinaryCodeVAE(HashModel):
             "decoder": draw_normal((batch_size, self.bits), device, dtype, generator),
         }
 
-    def loss_from_noise(self, x: Tensor, noise: Noise) -> dict[str, Tensor]:
+    def loss_from_noise(self, x: Tensor, noise: Noise, neighbours: Tensor | None = None) -> dict[str, Tensor]:
         x = as_batch(x)
         h = self.encoder(x, noise["dropout"] if self.training else None)
         dist = self.code_distribution(h)
         s, draw = self.sample_code(dist, noise)
         code = s + self.noise_scale * noise["decoder"] if self.training else s
-        recon = -present_word_log_likelihood(self.decoder(code), x)
+        log_probs = self.decoder(code)
+        recon = -present_word_log_likelihood(log_probs, x)
         kl = self.code_kl(dist, s, draw, noise, h)
-        return {"loss": (recon + self.kl_weight * kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
+        loss = recon + self.kl_weight * kl
+        if neighbours is None:
+            return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean()}
+        pairwise = self.neighbour_term(log_probs, as_batch(neighbours))
+        loss = loss + self.config.neighbour_weight * pairwise
+        return {"loss": loss.mean(), "recon": recon.mean(), "kl": kl.mean(), "neighbour": pairwise.mean()}
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:

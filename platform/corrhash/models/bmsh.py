@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from corrhash.models import register
 from corrhash.models.binary_vae import BinaryCodeVAE
+from corrhash.models.neighbours import NeighbourReconstruction
 from corrhash.models.posteriors import IndependentBernoulli
 from corrhash.models.priors import BernoulliMixturePrior
-from corrhash.models.space import MIXTURE_PRIOR_SPACE, VAE_RECIPE_SPACE
+from corrhash.models.space import MIXTURE_PRIOR_SPACE, NEIGHBOUR_SPACE, VAE_RECIPE_SPACE
 
 
 @register("bmsh")
@@ -28,3 +29,10 @@ class BMSH(IndependentBernoulli, BernoulliMixturePrior, BinaryCodeVAE):
     """Independent posterior + learned Bernoulli-mixture prior."""
 
     search_space = {**VAE_RECIPE_SPACE, **MIXTURE_PRIOR_SPACE}
+
+
+@register("bmsh-nbr")
+class BMSHNeighbours(NeighbourReconstruction, IndependentBernoulli, BernoulliMixturePrior, BinaryCodeVAE):
+    """BMSH + PairRec's pairwise reconstruction from the document graph (models/neighbours.py)."""
+
+    search_space = {**VAE_RECIPE_SPACE, **MIXTURE_PRIOR_SPACE, **NEIGHBOUR_SPACE}

@@ -13,6 +13,7 @@ from corrhash.errors import ConfigError
 # paper's defaults v = k = 10, so baselines anneal on the same schedule as default CorrSH.
 DEFAULT_ANNEAL_STEP = 1.0 / (50 * 10 + 50 * 10)
 ENCODER_INPUTS = ("tfidf", "binary")
+GRAPH_KINDS = ("knn", "mutual")  # models/graph.py
 
 
 @dataclass
@@ -32,7 +33,11 @@ class ModelConfig:
     components: int = 10
     """bmsh, corrsh-mixture: number of components of the learned Bernoulli-mixture prior over codes"""
     neighbours: int = 25
-    """sth: neighbours per document in the k-nearest-neighbour cosine graph"""
+    """sth, *-nbr: neighbours k per document in the k-nearest-neighbour cosine graph"""
+    neighbour_weight: float = 1.0
+    """*-nbr: weight lambda of the pairwise term (a sampled neighbour's words decoded from the document's code)"""
+    graph: str = field(default="knn", metadata={CLI: {"choices": GRAPH_KINDS}})
+    """*-nbr: 'knn' (an edge where either document is among the other's k nearest, STH's) or 'mutual' (both)"""
     svm_c: float = 0.1
     """sth: inverse regularisation strength C of the per-bit linear SVMs"""
     energy_terms: bool = False
@@ -75,6 +80,10 @@ class ModelConfig:
             problems.append(f"beta must be a finite number > 0, got {self.beta}")
         if self.encoder_input not in ENCODER_INPUTS:
             problems.append(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
+        if not (math.isfinite(self.neighbour_weight) and self.neighbour_weight >= 0):
+            problems.append(f"neighbour_weight must be a finite number >= 0, got {self.neighbour_weight}")
+        if self.graph not in GRAPH_KINDS:
+            problems.append(f"graph must be one of {', '.join(GRAPH_KINDS)}, got {self.graph!r}")
         if not (math.isfinite(self.svm_c) and self.svm_c > 0):
             problems.append(f"svm_c must be a finite number > 0, got {self.svm_c}")
         if problems:

@@ -21,7 +21,8 @@ class LSH(HashModel):
         # A buffer, not a parameter: it checkpoints with the model but is never optimised.
         self.register_buffer("projection", torch.randn(n_features, config.bits, generator=generator))
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None,
+             neighbours: Tensor | None = None) -> dict[str, Tensor]:
         raise RuntimeError("lsh is not trainable (trainable=False): it has no loss; use embed()/encode()")
 
     @torch.no_grad()

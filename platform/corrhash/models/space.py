@@ -39,6 +39,8 @@ LOW_RANK_SPACE = {"rank": "randint:0:16", "mixture": "randint:1:16"}
 """CorrSH's correlated posterior: rank v of U and the mixture size k of its bound."""
 MIXTURE_PRIOR_SPACE = {"components": "randint:2:16"}
 """BMSH's learned Bernoulli-mixture prior."""
+NEIGHBOUR_SPACE = {"neighbours": "randint:5:50", "neighbour_weight": "loguniform:0.1:3", "graph": "choice:knn,mutual"}
+"""The neighbourhood part (models/neighbours.py): the graph's k and kind, and the weight of the pairwise term."""
 
 
 @dataclass(frozen=True)

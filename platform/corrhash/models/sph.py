@@ -97,7 +97,8 @@ class SpectralHashing(HashModel):
         self.register_buffer("direction", torch.zeros(config.bits, dtype=torch.int64))
         self.register_buffer("omega", torch.zeros(config.bits))
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None,
+             neighbours: Tensor | None = None) -> dict[str, Tensor]:
         raise RuntimeError("sph is not trainable (trainable=False): it has no loss; fit_closed_form() fits it")
 
     def fit_closed_form(self, features: sp.csr_matrix) -> None:

@@ -142,7 +142,7 @@ class SRBM(HashModel):
             "top": draw_uniform((batch_size, self.bits), device, dtype, generator),
         }
 
-    def loss_from_noise(self, x: Tensor, noise: Noise) -> dict[str, Tensor]:
+    def loss_from_noise(self, x: Tensor, noise: Noise, neighbours: Tensor | None = None) -> dict[str, Tensor]:
         x = as_batch(x)
         bottom, p1, recon = self.bottom.cd1(x, noise["bottom"])
         middle, p2 = self.middle.cd1(p1.detach(), noise["middle"])

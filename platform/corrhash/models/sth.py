@@ -7,10 +7,9 @@ Two stages, both fitted once on the train split (`trainable = False`):
    * k-nearest-neighbour graph, cosine similarity: W_ij = cos(x_i, x_j) if i in N_k(j) or
      j in N_k(i), else 0 (the paper's local-similarity matrix). Edges carry the cosine, not 1,
      and pairs with cosine <= 0 (no shared word) are never edges, even when a document has
-     fewer than k such pairs. Rows are L2-normalised here, so cosine = dot product; a zero
-     row has cosine 0 with everything. The search is a chunked sparse X @ X^T with a top-k
-     per row: O(n^2) time, O(chunk x n) memory (one dense chunk of similarities at a time),
-     never a dense copy of the corpus.
+     fewer than k such pairs. Rows are L2-normalised, so cosine = dot product; a zero
+     row has cosine 0 with everything. The search is models/graph.py's exact one (a chunked
+     sparse X @ X^T with a top-k per row: O(n^2) time, O(chunk x n) memory).
    * Laplacian eigenmap: L y = lambda D y with L = D - W; the `bits` eigenvectors
      of smallest lambda after the trivial constant one. Solved as the largest eigenvectors u
      of N = D^-1/2 W D^-1/2 (lambda = 1 - mu) with scipy's eigsh (ARPACK, seeded v0), then
@@ -65,47 +64,10 @@ from torch import Tensor
 from corrhash.models import register
 from corrhash.models.base import HashModel, as_batch
 from corrhash.models.config import ModelConfig
+from corrhash.models.graph import knn_graph
 
 DENSE_MAX = 200
 """graphs up to this many nodes are solved with a dense eigh instead of ARPACK"""
-CHUNK_ENTRIES = 1 << 22
-"""dense similarity entries per chunk of the kNN search (the chunk's float64 similarities, their
-negation and argpartition's int64 indices: about 100 MiB at this size)"""
-
-
-def knn_graph(features: sp.spmatrix, k: int, chunk_rows: int | None = None) -> sp.csr_matrix:
-    """Symmetric cosine kNN graph: W_ij = cos(x_i, x_j) if j is among i's k most similar
-    documents or i among j's, and cos > 0; zero diagonal. float64 CSR [n, n]. A tie at the k-th
-    similarity is broken by argpartition (deterministic, not by index)."""
-    x = sp.csr_matrix(features, dtype=np.float64)
-    n = x.shape[0]
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    x = sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x
-    xt = x.T.tocsc()
-    k = min(k, n - 1)
-    if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ENTRIES // max(n, 1))
-    rows, cols, vals = [], [], []
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
-        sims = (x[start:stop] @ xt).toarray()
-        local = np.arange(stop - start)
-        sims[local, start + local] = -np.inf  # a document is not its own neighbour
-        if k < n - 1:
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(n), (stop - start, n))
-        picked = np.take_along_axis(sims, top, axis=1)
-        keep = picked > 0
-        rows.append(np.broadcast_to((start + local)[:, None], top.shape)[keep])
-        cols.append(top[keep])
-        vals.append(picked[keep])
-    directed = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    )
-    return directed.maximum(directed.T).tocsr()
-
-
 def laplacian_eigenmap(graph: sp.spmatrix, bits: int, seed: int, solver: str = "auto") -> np.ndarray:
     """[n, bits] solutions y of L y = lambda D y for the `bits` smallest lambda after the
     trivial one, ordered by increasing lambda, scaled to y^T D y = 1, signs fixed.
@@ -160,7 +122,8 @@ class STH(HashModel):
         self.register_buffer("intercept", torch.zeros(config.bits))
         self.fit_seconds: dict[str, float] = {}
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None,
+             neighbours: Tensor | None = None) -> dict[str, Tensor]:
         raise RuntimeError("sth is not trainable (trainable=False): it has no loss; use fit_closed_form()")
 
     @torch.no_grad()

@@ -44,7 +44,7 @@ class VDSH(HashModel):
             "eps": draw_normal((batch_size, self.bits), device, self.thresholds.dtype, generator),
         }
 
-    def loss_from_noise(self, x: Tensor, noise: Noise) -> dict[str, Tensor]:
+    def loss_from_noise(self, x: Tensor, noise: Noise, neighbours: Tensor | None = None) -> dict[str, Tensor]:
         x = as_batch(x)
         mu, logvar = self.posterior(x, noise["dropout"] if self.training else None)
         z = mu + torch.exp(0.5 * logvar) * noise["eps"]

@@ -31,8 +31,8 @@ from corrhash.atomic import atomic_write_text
 from corrhash.report.ablation import write_report
 from corrhash.report.figures import project_codes
 
-LOSS_TERMS = ("loss", "recon", "kl")
-CURVE_COLUMNS = ("loss", "recon", "kl", "kl_weight", "val_precision", "best_val_precision", "docs_per_s")
+LOSS_TERMS = ("loss", "recon", "kl", "neighbour")  # neighbour: the -nbr models' pairwise term, where present
+CURVE_COLUMNS = ("loss", "recon", "kl", "neighbour", "kl_weight", "val_precision", "best_val_precision", "docs_per_s")
 IMPORTANCE_EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}

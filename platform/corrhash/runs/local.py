@@ -12,20 +12,24 @@ from pathlib import Path
 from typing import Callable
 
 from corrhash.data import TfidfShards
+from corrhash.data.shards import Split
 from corrhash.data.stream import open_split
 from corrhash.device import resolve_device
 from corrhash.errors import ConfigError
 from corrhash.log import log
+from corrhash.models import model_class
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
 from corrhash.train.loop import fit
+from corrhash.train.neighbours import neighbour_source
 
 
 def epoch_line(metrics: dict, k: int) -> str:
     val = f"val p@{k} {metrics['val_precision']:.4f}" if "val_precision" in metrics else ""
     if "loss" not in metrics:  # an untrained model (lsh): one evaluation, no epoch
         return f"{val} (no training)"
-    return (f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}, "
+    pairwise = f", neighbour {metrics['neighbour']:.2f}" if "neighbour" in metrics else ""
+    return (f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}{pairwise}, "
             f"kl {metrics['kl']:.2f} x{metrics['kl_weight']:.3f})  {metrics['docs_per_s']:.0f} docs/s  {val}  "
             f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
 
@@ -54,6 +58,9 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True, *, on_epoch: Ca
             if on_epoch is not None:
                 on_epoch(metrics)
 
-        result = fit(spec.model, spec.train, train, val=val, on_epoch=record_epoch)
+        neighbours = None
+        if model_class(spec.model.name).uses_neighbours and isinstance(train, Split):
+            neighbours = neighbour_source(shards, spec.model, train)  # the corpus's cached graph
+        result = fit(spec.model, spec.train, train, val=val, on_epoch=record_epoch, neighbours=neighbours)
         return finish(spec, shards, Selection.from_fit(result), folder, launcher=launcher, started=started,
                       fit_seconds=result.seconds, device=device, score_test=score_test, job=job, run_id=run_id)

@@ -82,8 +82,9 @@ class EpochExporter:
             meters["docs_per_second"].set(metrics["docs"] / metrics["seconds"], tags)
             meters["epoch_seconds"].set(metrics["seconds"], tags)
             meters["docs"].inc(metrics["docs"], tags)
-            for term in ("loss", "recon", "kl"):
-                meters["loss"].set(metrics[term], {**tags, "term": term})
+            for term in ("loss", "recon", "kl", "neighbour"):  # neighbour: the -nbr models' pairwise term
+                if term in metrics:
+                    meters["loss"].set(metrics[term], {**tags, "term": term})
             meters["kl_weight"].set(metrics["kl_weight"], tags)
         meters["epoch"].set(metrics["epoch"], tags)
         if "val_precision" in metrics:

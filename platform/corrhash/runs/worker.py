@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.data.shards import Split
 from corrhash.data.stream import open_split
 from corrhash.runs.metrics import EpochExporter
 from corrhash.runs.session import TrainSession, TuneSession
@@ -25,6 +26,7 @@ from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint
 from corrhash.train.evaluate import Evaluator, Shares
 from corrhash.train.loop import fit, new_state, selection_queries
+from corrhash.train.neighbours import neighbour_source
 
 
 def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
@@ -74,8 +76,14 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     # A closed-form fit (SpH, STH) needs the whole train split, not a share: every rank fits the same model
     # from the same seed, and the evaluator still gathers the shares' codes as the database.
     fit_rows = shards.split("train") if world > 1 and not state.model.trainable else share
+    # A model that learns from the document graph reads it from the corpus's cache (built there once, by whichever
+    # trial or rank gets there first): neighbours may be in any rank's share, so a share is paired with the whole split.
+    neighbours = None
+    if state.model.uses_neighbours and isinstance(share, Split):
+        neighbours = neighbour_source(shards, spec.model, share if world == 1 else None,
+                                      paths[rank::world] if world > 1 else None)
     fit(spec.model, train_config, fit_rows, evaluator=evaluator, on_epoch=on_epoch, state=state, wrap_model=wrap,
-        batches_per_epoch=steps)
+        batches_per_epoch=steps, neighbours=neighbours)
 
 
 def train_loop(config: dict) -> None:

@@ -25,8 +25,10 @@ from corrhash.device import resolve_device
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 from corrhash.models import HashModel, ModelConfig, create_model
+from corrhash.models.graph import knn_graph
 from corrhash.train.config import TrainConfig
 from corrhash.train.evaluate import Evaluator
+from corrhash.train.neighbours import NeighbourPairs, NeighbourSource
 
 @dataclass
 class TrainState:
@@ -97,49 +99,55 @@ class FitResult:
     seconds: float
 
 
-def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStream, batch_size: int, device: torch.device,
-              batches: int | None = None, grad_clip: float = 0.0) -> dict:
-    """One pass over `rows` (held on a device, or streamed from shard files) in a seeded random order; returns the
-    mean loss terms per document.
+def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStream | NeighbourPairs, batch_size: int,
+              device: torch.device, batches: int | None = None, grad_clip: float = 0.0) -> dict:
+    """One pass over `rows` (held on a device, streamed from shard files, or paired with graph neighbours) in a
+    seeded random order; returns the mean loss terms per document.
 
     `batches` fixes the number of steps (distributed workers must all take the same number); `grad_clip` > 0 clips
     the gradients' global norm before each step."""
     model, generator = state.model, state.generator
     model.train()
     steps = batches if batches is not None else math.ceil(len(rows) / batch_size)
+    names = ("loss", "recon", "kl", "neighbour") if isinstance(rows, NeighbourPairs) else ("loss", "recon", "kl")
     # Per-step terms stay on the device (no sync per step); they are checked once, at the epoch's end.
-    terms_per_step = torch.zeros(steps, 3, device=device)
+    terms_per_step = torch.zeros(steps, len(names), device=device)
     sizes = torch.zeros(steps, 1, device=device)
-    for step, x in enumerate(rows.batches(generator, batch_size, steps)):
-        x = x.to(device)
-        terms = forward(x, generator=generator)
+    for step, batch in enumerate(rows.batches(generator, batch_size, steps)):
+        if isinstance(batch, tuple):  # (documents, one sampled graph neighbour of each)
+            x = batch[0].to(device)
+            terms = forward(x, generator=generator, neighbours=batch[1].to(device))
+        else:
+            x = batch.to(device)
+            terms = forward(x, generator=generator)
         state.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         state.optimizer.step()
         state.scheduler.step()
-        terms_per_step[step] = torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach()
+        terms_per_step[step] = torch.stack([terms[name] for name in names]).detach()
         sizes[step] = x.shape[0]
     finite = torch.isfinite(terms_per_step).all(dim=1)
     if not bool(finite.all()):
         step = int((~finite).nonzero()[0])
-        loss, recon, kl = terms_per_step[step].tolist()
+        values = ", ".join(f"{name} {value}" for name, value in zip(names, terms_per_step[step].tolist()))
         raise DataError(f"training stopped: non-finite loss at epoch {state.epoch + 1}, step {step + 1} of {steps} "
-                        f"(loss {loss}, recon {recon}, kl {kl}); check the shards for NaN/inf values and lower "
-                        "--lr; no model was saved")
+                        f"({values}); check the shards for NaN/inf values and lower --lr; no model was saved")
     docs = int(sizes.sum())
-    loss, recon, kl = ((terms_per_step * sizes).sum(dim=0) / max(docs, 1)).tolist()
-    return {"loss": loss, "recon": recon, "kl": kl, "docs": docs}
+    means = ((terms_per_step * sizes).sum(dim=0) / max(docs, 1)).tolist()
+    return {**dict(zip(names, means)), "docs": docs}
 
 
 def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | ShardStream, evaluator: Evaluator | None = None,
         val: Split | None = None, on_epoch: Callable[[dict, TrainState], bool | None] | None = None,
         state: TrainState | None = None, wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-        batches_per_epoch: int | None = None) -> FitResult:
+        batches_per_epoch: int | None = None, neighbours: NeighbourSource | None = None) -> FitResult:
     """Train with early stopping on validation precision@k; the best weights are restored.
 
-    Pass `val` (evaluated against `train` as the database) or a ready `evaluator`."""
+    Pass `val` (evaluated against `train` as the database) or a ready `evaluator`. A model that `uses_neighbours`
+    trains on batches paired with graph neighbours: from `neighbours` (the cached graph, `train/neighbours.py`),
+    or from a graph of `train` searched here (exact up to models/graph.EXACT_MAX_DOCS documents, not cached)."""
     started = time.monotonic()
     device = resolve_device(train_config.device)
     if state is None:
@@ -168,6 +176,13 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
 
     forward = wrap_model(model) if wrap_model else model
     rows = rows_of(train, device)
+    if model.uses_neighbours:
+        if isinstance(train, ShardStream):
+            raise ConfigError(f"{model_config.name} pairs each document with a sampled graph neighbour, which needs "
+                              "the train split held whole (random access to any row): use --stream auto or never")
+        if neighbours is None:
+            neighbours = NeighbourSource(knn_graph(train.features, model_config.neighbours, model_config.graph, "auto"))
+        rows = NeighbourPairs(rows, neighbours)
     while state.epoch < train_config.epochs and state.bad_epochs < train_config.patience:
         epoch_start = time.monotonic()
         metrics = run_epoch(forward, state, rows, train_config.batch_size, device, batches_per_epoch,

@@ -1,0 +1,111 @@
+"""The neighbourhood part (models/neighbours.py): its term and gradient against a hand-computed case, its place in
+the one lifecycle (fit, the plain-process launcher, a grid cell) and its refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from corrhash.data import TfidfShards
+from corrhash.errors import ConfigError
+from corrhash.models import ModelConfig, create_model, list_models, model_class
+from corrhash.data.stream import ShardStream
+from corrhash.runs.grid import load_grid
+from corrhash.runs.local import run_local
+from corrhash.train.config import TrainConfig
+from corrhash.train.loop import fit
+from test_grid import write
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+
+NBR_MODELS = [name for name in list_models() if model_class(name).uses_neighbours]
+
+
+def csr(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32).to_sparse_csr()
+
+
+def test_each_binary_vae_has_a_neighbour_version_with_the_part_in_its_space():
+    assert NBR_MODELS == ["bmsh-nbr", "corrsh-mixture-nbr", "corrsh-nbr", "nash-nbr"]
+    for name in NBR_MODELS:
+        plain = model_class(name.removesuffix("-nbr"))
+        assert not plain.uses_neighbours
+        assert model_class(name).search_space == {**plain.search_space, "neighbours": "randint:5:50",
+                                                   "neighbour_weight": "loguniform:0.1:3",
+                                                   "graph": "choice:knn,mutual"}
+
+
+def test_pairwise_term_and_gradient_match_the_hand_computed_case():
+    """A decoder with zero weights and bias log(0.5, 0.3, 0.2) gives those word probabilities for any code. Document
+    0 has word 0 and neighbour words {1, 2}: the term is -(log 0.3 + log 0.2) = 2.8134, and its gradient in the
+    bias is |x_j| softmax(b) - 1[x_j] = 2 (0.5, 0.3, 0.2) - (0, 1, 1) = (1, -0.4, -0.6). Document 1 has no
+    neighbour (an empty row): no term."""
+    model = create_model(ModelConfig(name="nash-nbr", bits=2, hidden=4, neighbour_weight=0.7), 3)
+    with torch.no_grad():
+        model.decoder.output.weight.zero_()
+        model.decoder.output.bias.copy_(torch.log(torch.tensor([0.5, 0.3, 0.2])))
+    x = csr([[1.0, 0, 0], [0, 1.0, 0]])
+    neighbours = csr([[0, 0.6, 0.8], [0, 0, 0]])
+    noise = model.sample_noise(2, "cpu", torch.Generator().manual_seed(0))
+    plain = model.loss_from_noise(x, noise)
+    paired = model.loss_from_noise(x, noise, neighbours)
+    term = -(math.log(0.3) + math.log(0.2))
+    assert paired["neighbour"].item() == pytest.approx(term / 2, rel=1e-6)  # the batch mean: (2.8134 + 0) / 2
+    assert paired["recon"].item() == pytest.approx(plain["recon"].item())
+    assert paired["loss"].item() == pytest.approx(plain["loss"].item() + 0.7 * term / 2, rel=1e-6)
+    (gradient,) = torch.autograd.grad(paired["loss"] - plain["loss"], model.decoder.output.bias)
+    torch.testing.assert_close(gradient, 0.7 * torch.tensor([1.0, -0.4, -0.6]) / 2)
+
+
+def test_a_plain_model_refuses_neighbours():
+    model = create_model(ModelConfig(name="nash", bits=4, hidden=4), 3)
+    with pytest.raises(TypeError, match="nash does not learn from neighbours"):
+        model.loss(csr([[1.0, 0, 0]]), neighbours=csr([[0, 1.0, 0]]))
+
+
+@pytest.mark.parametrize("name", NBR_MODELS)
+def test_neighbours_change_what_a_model_learns_and_codes_need_no_graph(name, shards_synthetic):
+    shards = TfidfShards(shards_synthetic)
+    train, val = shards.split("train"), shards.split("val")
+    config = dict(name=name, bits=16, hidden=32, rank=2, mixture=2, components=2, neighbours=5)
+    fast = TrainConfig(epochs=2, eval_k=20, device="cpu")
+    paired = fit(ModelConfig(**config), fast, train, val=val)
+    unpaired = fit(ModelConfig(**config, neighbour_weight=0.0), fast, train, val=val)
+    assert all("neighbour" in h and h["neighbour"] > 0 for h in paired.history)
+    assert paired.history[-1]["loss"] > paired.history[-1]["recon"] + paired.history[-1]["neighbour"] * 0.99
+    assert unpaired.history[-1]["loss"] < paired.history[-1]["loss"]  # weight 0: the term is reported, not added
+    codes = paired.model.eval().encode(val.torch_features())  # the encoder alone: no graph at serving time
+    assert codes.shape == (len(val), 16)
+
+
+def test_a_streamed_train_split_is_refused_for_neighbour_models(shards_synthetic):
+    shards = TfidfShards(shards_synthetic)
+    with pytest.raises(ConfigError, match="nash-nbr pairs each document.*--stream auto or never"):
+        fit(ModelConfig(name="nash-nbr", bits=8, hidden=8), TrainConfig(epochs=1, eval_k=5), ShardStream(shards, "train"),
+            val=shards.split("val"))
+
+
+def test_a_grid_cell_trains_a_neighbour_model_through_the_lifecycle_and_caches_its_graph(shards_synthetic, tmp_path):
+    data = shutil.copytree(shards_synthetic, tmp_path / "shards")
+    grid = load_grid(write(tmp_path, data, methods={"nash-nbr": {"neighbours": 6, "neighbour_weight": 0.5,
+                                                                 "graph": "mutual"}},
+                           fixed={"epochs": 2, "hidden": 32, "eval_k": 20}))
+    (cell,) = grid.cells
+    assert cell.axes["method"] == "nash-nbr" and cell.model.graph == "mutual"
+    assert cell.id != load_grid(write(tmp_path, data, file="h.yaml", methods={"nash-nbr": {"neighbours": 6}},
+                                      fixed={"epochs": 2, "hidden": 32, "eval_k": 20})).cells[0].id
+    results = run_local(cell.spec(), tmp_path / "cell")  # what a cell runs inside its Ray task
+    assert results["model"]["neighbour_weight"] == 0.5 and results["model"]["graph"] == "mutual"
+    history = [json.loads(line) for line in (tmp_path / "cell" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["neighbour"] > 0 for h in history)
+    (graph_file,) = (data / "graphs").glob("*.npz")
+    assert "-k6-mutual-exact-" in graph_file.name
+    mtime = graph_file.stat().st_mtime_ns
+    run_local(cell.spec(), tmp_path / "again", score_test=False)
+    assert graph_file.stat().st_mtime_ns == mtime  # read, not built again
