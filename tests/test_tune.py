@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,32 @@ def test_search_across_two_models_records_each_and_registers_the_better(cluster,
     assert version.tags["model"] == winner and json.loads(version.tags["config.model"]) == results["model"]
     assert json.loads(version.tags["config.train"])["epochs"] == 4
     assert float(version.tags["val_precision"]) == pytest.approx(best_of[winner], abs=1e-6)
+
+
+@pytest.mark.cluster
+def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_synthetic, tmp_path):
+    """A -nbr model tunes like any other; its trials (two at a time) read one graph, built by one of them beside a
+    fresh copy of the shards. Ray folds log lines repeated across workers into one "[repeated Nx ...]" line, so
+    a second build would show as a repeat of the building line."""
+    data = shutil.copytree(shards_synthetic, tmp_path / "shards")
+    done = submit(cluster, ["--data", str(data), "--model", "nash-nbr", "--neighbours", "6", "--graph", "knn",
+                            "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
+                            "--max-epochs", "2", "--grace-period", "2", "--cpus-per-trial", "1", "--max-concurrent", "2",
+                            "--name", "tune-nbr", "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")],
+                  job="jobs/tune.py", timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    building = [line for line in output.splitlines() if "document graph: building" in line]
+    assert len(building) == 1 and "repeated" not in building[0], building
+    assert "document graph: reused" in output
+    (graph,) = (data / "graphs").glob("*.npz")
+    assert "-k6-knn-exact-" in graph.name
+    client = MlflowClient(cluster["mlflow"])
+    parent = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
+                                filter_string="tags.`corrhash.job` = 'tune-nbr'")[0]
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 3
+    for child in children:
+        assert child.data.params["model.name"] == "nash-nbr" and child.data.params["model.neighbours"] == "6"
+        assert child.data.metrics["neighbour"] > 0 and "model.neighbour_weight" in child.data.params
