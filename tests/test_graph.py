@@ -100,7 +100,7 @@ def test_approximate_graph_recalls_the_exact_neighbours(shards_synthetic):
 
 @pytest.fixture
 def shards_copy(shards_synthetic, tmp_path):
-    return TfidfShards(shutil.copytree(shards_synthetic, tmp_path / "shards"))
+    return TfidfShards(shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs")))
 
 
 def test_graph_is_built_once_then_read_from_beside_the_shards(shards_copy, capsys):

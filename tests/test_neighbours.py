@@ -92,7 +92,7 @@ def test_a_streamed_train_split_is_refused_for_neighbour_models(shards_synthetic
 
 
 def test_a_grid_cell_trains_a_neighbour_model_through_the_lifecycle_and_caches_its_graph(shards_synthetic, tmp_path):
-    data = shutil.copytree(shards_synthetic, tmp_path / "shards")
+    data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
     grid = load_grid(write(tmp_path, data, methods={"nash-nbr": {"neighbours": 6, "neighbour_weight": 0.5,
                                                                  "graph": "mutual"}},
                            fixed={"epochs": 2, "hidden": 32, "eval_k": 20}))

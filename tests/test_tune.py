@@ -194,7 +194,7 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
     """A -nbr model tunes like any other; its trials (two at a time) read one graph, built by one of them beside a
     fresh copy of the shards. Ray folds log lines repeated across workers into one "[repeated Nx ...]" line, so
     a second build would show as a repeat of the building line."""
-    data = shutil.copytree(shards_synthetic, tmp_path / "shards")
+    data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
     done = submit(cluster, ["--data", str(data), "--model", "nash-nbr", "--neighbours", "6", "--graph", "knn",
                             "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
                             "--max-epochs", "2", "--grace-period", "2", "--cpus-per-trial", "1", "--max-concurrent", "2",
