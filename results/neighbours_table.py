@@ -53,7 +53,7 @@ def paired(runs: dict, data: str, bits: int, a: str, b: str) -> str:
 def main(folder: str) -> None:
     runs = load(Path(folder))
     settings = sorted({(d, b) for d, b, _, _ in runs}, key=lambda x: (x[0] != "reuters", x[1]))
-    models = ["nash-nbr", "nash", "corrsh-nbr", "corrsh", "sth"]
+    models = [m for m in ("nash-nbr", "nash", "corrsh-nbr", "corrsh", "sth") if any(k[2] == m for k in runs)]
     print("| data | bits | " + " | ".join(models) + " | paper CorrSH | SNUH (published) |")
     print("|---|---|" + "---|" * (len(models) + 2))
     for data, bits in settings:
