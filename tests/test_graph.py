@@ -3,6 +3,7 @@ the epoch loop trains on (train/neighbours.py)."""
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 
@@ -79,12 +80,15 @@ def test_auto_method_switches_to_approximate_above_the_exact_limit():
 
 
 @pytest.mark.slow  # pynndescent compiles its numba kernels on first use (about 20 s)
-def test_approximate_graph_recalls_the_exact_neighbours(shards_synthetic):
+def test_approximate_graph_recalls_the_exact_neighbours(shards_synthetic, monkeypatch):
+    # Ray replaces print in its workers and in a driver that showed a Ray Data bar: the search must work there too
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
     train = TfidfShards(shards_synthetic).split("train")
     k = 10
     exact, _ = exact_neighbours(train.features, k)
     found, sims = approximate_neighbours(train.features, k, seed=0)
     measured = recall(found, exact)
+    monkeypatch.undo()
     print(f"NN-descent recall@{k} on {len(train)} synthetic train documents: {measured:.4f}")
     assert measured >= 0.95
     # what it does report is right: the listed cosines are the true ones, and nobody is their own neighbour

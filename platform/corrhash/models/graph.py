@@ -17,6 +17,11 @@ The directed lists become one symmetric graph W [n, n] (float64 CSR, zero diagon
 
 from __future__ import annotations
 
+import builtins
+import sys
+import types
+from contextlib import contextmanager
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -69,17 +74,50 @@ def exact_neighbours(features: sp.spmatrix, k: int, chunk_rows: int | None = Non
     return ids, sims
 
 
+_PRINT = builtins.print if isinstance(builtins.print, types.BuiltinFunctionType) else None
+
+
+def _real_print():
+    """The interpreter's own print function, even where it was replaced (Ray's tqdm_ray patches it in a driver that
+    showed a Ray Data bar, Ray Train in its workers; both keep the original as a module global)."""
+    if isinstance(builtins.print, types.BuiltinFunctionType):
+        return builtins.print
+    if _PRINT is not None:
+        return _PRINT
+    for module in list(sys.modules.values()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            if isinstance(value, types.BuiltinFunctionType) and value.__name__ == "print" \
+                    and getattr(value, "__self__", None) is builtins:
+                return value
+    return None
+
+
+@contextmanager
+def _builtin_print():
+    """numba compiles pynndescent's kernels on first use and types `print` inside one of them: with a replaced
+    print it fails ("Untyped global name 'print'", seen in a process where Ray had patched it). Put the real one
+    back while the search runs."""
+    patched, real = builtins.print, _real_print()
+    if real is not None:
+        builtins.print = real
+    try:
+        yield
+    finally:
+        builtins.print = patched
+
+
 def approximate_neighbours(features: sp.spmatrix, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`exact_neighbours`' result found by NN-descent (pynndescent, cosine metric on the sparse rows): the same
     form, each row's list possibly missing some of its true k nearest."""
-    import pynndescent  # numba-compiled on first use: imported only when an approximate graph is built
-
     x = sp.csr_matrix(unit_rows(features), dtype=np.float32)
     n = x.shape[0]
     k = min(k, n - 1)
-    index = pynndescent.NNDescent(x, metric="cosine", n_neighbors=min(k + 1, n), random_state=seed,
-                                  compressed=True, n_jobs=1)
-    found, distances = index.neighbor_graph
+    with _builtin_print():
+        import pynndescent  # numba-compiled on import and first use: imported only when an approximate graph is built
+
+        index = pynndescent.NNDescent(x, metric="cosine", n_neighbors=min(k + 1, n), random_state=seed,
+                                      compressed=True, n_jobs=1)
+        found, distances = index.neighbor_graph
     found, similarity = found.astype(np.int64), 1.0 - distances.astype(np.float64)
     # Drop each row's own id (usually first, but a duplicate document may come first) and keep k of the rest.
     valid = (found >= 0) & (found != np.arange(n)[:, None]) & (similarity > 1e-9)
