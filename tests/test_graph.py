@@ -79,7 +79,7 @@ def test_auto_method_switches_to_approximate_above_the_exact_limit():
     assert resolved_method("exact", 10**7) == "exact"
 
 
-@pytest.mark.slow  # pynndescent compiles its numba kernels on first use (about 20 s)
+@pytest.mark.slow  # pynndescent compiles its numba kernels on first use (tens of seconds)
 def test_approximate_graph_recalls_the_exact_neighbours(shards_synthetic, monkeypatch):
     # Ray replaces print in its workers and in a driver that showed a Ray Data bar: the search must work there too
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from corrhash.data import TfidfShards
-from corrhash.data.shards import Split
 from corrhash.data.stream import open_split
 from corrhash.device import resolve_device
 from corrhash.errors import ConfigError
 from corrhash.log import log
-from corrhash.models import model_class
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
 from corrhash.train.loop import fit
@@ -58,9 +56,7 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True, *, on_epoch: Ca
             if on_epoch is not None:
                 on_epoch(metrics)
 
-        neighbours = None
-        if model_class(spec.model.name).uses_neighbours and isinstance(train, Split):
-            neighbours = neighbour_source(shards, spec.model, train)  # the corpus's cached graph
+        neighbours = neighbour_source(shards, spec.model, train)  # a -nbr model's cached graph, else None
         result = fit(spec.model, spec.train, train, val=val, on_epoch=record_epoch, neighbours=neighbours)
         return finish(spec, shards, Selection.from_fit(result), folder, launcher=launcher, started=started,
                       fit_seconds=result.seconds, device=device, score_test=score_test, job=job, run_id=run_id)

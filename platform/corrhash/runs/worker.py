@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from corrhash.data import TfidfShards
-from corrhash.data.shards import Split
 from corrhash.data.stream import open_split
 from corrhash.runs.metrics import EpochExporter
 from corrhash.runs.session import TrainSession, TuneSession
@@ -78,10 +77,7 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     fit_rows = shards.split("train") if world > 1 and not state.model.trainable else share
     # A model that learns from the document graph reads it from the corpus's cache (built there once, by whichever
     # trial or rank gets there first): neighbours may be in any rank's share, so a share is paired with the whole split.
-    neighbours = None
-    if state.model.uses_neighbours and isinstance(share, Split):
-        neighbours = neighbour_source(shards, spec.model, share if world == 1 else None,
-                                      paths[rank::world] if world > 1 else None)
+    neighbours = neighbour_source(shards, spec.model, share, paths[rank::world] if world > 1 else None)
     fit(spec.model, train_config, fit_rows, evaluator=evaluator, on_epoch=on_epoch, state=state, wrap_model=wrap,
         batches_per_epoch=steps, neighbours=neighbours)
 

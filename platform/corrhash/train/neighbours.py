@@ -24,12 +24,14 @@ import scipy.sparse as sp
 import torch
 from filelock import FileLock
 
+from corrhash.atomic import atomic_open
 from corrhash.data.device_csr import DeviceCSR
 from corrhash.data.shards import Split, TfidfShards
 from corrhash.data.sources import cache_dir
 from corrhash.errors import DataError
 from corrhash.log import log
-from corrhash.models import ModelConfig
+from corrhash.data.stream import ShardStream
+from corrhash.models import ModelConfig, model_class
 from corrhash.models.graph import knn_graph, resolved_method
 
 GRAPH_FORMAT = 1
@@ -91,14 +93,10 @@ def cached_graph(shards: TfidfShards, k: int, kind: str, train: Split | None = N
 
 
 def _write(path: Path, graph: sp.csr_matrix, meta: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez(tmp, indptr=graph.indptr.astype(np.int64), indices=graph.indices.astype(np.int64),
+    with atomic_open(path) as handle:
+        np.savez(handle, indptr=graph.indptr.astype(np.int64), indices=graph.indices.astype(np.int64),
                  data=graph.data.astype(np.float32), shape=np.array(graph.shape, dtype=np.int64),
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read(path: Path, n_train: int) -> tuple[sp.csr_matrix, float]:
@@ -126,10 +124,13 @@ class NeighbourSource:
     share_rows: np.ndarray | None = None
 
 
-def neighbour_source(shards: TfidfShards, config: ModelConfig, train: Split | None = None,
-                     share_paths: list | None = None) -> NeighbourSource:
-    """The cached graph for `config` (its k and kind) and, for a rank training on `share_paths`, the whole split
-    and the share's row ids in it."""
+def neighbour_source(shards: TfidfShards, config: ModelConfig, train: Split | ShardStream | None = None,
+                     share_paths: list | None = None) -> NeighbourSource | None:
+    """For a model that `uses_neighbours`, the cached graph for `config` (its k and kind) and, for a rank training on
+    `share_paths`, the whole split and the share's row ids in it; None for any other model, or a streamed split
+    (which `fit` refuses for such a model, with the reason)."""
+    if not model_class(config.name).uses_neighbours or isinstance(train, ShardStream):
+        return None
     whole = train if share_paths is None else shards.split("train")
     graph, _ = cached_graph(shards, config.neighbours, config.graph, whole)
     if share_paths is None:
