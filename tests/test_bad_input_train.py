@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from badinput import assert_named_error, job, run_job, tree
@@ -345,3 +346,39 @@ def test_a_rerun_of_a_finished_publish_registers_no_second_version(data, tmp_pat
     assert first == again and first["registered_version"] == "corrhash-rerun/1"
     assert len(client.search_model_versions("name = 'corrhash-rerun'")) == 1
     assert client.get_run(run_id).data.metrics["test_precision_at_10"] == 0.4
+
+
+def test_the_published_model_carries_its_metrics_dataset_and_installable_requirements(data, tmp_path):
+    """Review t3 F3, F4, F11: MLflow 3's Models tab compares logged models by the metrics linked to them (it
+    showed "Metrics (0)"); a requirement with a local label (`torch==2.13.0+cpu`) is on no package index; an
+    experiment without a kind opens on the GenAI overview."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from corrhash.data import TfidfShards
+    from corrhash.tracking.runs import log_data, pinned_requirements, publish_model
+
+    uri, client, run_id, model_dir = run_with_a_model(data, tmp_path, "linked")
+    log_data(client, run_id, TfidfShards(data))
+    results = {"eval_k": 10, "val_precision": 0.5, "best_epoch": 3, "epochs_run": 4, "test_precision": 0.4,
+               "test_precision_ordered": 0.38}
+    published = publish_model(client, uri, run_id, model_dir, results)
+    model_id = published["model_uri"].removeprefix("models:/")
+    linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
+    assert linked["test_precision_at_10"].value == 0.4 and linked["best_val_precision_at_10"].value == 0.5
+    dataset = client.get_run(run_id).inputs.dataset_inputs[0].dataset
+    assert {(m.dataset_name, m.dataset_digest) for m in linked.values()} == {(dataset.name, dataset.digest)}
+    assert client.get_run(run_id).data.metrics["test_precision_at_10"] == 0.4  # still the run's metrics too
+
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    location = client.get_logged_model(model_id).artifact_location
+    logged = Path(mlflow.artifacts.download_artifacts(f"{location}/requirements.txt", tracking_uri=uri,
+                                                      dst_path=str(tmp_path / "req")))
+    requirements = [Requirement(line) for line in logged.read_text().split() if line and not line.startswith("-")]
+    assert {r.name for r in requirements} >= {"torch", "mlflow", "numpy"}
+    for requirement in requirements:
+        for spec in requirement.specifier:
+            assert Version(spec.version).local is None, f"{requirement}: not installable from a package index"
+    assert all("+" not in line for line in pinned_requirements())

@@ -38,6 +38,8 @@ PACKAGE_DIR = Path(corrhash.__file__).parent
 # The versions the model is built with, pinned in its requirements (what `mlflow models serve` installs).
 # The logged model's input example (MLflow derives the serving example from it).
 INPUT_EXAMPLE = ["The shuttle launch was delayed by a fuel leak.", "Which graphics card works best under Linux?"]
+# The experiment kind MLflow 3's UI reads (its ExperimentKind enum) to choose the experiment's landing page.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "faiss-cpu", "pyarrow")
 
 
@@ -61,13 +63,17 @@ def filter_value(value: str) -> str:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if missing, marked as model training: unmarked, MLflow 3's UI opens it on
+    its GenAI overview (traces, latency) instead of the runs table."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     location = None
     if client.tracking_uri.startswith("sqlite:"):  # keep artifacts beside the DB, not in the cwd of a worker
         location = (Path(client.tracking_uri[len("sqlite:///"):]).parent / "mlruns").absolute().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -158,9 +164,15 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: dict | None = 
     client.set_terminated(run_id, status)
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int, model_id: str | None = None,
+                dataset=None) -> None:
+    """The numeric entries of `metrics` at `step`; with `model_id` (and `dataset`, an MLflow Dataset entity) they
+    are also the logged model's metrics, evaluated on that dataset."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+    link = {"model_id": model_id} if model_id else {}
+    if model_id and dataset is not None:
+        link.update(dataset_name=dataset.name, dataset_digest=dataset.digest)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step, **link) for k, v in metrics.items()
                                       if isinstance(v, (int, float)) and not isinstance(v, bool)])
 
 
@@ -199,13 +211,15 @@ def log_figures(client: MlflowClient, run_id: str, figures: dict) -> None:
         plt.close(figure)
 
 
-def _pinned_requirements() -> list[str]:
+def pinned_requirements() -> list[str]:
+    """`name==version` of each requirement as installed, without a local version label: `torch==2.13.0+cpu`
+    is on no package index, `torch==2.13.0` is on PyPI (MLflow's own inference strips it the same way)."""
     from importlib.metadata import PackageNotFoundError, version
 
     pinned = []
     for name in REQUIREMENTS:
         try:
-            pinned.append(f"{name}=={version(name)}")
+            pinned.append(f"{name}=={version(name).split('+', 1)[0]}")
         except PackageNotFoundError:
             pinned.append(name)
     return pinned
@@ -225,20 +239,24 @@ def log_hashing_model(uri: str, run_id: str, model_dir: Path, example_texts: lis
         return mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE),
                                        artifacts={MLFLOW_ARTIFACT_KEY: str(model_dir)},
                                        code_paths=[str(PACKAGE_DIR)], input_example=example_texts,
-                                       pip_requirements=_pinned_requirements(), registered_model_name=registered_name)
+                                       pip_requirements=pinned_requirements(), registered_model_name=registered_name)
     finally:
         mlflow.end_run(status="RUNNING")
 
 
 def publish_model(client: MlflowClient, uri: str, run_id: str, model_dir: Path, results: dict,
                   registered_name: str | None = None) -> dict:
-    """The end of a recorded run: its final metrics, then the model logged (and registered) on the run.
-    A run that already registered a version (a rerun of a finished tune) keeps it: no duplicate."""
-    log_metrics(client, run_id, final_metrics(results), step=results["epochs_run"])
-    tags = client.get_run(run_id).data.tags
-    if registered_name and tags.get("registered_version"):
-        return {"model_uri": tags.get("model_uri"), "registered_version": tags["registered_version"]}
+    """The end of a recorded run: the model logged (and registered) on the run, then its final metrics, linked
+    to that model and to the run's dataset so MLflow 3's Models tab compares models by them. A run that already
+    registered a version (a rerun of a finished tune) keeps it: no duplicate."""
+    metrics, step = final_metrics(results), results["epochs_run"]
+    run = client.get_run(run_id)
+    if registered_name and run.data.tags.get("registered_version"):
+        log_metrics(client, run_id, metrics, step=step)
+        return {"model_uri": run.data.tags.get("model_uri"), "registered_version": run.data.tags["registered_version"]}
     info = log_hashing_model(uri, run_id, model_dir, INPUT_EXAMPLE, registered_name)
+    datasets = [d.dataset for d in run.inputs.dataset_inputs] if run.inputs else []
+    log_metrics(client, run_id, metrics, step=step, model_id=info.model_id, dataset=datasets[0] if datasets else None)
     version = f"{registered_name}/{info.registered_model_version}" if registered_name else None
     client.set_tag(run_id, "model_uri", info.model_uri)
     if version:
