@@ -13,8 +13,15 @@ line at once), so a pipe works as a query stream. Each answer line: {"query": i,
 [{"id", "distance", ...}]}, where n counts the model's vocabulary terms in the query; a query with none
 has a meaningless code, so its hits are arbitrary and a warning goes to stderr. A hit from a --corpus
 also says what the document is: "labels" (label names) for a shard folder, which keeps no text, and
-"text" (its first 80 characters) for a .jsonl or text file. --index-out X.npz also writes X.json
-(bits, size, model, and an IVF index's parameters and calibrated recall) beside it.
+"text" (its first 80 characters) for a .jsonl or text file. --index-out X.npz (codes, ids and what the
+hits show) also writes X.json (bits, size, the model, and an IVF index's parameters and calibrated recall)
+beside it; the model is its identity: the SHA-256 of its weights, the URI given and, from MLflow, its
+model_id and registry name and version (models:/NAME@ALIAS is recorded as the version it named).
+
+--index X.npz answers as the --corpus it was hashed from did (labels or text included), and only with the
+model that built it: another model's (other weights, e.g. after @champion moved) is an error naming both,
+as is an index saved by an older corrhash without its model's identity (rebuild it with --corpus ...
+--index-out); --allow-other-model searches it anyway, with a warning.
 
 --index-kind: flat searches every code (exact); ivf only the lists nearest a query (sub-linear, approximate:
 its nprobe is calibrated to recall@100 >= 0.95, on a sample of the val split of a shard folder --corpus, else
@@ -78,6 +85,9 @@ class SearchOptions:
     """save the index here (.npz + .json beside it)"""
     index_kind: str = field(default="auto", metadata={CLI: {"choices": KINDS}})
     """index built from --corpus: flat (exact), ivf (approximate, sub-linear) or auto; a loaded --index must match"""
+    allow_other_model: bool = False
+    """search an --index built with another model (other weights) or saved without its model's identity, with a
+    warning; its hits are then likely meaningless"""
     queries: str | None = None
     """file of queries, one per line, or - for stdin"""
     k: int = 10
@@ -136,7 +146,7 @@ def answer(args: SearchOptions, queries) -> None:
     import corrhash
     from corrhash.serve.corpus import describe, index_for
     model = corrhash.load(args.model)
-    index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind)
+    index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind, args.allow_other_model)
     if args.corpus is not None:
         print(f"indexed {len(index)} documents from {args.corpus} ({describe(index)})", file=sys.stderr)
     if args.index_out:

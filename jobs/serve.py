@@ -7,8 +7,9 @@ Examples:
 
 Endpoints (JSON in and out):
   POST /search  {"texts": [...], "k": 10}  ->  {"k", "results": [{"query": i, "in_vocabulary": n, "hits":
-                [{"id", "distance", ...}]}]}; a hit from a --corpus also has "labels" (a shard folder) or
-                "text" (its first 80 characters; a .jsonl or text file), as in jobs/search.py
+                [{"id", "distance", ...}]}]}; a hit also has "labels" (a shard folder) or "text" (its first
+                80 characters; a .jsonl or text file) of the --corpus, or of the one an --index was hashed
+                from (an index saved by an older corrhash keeps none), as in jobs/search.py
   POST /encode  {"texts": [...]}  ->  {"bits", "codes": [hex of the packed code bytes], "in_vocabulary"}
   GET  /healthz ->  {"status": "ok", "model", "bits", "documents"}
 A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body over --max-body-bytes,
@@ -16,7 +17,9 @@ A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body
 
 The model and the index are loaded here, once (--model as for jobs/search.py; --index a saved index, or
 --corpus hashed now into an index of --index-kind, as in jobs/search.py), and handed to each replica as built,
-so replicas need neither MLflow nor the files, and all search the same index.
+so replicas need neither MLflow nor the files, and all search the same index. An --index is served only with
+the model that built it (the weights' hash it records; e.g. not after @champion moved): another is an error
+naming both, unless --allow-other-model (a warning).
 --address joins a Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray with token auth); Serve's
 HTTP proxy then runs there, on --host:--port of the head node (and of each node holding a replica), so run
 the job on the head, e.g. with `ray job submit -- python jobs/serve.py ...` (`ray job stop` sends the
@@ -59,6 +62,9 @@ class ServeJobOptions:
     """split of a shard folder to index"""
     index_kind: str = field(default="auto", metadata={CLI: {"choices": KINDS}})
     """index built from --corpus: flat (exact), ivf (approximate, sub-linear) or auto; a loaded --index must match"""
+    allow_other_model: bool = False
+    """serve an --index built with another model (other weights) or saved without its model's identity, with a
+    warning; its hits are then likely meaningless"""
     host: str = "127.0.0.1"
     """address Serve's HTTP proxy listens on (it has no authentication)"""
     port: int = 8000
@@ -126,7 +132,8 @@ def load_payload(options: ServeJobOptions):
     model = corrhash.load(options.model)
     if model.featurizer is None:
         raise DataError(f"--model {options.model}: the model has no vocabulary, so it cannot hash text")
-    index, shown = index_for(model, options.index, options.corpus, options.split, options.index_kind)
+    index, shown = index_for(model, options.index, options.corpus, options.split, options.index_kind,
+                             options.allow_other_model)
     log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents ({describe(index)})")
     return Payload.of(options.model, model, index, shown)
 

@@ -60,7 +60,7 @@ def world(tmp_path_factory):
         run_without_model = client.create_run(experiment).info.run_id
         mlflow.set_tracking_uri(None)  # log_hashing_model set it process-wide
     return SimpleNamespace(root=root, model=model, corpus=corpus, queries=queries, index=root / "index.npz",
-                           codes=index.codes, ids=index.ids, tracking_uri=tracking_uri,
+                           codes=index.codes, ids=index.ids, identity=index.meta["model"], tracking_uri=tracking_uri,
                            run_without_model=run_without_model)
 
 
@@ -131,6 +131,26 @@ def write_index(tmp: Path, codes, ids, sidecar="{\"bits\": 16}") -> Path:
     return path
 
 
+def other_weights(world, tmp: Path) -> Path:
+    """A copy of the model with one weight changed: another model of the same bits and vocabulary."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp / "other-model"
+    shutil.copytree(world.model, model)
+    state = load_file(str(model / "model.safetensors"))
+    name = next(key for key, tensor in sorted(state.items()) if tensor.is_floating_point())
+    state[name] = state[name] + 1
+    save_file(state, str(model / "model.safetensors"))
+    return model
+
+
+def with_shown(tmp: Path, world, shown: bytes) -> Path:
+    path = write_index(tmp, world.codes, world.ids, json.dumps({"bits": 16, "model": world.identity}))
+    with open(path, "wb") as handle:
+        np.savez(handle, codes=world.codes, ids=world.ids, shown=np.frombuffer(shown, np.uint8))
+    return path
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -189,6 +209,13 @@ SEARCH_CASES = {
     "index-float-codes": lambda w, t: with_index(w, write_index(t, w.codes.astype(np.float32), w.ids), "float32"),
     "index-float-ids": lambda w, t: with_index(w, write_index(t, w.codes, w.ids.astype(np.float64)), "float64"),
     "index-given-as-sidecar": lambda w, t: with_index(w, w.index.with_suffix(".json")),
+    "index-of-another-model": lambda w, t: (["--model", other_weights(w, t), "--index", w.index, "--queries",
+                                             w.queries], (w.index, w.model, t / "other-model", "--allow-other-model")),
+    "index-without-model-identity": lambda w, t: with_index(w, write_index(t, w.codes, w.ids, '{"bits": 16}'),
+                                                            "older corrhash", "--allow-other-model"),
+    "index-shown-not-json": lambda w, t: with_index(w, with_shown(t, w, b"[oops"), "shown"),
+    "index-shown-one-short": lambda w, t: with_index(w, with_shown(t, w, json.dumps([None] * 119).encode()),
+                                                     "shown", "120"),
     "index-missing": lambda w, t: with_index(w, t / "nothing.npz"),
     "queries-binary": lambda w, t: (["--model", w.model, "--index", w.index, "--queries",
                                      write_bytes(t / "q.txt", bytes(range(256)))], (t / "q.txt", "line 2")),
@@ -275,6 +302,28 @@ def test_registered_model_searches(world, case_dir, capsys):
                                                        "--queries", world.queries, "--k", 3], capsys)
     assert status == 0, stderr
     assert [len(a["hits"]) for a in answers(stdout)] == [3, 3]
+
+
+def test_a_registered_models_index_records_its_version_and_serves_the_same_weights(world, case_dir, capsys):
+    """models:/tiny@champion is recorded as the version it named, with the logged model's id and the weights'
+    hash; the same weights from the model's folder search that index as it answered (labels kept)."""
+    out = case_dir / "idx.npz"
+    argv = ["--corpus", world.root / "data", "--queries", world.queries, "--k", 3]
+    status, stdout, stderr = run_job_output("search", ["--model", "models:/tiny@champion", *argv, "--index-out", out],
+                                            capsys)
+    assert status == 0, stderr
+    recorded = json.loads(out.with_suffix(".json").read_text())["model"]
+    assert recorded["weights_sha256"] == corrhash.load(world.model).weights_sha256 == world.identity["weights_sha256"]
+    assert (recorded["uri"], recorded["registered_name"], recorded["registered_version"]) == \
+        ("models:/tiny@champion", "tiny", "1")
+    version = MlflowClient(world.tracking_uri).get_model_version("tiny", "1")
+    assert version.source == f"models:/{recorded['model_id']}" and recorded["model_id"].startswith("m-")
+    assert recorded["run_id"] == version.run_id
+    status, again, stderr = run_job_output("search", ["--model", world.model, "--index", out,
+                                                      "--queries", world.queries, "--k", 3], capsys)
+    assert status == 0 and "warning" not in stderr, stderr
+    assert answers(again) == answers(stdout) and all("labels" in h for a in answers(again) for h in a["hits"])
+    assert corrhash.load("models:/tiny/1").identity == {**recorded, "uri": "models:/tiny/1"}
 
 
 def test_hits_show_what_the_document_is(world, capsys):

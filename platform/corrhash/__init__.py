@@ -10,10 +10,16 @@ def load(uri, device: str = "cpu"):
     to import, and serving itself imports none of it)."""
     from corrhash.serve.hashing import load as load_hashing_model
 
-    return load_hashing_model(uri, device, download=_download_mlflow_artifacts)
+    return load_hashing_model(uri, device, download=_download_mlflow_artifacts, resolve_alias=_resolve_mlflow_alias)
 
 
 def _download_mlflow_artifacts(uri: str):
     from corrhash.tracking.download import download_artifacts
 
     return download_artifacts(uri)
+
+
+def _resolve_mlflow_alias(uri: str) -> dict:
+    from corrhash.tracking.download import resolve_alias
+
+    return resolve_alias(uri)

@@ -9,9 +9,11 @@ one is damaged, and loading it is a DataError naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -25,6 +27,8 @@ FORMAT = "corrhash-model-v1"
 MLFLOW_ARTIFACT_KEY = "corrhash_model"
 # vocab.json of a model saved without a featurizer: it records that there is none.
 NO_VOCABULARY = {"format": "none", "terms": None}
+# What weights_sha256 hashes, so a hash can say which recipe made it.
+WEIGHTS_HASH = "corrhash-weights-sha256-v1"
 
 
 def save_model(directory: str | Path, model: HashModel, vocab: dict | None, metadata: dict | None = None) -> Path:
@@ -70,6 +74,24 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[HashModel, T
     if featurizer is not None and featurizer.n_features != n_features:
         raise DataError(f"{vocab_path}: {featurizer.n_features} terms, but {info_path.name} says {n_features} features")
     return model, featurizer, info
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A content hash of a model's weights (its whole state_dict: parameters, thresholds, buffers), the same
+    for the same tensors however the model was saved, downloaded or placed: SHA-256 over WEIGHTS_HASH, then
+    each entry in name order as its name, dtype and shape (JSON) and its raw bytes (native order: little-endian
+    on x86 and ARM), each part length-prefixed."""
+    digest = hashlib.sha256(WEIGHTS_HASH.encode())
+
+    def part(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        part(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        part(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _read_json_object(path: Path) -> dict:

@@ -6,6 +6,11 @@ a text file, and the index for a model (loaded from disk or hashed from a corpus
 document per line, ids = line numbers). A hit also says what the document is: "labels" for a shard folder, which
 keeps no text, and "text" (its first 80 characters) for a .jsonl or text file.
 
+A saved index (--index) keeps what its hits show, as it was hashed from its corpus, and the model that built it:
+searched with another model (other weights), or one saved without that record (by corrhash before it kept one),
+it is refused with an OtherModelError naming the index, both models and how to rebuild it, unless
+allow_other_model (the jobs' --allow-other-model), which warns instead.
+
 An index hashed from a corpus is of the kind asked for (corrhash.serve.index: auto, flat or ivf); one that may
 become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of the folder's val split.
 """
@@ -13,8 +18,10 @@ become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from corrhash.errors import DataError
 
@@ -98,10 +105,50 @@ def read_corpus(path: Path, split: str) -> Corpus:
     return Corpus(texts, None, ids, {doc_id: {"text": snippet(text)} for doc_id, text in zip(ids, texts)})
 
 
-def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train", kind: str = "auto"):
-    """(index, shown): a saved index (ids only; its bits checked against the model's, and its kind against `kind`
-    unless that is "auto") or one of `kind` hashed from a corpus (its features checked against the model's
-    vocabulary size), and what each hit shows ({id: {...}}). A shard folder's IVF is calibrated on its val split."""
+def warn_on_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def describe_model(identity) -> str:
+    """A model's identity in a few words: its URI, registry version, logged model and weights' hash."""
+    if not isinstance(identity, dict):
+        return repr(identity)
+    name, version = identity.get("registered_name"), identity.get("registered_version")
+    details = [f"{name} version {version}" if name and version else None,
+               f"model_id {identity['model_id']}" if identity.get("model_id") else None,
+               f"weights sha256 {str(identity.get('weights_sha256'))[:12]}"]
+    return f"{identity.get('uri', '?')} ({', '.join(d for d in details if d)})"
+
+
+def check_model(index, model, index_path: Path, allow_other_model: bool = False,
+                warn: Callable[[str], None] = warn_on_stderr) -> None:
+    """OtherModelError unless `model` built the saved index (the weights' hash it records); a warning instead
+    with allow_other_model. An index recording no model (saved by an older corrhash) is refused the same way."""
+    from corrhash.serve.index import OtherModelError
+
+    if index.built_with(model.identity):
+        return
+    given = describe_model(model.identity)
+    rebuild = f"jobs/search.py --model {model.identity['uri']} --corpus DOCS --index-out {index_path}"
+    if index.model_identity is None:
+        problem = (f"{index_path}: saved without the identity of the model that built it (by an older corrhash; "
+                   f"its sidecar records only {index.meta.get('model')!r}), so it cannot be checked against "
+                   f"the model given, {given}")
+    else:
+        problem = (f"{index_path}: built with the model {describe_model(index.model_identity)}, but the model "
+                   f"given is {given}: other weights make other codes, so its hits would be meaningless")
+    if not allow_other_model:
+        raise OtherModelError(f"{problem}; rebuild the index with this model ({rebuild}), or pass "
+                              "--allow-other-model to search it anyway")
+    warn(f"{problem}; searching it anyway (--allow-other-model)")
+
+
+def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train", kind: str = "auto",
+              allow_other_model: bool = False, warn: Callable[[str], None] = warn_on_stderr):
+    """(index, shown): a saved index (its bits checked against the model's, its kind against `kind` unless that
+    is "auto", and its model against `model`: see check_model) or one of `kind` hashed from a corpus (its
+    features checked against the model's vocabulary size), and what each hit shows ({id: {...}}, which a saved
+    index keeps: `index.shown`). A shard folder's IVF is calibrated on its val split."""
     from corrhash.serve.index import HammingIndex
 
     if index_path is not None:
@@ -112,7 +159,8 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
             raise DataError(f"{index_path}: the saved index is {index.kind}, but --index-kind {kind} was asked for; "
                             f"hash --corpus with --index-kind {kind} instead (jobs/search.py --index-out saves it), "
                             "or give --index-kind auto")
-        return index, {}
+        check_model(index, model, index_path, allow_other_model, warn)
+        return index, index.shown
     corpus = read_corpus(corpus_path, split)
     if len(corpus.ids) == 0:
         raise DataError(f"{corpus_path}: no documents to index")
@@ -122,8 +170,8 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
     queries = calibration_queries(model, corpus_path, split) \
         if corpus.features is not None and may_be_ivf(kind, len(corpus.ids)) else None
     index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features, kind=kind,
-                        calibration_queries=queries)
-    return index, corpus.shown
+                        calibration_queries=queries, shown=corpus.shown)
+    return index, index.shown
 
 
 def may_be_ivf(kind: str, size: int) -> bool:

@@ -22,6 +22,17 @@ Recall here is tie-aware: a returned code counts as correct if its distance is a
 distance for that query. At Hamming distance many codes tie at the k-th distance and exact search
 keeps an arbitrary (lowest-index) subset of them, so plain id overlap would penalise correct answers.
 
+What the index records beside the codes, so that a saved index answers as the corpus it was hashed from did:
+
+* the model that built it (sidecar key ``model``: ``HashingModel.identity``, the content hash of its weights
+  ``weights_sha256``, the URI it was loaded from and, where known, its MLflow ``model_id``, ``run_id``,
+  ``registered_name`` and ``registered_version``). Codes are only comparable with codes of the same weights:
+  ``built_with`` tells whether a model is that one (corrhash.serve.corpus.index_for refuses another with an
+  OtherModelError). An index saved before this was recorded has only a folder path there, and is refused
+  the same way, unless overridden.
+* what a hit shows of each document (``shown``: {id: {"labels": [...]}} or {id: {"text": "..."}}), in the
+  .npz as the UTF-8 bytes of a JSON list in the order of ``ids`` (a uint8 array: no pickle), when there is any.
+
 The faiss index itself is never saved: faiss's reader is C++ that trusts the sizes in its file, which
 is not a format to open from someone else. The .npz keeps the IVF centroids (nlist codes); the lists
 are rebuilt from them on the first search after loading, which assigns every code to the same list
@@ -39,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from corrhash.atomic import atomic_open, atomic_write_text
-from corrhash.errors import DataError
+from corrhash.errors import CorrhashError, DataError
 from corrhash.retrieval import hamming_topk, packed_width, resolve_backend
 from corrhash.retrieval.codes import check_packed
 from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, import_faiss
@@ -57,16 +68,26 @@ CALIBRATION_K = 100
 CALIBRATION_QUERIES = 256
 TRAIN_POINTS_PER_LIST = 40  # faiss's k-means asks for at least 39 training points per centroid
 RECALL_DEFINITION = "tie-aware: a hit is correct if its distance <= the k-th exact distance of its query"
+SHOWN_ARRAY = "shown"  # the .npz array of what hits show: UTF-8 JSON, one entry (or null) per id
+
+
+class OtherModelError(CorrhashError):
+    """A saved index is searched with a model other than the one that built it (or one it cannot tell)."""
 
 
 class HammingIndex:
     def __init__(self, codes: np.ndarray, ids, bits: int, meta: dict | None = None, kind: str = "auto",
-                 seed: int = 0, calibration_queries: np.ndarray | None = None):
+                 seed: int = 0, calibration_queries: np.ndarray | None = None, shown: dict | None = None):
         """Index `codes` (packed uint8 rows) under `ids`. kind: "auto", "flat" or "ivf" (see the module);
         `seed` draws IVF's training sample and, unless `calibration_queries` (packed codes like the
-        queries to come, e.g. a validation split's) are given, its calibration queries from the codes."""
+        queries to come, e.g. a validation split's) are given, its calibration queries from the codes.
+        `meta` is what the sidecar records (its "model": the model's identity, see the module); `shown` what a
+        hit shows of each document ({id: {...}}, saved with the codes)."""
         self.codes, self.ids, self.bits = _checked(codes, ids, bits)
         self.meta = dict(meta or {})
+        if not isinstance(shown, (dict, type(None))):
+            raise DataError(f"shown must be a dict of id -> what a hit shows, got {type(shown).__name__}")
+        self.shown: dict = dict(shown or {})
         if "search" in self.meta:
             raise DataError("meta key 'search' is reserved for the index's search parameters")
         if kind not in KINDS:
@@ -92,6 +113,17 @@ class HammingIndex:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
 
+    @property
+    def model_identity(self) -> dict | None:
+        """The identity of the model that built the index (with its weights_sha256), None if it records none."""
+        identity = self.meta.get("model")
+        return identity if isinstance(identity, dict) and isinstance(identity.get("weights_sha256"), str) else None
+
+    def built_with(self, identity: dict) -> bool:
+        """Whether a model of this identity (HashingModel.identity) built the index: its weights' hash is the
+        one recorded. False for an index that records none."""
+        return self.model_identity is not None and self.model_identity["weights_sha256"] == identity["weights_sha256"]
+
     def search(self, query_codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(ids [q, k], Hamming distances [q, k]), nearest first; k is capped at len. Flat: exact, ties by
         index order. IVF: approximate, with the recall recorded in search_info."""
@@ -111,7 +143,8 @@ class HammingIndex:
         return self.ids[positions], distances
 
     def save(self, path: str | Path) -> Path:
-        """Write PATH (codes, ids, IVF centroids) and PATH.json (bits, size, search, meta), each atomically."""
+        """Write PATH (codes, ids, IVF centroids, what hits show) and PATH.json (bits, size, search, meta: the
+        model), each atomically."""
         path = Path(path)
         sidecar = path.with_suffix(".json")
         if path == sidecar:
@@ -120,6 +153,9 @@ class HammingIndex:
         arrays = {"codes": self.codes, "ids": self.ids}
         if self._centroids is not None:
             arrays["ivf_centroids"] = self._centroids
+        if self.shown:
+            entries = json.dumps([self.shown.get(doc_id) for doc_id in self.ids.tolist()], ensure_ascii=False)
+            arrays[SHOWN_ARRAY] = np.frombuffer(entries.encode("utf-8"), dtype=np.uint8)
         with atomic_open(path) as handle:
             np.savez(handle, **arrays)
         search = {"search": self.search_info} if self.search_info else {}
@@ -135,7 +171,7 @@ class HammingIndex:
         if not path.is_file() or not sidecar.is_file():
             raise DataError(f"{path}: no index there (need {path.name} and {sidecar.name})")
         meta = _read_sidecar(sidecar)
-        codes, ids, centroids = _read_arrays(path)
+        codes, ids, centroids, shown = _read_arrays(path)
         size = meta.pop("size", len(ids))
         if size != len(ids):
             raise DataError(f"{sidecar}: says {size} documents, but {path.name} holds {len(ids)} "
@@ -146,6 +182,7 @@ class HammingIndex:
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
         index._restore_search(search, centroids, path, sidecar)
+        index.shown = _read_shown(shown, index.ids, path)
         return index
 
     # ------------------------------------------------------------ IVF
@@ -300,9 +337,9 @@ def _read_sidecar(sidecar: Path) -> dict:
     return meta
 
 
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """codes, ids and IVF centroids (None if absent) of an .npz, never unpickling: object arrays and
-    pickle files are refused."""
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """codes, ids, IVF centroids and what hits show (None if absent) of an .npz, never unpickling: object arrays
+    and pickle files are refused."""
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -315,6 +352,26 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
             raise DataError(f"{path}: no {' or '.join(missing)} array; not a corrhash index")
         try:
             centroids = arrays["ivf_centroids"] if "ivf_centroids" in arrays.files else None
-            return arrays["codes"], arrays["ids"], centroids
+            shown = arrays[SHOWN_ARRAY] if SHOWN_ARRAY in arrays.files else None
+            return arrays["codes"], arrays["ids"], centroids, shown
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # ValueError: a pickled object array
             raise DataError(f"{path}: unreadable array ({exc})") from exc
+
+
+def _read_shown(array: np.ndarray | None, ids: np.ndarray, path: Path) -> dict:
+    """{id: what its hits show} from the .npz's shown array ({} if there is none); DataError if it is not a JSON
+    list of one object (or null) per id."""
+    if array is None:
+        return {}
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise DataError(f"{path}: the {SHOWN_ARRAY} array must be 1-D uint8 (UTF-8 JSON), got {array.dtype} "
+                        f"of shape {array.shape}")
+    try:
+        entries = json.loads(array.tobytes().decode("utf-8"))
+    except ValueError as exc:  # invalid JSON or not UTF-8
+        raise DataError(f"{path}: the {SHOWN_ARRAY} array is not UTF-8 JSON ({exc})") from exc
+    if not isinstance(entries, list) or len(entries) != len(ids) \
+            or not all(entry is None or isinstance(entry, dict) for entry in entries):
+        raise DataError(f"{path}: the {SHOWN_ARRAY} array must hold a JSON list of one object (or null) per id "
+                        f"({len(ids)})")
+    return {doc_id: entry for doc_id, entry in zip(ids.tolist(), entries) if entry is not None}

@@ -5,6 +5,7 @@ Serving reads model folders and imports no MLflow; this is the one place that fe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,6 +24,20 @@ def require_tracking_store(uri: str) -> None:
     if default.startswith("sqlite:///") and not Path(unquote(default[len("sqlite:///"):])).is_file():
         raise DataError(f"{uri}: no MLflow tracking store to resolve it; set MLFLOW_TRACKING_URI "
                         f"(no {default} here)")
+
+
+def resolve_alias(uri: str) -> dict:
+    """The registry version `models:/NAME@ALIAS` names now: {"registered_name", "registered_version", "model_id"}
+    (what an index built with the model records of it); a DataError naming the URI if there is none."""
+    require_tracking_store(uri)
+    name, alias = uri[len("models:/"):].split("@", 1)
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise DataError(f"{uri}: {' '.join(str(exc.message).split())}") from exc
+    logged = re.fullmatch(r"models:/(m-[0-9a-f]+)", version.source or "")  # MLflow 3 registers a logged model
+    return {"registered_name": name, "registered_version": str(version.version),
+            "model_id": version.model_id or (logged.group(1) if logged else None)}
 
 
 def download_artifacts(uri: str) -> Path:
