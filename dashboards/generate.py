@@ -22,6 +22,10 @@ OUT = HERE / "grafana"
 SESSION = 'SessionName=~"$SessionName"'
 RANK_0 = 'rank="0"'
 GPU_NOTE = "Needs a GPU node: a cluster without GPUs has no such series."
+SCHEMA_VERSION = 39
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+"""The object form Grafana itself exports at schemaVersion >= 33 (a plain "${datasource}" string is the pre-v33 form,
+which Grafana migrates only for dashboards that declare an older schemaVersion)."""
 
 
 @dataclass
@@ -124,7 +128,7 @@ SEARCH = [
 
 
 def variable(name: str, query: str, description: str) -> dict:
-    return {"name": name, "type": "query", "datasource": "${datasource}", "definition": query,
+    return {"name": name, "type": "query", "datasource": dict(DATASOURCE), "definition": query,
             "query": {"query": query, "refId": f"{name}-variable"}, "description": description,
             "includeAll": True, "multi": True, "allValue": ".+", "refresh": 2, "sort": 1, "hide": 0,
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": []}
@@ -143,12 +147,12 @@ def templating(job_variable: dict) -> dict:
 def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     return {
         "id": panel_id, "type": "timeseries", "title": panel.title, "description": panel.description,
-        "datasource": "${datasource}", "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
+        "datasource": dict(DATASOURCE), "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": panel.unit, "min": 0, "custom": {"lineWidth": 1, "fillOpacity": 0}},
                         "overrides": []},
         "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
                     "tooltip": {"mode": "multi", "sort": "desc"}},
-        "targets": [{"expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i), "datasource": "${datasource}"}
+        "targets": [{"expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i), "datasource": dict(DATASOURCE)}
                     for i, (expr, legend) in enumerate(panel.queries)],
     }
 
@@ -165,7 +169,7 @@ def dashboard(title: str, uid: str, rows: list[Row], job_variable: dict) -> dict
             panels.append(panel_json(panel, panel_id, x, y))
             panel_id, x = panel_id + 1, x + panel.width
         y += 8
-    return {"title": title, "uid": uid, "tags": ["corrhash"], "editable": True, "schemaVersion": 39,
+    return {"title": title, "uid": uid, "tags": ["corrhash"], "editable": True, "schemaVersion": SCHEMA_VERSION,
             "version": 1, "refresh": "10s", "time": {"from": "now-1h", "to": "now"}, "timezone": "",
             "graphTooltip": 1, "annotations": {"list": []}, "links": [], "templating": templating(job_variable),
             "panels": panels}

@@ -27,6 +27,8 @@ from services import BIN, auth_header, start_prometheus, stop, submit
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = REPO / "dashboards"
 SHIPPED_SD_FILE = "/tmp/ray/prom_metrics_service_discovery.json"
+PROMETHEUS_REF = {"type": "prometheus", "uid": "${datasource}"}
+"""A datasource reference as Grafana exports it at schemaVersion >= 33: the `datasource` variable's uid."""
 
 
 def generator():
@@ -53,18 +55,28 @@ def test_committed_dashboards_are_what_the_generator_writes():
 
 
 def test_every_panel_has_a_datasource_a_query_and_a_unit():
+    """Well formed, and every datasource (panel, target, query variable) is the object reference Grafana expects at
+    the declared schemaVersion."""
     boards = shipped()
     assert len(boards) == 2
     for name, board in boards.items():
         assert {"title", "uid", "panels", "templating", "schemaVersion"} <= board.keys(), name
+        # From schemaVersion 33 Grafana expects {"type", "uid"} datasource references and migrates the older
+        # string form ("${datasource}") only in dashboards declaring an older version (review F10).
+        assert board["schemaVersion"] >= 33, f"{name}: schemaVersion {board['schemaVersion']}"
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"] == PROMETHEUS_REF, f"{name}: variable {variable['name']}"
         ids = [panel["id"] for panel in board["panels"]]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
         assert panels(board), name
         for panel in panels(board):
             where = f"{name}: panel {panel['title']!r}"
-            assert panel["datasource"] == "${datasource}", where
+            assert panel["datasource"] == PROMETHEUS_REF, f"{where}: datasource {panel['datasource']!r}"
+            for target in panel["targets"]:
+                assert target["datasource"] == PROMETHEUS_REF, f"{where} [{target['refId']}]: {target['datasource']!r}"
             assert panel["fieldConfig"]["defaults"]["unit"], where
             assert panel["description"], where
             assert panel["targets"] and all(t["expr"].strip() and t["refId"] for t in panel["targets"]), where
