@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 import corrhash.atomic
 from corrhash.errors import CorrhashError
-from corrhash.report import paired_differences, summarise, write_report
+from corrhash.report import figures, paired_differences, summarise, write_report
 from corrhash.paper import paper_precision
 from corrhash.report.ablation import read_results
 
@@ -190,6 +190,23 @@ def test_rows_missing_a_key_or_no_rows_are_named(rows, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_closed_form_method_is_a_reference_line_in_the_learning_curves(rows):
+    # sph fits in closed form: one val precision (epoch 0), no epochs, at 64 bits over two seeds
+    rows += [row("sph", 64, s, 10, 0.6, curve=(0.6 + 0.02 * s,), epoch_seconds=None) for s in (0, 1)]
+    figure = figures.learning_curves(rows, AXES)
+    at64 = next(ax for ax in figure.axes if ax.get_title() == "reuters 64 bits")
+    lines = {line.get_label(): line for line in at64.get_lines()}
+    legend = [t.get_text() for t in at64.get_legend().get_texts()]
+    assert legend == ["sph rank=10 (closed form, no epochs)", "nash rank=10", "corrsh rank=0", "corrsh rank=10"]
+    assert all(len(lines[name].get_xdata()) >= 2 for name in legend)  # every entry in the legend is a visible line
+    reference = lines["sph rank=10 (closed form, no epochs)"]
+    assert list(reference.get_ydata()) == pytest.approx([0.61, 0.61]) and reference.get_linestyle() == "--"
+    assert list(reference.get_xdata()) == [1, 2]  # across the trained methods' epochs
+    # closed-form methods only: no learning curves to draw
+    closed = [r for r in rows if r["method"] == "sph"]
+    assert figures.learning_curves(closed, AXES) is None
+
+
 # ---------------------------------------------------------------- codes
 
 def codes_for(rows, n=60, bits=16):
@@ -200,11 +217,17 @@ def codes_for(rows, n=60, bits=16):
     return {r["cell"]: (centres[labels] ^ flips, labels) for r in rows[:2]}
 
 
-def test_codes_fall_back_to_pca_without_umap(rows, tmp_path, monkeypatch):
+def test_codes_fall_back_to_tsne_without_umap(rows, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)  # import umap raises ImportError
+    figure, method = figures.codes_projection(codes_for(rows), rows, AXES)
+    assert method == "t-SNE (scikit-learn, Hamming metric, random_state 0)"
+    assert " ".join(figure.get_suptitle().split()) == (
+        f"the codes, coloured by label {method}: umap-learn is not installed, so this is not the paper's UMAP; "
+        "`pip install corrhash[report]` gives UMAP")
     written = write_report(rows, tmp_path, name="t", axis_names=AXES, command="x", codes=codes_for(rows))
     assert written["umap_codes.png"].read_bytes()[:8] == PNG
-    assert "umap-learn is not installed, so this is not the paper's UMAP" in written["report.md"].read_text()
+    assert (f"- {method} of each cell's codes, coloured by label: umap-learn is not installed, so this is not the "
+            "paper's UMAP; `pip install corrhash[report]` gives UMAP") in written["report.md"].read_text()
 
 
 @pytest.mark.slow  # ~20 s on a busy 2-core machine: importing umap-learn and numba's first compilations

@@ -8,17 +8,21 @@ import base64
 import html
 import io
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
 from PIL import Image
 
 from badinput import job
 
 from corrhash.models import ModelConfig
-from corrhash.report.page import Codes, PageInput, Trial, build_page, importances, markdown_html
+from corrhash.report.figures import TSNE, project_codes
+from corrhash.report.page import (Codes, PageInput, Trial, build_page, curves_figure, importances,
+                                  importances_figure, markdown_html, trials_figure)
 from corrhash.runs.ablate import NODE_TAG
 from corrhash.runs.grid import load_grid
 from corrhash.runs.local import run_local
@@ -51,10 +55,10 @@ def tables(page: str) -> int:
     return page.count("<table>")
 
 
-def hand_made_trials() -> list[Trial]:
+def hand_made_trials(count: int = 8) -> list[Trial]:
     rng = np.random.default_rng(0)
     trials = []
-    for i in range(8):
+    for i in range(count):
         lr, rank = float(10 ** rng.uniform(-4, -2)), int(rng.integers(0, 17))
         trials.append(Trial(name=f"trial_{i}", run_id=f"r{i}", status="FINISHED", params={
             "lr": lr, "rank": rank, "energy_terms": bool(i % 2)}, best_val=0.3 + 20 * lr + 0.001 * rank,
@@ -84,6 +88,84 @@ def test_a_run_page_has_its_curves_table_images_and_header():
     assert "Codes map" in page and "60 of 60 test documents" in page
     # self-contained: no script, no stylesheet or image fetched from anywhere
     assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)
+
+
+def test_the_run_table_has_no_empty_header_and_counts_print_as_integers():
+    page = build_page(PageInput(title="r", run_id="abc", mlflow_uri="u", command="c", metrics={
+        "best_epoch": 17.0, "epoch": 20.0, "test_precision_at_100": 1.0, "fit_seconds": 3.0, "loss": 75.25}))
+    assert "<caption>run</caption><tbody><tr><td>run id</td><td>abc</td></tr>" in page
+    assert "<th></th>" not in page
+    assert "<td>best_epoch</td><td>17</td>" in page and "<td>epoch</td><td>20</td>" in page
+    # not counts: a float stays a float, whatever its value
+    assert "<td>test_precision_at_100</td><td>1.0000</td>" in page and "<td>fit_seconds</td><td>3.0000</td>" in page
+    assert "<td>loss</td><td>75.2500</td>" in page
+
+
+def test_the_loss_terms_panel_gives_kl_its_own_axis():
+    curves = {"loss": [(1, 400.0), (2, 380.0)], "recon": [(1, 357.0), (2, 340.0)], "kl": [(1, 43.0), (2, 40.0)],
+              "val_precision": [(1, 0.4), (2, 0.5)]}
+    figure = curves_figure(curves)
+    losses, precision, kl = figure.axes  # two panels, then the loss panel's twin
+    assert kl.get_shared_x_axes().joined(kl, losses) and kl.yaxis.get_label_position() == "right"
+    assert [line.get_label() for line in losses.get_lines()] == ["loss", "recon"]
+    assert [list(line.get_ydata()) for line in kl.get_lines()] == [[43.0, 40.0]]
+    assert kl.get_ylim()[1] < 100 < losses.get_ylim()[0]  # KL spans its own axis, not a flat line at the bottom
+    assert [t.get_text() for t in losses.get_legend().get_texts()] == ["loss", "recon", "kl (right axis)"]
+    assert [line.get_label() for line in precision.get_lines()] == ["val_precision"]
+    # KL alone needs no second axis
+    assert len(curves_figure({"kl": curves["kl"]}).axes) == 1
+
+
+def test_a_log_scale_param_is_labelled_at_powers_of_ten_only():
+    trials = [Trial(f"t{i}", f"r{i}", "FINISHED", {"lr": lr, "rank": i}, 0.5 + 100 * lr, 10)
+              for i, lr in enumerate([2e-4, 3e-4, 4e-4, 6e-4])]  # within one decade: the F14 screenshot
+    figure = trials_figure(trials, {"lr": "loguniform:1e-4:1e-3", "rank": "randint:0:16"})
+    lr, rank = figure.axes
+    assert lr.get_xscale() == "log" and rank.get_xscale() == "linear"
+    assert isinstance(lr.xaxis.get_major_formatter(), LogFormatterSciNotation)
+    assert lr.xaxis.get_major_formatter().labelOnlyBase
+    assert isinstance(lr.xaxis.get_minor_formatter(), NullFormatter)
+    figure.draw_without_rendering()
+    low, high = lr.get_xlim()
+    shown = [t.get_text() for t in lr.get_xticklabels(which="both") if t.get_text() and low <= t.get_position()[0]
+             <= high]
+    assert shown == ["$\\mathdefault{10^{-4}}$", "$\\mathdefault{10^{-3}}$"]  # the searched range's decades
+
+
+def test_importances_from_few_trials_carry_a_caveat():
+    few = build_page(PageInput(title="t", run_id="p", mlflow_uri="u", command="c", kind="tune", space=SPACE,
+                               trials=hand_made_trials(4)))
+    assert "over 4 trials&#x27; best val precision (n &lt; 10: indicative only)" in few
+    many = build_page(PageInput(title="t", run_id="p", mlflow_uri="u", command="c", kind="tune", space=SPACE,
+                                trials=hand_made_trials(12)))
+    assert "over 12 trials" in many and "indicative only" not in many
+    values = importances(hand_made_trials(4), SPACE)
+    assert importances_figure(values, 4).axes[0].get_title() == "over 4 trials (n < 10: indicative only)"
+    assert importances_figure(values, 12).axes[0].get_title() == "over 12 trials"
+
+
+def clustered_codes(n: int = 120, bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Codes around 4 random centres (each bit flipped with probability 0.05) and their centre's label."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=n)
+    return (rng.random((4, bits)) < 0.5)[labels] ^ (rng.random((n, bits)) < 0.05), labels
+
+
+def test_without_umap_the_codes_map_is_scikit_learns_tsne_and_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # import umap raises ImportError, as without corrhash[report]
+    codes, labels = clustered_codes()
+    xy, method = project_codes(codes)
+    assert method == TSNE == "t-SNE (scikit-learn, Hamming metric, random_state 0)"
+    assert xy.shape == (120, 2) and np.isfinite(xy).all()
+    # a neighbourhood map: each code's nearest point on the map has its label
+    distances = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.diag(np.full(len(xy), np.inf))
+    assert np.mean(labels[distances.argmin(axis=1)] == labels) > 0.95
+    assert project_codes(codes[:2])[0].shape == (2, 2)  # too few points to embed: still two coordinates each
+    page = build_page(PageInput(title="r", run_id="r", mlflow_uri="u", command="c",
+                                codes=Codes(codes, labels, None, "hand-made")))
+    assert ("t-SNE (scikit-learn, Hamming metric, random_state 0): umap-learn is not installed, so this is not "
+            "the paper&#x27;s UMAP; `pip install corrhash[report]` gives UMAP") in page
+    assert len(pngs(page)) == 1
 
 
 def test_text_from_a_run_is_escaped():

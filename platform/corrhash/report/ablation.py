@@ -234,7 +234,7 @@ def write_report(rows: list[dict], folder: str | Path, *, name: str, axis_names:
 
     `rows`: one dict per cell with the keys of COLUMNS and each name in `axis_names`; `command`: the command
     line that ran the ablation (a list is quoted with shlex.join); `codes`: {cell id: (bool codes [n, bits],
-    int labels [n])} for the 2-D projection of codes (UMAP, or PCA where umap-learn is missing)."""
+    int labels [n])} for the 2-D projection of codes (UMAP, or scikit-learn's t-SNE where umap-learn is missing)."""
     _check_rows(rows, axis_names, name)
     files = {"results.parquet": _parquet_bytes(rows, axis_names)}
     summary = summarise(rows, axis_names)

@@ -4,6 +4,7 @@ cluster nodes or in tests."""
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -130,23 +131,32 @@ def _mean_std_by_epoch(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarra
 
 def learning_curves(rows: list[dict], axis_names: Sequence[str]) -> Figure | None:
     """Val precision per epoch, mean ± std over seeds, a line per configuration and a panel per dataset and
-    bits (does CorrSH converge faster?); None when no cell recorded a curve."""
+    bits (does CorrSH converge faster?). A closed-form method (SpH, STH, LSH: one val precision, no epochs) is
+    a dashed horizontal line at its mean over seeds, a reference for the trained ones. None when no cell
+    recorded a curve over epochs."""
     keys = config_keys(axis_names)
     curves: dict[tuple, list[list[float]]] = defaultdict(list)
     for row in rows:
         if row["val_curve"]:
             curves[config_of(row, keys)].append(list(row["val_curve"]))
-    if not curves:
+    if not any(len(curve) > 1 for config_curves in curves.values() for curve in config_curves):
         return None
     configs = sort_configs(curves, keys, datasets_of(rows))
     panel_keys = list(dict.fromkeys((c[0], c[2]) for c in configs))
     figure, axes = _panels(len(panel_keys))
     panels = dict(zip(panel_keys, axes))
+    longest = {key: max((len(curve) for c in configs if (c[0], c[2]) == key for curve in curves[c]))
+               for key in panel_keys}
     for config in configs:
         ax = panels[(config[0], config[2])]
+        setting = {k: v for k, v in zip(keys, config) if k not in ("dataset", "bits")}
+        if all(len(curve) == 1 for curve in curves[config]):
+            value = float(np.mean([curve[0] for curve in curves[config]]))
+            ax.plot([1, max(2, longest[(config[0], config[2])])], [value, value], linestyle="--", linewidth=1,
+                    label=f"{label(setting)} (closed form, no epochs)")
+            continue
         mean, std = _mean_std_by_epoch(curves[config])
         epochs = np.arange(1, len(mean) + 1)
-        setting = {k: v for k, v in zip(keys, config) if k not in ("dataset", "bits")}
         ax.plot(epochs, mean, label=label(setting))
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
     for (dataset, bits), ax in panels.items():
@@ -155,40 +165,59 @@ def learning_curves(rows: list[dict], axis_names: Sequence[str]) -> Figure | Non
     return figure
 
 
-def project_codes(codes: np.ndarray) -> tuple[np.ndarray, bool]:
-    """2-D coordinates of binary codes and whether UMAP made them: UMAP with the Hamming metric and a fixed
-    random_state, as the paper's Figure 2; a PCA projection where umap-learn is not installed."""
+UMAP = "UMAP (Hamming metric, random_state 0)"
+TSNE = "t-SNE (scikit-learn, Hamming metric, random_state 0)"
+WITHOUT_UMAP = ("umap-learn is not installed, so this is not the paper's UMAP; "
+                "`pip install corrhash[report]` gives UMAP")
+
+
+def method_title(method: str, width: int = 70) -> str:
+    """A figure title's line naming the projection, and why it is not UMAP where it is not, wrapped to fit."""
+    return method if method == UMAP else textwrap.fill(f"{method}: {WITHOUT_UMAP}", width, break_on_hyphens=False)
+
+
+def project_codes(codes: np.ndarray) -> tuple[np.ndarray, str]:
+    """2-D coordinates of binary codes and the method that made them (UMAP or TSNE above): UMAP with the Hamming
+    metric and a fixed random_state, as the paper's Figure 2, where umap-learn (the `corrhash[report]` extra) is
+    installed; otherwise scikit-learn's t-SNE with the same metric and seed (a neighbourhood map too, ~8 s for
+    2,000 codes on one core)."""
+    codes = np.asarray(codes, dtype=bool)
+    if len(codes) < 3:  # nothing to embed: t-SNE needs a perplexity below the number of points
+        return np.column_stack([np.arange(len(codes), dtype=np.float64), np.zeros(len(codes))]), TSNE
     try:
         import umap
     except ImportError:
-        centred = codes.astype(np.float64) - codes.mean(axis=0)
-        _, _, components = np.linalg.svd(centred, full_matrices=False)
-        xy = centred @ components[:2].T
-        return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1]))), False
+        from sklearn.manifold import TSNE as SklearnTSNE
+
+        # Perplexity (the effective number of neighbours) must stay below the number of points.
+        tsne = SklearnTSNE(n_components=2, metric="hamming", init="pca", random_state=0,
+                           perplexity=min(30.0, (len(codes) - 1) / 3))
+        with warnings.catch_warnings():  # e.g. a degenerate PCA initialisation of identical codes
+            warnings.simplefilter("ignore")
+            return tsne.fit_transform(codes.astype(np.float32)), TSNE
     with warnings.catch_warnings():  # "n_jobs overridden to 1 by setting random_state": the price of repeatability
         warnings.simplefilter("ignore", UserWarning)
         reducer = umap.UMAP(n_components=2, metric="hamming", random_state=0,
                             n_neighbors=max(2, min(15, len(codes) - 1)))
-        return reducer.fit_transform(codes.astype(np.float32)), True
+        return reducer.fit_transform(codes.astype(np.float32)), UMAP
 
 
-def codes_projection(codes: dict[str, tuple], rows: list[dict], axis_names: Sequence[str]) -> tuple[Figure, bool]:
+def codes_projection(codes: dict[str, tuple], rows: list[dict], axis_names: Sequence[str]) -> tuple[Figure, str]:
     """One panel per cell in `codes` ({cell id: (bool codes [n, bits], int labels [n])}): its codes in 2-D
-    coloured by label. Returns the figure and whether UMAP (not the PCA fallback) drew it."""
+    coloured by label. Returns the figure and the method that drew it (UMAP or TSNE)."""
     keys = [*config_keys(axis_names)[:3], "seed", *axis_names]
     by_cell = {row["cell"]: row for row in rows}
     figure, axes = _panels(len(codes), columns=4, size=(4.0, 4.0))
-    used_umap = True
+    method = UMAP
     for ax, (cell, (cell_codes, labels)) in zip(axes, codes.items()):
-        xy, used_umap = project_codes(np.asarray(cell_codes, dtype=bool))
+        xy, method = project_codes(np.asarray(cell_codes, dtype=bool))
         ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab20", s=3)
         row = by_cell.get(cell)
         ax.set_title(label({k: row[k] for k in keys}) if row else cell, fontsize="small")
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.suptitle("UMAP (Hamming) of the codes, coloured by label" if used_umap
-                    else "PCA of the codes, coloured by label (umap-learn not installed: not the paper's UMAP)")
-    return figure, used_umap
+    figure.suptitle(f"the codes, coloured by label\n{method_title(method)}")
+    return figure, method
 
 
 def draw_all(rows: list[dict], summary: list[dict], epoch_summary: list[dict], axis_names: Sequence[str],
@@ -206,12 +235,10 @@ def draw_all(rows: list[dict], summary: list[dict], epoch_summary: list[dict], a
               "seconds per epoch per configuration", "time_per_epoch.png left out: no cell recorded epoch times")
     drawn.add("learning_curves.png", learning_curves(rows, axis_names),
               "val precision per epoch, mean ± std over seeds",
-              "learning_curves.png left out: no cell recorded a val curve")
+              "learning_curves.png left out: no cell recorded a val curve over epochs")
     if codes:
-        figure, used_umap = codes_projection(codes, rows, axis_names)
+        figure, method = codes_projection(codes, rows, axis_names)
         drawn.add("umap_codes.png", figure,
-                  "UMAP (Hamming metric, random_state 0) of each cell's codes, coloured by label (the paper's "
-                  "Figure 2)" if used_umap else
-                  "PCA projection of each cell's codes, coloured by label: umap-learn is not installed, so this "
-                  "is not the paper's UMAP", "")
+                  f"{UMAP} of each cell's codes, coloured by label (the paper's Figure 2)" if method == UMAP else
+                  f"{method} of each cell's codes, coloured by label: {WITHOUT_UMAP}", "")
     return drawn

@@ -25,15 +25,21 @@ from typing import Sequence
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
 from corrhash.atomic import atomic_write_text
 from corrhash.report.ablation import write_report
-from corrhash.report.figures import project_codes
+from corrhash.report.figures import UMAP, WITHOUT_UMAP, method_title, project_codes
 
 LOSS_TERMS = ("loss", "recon", "kl", "neighbour")  # neighbour: the -nbr models' pairwise term, where present
 CURVE_COLUMNS = ("loss", "recon", "kl", "neighbour", "kl_weight", "val_precision", "best_val_precision", "docs_per_s")
 IMPORTANCE_EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
+FEW_TRIALS = 10
+"""Importances over fewer scored trials than this carry the caveat below."""
+FEW_TRIALS_CAVEAT = f"n < {FEW_TRIALS}: indicative only"
+COUNT_METRIC = re.compile(r"(^|_)(epochs?|steps?|trials|bits)(_run)?$|^(num|n)_")
+"""Final metrics that count something (best_epoch, epochs_run, ...): MLflow stores every metric as a float, the
+page prints these as integers (17, not 17.0000)."""
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}
@@ -118,11 +124,18 @@ def fmt(value) -> str:
     return str(value)
 
 
-def table(header: Sequence, rows: Sequence[Sequence], caption: str = "") -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+def table(header: Sequence | None, rows: Sequence[Sequence], caption: str = "") -> str:
+    """An HTML table; header None for a key/value table (no header row)."""
+    head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{esc(fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
     title = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{title}{head}<tbody>{body}</tbody></table>"
+
+
+def metric_rows(metrics: dict) -> list[list]:
+    """[[name, value]] by name, counts (COUNT_METRIC) with an integer value as integers."""
+    return [[name, int(value) if COUNT_METRIC.search(name) and isinstance(value, float) and value.is_integer()
+             else value] for name, value in sorted(metrics.items())]
 
 
 def png_data_uri(png: bytes) -> str:
@@ -150,8 +163,15 @@ def _note(text: str) -> str:
 # ---- learning curves ----------------------------------------------------------------------------------------
 
 
+def _plot_curve(ax, points: list, name: str, color=None):
+    return ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name,
+                   color=color)[0]
+
+
 def curves_figure(curves: dict) -> Figure | None:
-    """Panels: the loss terms, the KL weight, val precision (and best so far) per epoch; None without epochs."""
+    """Panels: the loss terms, the KL weight, val precision (and best so far) per epoch; None without epochs.
+    KL has its own (right-hand) axis in the loss-terms panel: it is an order of magnitude below the loss and
+    the reconstruction term, and on their axis it would be a flat line."""
     panels = [(names, ylabel) for names, ylabel in ((LOSS_TERMS, "loss terms"), (("kl_weight",), "KL weight"),
                                                      (("val_precision", "best_val_precision"), "val precision"))
               if any(curves.get(n) for n in names)]
@@ -159,13 +179,18 @@ def curves_figure(curves: dict) -> Figure | None:
         return None
     figure = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
     for ax, (names, ylabel) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
-        for name in names:
-            points = curves.get(name) or []
-            if points:
-                ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
-        ax.set(xlabel="epoch", ylabel=ylabel)
+        drawn = [n for n in names if curves.get(n)]
+        twin = "kl" in drawn and len(drawn) > 1
+        lines = [_plot_curve(ax, curves[n], n) for n in drawn if not (twin and n == "kl")]
+        ax.set(xlabel="epoch", ylabel=" / ".join(n for n in drawn if n != "kl") if twin else ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize="small")
+        if twin:
+            kl_ax = ax.twinx()
+            color = f"C{len(lines)}"  # the colour the next line on `ax` would have had
+            lines.append(_plot_curve(kl_ax, curves["kl"], "kl (right axis)", color))
+            kl_ax.set_ylabel("kl", color=color)
+            kl_ax.tick_params(axis="y", colors=color)
+        ax.legend(lines, [line.get_label() for line in lines], fontsize="small")
     return figure
 
 
@@ -225,10 +250,27 @@ def trials_figure(trials: list[Trial], space: dict) -> Figure | None:
             if chosen:
                 ax.scatter([x for x, _ in chosen], [y for _, y in chosen], marker=marker, label=text)
         if _log_scale(space[name]) and all(_is_number(v) and v > 0 for v in values):
-            ax.set_xscale("log")
+            _log_axis(ax, space[name], values)
         ax.set(xlabel=name, ylabel="best val precision")
         ax.legend(fontsize="x-small")
     return figure
+
+
+def _log_axis(ax, spec: str, values: list) -> None:
+    """A log x axis over the searched range (the spec's bounds, widened to the values) out to whole decades,
+    labelled at the powers of ten only: matplotlib's default labels minor ticks when the data span less than a
+    decade or so, and at 2e-4 ... 6e-4 those labels run together."""
+    try:
+        bounds = [float(b) for b in str(spec).split(":")[1:3]]
+    except ValueError:
+        bounds = []
+    low, high = min([*values, *(b for b in bounds if b > 0)]), max([*values, *bounds])
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** math.floor(math.log10(low)) / 1.25, 10 ** math.ceil(math.log10(high)) * 1.25)
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(LogFormatterSciNotation(base=10, labelOnlyBase=True))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _distribution(spec: str, values: list):
@@ -250,13 +292,18 @@ def _distribution(spec: str, values: list):
     return optuna.distributions.CategoricalDistribution(sorted({str(v) for v in values}))
 
 
+def scored_trials(trials: list[Trial], space: dict) -> list[Trial]:
+    """The trials importances are computed over: those with a val precision and every searched value."""
+    return [t for t in trials if t.best_val is not None and all(n in t.params for n in space)]
+
+
 def importances(trials: list[Trial], space: dict) -> dict[str, float]:
     """Each searched param's importance for the trials' best val precision: an Optuna study rebuilt from the
     trials (optuna.trial.create_trial + Study.add_trial) and PED-ANOVA, which needs no extra package (fANOVA
     and mean-decrease-impurity need scikit-learn's forests). {} with fewer than two scored trials."""
     import optuna
 
-    scored = [t for t in trials if t.best_val is not None and all(n in t.params for n in space)]
+    scored = scored_trials(trials, space)
     if len(scored) < 2 or not space:
         return {}
     distributions = {n: _distribution(space[n], [t.params[n] for t in scored]) for n in space}
@@ -271,14 +318,16 @@ def importances(trials: list[Trial], space: dict) -> dict[str, float]:
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
 
 
-def importances_figure(values: dict[str, float]) -> Figure:
-    figure = Figure(figsize=(6, 1.2 + 0.4 * len(values)), layout="constrained")
+def importances_figure(values: dict[str, float], trials: int) -> Figure:
+    """Bars of the importances over `trials` scored trials; the title carries the caveat below FEW_TRIALS."""
+    figure = Figure(figsize=(6, 1.5 + 0.4 * len(values)), layout="constrained")
     ax = figure.subplots()
     names = list(values)
     ax.barh(range(len(names)), [values[n] for n in names])
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set(xlabel="importance (PED-ANOVA, sums to 1)")
+    ax.set(xlabel="importance (PED-ANOVA, sums to 1)",
+           title=f"over {trials} trials" + (f" ({FEW_TRIALS_CAVEAT})" if trials < FEW_TRIALS else ""))
     return figure
 
 
@@ -337,9 +386,11 @@ def tune_section(page: PageInput) -> str:
         parts.append(image(figure_png(figure), "trials against parameters"))
     values = importances(trials, page.space)
     if values:
+        scored = len(scored_trials(trials, page.space))
+        caveat = f" ({FEW_TRIALS_CAVEAT})" if scored < FEW_TRIALS else ""
         parts.append("<h3>Parameter importances</h3>")
-        parts.append(_note(f"Evaluator: {IMPORTANCE_EVALUATOR}, over the trials' best val precision."))
-        parts.append(image(figure_png(importances_figure(values)), "parameter importances"))
+        parts.append(_note(f"Evaluator: {IMPORTANCE_EVALUATOR}, over {scored} trials' best val precision{caveat}."))
+        parts.append(image(figure_png(importances_figure(values, scored)), "parameter importances"))
         parts.append(table(["parameter", "importance"], [[n, float(v)] for n, v in values.items()],
                            "parameter importances"))
     else:
@@ -409,14 +460,15 @@ def ablation_section(page: PageInput) -> str:
 # ---- the codes map ------------------------------------------------------------------------------------------
 
 
-def codes_figure(codes: Codes, sample: int, seed: int = 0) -> tuple[Figure, bool, int]:
-    """The codes in 2-D (report.figures' projection: UMAP with the Hamming metric, PCA without umap-learn),
-    coloured by label, on a seeded sample of at most `sample` documents; (figure, used UMAP, points drawn)."""
+def codes_figure(codes: Codes, sample: int, seed: int = 0) -> tuple[Figure, str, int]:
+    """The codes in 2-D (report.figures' projection: UMAP with the Hamming metric, scikit-learn's t-SNE without
+    umap-learn), coloured by label, on a seeded sample of at most `sample` documents; (figure, the method that
+    drew it, points drawn)."""
     bits, labels = np.asarray(codes.bits, dtype=bool), np.asarray(codes.labels)
     if len(bits) > sample:
         keep = np.sort(np.random.default_rng(seed).choice(len(bits), size=sample, replace=False))
         bits, labels = bits[keep], labels[keep]
-    xy, used_umap = project_codes(bits)
+    xy, method = project_codes(bits)
     figure = Figure(figsize=(7.5, 6), layout="constrained")
     ax = figure.subplots()
     for label in np.unique(labels):
@@ -427,8 +479,8 @@ def codes_figure(codes: Codes, sample: int, seed: int = 0) -> tuple[Figure, bool
         ax.legend(fontsize="x-small", markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{'UMAP (Hamming)' if used_umap else 'PCA'} of {len(bits)} test codes, coloured by label")
-    return figure, used_umap, len(bits)
+    ax.set_title(f"{len(bits)} test codes, coloured by label\n{method_title(method, 60)}", fontsize="medium")
+    return figure, method, len(bits)
 
 
 def _tab20(index: int):
@@ -436,9 +488,8 @@ def _tab20(index: int):
 
 
 def codes_section(page: PageInput, sample: int) -> str:
-    figure, used_umap, drawn = codes_figure(page.codes, sample)
-    how = ("UMAP with the Hamming metric and random_state 0, as the paper's Figure 2" if used_umap else
-           "a PCA projection: umap-learn is not installed, so this is not the paper's UMAP")
+    figure, method, drawn = codes_figure(page.codes, sample)
+    how = f"{method}, as the paper's Figure 2" if method == UMAP else f"{method}: {WITHOUT_UMAP}"
     caption = (f"{drawn} of {len(page.codes.bits)} test documents' {page.codes.bits.shape[1]}-bit codes, "
                f"coloured by their first label; {how}. {page.codes.source}")
     return _section("Codes map", _note(caption), image(figure_png(figure), "2-D map of the codes"))
@@ -450,11 +501,11 @@ def codes_section(page: PageInput, sample: int) -> str:
 def build_page(page: PageInput, codes_sample: int = 2000) -> str:
     """The whole HTML document."""
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    head = table(["", ""], [["run id", page.run_id], ["kind", page.kind], ["MLflow URI", page.mlflow_uri],
-                            ["generated", generated]], "run")
+    head = table(None, [["run id", page.run_id], ["kind", page.kind], ["MLflow URI", page.mlflow_uri],
+                        ["generated", generated]], "run")
     parts = [f"<h1>{esc(page.title)}</h1>", head, f"<p>Command that made this page:</p><pre>{esc(page.command)}</pre>"]
     if page.metrics:
-        parts.append(_section("Final metrics", table(["metric", "value"], sorted(page.metrics.items()))))
+        parts.append(_section("Final metrics", table(["metric", "value"], metric_rows(page.metrics))))
     if page.kind != "ablation":
         parts.append(curves_section(page))
     if page.kind == "tune":
