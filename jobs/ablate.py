@@ -16,7 +16,6 @@ without a FINISHED run; a lost node's cells are rerun by Ray, each recorded exac
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run
 
 import yaml  # noqa: E402
 
-from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError  # noqa: E402
 from corrhash.runs.ablate import AblateOptions  # noqa: E402
 from corrhash.runs.grid import load_grid  # noqa: E402
@@ -58,7 +57,7 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[AblateJob, AblateOptions]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, AblateJob, "grid")
     add_dataclass_args(parser, AblateOptions, "Ray and MLflow")
     args = parser.parse_args(argv)

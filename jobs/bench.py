@@ -42,7 +42,7 @@ from corrhash.bench.report import markdown  # noqa: E402
 from corrhash.bench.search import search_throughput  # noqa: E402
 from corrhash.bench.synthetic import TMC_FEATURES, TMC_NNZ_PER_ROW, TMC_TRAIN, TMC_VAL, tmc_shaped_corpus  # noqa: E402
 from corrhash.bench.training import COMPILE_MODES, compare_compile, compare_epochs, profile_step  # noqa: E402
-from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.data import TfidfShards  # noqa: E402
 from corrhash.train import resolve_device  # noqa: E402
 
@@ -209,7 +209,7 @@ def scale_main(argv) -> int:
 
 
 def parse_args(argv=None) -> BenchOptions:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, BenchOptions, "benchmark")
     return dataclass_from_args(BenchOptions, parser.parse_args(argv))
 

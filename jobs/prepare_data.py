@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.data import PrepareConfig, prepare  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PrepareConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, PrepareConfig, "corpus and output")
     where = parser.add_argument_group("where it runs (not part of the output: both give the same files)")
     where.add_argument("--ray", action="store_true",

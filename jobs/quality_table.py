@@ -6,7 +6,6 @@ Example: python jobs/quality_table.py runs/quality/*/results.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -14,11 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
+from corrhash.cli import JobParser  # noqa: E402
 from corrhash.paper import METHOD_ORDER, paper_precision  # noqa: E402
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     parser.add_argument("results", nargs="+", type=Path, help="results.json files written by jobs/train.py or jobs/tune.py")
     args = parser.parse_args(argv)
     rows = defaultdict(dict)

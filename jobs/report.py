@@ -9,13 +9,13 @@ The page has the run's final metrics and params; learning curves (loss terms, KL
 epoch; a tune's best trial); for a tune parent each trial's best val precision against every searched
 hyper-parameter, their importances (PED-ANOVA over an Optuna study rebuilt from the trials) and a trials table;
 for an ablation parent its report (paper-shaped tables, paired comparisons, figures); and a 2-D map (UMAP,
-Hamming metric) of the model's test codes coloured by label, when the run's data folder is on this machine.
+Hamming metric, with the `corrhash[report]` extra; scikit-learn's t-SNE without it, named on the page) of the
+model's test codes coloured by label, when the run's data folder is on this machine.
 The page is logged to the run as the artifact report/report.html, so it opens from the MLflow UI.
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import tempfile
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError  # noqa: E402
 from corrhash.log import log  # noqa: E402
 
@@ -86,7 +86,7 @@ def render(job: ReportJob, command: str) -> Path:
     for note in page.notes:
         log(note)
     out = job.out or Path(f"report-{run_id}.html")
-    log(f"drawing the page (UMAP on at most {job.umap_sample} codes)")
+    log(f"drawing the page (a 2-D map of at most {job.umap_sample} codes)")
     write_page(page, out, codes_sample=job.umap_sample)
     log(f"wrote {out}")
     if job.log_artifact:
@@ -96,7 +96,7 @@ def render(job: ReportJob, command: str) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, ReportJob, "report")
     args = parser.parse_args(argv)
     # The command line as typed (a call of main(argv) from Python is shown as the equivalent command).

@@ -34,7 +34,6 @@ are answered --batch at a time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -44,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
+from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
 from corrhash.errors import ConfigError, DataError  # noqa: E402
 from corrhash.runs.metrics import exporting  # noqa: E402
 from corrhash.serve.corpus import read_text  # noqa: E402
@@ -113,7 +112,7 @@ class SearchOptions:
 
 
 def parse_args(argv: list[str] | None = None) -> SearchOptions:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, SearchOptions, "search")
     return dataclass_from_args(SearchOptions, parser.parse_args(argv))
 

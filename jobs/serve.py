@@ -3,7 +3,8 @@
 Examples:
   python jobs/serve.py --model models:/corrhash-20ng-64b@champion --index idx.npz
   python jobs/serve.py --model runs:/RUN_ID/model --corpus data/20ng --split train --replicas 2 --port 8001
-  curl -s localhost:8000/search -d '{"texts": ["the shuttle launch was delayed"], "k": 5}'
+  curl -s localhost:8000/search -H 'Content-Type: application/json' \\
+    -d '{"texts": ["the shuttle launch was delayed"], "k": 5}'
 
 Endpoints (JSON in and out):
   POST /search  {"texts": [...], "k": 10}  ->  {"k", "results": [{"query": i, "in_vocabulary": n, "hits":
@@ -12,8 +13,10 @@ Endpoints (JSON in and out):
                 from (an index saved by an older corrhash keeps none), as in jobs/search.py
   POST /encode  {"texts": [...]}  ->  {"bits", "codes": [hex of the packed code bytes], "in_vocabulary"}
   GET  /healthz ->  {"status": "ok", "model", "bits", "documents"}
+  GET  /docs, /openapi.json  ->  the API's documentation and OpenAPI schema (FastAPI's)
 A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body over --max-body-bytes,
-422 a field of the wrong type or out of range (the message names it), 404 and 405.
+415 a body not sent as Content-Type: application/json, 422 a field of the wrong type or out of range (the
+message names it), 404 and 405.
 
 The model and the index are loaded here, once (--model as for jobs/search.py; --index a saved index, or
 --corpus hashed now into an index of --index-kind, as in jobs/search.py), and handed to each replica as built,
@@ -34,7 +37,6 @@ dashboards/README.md), job_name = --model.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -43,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
+from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
 from corrhash.errors import ConfigError, DataError  # noqa: E402
 from corrhash.runs.serving import Limits, ServeOptions  # noqa: E402
 from corrhash.serve.corpus import describe, index_for  # noqa: E402
@@ -115,7 +117,7 @@ class ServeJobOptions:
 
 
 def parse_args(argv: list[str] | None = None) -> ServeJobOptions:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, ServeJobOptions, "serve")
     return dataclass_from_args(ServeJobOptions, parser.parse_args(argv))
 

@@ -9,20 +9,19 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.data.synthetic_text import SynthConfig, write_corpus  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> SynthConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, SynthConfig, "corpus and output")
     return dataclass_from_args(SynthConfig, parser.parse_args(argv))
 

@@ -18,7 +18,6 @@ running the same --name again resumes. The final model is logged to MLflow as a 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import signal
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.data.uri import absolute  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig  # noqa: E402
@@ -45,7 +44,7 @@ class TrainJobOptions:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, JobInputs, "data, model family and output")
     add_dataclass_args(parser, TrainJobOptions, "how to run")
     add_dataclass_args(parser, ModelConfig, "model", skip=("name", "seed"))

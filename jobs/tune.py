@@ -20,7 +20,6 @@ Starting the same --name again resumes an interrupted search.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import signal
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
-from corrhash.cli import CLI, add_dataclass_args, dataclass_from_args  # noqa: E402
+from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.data.uri import absolute  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError  # noqa: E402
 from corrhash.models import ModelConfig  # noqa: E402
@@ -61,7 +60,7 @@ class SpaceOptions:
 
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(__doc__)
     add_dataclass_args(parser, JobInputs, "data, model family and output")
     add_dataclass_args(parser, SpaceOptions, "search space")
     add_dataclass_args(parser, TuneOptions, "search, Ray and MLflow")

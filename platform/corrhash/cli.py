@@ -12,13 +12,36 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import logging
 import sys
 import textwrap
 import typing
 
 from corrhash.errors import CorrhashError
+from corrhash.log import quiet_dependencies, set_level
 
 CLI = "cli"  # the dataclasses.field metadata key read here
+
+
+class JobParser(argparse.ArgumentParser):
+    """A job's parser: the job's docstring as its help page, and the output options every job has
+    (`--quiet`, `--verbose`), applied as soon as the command line is parsed."""
+
+    def __init__(self, doc: str | None, **kwargs):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        group = self.add_argument_group("output").add_mutually_exclusive_group()
+        group.add_argument("-q", "--quiet", action="store_true", dest="JobParser.quiet",
+                           help="only warnings and errors on stderr: no progress lines or bars")
+        group.add_argument("-v", "--verbose", action="store_true", dest="JobParser.verbose",
+                           help="also debug lines, and Ray Train's own INFO lines (per-rank reports, checkpoints)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, rest = super().parse_known_args(args, namespace)
+        options = vars(namespace)
+        set_level(logging.WARNING if options.get("JobParser.quiet") else
+                  logging.DEBUG if options.get("JobParser.verbose") else logging.INFO)
+        quiet_dependencies()
+        return namespace, rest
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -1,11 +1,71 @@
-"""Progress output for long work: one timestamped line per step, on stderr."""
+"""Progress output for long work, through stdlib logging: the `corrhash` logger, one line per step on stderr,
+stamped with the seconds since the process started.
 
+The handler is attached when this module is first imported, in a job and equally in a Ray worker or task (which
+prints to the job's console through Ray), at the level `$CORRHASH_LOG_LEVEL` names (INFO unless set). A job's
+`--quiet`/`--verbose` call `set_level`, which also sets that variable so the Ray workers the job starts inherit it
+(`runs/cluster.py` passes it in their runtime env). Other libraries' loggers are left to them, apart from the
+noise jobs turn off in `quiet_dependencies`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
 import sys
-import time
 
-_START = time.monotonic()
+LEVEL_ENV = "CORRHASH_LOG_LEVEL"
+logger = logging.getLogger("corrhash")
+
+
+class _Elapsed(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"[corrhash {record.relativeCreated / 1000:7.1f}s] {prefix}{record.getMessage()}"
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the one at import: Ray's workers and
+    pytest's capture replace it after this module is loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(_Elapsed())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
+if not logger.handlers:
+    logger.addHandler(_CurrentStderr())
+    logger.propagate = False  # one line per record, whatever the root logger (Ray's, MLflow's) does
+    logger.setLevel(os.environ.get(LEVEL_ENV, "INFO").upper())
+
+
+def set_level(level: int | str) -> None:
+    """The level of corrhash's own output, here and in the Ray workers started after this call."""
+    logger.setLevel(level)
+    os.environ[LEVEL_ENV] = logging.getLevelName(logger.level)
+
+
+def quiet_dependencies() -> None:
+    """What a job turns off in the libraries it drives: MLflow's per-file download bar, redrawn as one stderr line
+    per file of a model (set before MLflow reads it)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def log(message: str) -> None:
-    elapsed = time.monotonic() - _START
-    print(f"[corrhash {elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
+    logger.info(message)
+
+
+def debug(message: str) -> None:
+    logger.debug(message)
+
+
+def warn(message: str) -> None:
+    logger.warning(message)

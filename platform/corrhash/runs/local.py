@@ -18,18 +18,8 @@ from corrhash.errors import ConfigError
 from corrhash.log import log
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
-from corrhash.train.loop import fit
+from corrhash.train.loop import epoch_line, fit
 from corrhash.train.neighbours import neighbour_source
-
-
-def epoch_line(metrics: dict, k: int) -> str:
-    val = f"val p@{k} {metrics['val_precision']:.4f}" if "val_precision" in metrics else ""
-    if "loss" not in metrics:  # an untrained model (lsh): one evaluation, no epoch
-        return f"{val} (no training)"
-    pairwise = f", neighbour {metrics['neighbour']:.2f}" if "neighbour" in metrics else ""
-    return (f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}{pairwise}, "
-            f"kl {metrics['kl']:.2f} x{metrics['kl_weight']:.3f})  {metrics['docs_per_s']:.0f} docs/s  {val}  "
-            f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
 
 
 def run_local(spec: RunSpec, out: Path, score_test: bool = True, *, on_epoch: Callable[[dict], None] | None = None,

@@ -8,6 +8,7 @@ the MLflow run.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ import torch
 
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
-from corrhash.log import log
+from corrhash.log import log, logger
 from corrhash.runs.callbacks import EpochMetrics
 from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
@@ -108,7 +109,7 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
 
 
 def _fit(spec: RunSpec, ray_config: RayConfig, name: str, use_gpu: bool, callback: EpochMetrics):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": ray_config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
@@ -120,7 +121,11 @@ def _fit(spec: RunSpec, ray_config: RayConfig, name: str, use_gpu: bool, callbac
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage_path(ray_config.storage), callbacks=[callback],
                              failure_config=FailureConfig(max_failures=ray_config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # Ray Train's per-rank "Reporting training result" and checkpoint INFO dumps only
+                             # with --verbose: rank 0 prints corrhash's own epoch line instead (runs/worker.py).
+                             logging_config=LoggingConfig(log_level="DEBUG" if logger.isEnabledFor(logging.DEBUG)
+                                                          else "WARNING")),
     )
     try:
         return trainer.fit()

@@ -20,6 +20,7 @@ class TrainSession:
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.job = self.run = context.get_experiment_name()  # the job's --name
+        quiet_train_reports()
 
     def device(self, requested: str) -> torch.device:
         import ray.train.torch
@@ -60,3 +61,17 @@ class TuneSession:
         from ray import tune
 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def quiet_train_reports() -> None:
+    """Ray Train's "Reporting training result N: TrainingReport(...)" line, one per rank and epoch, below the job's
+    level unless --verbose. Ray logs it from a logger named by its file's path, outside the "ray.train" tree that
+    RunConfig's LoggingConfig filters (Ray 2.60), so LoggingConfig alone leaves it on the console."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from corrhash.log import logger
+
+    logging.getLogger(context.__file__).setLevel(logging.DEBUG if logger.isEnabledFor(logging.DEBUG)
+                                                 else logging.WARNING)

@@ -24,7 +24,8 @@ from corrhash.runs.session import TrainSession, TuneSession
 from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint
 from corrhash.train.evaluate import Evaluator, Shares
-from corrhash.train.loop import fit, new_state, selection_queries
+from corrhash.log import log
+from corrhash.train.loop import epoch_line, fit, new_state, selection_queries
 from corrhash.train.neighbours import neighbour_source
 
 
@@ -62,6 +63,8 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     def on_epoch(metrics: dict, state) -> bool:
         export(metrics)  # this rank's own throughput; the report below carries the cluster's
         metrics = {**metrics, "world_size": world, "docs_per_s": metrics.get("docs_per_s", 0.0) * world}
+        if rank == 0 and isinstance(session, TrainSession):  # a Tune trial's epochs are the CLIReporter's table
+            log(epoch_line(metrics, spec.train.eval_k))
         with tempfile.TemporaryDirectory() as directory:
             checkpoint.save(Path(directory), state, rank)
             session.report(metrics, directory)

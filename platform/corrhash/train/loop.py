@@ -208,3 +208,14 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
     if state.best_weights:
         model.load_state_dict(copy.deepcopy(state.best_weights))
     return FitResult(model, state.best_epoch, state.best_value, state.history, time.monotonic() - started)
+
+
+def epoch_line(metrics: dict, k: int) -> str:
+    """One epoch's console line, the same from every launcher (a plain process, rank 0 of Ray Train, a cell)."""
+    val = f"val p@{k} {metrics['val_precision']:.4f}" if "val_precision" in metrics else ""
+    if "loss" not in metrics:  # an untrained model (lsh): one evaluation, no epoch
+        return f"{val} (no training)"
+    pairwise = f", neighbour {metrics['neighbour']:.2f}" if "neighbour" in metrics else ""
+    return (f"epoch {metrics['epoch']:3d}  loss {metrics['loss']:.2f} (recon {metrics['recon']:.2f}{pairwise}, "
+            f"kl {metrics['kl']:.2f} x{metrics['kl_weight']:.3f})  {metrics['docs_per_s']:.0f} docs/s  {val}  "
+            f"best {metrics['best_val_precision']:.4f} @ {metrics['best_epoch']}")
