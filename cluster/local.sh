@@ -132,12 +132,16 @@ case "${1:-}" in
       # The shell reads the password from its file: the command line shows where it is, not what it is.
       credentials=" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=\"\$(cat $ADMIN_PASSWORD)\""
     fi
+    echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT (token in $TOKEN)   MLflow UI: $mlflow_uri"
     # The two commands the README's "On a Ray cluster" recipe runs next (tests/test_security.py runs them).
     echo "export PATH=$VENV_BIN:\$PATH RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token" \
       "RAY_AUTH_TOKEN_PATH=$TOKEN MLFLOW_TRACKING_URI=$mlflow_uri$credentials"
     # `ray job submit` does not forward the submitting shell's environment, and the job runs in a copy
-    # of the working dir: pass the tracking URI explicitly and give absolute paths.
-    runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\"}}"
+    # of the working dir: pass the tracking URI explicitly and give absolute paths. The copy has no .git, so
+    # the commit (with -dirty for uncommitted changes) is read when the line runs and passed in for the runs'
+    # source tags (platform/corrhash/tracking/lineage.py).
+    commit='$(git describe --always --dirty --abbrev=40 --exclude="*" 2>/dev/null)'
+    runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\", \"CORRHASH_GIT_COMMIT\": \"'$commit'\"}}"
     echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
       "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --num-workers 2 --name ng64"
     ;;

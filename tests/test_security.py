@@ -108,6 +108,9 @@ def copy_checkout(target: Path, data: Path) -> Path:
         shutil.copy(REPO / name, target / name)
     (target / ".venv").symlink_to(BIN.parent)  # .gitignore keeps it out of the job's upload
     shutil.copytree(data, target / "data" / "20ng")
+    git = ["git", "-C", str(target), "-c", "user.name=corrhash", "-c", "user.email=ci@corrhash.invalid"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the checkout the recipe runs from"]):
+        subprocess.run(git + command, check=True, capture_output=True)  # a clone has .git; Ray leaves it out
     return target
 
 
@@ -174,6 +177,27 @@ def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_reci
         assert sorted(m.step for m in client.get_metric_history(run_id, "val_precision")) == [1, 2]
         assert list((state / "mlartifacts").rglob("model.safetensors")), "the model is not in the server's store"
         assert list((checkout / "runs" / "ray" / "ng64").glob("checkpoint_*"))
+        # Its lineage came from the submitting checkout, though Ray's copy of it has no .git (review F6).
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert run.data.tags["corrhash.source.git.dirty"] == "false"
+        assert run.data.tags["corrhash.source.package"].startswith("gcs://_ray_pkg_")
+        # The console shows the compact epoch line, not Ray Train's per-rank reports (F5).
+        assert re.search(r"epoch\s+2  loss", trained.stdout + trained.stderr), trained.stdout[-3000:]
+        assert "TrainingReport" not in trained.stdout + trained.stderr
+
+        # After the export line a job runs directly too, with RAY_ADDRESS in its http:// dashboard form (F2): the
+        # search exports its live metrics to this cluster; a GCS address where nothing listens is named at once.
+        searched = subprocess.run(["bash", "-euc", f"{exports}\necho 'space shuttle launch' | python jobs/search.py"
+                                   f" --model runs:/{run_id}/model --corpus data/20ng --queries - --k 3"],
+                                  cwd=checkout, env=shell, capture_output=True, text=True, timeout=300)
+        assert searched.returncode == 0, searched.stderr[-3000:]
+        assert len(json.loads(searched.stdout.splitlines()[0])["hits"]) == 3
+        nowhere = f"127.0.0.1:{free_port()}"
+        refused = subprocess.run(["bash", "-euc", f"{exports}\necho space | python jobs/search.py --model runs:/{run_id}/model"
+                                  f" --corpus data/20ng --queries - --address {nowhere}"],
+                                 cwd=checkout, env=shell, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and nowhere in refused.stderr, refused.stderr[-3000:]
         loaded = subprocess.run(["bash", "-euc", f"{exports}\n{load_model.replace('RUN_ID', run_id)}"],
                                 cwd=checkout, env=shell, capture_output=True, text=True, timeout=180)
         assert loaded.returncode == 0 and "[[" in loaded.stdout, loaded.stdout + loaded.stderr[-3000:]

@@ -36,6 +36,7 @@ from corrhash.runs.local import run_local
 from corrhash.runs.metrics import EpochExporter, export_counts
 from corrhash.runs.paths import check_shared_paths
 from corrhash.serve.hashing import HashingModel
+from corrhash.tracking.lineage import source_tags
 from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, client_for, ensure_experiment, filter_value,
                                     final_metrics, job_run, log_metrics, log_params, tracking_uri)
 from corrhash.train.preflight import check_job_name, check_job_paths, check_local_folder, job_lock
@@ -73,8 +74,10 @@ def cell_runs(client, experiment_id: str, parent_id: str, cell_id: str | None = 
     return client.search_runs([experiment_id], filter_string=query, max_results=10_000)
 
 
-def run_cell(cell_dict: dict, uri: str, experiment_id: str, parent_id: str, ablation: str) -> str:
-    """Run one cell unless it already has a FINISHED run; returns that run's id."""
+def run_cell(cell_dict: dict, uri: str, experiment_id: str, parent_id: str, ablation: str,
+             source: dict[str, str]) -> str:
+    """Run one cell unless it already has a FINISHED run; returns that run's id. `source`: the driver's
+    lineage tags (a task on another node has no checkout to read them from)."""
     import ray
 
     cell = Cell.from_dict(cell_dict)
@@ -86,7 +89,7 @@ def run_cell(cell_dict: dict, uri: str, experiment_id: str, parent_id: str, abla
     for run in previous:  # a killed or failed attempt: its partial record goes, so the cell is recorded once
         client.delete_run(run.info.run_id)
     node = ray.get_runtime_context().get_node_id()
-    tags = {"mlflow.parentRunId": parent_id, CELL_TAG: cell.id, ABLATION_TAG: ablation, NODE_TAG: node,
+    tags = {**source, "mlflow.parentRunId": parent_id, CELL_TAG: cell.id, ABLATION_TAG: ablation, NODE_TAG: node,
             "host": platform.node(), **{f"axis.{k}": str(v) for k, v in cell.axes.items()}}
     run_id = client.create_run(experiment_id, run_name=cell.label(), tags=tags).info.run_id
     try:
@@ -149,10 +152,10 @@ def _run(grid: Grid, options: AblateOptions, name: str, command: str | None) -> 
         todo = [cell for cell in grid.cells if cell.id not in done]
         log(f"ablation {name}: MLflow run {parent_id} at {uri}{' (resumed)' if resumed else ''}; "
             f"{len(grid.cells)} cells, {len(done & {c.id for c in grid.cells})} already finished, {len(todo)} to run")
-        remote = ray.remote(run_cell)
+        remote, source = ray.remote(run_cell), source_tags()
         pending = {remote.options(num_cpus=cell.cpus, num_gpus=cell.gpus, max_retries=options.max_retries,
                                   retry_exceptions=False, name=f"cell {cell.label()}")
-                   .remote(cell.to_dict(), uri, experiment_id, parent_id, name): cell for cell in todo}
+                   .remote(cell.to_dict(), uri, experiment_id, parent_id, name, source): cell for cell in todo}
         failed = _wait(pending, client, experiment_id, parent_id, len(grid.cells), name)
         folder = write_ablation_report(grid, client, experiment_id, parent_id, options.out / name, command)
         for path in sorted(folder.iterdir()):

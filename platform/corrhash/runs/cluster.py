@@ -8,15 +8,24 @@ runtime-env `py_modules` entry, so the cluster needs only the third-party depend
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import logging
 import os
 import secrets
+import socket
 import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import corrhash
 from corrhash.errors import ConfigError, CorrhashError
+from corrhash.log import LEVEL_ENV, logger
 
 DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"  # where Ray and `ray get-auth-token` look
+# How long a job waits for the cluster it names before saying it cannot reach it (Ray itself retries forever).
+CONNECT_TIMEOUT_S = float(os.environ.get("CORRHASH_RAY_CONNECT_TIMEOUT_S", "15"))
 PACKAGE_DIR = Path(corrhash.__file__).parent
 
 
@@ -50,18 +59,93 @@ def secure_local_ray() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _dashboard_session(url: str, where: str) -> str:
+    """The session a Ray dashboard serves (its /api/version), asked with the cluster's token."""
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/version", headers=get_auth_headers_if_auth_enabled({}))
+    try:
+        with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S) as response:
+            return json.load(response)["session_name"]
+    except urllib.error.HTTPError as error:
+        hint = " (set RAY_AUTH_TOKEN_PATH to the cluster's token file)" if error.code in (401, 403) else ""
+        raise ConfigError(f"{where}: the Ray dashboard at {url} answered HTTP {error.code}{hint}") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"{where}: no Ray dashboard answers at {url} within {CONNECT_TIMEOUT_S:g} s "
+                          f"({getattr(error, 'reason', error)})") from None
+
+
+def gcs_address(address: str, where: str) -> str:
+    """The address a driver gives ray.init, from either form Ray documents for a cluster: the GCS HOST:PORT
+    (or ray://HOST:PORT for Ray Client), or the dashboard's http(s)://HOST:PORT that `ray job submit` reads
+    from RAY_ADDRESS (ray.init refuses it). For the dashboard form, the dashboard names its session and a
+    head on this machine keeps its GCS port in that session's folder; a head elsewhere needs the GCS form."""
+    if not address.startswith(("http://", "https://")):
+        return address
+    from ray._common.utils import get_default_ray_temp_dir
+
+    session = _dashboard_session(address, where)
+    ports = sorted((Path(get_default_ray_temp_dir()) / session).glob("gcs_server_port_*"))
+    if not ports:
+        raise ConfigError(f"{where}: {address} is the Jobs API of a Ray head on another machine; a job run "
+                          "directly connects to the head's GCS: --address HOST:PORT (the head's `ray start "
+                          "--port`, 6379 unless set), or run the job with `ray job submit`")
+    host = address.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+    return f"{host}:{ports[0].read_text().strip()}"
+
+
+def _reachable(address: str, where: str) -> None:
+    """Refuse a GCS address nothing listens on, within CONNECT_TIMEOUT_S: ray.init would retry forever."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{where}: {address!r} is not a Ray address (HOST:PORT, ray://HOST:PORT, "
+                          "http://HOST:DASHBOARD_PORT, auto or local)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot reach a Ray cluster at {host}:{port} within {CONNECT_TIMEOUT_S:g} s "
+                          f"({error.strerror or error})") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def init_ray(address: str | None) -> None:
+    """Connect to the cluster `address` (else $RAY_ADDRESS) names, or start a local Ray when neither is set."""
     import ray
 
     if ray.is_initialized():
         return
-    runtime_env = {"py_modules": [str(PACKAGE_DIR)], "env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}
+    # Workers print corrhash's lines at the job's --quiet/--verbose level and skip MLflow's download bars too.
+    runtime_env = {"py_modules": [str(PACKAGE_DIR)],
+                   "env_vars": {"RAY_TRAIN_V2_ENABLED": "1", LEVEL_ENV: logging.getLevelName(logger.getEffectiveLevel()),
+                                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
+    where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
     # "local" always starts a fresh local Ray: with no address, ray.init would instead join whatever
     # cluster /tmp/ray/ray_current_cluster names, and hang if that cluster is gone.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         secure_local_ray()
-    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
+    elif address != "auto":
+        address = gcs_address(address, where)
+        _reachable(address, where)
+        if _is_loopback(address.removeprefix("ray://").rpartition(":")[0]):
+            # A head bound to loopback: without this, Ray rewrites 127.0.0.1 to the host's LAN address and
+            # the driver retries that address forever.
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        os.environ.pop("RAY_ADDRESS", None)  # ray.init reads it too, and refuses the dashboard form
+    try:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
+    except ConnectionError as error:  # e.g. a token-protected head and no token: Ray's message, without its traceback
+        raise ConfigError(f"{where}: {error}; a cluster with token authentication needs RAY_AUTH_MODE=token and "
+                          "RAY_AUTH_TOKEN_PATH (the line `cluster/local.sh start` prints)") from None
 
 
 def storage_path(storage: str) -> str:

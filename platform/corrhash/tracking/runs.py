@@ -3,7 +3,7 @@
 The launchers in `corrhash.runs` call these functions from the driver (the job run, its data and its
 model) and from Ray's driver-side callbacks (per-epoch metrics, one child run per Tune trial); worker
 and training code never see MLflow. Runs carry the tags `mlflow.start_run` would give them (git commit,
-source, user), the prepared data as a dataset input, and metric names built from `eval_k`.
+source, user; `lineage.py`), the prepared data as a dataset input, and metric names built from `eval_k`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
-from mlflow.tracking.context.registry import resolve_tags
 
 import corrhash
 from corrhash.artifact import MLFLOW_ARTIFACT_KEY
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
+from corrhash.tracking.lineage import source_tags
 
 JOB_TAG = "corrhash.job"
 TRIAL_TAG = "corrhash.trial"
@@ -103,8 +103,8 @@ def _find_or_create(client: MlflowClient, experiment_id: str, filter_string: str
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    # resolve_tags: the git commit, source and user tags `mlflow.start_run` would add.
-    return client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags)).info.run_id, False
+    # The git commit, source and user tags `mlflow.start_run` would add, also for a job Ray runs from a copy.
+    return client.create_run(experiment_id, run_name=run_name, tags={**source_tags(), **tags}).info.run_id, False
 
 
 def start_or_resume_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict,
