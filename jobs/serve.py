@@ -151,8 +151,8 @@ def serve_until_stopped(options: ServeJobOptions) -> None:
     try:
         url = serving.run(payload, options.limits(), options.serve_options())
         health = serving.wait_ready(url)
-        log(f"serving {health['documents']} documents on {url} (POST /search, POST /encode, GET /healthz); "
-            "Ctrl-C or SIGTERM stops")
+        log(f"serving {health['documents']} documents on {url} (POST /search, POST /encode, GET /healthz; "
+            f"API docs {url}/docs); Ctrl-C or SIGTERM stops")
         while True:
             time.sleep(3600)
     finally:

@@ -3,11 +3,14 @@
 A 16-bit model is trained here on the synthetic shards and registered in the session's MLflow server; the job
 serves `models:/...@champion` with an index of the train split, one replica, on a free port. Every answer is
 compared with what `corrhash.load(...)` computes in this process, every malformed request must get a 4xx JSON
-error (never a traceback), and SIGTERM must delete the app and shut Serve down on the shared head.
+error (never a traceback), and SIGTERM must delete the app and shut Serve down on the shared head. The same FastAPI
+app is also driven in this process, through ASGI without Ray, so its validation and error answers are checked by
+the fast tests too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import signal
@@ -200,6 +203,27 @@ def test_an_oversized_chunked_body_is_refused_while_it_streams(served):
 
 
 @pytest.mark.cluster
+def test_the_api_documents_itself_and_validation_answers_422(served):
+    """FastAPI's own /openapi.json and /docs, through Serve's proxy; a malformed body is refused by the request
+    model (the schema states the deployment's limits) with the API's JSON error."""
+    status, schema, _ = call(served.url, "GET", "/openapi.json")
+    assert status == 200
+    assert {path: set(ops) for path, ops in schema["paths"].items()} == \
+        {"/search": {"post"}, "/encode": {"post"}, "/healthz": {"get"}}
+    assert schema["components"]["schemas"]["SearchRequest"]["properties"]["k"]["maximum"] == 1000
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        connection.request("GET", "/docs")
+        response = connection.getresponse()
+        page = response.read().decode()
+    finally:
+        connection.close()
+    assert response.status == 200 and "/openapi.json" in page and "swagger" in page.lower()
+    got, answer, _ = call(served.url, "POST", "/search", b'{"texts": ["t0w1"], "k": 5000}')
+    assert (got, answer) == (422, {"error": "'k' must be an integer from 1 to 1000, got 5000"})
+
+
+@pytest.mark.cluster
 def test_a_bounded_load_test_has_no_errors(served):
     result = run_load_test(f"{served.url}/search", served.texts, requests=200, concurrency=4, duration_s=60)
     print(json.dumps(result))
@@ -250,6 +274,130 @@ def test_sigterm_deletes_the_app_and_shuts_serve_down(served):
     assert "deleting the Serve app 'corrhash'" in served.log.read_text()
     with pytest.raises(OSError):  # nothing listens there any more: Serve's proxy is gone from the shared head
         call(served.url, "GET", "/healthz")
+
+
+# ---- the same app in this process: ASGI without Ray or a port --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(trained):
+    from corrhash.runs.serving import Limits, Payload, Searcher, build_app
+
+    model = corrhash.load(trained.dir)
+    train = trained.shards.split("train")
+    index = model.index(features=train.features, ids=train.doc_ids)
+    shown = {doc_id: {"labels": ["x"]} for doc_id in train.doc_ids.tolist()}
+    return build_app(Searcher(Payload.of(str(trained.dir), model, index, shown), Limits(max_body_bytes=MAX_BODY)))
+
+
+def asgi(app, method: str, path: str, body=b"", headers: dict | None = None, root_path: str = "") \
+        -> tuple[int, dict, dict]:
+    """(status, JSON answer, headers) of one request handed to the ASGI app as Serve's proxy hands it: the path
+    in full, the route prefix in root_path; a body given as an iterator of chunks goes without Content-Length."""
+    chunks = [body or b""] if isinstance(body, (bytes, type(None))) else list(body)
+    headers = {"content-type": "application/json", **(headers or {})}
+    if isinstance(body, (bytes, type(None))):
+        headers.setdefault("content-length", str(len(body or b"")))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": root_path + path, "raw_path": (root_path + path).encode(), "root_path": root_path,
+             "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    sent: list[dict] = []
+
+    async def exchange():
+        done = asyncio.Event()
+        pending = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+                   for i, chunk in enumerate(chunks)]
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        await app(scope, receive, send)
+
+    asyncio.run(exchange())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert b"Traceback" not in raw, raw
+    answer_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    is_json = "json" in answer_headers.get("content-type", "")
+    return start["status"], (json.loads(raw) if is_json else raw.decode()), answer_headers
+
+
+@pytest.mark.parametrize("method, path, body, status, words", BAD_REQUESTS,
+                         ids=[f"{m} {p} {s} {w}" for m, p, _, s, w in BAD_REQUESTS])
+def test_the_app_answers_a_malformed_request_with_a_4xx_json_error(app, method, path, body, status, words):
+    got, answer, headers = asgi(app, method, path, body)
+    assert got == status, answer
+    assert set(answer) == {"error"} and words in answer["error"], answer
+    if status == 405:
+        assert headers["allow"] == ("GET" if path == "/healthz" else "POST")
+
+
+def test_the_app_refuses_an_oversized_body_while_it_streams_and_a_body_not_sent_as_json(app):
+    got, answer, _ = asgi(app, "POST", "/search", iter([b'{"texts": ["', b"t0w1 " * (MAX_BODY // 4), b'"]}']))
+    assert (got, answer) == (413, {"error": f"request body over {MAX_BODY} bytes"})
+    got, answer, _ = asgi(app, "POST", "/search", b'{"texts": ["t0w1"]}', {"content-type": "text/plain"})
+    assert got == 415 and "Content-Type: application/json" in answer["error"], answer
+    got, answer, _ = asgi(app, "POST", "/search/", b'{"texts": ["t0w1"]}')
+    assert got == 404 and "POST /search, POST /encode, GET /healthz" in answer["error"], answer
+
+
+def test_the_app_validates_through_fastapi_and_documents_the_endpoints(app, monkeypatch):
+    """/openapi.json names the three endpoints, their request models (bounded by the deployment's limits) and
+    their answers; a malformed body is refused by FastAPI's validation (RequestValidationError), answered 422
+    in the API's JSON error form, under a route prefix too."""
+    from fastapi.exceptions import RequestValidationError
+
+    status, schema, _ = asgi(app, "GET", "/openapi.json", None)
+    assert status == 200 and schema["info"]["title"] == "corrhash"
+    assert {path: set(ops) for path, ops in schema["paths"].items()} == \
+        {"/search": {"post"}, "/encode": {"post"}, "/healthz": {"get"}}
+    models = schema["components"]["schemas"]
+    assert models["SearchRequest"]["properties"]["k"] | {"maximum": 1000, "minimum": 1, "default": 10} == \
+        models["SearchRequest"]["properties"]["k"]
+    assert models["SearchRequest"]["properties"]["texts"]["maxItems"] == 1000
+    assert models["SearchRequest"]["additionalProperties"] is False
+    search = schema["paths"]["/search"]["post"]
+    assert search["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchRequest")
+    assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    assert search["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    status, page, headers = asgi(app, "GET", "/docs", None)
+    assert status == 200 and headers["content-type"].startswith("text/html") and "/openapi.json" in page
+
+    seen = []
+    handler = app.exception_handlers[RequestValidationError]
+
+    async def spy(request, exc):
+        seen.append(exc.errors()[0]["type"])
+        return await handler(request, exc)
+
+    monkeypatch.setitem(app.exception_handlers, RequestValidationError, spy)
+    app.middleware_stack = None  # Starlette builds its stack, and binds the handlers, on the first request
+    got, answer, _ = asgi(app, "POST", "/search", b'{"texts": ["t0w1"], "k": 5000}', root_path="/second")
+    assert (got, answer) == (422, {"error": "'k' must be an integer from 1 to 1000, got 5000"})
+    got, answer, _ = asgi(app, "POST", "/encode", b'{"texts": ["t0w1", 7]}')
+    assert (got, answer) == (422, {"error": "'texts'[1] must be a string, got int"})
+    assert seen == ["less_than_equal", "string_type"]
+    app.middleware_stack = None
+
+
+def test_the_app_answers_as_the_searcher_does(app):
+    status, health, _ = asgi(app, "GET", "/healthz", None, root_path="/second")
+    assert status == 200 and health["bits"] == 16 and health["status"] == "ok"
+    status, answer, _ = asgi(app, "POST", "/search", json.dumps({"texts": ["t0w1 t0w2", "zzz"], "k": 3}).encode())
+    assert status == 200 and answer["k"] == 3 and [len(r["hits"]) for r in answer["results"]] == [3, 3]
+    assert [set(hit) for hit in answer["results"][0]["hits"]] == [{"id", "distance", "labels"}] * 3
+    assert "warning" not in answer["results"][0] and "arbitrary" in answer["results"][1]["warning"]
+    status, answer, _ = asgi(app, "POST", "/encode", b'{"texts": ["t0w1"]}')
+    assert status == 200 and answer["bits"] == 16 and len(answer["codes"][0]) == 4
 
 
 # ---- bad options: exit 2 naming the option, before Ray is touched ---------------------------------------------
