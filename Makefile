@@ -4,9 +4,10 @@ PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test test-unit bench bench-gpu-data clean
+.PHONY: setup setup-test demo test test-unit bench bench-gpu-data clean
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 # torch 2.13.0 goes in first, so the package's `torch` requirement is already met and pip never
 # replaces it. Set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu) to pick a build.
@@ -14,7 +15,12 @@ TORCH_INDEX_URL ?=
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[report]'
+	touch $@
+
+# The tests also need the team MLflow server's parts (cluster/mlflow/) and the test tools.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[report,team,test]'
 	touch $@
 
 # The whole flow on embedded defaults: prepare 20ng, a small tune on a local Ray, the champion
@@ -35,13 +41,13 @@ demo: setup
 	@du -sh runs data mlflow.db mlruns 2>/dev/null | sed 's/^/disk:   /'
 	@echo "next:   $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (http://127.0.0.1:5000)"
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q --durations=20 tests
 
 # The fast tier: models, loop, data, retrieval, bad input and layers on tiny data; no Ray head, no MLflow
 # server, no extra environment.
-test-unit: setup
-	$(PY) -m pytest -q -m "not cluster and not slow" tests
+test-unit: setup-test
+	$(PY) -m pytest -q -n auto -m "not cluster and not slow" tests
 
 # The 20ng shards the GPU benchmark carries to the device machine (bench/README.md), from
 # $$CORRHASH_RAW_DIR with the project's own prepare job.
