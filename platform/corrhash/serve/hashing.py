@@ -13,6 +13,7 @@ from tracking says). An index it builds records that identity, so an index is se
 
 from __future__ import annotations
 
+import logging
 import re
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,21 @@ from corrhash.errors import DataError
 from corrhash.retrieval import pack_codes
 
 ENCODE_CHUNK = 4096
+
+
+def hashing_bar(chunks, documents: int):
+    """`chunks` (of ENCODE_CHUNK documents) behind a tqdm bar counting documents: on a terminal only (in a log file
+    it would be a line per redraw), and not under --quiet."""
+    from tqdm import tqdm
+
+    from corrhash.log import logger
+
+    quiet = not logger.isEnabledFor(logging.INFO)
+    bar = tqdm(total=documents, desc="hashing", unit="doc", unit_scale=True, leave=False, disable=True if quiet else None)
+    with bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(min(ENCODE_CHUNK, documents - bar.n))
 # Where a model came from, beside its weights' hash (HashingModel.identity); the keys an index sidecar records.
 SOURCE_KEYS = ("uri", "model_id", "run_id", "registered_name", "registered_version")
 ALIAS_URI = re.compile(r"models:/([^/@]+)@([^/@]+)")
@@ -67,13 +83,17 @@ class HashingModel:
         return self.model.n_features
 
     @torch.no_grad()
-    def encode_features(self, features: sp.csr_matrix) -> np.ndarray:
-        """Packed codes of TF-IDF rows (e.g. a prepared split's `features`)."""
+    def encode_features(self, features: sp.csr_matrix, progress: bool = False) -> np.ndarray:
+        """Packed codes of TF-IDF rows (e.g. a prepared split's `features`); `progress`: a bar on a terminal
+        (stderr) while a corpus of several chunks is hashed."""
         if features.shape[1] != self.n_features:
             raise DataError(f"{self.directory}: the model takes {self.n_features} features per document, "
                             f"got {features.shape[1]} (rows prepared with another vocabulary?)")
         rows = DeviceCSR(features, self.device)
-        bits = torch.cat([self.model.encode(chunk) for chunk in rows.chunks(ENCODE_CHUNK)]) if len(rows) else \
+        chunks = rows.chunks(ENCODE_CHUNK)
+        if progress and len(rows) > ENCODE_CHUNK:
+            chunks = hashing_bar(chunks, len(rows))
+        bits = torch.cat([self.model.encode(chunk) for chunk in chunks]) if len(rows) else \
             torch.zeros((0, self.bits), dtype=torch.bool)
         return pack_codes(bits.cpu())
 
@@ -98,7 +118,9 @@ class HashingModel:
         TF-IDF rows or texts, and default to a sample of the index's codes."""
         from corrhash.serve.index import HammingIndex
 
-        codes = self.encode_features(features) if features is not None else self.encode(texts)
+        if features is None:
+            features = self.featurize(texts)
+        codes = self.encode_features(features, progress=True)
         ids = np.arange(len(codes)) if ids is None else np.asarray(ids)
         return HammingIndex(codes, ids, self.bits, {"model": self.identity}, kind=kind, seed=seed,
                             calibration_queries=self._query_codes(calibration_queries), shown=shown)
