@@ -199,10 +199,13 @@ def _search(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, name: 
         import optuna
 
         storage = optuna.storages.RDBStorage(study) if study else None
-        # Define-by-run: the model first, then its own dimensions; metric and mode go to the searcher itself.
-        searcher = ConcurrencyLimiter(OptunaSearch(space=ConditionalSpace(spaces), metric="val_precision", mode="max",
-                                                   seed=spec.train.seed, study_name=name, storage=storage),
-                                      max_concurrent=options.max_concurrent)
+        # Define-by-run: the model first, then its own dimensions; metric and mode go to the searcher itself. The
+        # study's objective is a trial's best val precision, the value MLflow, the registry and the champion
+        # decision use (the last epoch's would be lower); it never falls, so ASHA's rungs (on val_precision) are
+        # unaffected.
+        optuna_search = OptunaSearch(space=ConditionalSpace(spaces), metric="best_val_precision", mode="max",
+                                     seed=spec.train.seed, study_name=name, storage=storage)
+        searcher = ConcurrencyLimiter(optuna_search, max_concurrent=options.max_concurrent)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
         # One checkpoint per trial: `best_val_precision` never falls, so the one kept is the latest, and it
         # holds the best weights (once: as its own weights when its epoch is the best).
