@@ -140,11 +140,20 @@ def start_mlflow_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     return process, uri
 
 
+def submitted_commit() -> str:
+    """What the README's submit line passes as CORRHASH_GIT_COMMIT: this checkout's commit (-dirty when tracked
+    files changed), or "" outside a git checkout."""
+    described = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=40",
+                                "--exclude=*"], capture_output=True, text=True)
+    return described.stdout.strip() if described.returncode == 0 else ""
+
+
 def submit(cluster: dict, args: list[str], wait: bool = True, timeout: float = 400,
            job: str = "jobs/train.py") -> subprocess.CompletedProcess:
     """`ray job submit -- python JOB ARGS` to the test cluster, as the README does it: this checkout as the
     working dir, the cluster's MLflow server passed in the runtime env (the job does not see our environment)."""
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "OMP_NUM_THREADS": "1"}}
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "OMP_NUM_THREADS": "1",
+                                "CORRHASH_GIT_COMMIT": submitted_commit()}}
     command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
     command += ["--", "python", job] + args

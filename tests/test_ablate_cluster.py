@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import BIN, free_port, start_ray_head, stop, submit
+from services import BIN, free_port, start_ray_head, stop, submit, submitted_commit
 
 EXPERIMENT = "corrhash-ablations"
 
@@ -140,6 +140,15 @@ def _two_node_ablation(head, cluster: dict, shards_synthetic: Path, tmp_path: Pa
     assert {r.data.tags["axis.method"] for r in runs} == {"nash", "corrsh"}
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"
+    # Every cell carries the driver's lineage, though cells run in Ray tasks on a copy without .git (review F6).
+    commit = submitted_commit()
+    lineage = {key: parent.data.tags.get(key) for key in
+               ("mlflow.source.name", "mlflow.user", "corrhash.source.git.dirty", "corrhash.source.package",
+                "mlflow.source.git.commit")}
+    assert lineage["corrhash.source.package"].startswith("gcs://_ray_pkg_")
+    assert lineage["mlflow.source.git.commit"] == (commit.removesuffix("-dirty") or None)
+    assert lineage["corrhash.source.git.dirty"] == (str(commit.endswith("-dirty")).lower() if commit else "unknown")
+    assert all({key: r.data.tags.get(key) for key in lineage} == lineage for r in runs), lineage
     assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
     # The report's numbers are the MLflow metrics of the cells' runs.

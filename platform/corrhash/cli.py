@@ -24,11 +24,14 @@ CLI = "cli"  # the dataclasses.field metadata key read here
 
 
 class JobParser(argparse.ArgumentParser):
-    """A job's parser: the job's docstring as its help page, and the output options every job has
+    """A job's parser: the job's docstring as its help page, `--version`, and the output options every job has
     (`--quiet`, `--verbose`), applied as soon as the command line is parsed."""
 
     def __init__(self, doc: str | None, **kwargs):
         super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        from corrhash import __version__
+
+        self.add_argument("--version", action="version", version=f"corrhash {__version__}")
         group = self.add_argument_group("output").add_mutually_exclusive_group()
         group.add_argument("-q", "--quiet", action="store_true", dest="JobParser.quiet",
                            help="only warnings and errors on stderr: no progress lines or bars")
