@@ -231,6 +231,7 @@ def test_codes_fall_back_to_tsne_without_umap(rows, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # ~20 s on a busy 2-core machine: importing umap-learn and numba's first compilations
+@pytest.mark.slow  # UMAP's numba compilation
 def test_codes_with_umap(rows, tmp_path):
     pytest.importorskip("umap")
     written = write_report(rows, tmp_path, name="t", axis_names=AXES, command="x", codes=codes_for(rows))

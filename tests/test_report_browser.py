@@ -17,6 +17,7 @@ from browser import chromium, open_page
 from test_report_page import report_job, train_into_mlflow, tune_into_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a real Chromium, and pages with UMAP maps (25 s to set up)
 
 DOM = """JSON.stringify({
   tables: [...document.querySelectorAll('table')].map(t => [...t.querySelectorAll('th')].map(h => h.textContent)),

@@ -69,6 +69,7 @@ def hand_made_trials(count: int = 8) -> list[Trial]:
 # ---- the builder ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # UMAP's numba compilation (16-18 s)
 def test_a_run_page_has_its_curves_table_images_and_header():
     curves = {"loss": [(1, 90.0), (2, 80.5), (3, 75.25)], "recon": [(1, 85.0), (2, 77.0), (3, 72.0)],
               "kl": [(1, 5.0), (2, 3.5), (3, 3.25)], "kl_weight": [(1, 0.01), (2, 0.02), (3, 0.03)],
@@ -265,6 +266,7 @@ def recorded(shards_synthetic, tmp_path_factory):
     return {"uri": uri, "run_id": run_id, "tune": tune_into_mlflow(uri), "folder": folder}
 
 
+@pytest.mark.slow  # UMAP's numba compilation (16-18 s)
 def test_report_job_renders_a_training_run_and_logs_it(recorded, tmp_path, capsys):
     out = tmp_path / "page.html"
     code = report_job().main(["--run", recorded["run_id"], "--mlflow-uri", recorded["uri"], "--out", str(out),

@@ -80,6 +80,7 @@ def test_every_model_trains_on_real_documents(name, splits):
         optimizer.step()
 
 
+@pytest.mark.slow  # trains 2 models for 10 epochs on real documents (35-50 s)
 def test_fit_learns_and_restores_best_weights(splits):
     train, val = splits
     lsh = fit(ModelConfig(name="lsh", bits=32), TrainConfig(), train, val=val)
@@ -149,6 +150,7 @@ def test_checkpoint_keeps_one_copy_of_the_best_weights(synthetic, tmp_path):
             torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # trains 2 models for 10 epochs on real documents (35-50 s)
 def test_corrsh_without_rank_matches_nash(splits):
     """v = 0, k = 1 makes CorrSH an independent-bit model: it must learn about as well as NASH."""
     train, val = splits
@@ -179,6 +181,7 @@ def test_train_job_writes_a_loadable_model(shards_synthetic, tmp_path, capsys):
     assert codes.shape == (1, 16) and codes.dtype == torch.bool
 
 
+@pytest.mark.slow  # a dozen job processes, each importing torch, Ray and MLflow (18 s)
 def test_train_job_rejects_bad_options(shards_synthetic, tmp_path):
     done = subprocess.run([sys.executable, "jobs/train.py", "--local", "--data", str(shards_synthetic), "--out",
                            str(tmp_path / "r"), "--batch-size", "0"], cwd=REPO, capture_output=True, text=True)

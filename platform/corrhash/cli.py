@@ -29,9 +29,9 @@ class JobParser(argparse.ArgumentParser):
 
     def __init__(self, doc: str | None, **kwargs):
         super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
-        from corrhash import __version__
+        from importlib.metadata import version  # not corrhash.__version__: the package root imports tracking/
 
-        self.add_argument("--version", action="version", version=f"corrhash {__version__}")
+        self.add_argument("--version", action="version", version=f"corrhash {version('corrhash')}")
         group = self.add_argument_group("output").add_mutually_exclusive_group()
         group.add_argument("-q", "--quiet", action="store_true", dest="JobParser.quiet",
                            help="only warnings and errors on stderr: no progress lines or bars")
