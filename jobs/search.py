@@ -177,11 +177,10 @@ def search_metrics(args: SearchOptions):
     cluster (otherwise it records nothing)."""
     from corrhash.runs.metrics import SearchExporter
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if args.address or os.environ.get("RAY_ADDRESS"):
         from corrhash.runs.cluster import init_ray
 
-        init_ray(address)
+        init_ray(args.address)  # None: init_ray reads $RAY_ADDRESS, and its errors name it
     return SearchExporter(job=args.model)
 
 if __name__ == "__main__":
