@@ -185,6 +185,7 @@ def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_reci
         # The console shows the compact epoch line, not Ray Train's per-rank reports (F5).
         assert re.search(r"epoch\s+2  loss", trained.stdout + trained.stderr), trained.stdout[-3000:]
         assert "TrainingReport" not in trained.stdout + trained.stderr
+        assert "Checkpoint successfully created" not in trained.stdout + trained.stderr
 
         # After the export line a job runs directly too, with RAY_ADDRESS in its http:// dashboard form (F2): the
         # search exports its live metrics to this cluster; a GCS address where nothing listens is named at once.

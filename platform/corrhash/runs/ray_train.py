@@ -122,10 +122,11 @@ def _fit(spec: RunSpec, ray_config: RayConfig, name: str, use_gpu: bool, callbac
         run_config=RunConfig(name=name, storage_path=storage_path(ray_config.storage), callbacks=[callback],
                              failure_config=FailureConfig(max_failures=ray_config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # Ray Train's per-rank "Reporting training result" and checkpoint INFO dumps only
-                             # with --verbose: rank 0 prints corrhash's own epoch line instead (runs/worker.py).
+                             # Ray Train's own lines at INFO (the worker group started, restarted after a lost
+                             # worker), at DEBUG with --verbose. Its per-rank report and checkpoint dumps are
+                             # quieted on the workers (session.quiet_train_reports).
                              logging_config=LoggingConfig(log_level="DEBUG" if logger.isEnabledFor(logging.DEBUG)
-                                                          else "WARNING")),
+                                                          else "INFO")),
     )
     try:
         return trainer.fit()

@@ -64,14 +64,17 @@ class TuneSession:
 
 
 def quiet_train_reports() -> None:
-    """Ray Train's "Reporting training result N: TrainingReport(...)" line, one per rank and epoch, below the job's
-    level unless --verbose. Ray logs it from a logger named by its file's path, outside the "ray.train" tree that
-    RunConfig's LoggingConfig filters (Ray 2.60), so LoggingConfig alone leaves it on the console."""
+    """Ray Train's per-rank, per-epoch dumps on a worker, "Reporting training result N: TrainingReport(...)" and
+    "Checkpoint successfully created at: ...", shown only with --verbose: rank 0 prints corrhash's epoch line
+    instead (runs/worker.py). Ray's other lines (the worker group started or restarted) stay. The first is logged
+    from a logger named by its file's path, outside the "ray.train" tree RunConfig's LoggingConfig filters (Ray
+    2.60), so that could not do it."""
     import logging
 
-    from ray.train.v2._internal.execution import context
+    from ray.train.v2._internal.execution import context, storage
 
     from corrhash.log import logger
 
-    logging.getLogger(context.__file__).setLevel(logging.DEBUG if logger.isEnabledFor(logging.DEBUG)
-                                                 else logging.WARNING)
+    level = logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING
+    for name in (context.__file__, storage.__name__):
+        logging.getLogger(name).setLevel(level)
