@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from corrhash.errors import ConfigError
 from corrhash.runs.cluster import _reachable, gcs_address, init_ray
+from services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHOW_TAGS = f"""
@@ -60,12 +60,6 @@ def test_without_a_checkout_the_submitted_commit_and_ray_package_are_recorded(tm
     assert tags["corrhash.source.package"] == "gcs://_ray_pkg_0123abcd.zip"
     unknown = tags_of(tmp_path, CORRHASH_GIT_COMMIT="")  # `git describe` outside a checkout printed nothing
     assert "mlflow.source.git.commit" not in unknown and unknown["corrhash.source.git.dirty"] == "unknown"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:port", "ray://:10001"])

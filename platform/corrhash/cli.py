@@ -36,7 +36,7 @@ class JobParser(argparse.ArgumentParser):
         group.add_argument("-q", "--quiet", action="store_true", dest="JobParser.quiet",
                            help="only warnings and errors on stderr: no progress lines or bars")
         group.add_argument("-v", "--verbose", action="store_true", dest="JobParser.verbose",
-                           help="also debug lines, and Ray Train's own INFO lines (per-rank reports, checkpoints)")
+                           help="also debug lines, and Ray Train's DEBUG lines and per-rank report and checkpoint lines")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, rest = super().parse_known_args(args, namespace)

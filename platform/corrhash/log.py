@@ -53,10 +53,15 @@ def set_level(level: int | str) -> None:
     os.environ[LEVEL_ENV] = logging.getLevelName(logger.level)
 
 
+# What a job turns off in the libraries it drives, here and (runs/cluster.py) in its Ray workers: MLflow's
+# per-file download bar, redrawn as one stderr line per file of a model.
+QUIET_DEPENDENCIES = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
 def quiet_dependencies() -> None:
-    """What a job turns off in the libraries it drives: MLflow's per-file download bar, redrawn as one stderr line
-    per file of a model (set before MLflow reads it)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    """Set QUIET_DEPENDENCIES (before the libraries read them), unless the user's environment says otherwise."""
+    for name, value in QUIET_DEPENDENCIES.items():
+        os.environ.setdefault(name, value)
 
 
 def log(message: str) -> None:

@@ -17,11 +17,12 @@ import socket
 import stat
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import corrhash
 from corrhash.errors import ConfigError, CorrhashError
-from corrhash.log import LEVEL_ENV, logger
+from corrhash.log import LEVEL_ENV, QUIET_DEPENDENCIES, logger
 
 DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"  # where Ray and `ray get-auth-token` look
 # How long a job waits for the cluster it names before saying it cannot reach it (Ray itself retries forever).
@@ -44,8 +45,6 @@ def ensure_private_token(path: Path = DEFAULT_TOKEN_PATH) -> None:
 
 def secure_local_ray() -> None:
     """Call before ray.init starts a local Ray: its servers then inherit these settings."""
-    from ray._private import ray_constants
-
     # Unset, Ray 2.60 turns token auth on for a Ray that ray.init starts; it reads the mode once,
     # so a shell's RAY_AUTH_MODE=disabled cannot be overridden here: refuse it.
     if os.environ.get("RAY_AUTH_MODE", "token") != "token":
@@ -53,8 +52,15 @@ def secure_local_ray() -> None:
                           "authentication; unset it or set RAY_AUTH_MODE=token")
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         ensure_private_token()
-    # Ray's single-node mode keeps the node address, and so the client proxy, the agents and the
-    # metrics servers, on 127.0.0.1. The constant is read at import time, hence both assignments.
+    single_node_mode()
+
+
+def single_node_mode() -> None:
+    """Ray's single-node mode: it keeps the node address, and so the client proxy, the agents and the metrics
+    servers, on 127.0.0.1, and a driver of a loopback head on 127.0.0.1 (else Ray rewrites it to the host's LAN
+    address and retries that forever). The constant is read at import time, hence both assignments."""
+    from ray._private import ray_constants
+
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
 
@@ -90,7 +96,8 @@ def gcs_address(address: str, where: str) -> str:
         raise ConfigError(f"{where}: {address} is the Jobs API of a Ray head on another machine; a job run "
                           "directly connects to the head's GCS: --address HOST:PORT (the head's `ray start "
                           "--port`, 6379 unless set), or run the job with `ray job submit`")
-    host = address.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+    host = urlsplit(address).hostname
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets before the port
     return f"{host}:{ports[0].read_text().strip()}"
 
 
@@ -123,7 +130,7 @@ def init_ray(address: str | None) -> None:
     # Workers print corrhash's lines at the job's --quiet/--verbose level and skip MLflow's download bars too.
     runtime_env = {"py_modules": [str(PACKAGE_DIR)],
                    "env_vars": {"RAY_TRAIN_V2_ENABLED": "1", LEVEL_ENV: logging.getLevelName(logger.getEffectiveLevel()),
-                                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
+                                **QUIET_DEPENDENCIES}}
     where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
     # "local" always starts a fresh local Ray: with no address, ray.init would instead join whatever
     # cluster /tmp/ray/ray_current_cluster names, and hang if that cluster is gone.
@@ -134,12 +141,7 @@ def init_ray(address: str | None) -> None:
         address = gcs_address(address, where)
         _reachable(address, where)
         if _is_loopback(address.removeprefix("ray://").rpartition(":")[0]):
-            # A head bound to loopback: without this, Ray rewrites 127.0.0.1 to the host's LAN address and
-            # the driver retries that address forever.
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-            from ray._private import ray_constants
-
-            ray_constants.ENABLE_RAY_CLUSTER = False
+            single_node_mode()
         os.environ.pop("RAY_ADDRESS", None)  # ray.init reads it too, and refuses the dashboard form
     try:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)

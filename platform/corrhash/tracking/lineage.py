@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 from mlflow.tracking.context.registry import resolve_tags
@@ -47,7 +48,13 @@ def _ray_package() -> str | None:
 def source_tags() -> dict[str, str]:
     """The tags `mlflow.start_run` would add (source name and type, user, git commit, branch and repository
     when the entry point is in a checkout), with the commit from the environment where no checkout is, the
-    dirty state, and a submitted job's Ray package."""
+    dirty state, and a submitted job's Ray package. Resolved once per process (a tune creates a run per trial),
+    as the job started."""
+    return dict(_resolved())
+
+
+@cache
+def _resolved() -> dict[str, str]:
     tags = resolve_tags({})
     if tags.get(COMMIT_TAG):
         dirty = _git_dirty(Path(sys.argv[0]).absolute().parent)
