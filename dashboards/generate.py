@@ -7,7 +7,7 @@ committed JSON is what this script writes, that every panel has a datasource, a 
 The JSON follows the dashboards Ray writes for its own Grafana (session_latest/metrics/grafana/
 dashboards/): a `datasource` template variable over Prometheus data sources and a `SessionName`
 variable, so the panels sit beside Ray's own in the same Grafana. corrhash's series are the ones
-platform/corrhash/runs/metrics.py exports (Ray prefixes them `ray_`); the cluster rows use Ray's own
+platform/corrhash/launch/live.py exports (Ray prefixes them `ray_`); the cluster rows use Ray's own
 node metrics. Panels over GPU series say so in their description: a cluster without GPUs has none.
 """
 
@@ -105,7 +105,7 @@ TRAINING = [
 
 SEARCH_FILTER = '{job_name=~"$model", ' + SESSION + "}"
 SEARCH = [
-    Row("Search: jobs/search.py (and any process using corrhash.runs.metrics.SearchExporter)", [
+    Row("Search: jobs/search.py (and any process using corrhash.launch.live.SearchExporter)", [
         Panel("Queries per second", "Queries answered per second by each model.", "reqps",
               [(f"sum by (job_name) (rate(ray_corrhash_search_queries_total{SEARCH_FILTER}[$__rate_interval]))",
                 "{{job_name}}")]),

@@ -27,8 +27,8 @@ import yaml  # noqa: E402
 
 from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
 from corrhash.errors import ConfigError, CorrhashError  # noqa: E402
-from corrhash.runs.ablate import AblateOptions  # noqa: E402
-from corrhash.runs.grid import load_grid  # noqa: E402
+from corrhash.ablate.driver import AblateOptions  # noqa: E402
+from corrhash.ablate.grid import load_grid  # noqa: E402
 
 
 @dataclass
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         print(grid.describe(), flush=True)
         if job.dry_run:
             return 0
-        from corrhash.runs.ablate import report_only, run_ablation
+        from corrhash.ablate.driver import report_only, run_ablation
 
         folder = report_only(grid, options) if job.report_only else run_ablation(grid, options)
     except CorrhashError as exc:

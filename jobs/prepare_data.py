@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config: {config}", flush=True)
     try:
         if args.ray:
-            from corrhash.runs.prepare_ray import prepare_on_ray
+            from corrhash.data.prepare_ray import prepare_on_ray
 
             manifest = prepare_on_ray(config, args.address)
         else:

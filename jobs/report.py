@@ -51,8 +51,8 @@ def ablation_input(client, run):
     """An ablation parent's rows and per-cell codes, read back from MLflow by runs.ablate (the launcher's own
     reader) with the grid file the parent logged; the grid's data folders must be on this machine."""
     from corrhash.report.page import AblationInput
-    from corrhash.runs.ablate import ablation_rows
-    from corrhash.runs.grid import load_grid
+    from corrhash.ablate.driver import ablation_rows
+    from corrhash.ablate.grid import load_grid
     from corrhash.tracking.run_report import ABLATION_TAG, grid_file
 
     name = run.data.tags[ABLATION_TAG]

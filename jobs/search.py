@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run
 
 from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
 from corrhash.errors import ConfigError, DataError  # noqa: E402
-from corrhash.runs.metrics import exporting  # noqa: E402
+from corrhash.launch.live import exporting  # noqa: E402
 from corrhash.serve.corpus import read_text  # noqa: E402
 from corrhash.serve.index import KINDS  # noqa: E402
 
@@ -175,10 +175,10 @@ def answer(args: SearchOptions, queries) -> None:
 def search_metrics(args: SearchOptions):
     """The exporter of query counts and latency: connected to Ray when --address or $RAY_ADDRESS names a
     cluster (otherwise it records nothing)."""
-    from corrhash.runs.metrics import SearchExporter
+    from corrhash.launch.live import SearchExporter
 
     if args.address or os.environ.get("RAY_ADDRESS"):
-        from corrhash.runs.cluster import init_ray
+        from corrhash.launch.connect import init_ray
 
         init_ray(args.address)  # None: init_ray reads $RAY_ADDRESS, and its errors name it
     return SearchExporter(job=args.model)

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run
 
 from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args, exit_status  # noqa: E402
 from corrhash.errors import ConfigError, DataError  # noqa: E402
-from corrhash.runs.serving import Limits, ServeOptions  # noqa: E402
+from corrhash.serve.app import Limits, ServeOptions  # noqa: E402
 from corrhash.serve.corpus import describe, index_for  # noqa: E402
 from corrhash.serve.index import KINDS  # noqa: E402
 
@@ -129,7 +129,7 @@ def log(message: str) -> None:
 def load_payload(options: ServeJobOptions):
     """The model and its index (loaded or hashed from --corpus), with the checks jobs/search.py makes."""
     import corrhash
-    from corrhash.runs.serving import Payload
+    from corrhash.serve.app import Payload
 
     model = corrhash.load(options.model)
     if model.featurizer is None:
@@ -141,8 +141,8 @@ def load_payload(options: ServeJobOptions):
 
 
 def serve_until_stopped(options: ServeJobOptions) -> None:
-    from corrhash.runs.cluster import init_ray
-    from corrhash.runs import serving
+    from corrhash.launch.connect import init_ray
+    from corrhash.serve import app as serving
 
     payload = load_payload(options)  # before Ray: a bad model or index fails fast, with its name
     init_ray(options.address)

@@ -28,7 +28,7 @@ from corrhash.models import model_class
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.runs import ensure_experiment, filter_value, final_metrics, start_or_resume_run
 from corrhash.train import TrainConfig, fit
-from corrhash.train.preflight import job_lock
+from corrhash.launch.preflight import job_lock
 from test_data_files import LOOSE, synthetic_rows, write_jsonl
 
 SMALL = ["--bits", "8", "--hidden", "16", "--epochs", "1", "--batch-size", "20", "--eval-k", "10"]

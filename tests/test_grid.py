@@ -14,7 +14,7 @@ import yaml
 from conftest import write_synthetic_corpus
 from corrhash.data import PrepareConfig, TfidfRecipe, prepare
 from corrhash.errors import ConfigError
-from corrhash.runs.grid import Cell, load_grid
+from corrhash.ablate.grid import Cell, load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "jobs" / "grids").glob("*.yaml"))
@@ -214,7 +214,7 @@ def test_every_grid_is_tested():
 
 def test_loading_a_grid_imports_neither_ray_nor_mlflow():
     """jobs/ablate.py --dry-run checks a grid on a laptop without a cluster."""
-    code = ("import sys, corrhash.runs.grid; "
+    code = ("import sys, corrhash.ablate.grid; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

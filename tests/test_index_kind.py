@@ -22,7 +22,7 @@ from corrhash.data import TfidfShards
 from corrhash.errors import DataError
 from corrhash.models import ModelConfig
 from corrhash.retrieval import hamming_topk
-from corrhash.runs.serving import Limits, Payload, Searcher
+from corrhash.serve.app import Limits, Payload, Searcher
 from corrhash.serve.corpus import describe, index_for
 from corrhash.train import TrainConfig, fit
 

@@ -1,5 +1,5 @@
 """Where a run's code came from (tracking/lineage.py) and how a job names a cluster it cannot reach
-(runs/cluster.py), without a cluster: the connected paths run in tests/test_security.py on a real head."""
+(launch/connect.py), without a cluster: the connected paths run in tests/test_security.py on a real head."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corrhash.errors import ConfigError
-from corrhash.runs.cluster import _reachable, gcs_address, init_ray
+from corrhash.launch.connect import _reachable, gcs_address, init_ray
 from services import free_port
 
 REPO = Path(__file__).resolve().parents[1]

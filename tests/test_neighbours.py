@@ -16,7 +16,7 @@ from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, create_model, list_models, model_class
 from corrhash.data.stream import ShardStream
-from corrhash.runs.grid import load_grid
+from corrhash.ablate.grid import load_grid
 from corrhash.runs.local import run_local
 from corrhash.train.config import TrainConfig
 from corrhash.train.loop import fit

@@ -1,4 +1,4 @@
-"""Preparation on Ray Data (`prepare_data.py text --ray`, runs/prepare_ray.py) gives what one process gives: the same
+"""Preparation on Ray Data (`prepare_data.py text --ray`, data/prepare_ray.py) gives what one process gives: the same
 manifest (content hash included), vocab.json and shard files, byte for byte; and fails with the same messages.
 
 The pieces both paths share are checked here without Ray; the comparison runs an embedded local Ray in a subprocess
@@ -19,7 +19,7 @@ from corrhash.data import PrepareConfig, TfidfRecipe, prepare
 from corrhash.data.featurize import TOKEN_PATTERN, TermCounts, TfidfFeaturizer, analyzer, normalize_text
 from corrhash.data.synthetic_text import SynthConfig, write_corpus
 from corrhash.errors import DataError
-from corrhash.runs.prepare_ray import _shard_pieces
+from corrhash.data.prepare_ray import _shard_pieces
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ sys.path.insert(0, "platform")
 sys.path.insert(0, "jobs")
 from corrhash.data import PrepareConfig, TfidfRecipe
 from corrhash.errors import CorrhashError
-from corrhash.runs.prepare_ray import prepare_on_ray
+from corrhash.data.prepare_ray import prepare_on_ray
 import prepare_data
 
 cases = json.loads(Path(sys.argv[1]).read_text())

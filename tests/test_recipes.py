@@ -13,7 +13,7 @@ from badinput import job
 from corrhash.data import TfidfShards
 from corrhash.models import ModelConfig, create_model, list_models
 from corrhash.models.base import word_presence
-from corrhash.runs.grid import cell_id, load_grid
+from corrhash.ablate.grid import cell_id, load_grid
 from corrhash.train import TrainConfig
 from corrhash.train.loop import fit, new_state, run_epoch
 from corrhash.train.recipes import DEFAULT_RECIPE, RECIPES, recipe_values

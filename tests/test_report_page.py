@@ -23,8 +23,8 @@ from corrhash.models import ModelConfig
 from corrhash.report.figures import TSNE, project_codes
 from corrhash.report.page import (Codes, PageInput, Trial, build_page, curves_figure, importances,
                                   importances_figure, markdown_html, trials_figure)
-from corrhash.runs.ablate import NODE_TAG
-from corrhash.runs.grid import load_grid
+from corrhash.ablate.driver import NODE_TAG
+from corrhash.ablate.grid import load_grid
 from corrhash.runs.local import run_local
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.run_report import PAGE_ARTIFACT
@@ -314,7 +314,7 @@ def test_report_job_names_a_bad_option(recorded, tmp_path, capsys):
 
 def ablation_into_mlflow(uri: str, shards: Path, folder: Path, name: str = "tiny-ablation") -> str:
     """An ablation-shaped parent: its grid file as the `grid/` artifact and one FINISHED child run per cell with
-    the tags and metric names runs/ablate.py's run_cell records (hand-made values: a real cell needs Ray).
+    the tags and metric names ablate/driver.py's run_cell records (hand-made values: a real cell needs Ray).
     Returns the parent's run id."""
     grid_path = folder / f"{name}.yaml"
     grid_path.write_text(yaml.safe_dump({"name": name, "description": "nash against corrsh, <tiny>",

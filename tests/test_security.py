@@ -220,7 +220,7 @@ def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_reci
 
 EMBEDDED = """
 import json, sys, ray
-from corrhash.runs.cluster import init_ray
+from corrhash.launch.connect import init_ray
 init_ray(None)
 node = ray._private.worker._global_node
 print(json.dumps({"dashboard": node.address_info["webui_url"],

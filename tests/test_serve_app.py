@@ -281,7 +281,7 @@ def test_sigterm_deletes_the_app_and_shuts_serve_down(served):
 
 @pytest.fixture(scope="module")
 def app(trained):
-    from corrhash.runs.serving import Limits, Payload, Searcher, build_app
+    from corrhash.serve.app import Limits, Payload, Searcher, build_app
 
     model = corrhash.load(trained.dir)
     train = trained.shards.split("train")

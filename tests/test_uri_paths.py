@@ -156,7 +156,7 @@ def test_upload_replaces_only_a_prepared_set(s3, shards_synthetic, tmp_path):
 def test_a_uri_for_a_driver_folder_is_a_named_error(tmp_path):
     """--out (train, tune, ablate) is a folder on the driver: a URI is refused, also once Path() collapsed its //."""
     from corrhash.errors import ConfigError
-    from corrhash.train.preflight import check_job_paths, check_out_dir
+    from corrhash.launch.preflight import check_job_paths, check_out_dir
 
     for out in ("s3://bucket/run", Path("s3://bucket/run")):
         with pytest.raises(ConfigError, match=r"^--out s3:/+bucket/run: a URI, but --out is a folder on the machine"):
@@ -174,7 +174,7 @@ def test_a_uri_for_a_driver_folder_is_a_named_error(tmp_path):
 
 def test_jobs_on_uri_storage_lock_their_name_on_the_driver(tmp_path, monkeypatch):
     from corrhash.errors import ConfigError
-    from corrhash.train import preflight
+    from corrhash.launch import preflight
 
     monkeypatch.setattr(preflight, "URI_LOCKS", tmp_path / "locks")
     with preflight.job_lock("s3://bucket/tune?endpoint_override=ENDPOINT", "busy"):
@@ -196,8 +196,8 @@ import json, sys
 sys.path.insert(0, "platform")
 import ray
 from corrhash.errors import ConfigError
-from corrhash.runs.cluster import init_ray
-from corrhash.runs.paths import check_shared_paths
+from corrhash.launch.connect import init_ray
+from corrhash.launch.shared_paths import check_shared_paths
 
 address, data, storage, hidden_data, hidden_storage, stale_data = sys.argv[1:]
 init_ray(address)

@@ -1,6 +1,8 @@
 """corrhash: correlated semantic hashing (CorrSH) training, tuning and search."""
 
-__version__ = "0.1.0"
+from corrhash.package import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(uri, device: str = "cpu"):

@@ -4,7 +4,7 @@ stamped with the seconds since the process started.
 The handler is attached when this module is first imported, in a job and equally in a Ray worker or task (which
 prints to the job's console through Ray), at the level `$CORRHASH_LOG_LEVEL` names (INFO unless set). A job's
 `--quiet`/`--verbose` call `set_level`, which also sets that variable so the Ray workers the job starts inherit it
-(`runs/cluster.py` passes it in their runtime env). Other libraries' loggers are left to them, apart from the
+(`launch/connect.py` passes it in their runtime env). Other libraries' loggers are left to them, apart from the
 noise jobs turn off in `quiet_dependencies`.
 """
 
@@ -53,7 +53,7 @@ def set_level(level: int | str) -> None:
     os.environ[LEVEL_ENV] = logging.getLevelName(logger.level)
 
 
-# What a job turns off in the libraries it drives, here and (runs/cluster.py) in its Ray workers: MLflow's
+# What a job turns off in the libraries it drives, here and (launch/connect.py) in its Ray workers: MLflow's
 # per-file download bar, redrawn as one stderr line per file of a model.
 QUIET_DEPENDENCIES = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 

@@ -3,7 +3,7 @@
 Tokenization is scikit-learn's CountVectorizer analyzer; the vocabulary is fitted from term counts
 (`TermCounts`: document and term frequencies, which blocks of a corpus count separately and merge),
 with CountVectorizer's own rules (min_df, max_df, max_features, alphabetical order), so one process and
-many (runs/prepare_ray.py) fit the same vocabulary. The TF-IDF transform is written out here (a few
+many (data/prepare_ray.py) fit the same vocabulary. The TF-IDF transform is written out here (a few
 lines) so that `vocab.json` alone (terms + idf) featurizes new text identically, with nothing pickled.
 Every transform is row by row: a block of documents gives the rows the whole corpus would.
 """

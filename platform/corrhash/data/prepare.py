@@ -1,7 +1,7 @@
 """Raw corpus → Parquet TF-IDF shards + vocab.json + manifest.json, written atomically.
 
 `prepare` does it in this process; `run_prepare` is the frame (checks, temporary folder, SIGTERM, the swap into
-place) that runs/prepare_ray.py fills in with Ray Data, and `write_vocab_and_manifest` the common ending, so both
+place) that data/prepare_ray.py fills in with Ray Data, and `write_vocab_and_manifest` the common ending, so both
 write the same files."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where a run executes and how it ends: the orchestration layer, the only one that imports Ray.
+"""The train/tune lifecycle: where a run executes and how it ends.
 
 One run description (`spec.RunSpec`), one worker function for Ray Train workers and Tune trials
 (`worker`), one ending (`finish`), and three launchers that differ only in how they start and

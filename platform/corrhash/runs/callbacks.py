@@ -5,7 +5,7 @@ that all workers reported, and logs rank 0's metrics to the job's run. `TrialRun
 driver: one child run per trial, created when the trial starts (or found again by its trial tag
 after a restore), fed every result, and ended when the trial ends: FINISHED, FAILED, or FINISHED
 with `corrhash.stopped_by = scheduler` when ASHA stopped it early. `TrialStates` runs beside it and
-exports the trials' counts by state as a live metric (`runs/metrics.py`).
+exports the trials' counts by state as a live metric (`launch/live.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ray.tune.experiment import Trial
 from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from corrhash.runs.metrics import export_counts
+from corrhash.launch.live import export_counts
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.runs import client_for, end_run, end_trial_runs, log_metrics, trial_run
 

@@ -26,7 +26,7 @@ from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint
 from corrhash.train.evaluate import Evaluator
 from corrhash.train.loop import FitResult
-from corrhash.train.preflight import new_run_dir
+from corrhash.launch.preflight import new_run_dir
 
 RESULT_KEYS = ("launcher", "job", "run_id", "data", "dataset", "content_hash", "model", "train", "tuned",
                "eval_k", "best_epoch", "epochs_run", "val_precision", "test_precision", "test_precision_ordered",

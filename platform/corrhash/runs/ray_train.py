@@ -20,13 +20,13 @@ from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 from corrhash.log import log, logger
 from corrhash.runs.callbacks import EpochMetrics
-from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
+from corrhash.launch.connect import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
-from corrhash.runs.paths import check_shared_paths
+from corrhash.launch.shared_paths import check_shared_paths
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import train_loop
 from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_data, publish_model, tracking_uri
-from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
+from corrhash.launch.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
 
 
 @dataclass

@@ -23,16 +23,16 @@ from corrhash.data.uri import display, join
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.runs.callbacks import TrialRuns, TrialStates
-from corrhash.runs.cluster import check_fits, init_ray, storage_path, user_error
+from corrhash.launch.connect import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
-from corrhash.runs.paths import check_shared_paths
+from corrhash.launch.shared_paths import check_shared_paths
 from corrhash.runs.space import ConditionalSpace, check_space, space_params
 from corrhash.runs.spec import RunSpec, trial_values
 from corrhash.runs.worker import tune_trial
 from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
 from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_figures, log_params,
                                     publish_model, tracking_uri)
-from corrhash.train.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
+from corrhash.launch.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
 
 @dataclass
 class TuneOptions:

@@ -19,7 +19,7 @@ import torch
 
 from corrhash.data import TfidfShards
 from corrhash.data.stream import open_split
-from corrhash.runs.metrics import EpochExporter
+from corrhash.launch.live import EpochExporter
 from corrhash.runs.session import TrainSession, TuneSession
 from corrhash.runs.spec import RunSpec
 from corrhash.train import checkpoint

@@ -1,9 +1,9 @@
 """What a report page shows, read from an MLflow run, and the finished page logged back to it.
 
 A run is one of three kinds, told apart by the tags the launchers set (tracking/runs.py, runs/tune.py,
-runs/ablate.py): an ablation's parent (tag `corrhash.ablation`, no parent of its own), a tune's parent (child
+ablate/driver.py): an ablation's parent (tag `corrhash.ablation`, no parent of its own), a tune's parent (child
 runs tagged `corrhash.trial`), or any other run (a training job, one trial, one ablation cell). The page itself
-is drawn by `corrhash.report.page`; an ablation's rows come from `corrhash.runs.ablate.ablation_rows`, which the
+is drawn by `corrhash.report.page`; an ablation's rows come from `corrhash.ablate.driver.ablation_rows`, which the
 job script composes (tracking may not import the launchers).
 """
 

@@ -23,7 +23,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-import corrhash
+from corrhash.package import PACKAGE_DIR
 from corrhash.artifact import MLFLOW_ARTIFACT_KEY
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
@@ -34,7 +34,6 @@ TRIAL_TAG = "corrhash.trial"
 ABLATION_TAG = "corrhash.ablation"  # an ablation's parent run and its cells
 CELL_TAG = "corrhash.cell"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-PACKAGE_DIR = Path(corrhash.__file__).parent
 # The versions the model is built with, pinned in its requirements (what `mlflow models serve` installs).
 # The logged model's input example (MLflow derives the serving example from it).
 INPUT_EXAMPLE = ["The shuttle launch was delayed by a fuel leak.", "Which graphics card works best under Linux?"]

@@ -20,14 +20,13 @@ import urllib.request
 from urllib.parse import urlsplit
 from pathlib import Path
 
-import corrhash
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import LEVEL_ENV, QUIET_DEPENDENCIES, logger
+from corrhash.package import PACKAGE_DIR
 
 DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"  # where Ray and `ray get-auth-token` look
 # How long a job waits for the cluster it names before saying it cannot reach it (Ray itself retries forever).
 CONNECT_TIMEOUT_S = float(os.environ.get("CORRHASH_RAY_CONNECT_TIMEOUT_S", "15"))
-PACKAGE_DIR = Path(corrhash.__file__).parent
 
 
 def ensure_private_token(path: Path = DEFAULT_TOKEN_PATH) -> None:

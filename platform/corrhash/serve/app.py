@@ -40,7 +40,7 @@ from typing import Annotated, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from corrhash import __version__
+from corrhash.package import __version__
 from corrhash.errors import ConfigError
 
 MODEL_FILES = ("model.json", "model.safetensors", "vocab.json")  # a corrhash model folder (corrhash.artifact)
@@ -371,7 +371,7 @@ class SearchReplica:
     models need the limits the constructor is given (and ray.serve is imported only when serving)."""
 
     def __init__(self, payload: Payload, limits: Limits):
-        from corrhash.runs.metrics import SearchExporter
+        from corrhash.launch.live import SearchExporter
 
         self.searcher = Searcher(payload, limits)
         self.exporter = SearchExporter(job=payload.model)

@@ -1,4 +1,4 @@
-"""Cluster-wide ablations: every cell of a grid (runs/grid.py) is one Ray task, packed onto the cluster's nodes by
+"""Cluster-wide ablations: every cell of a grid (ablate/grid.py) is one Ray task, packed onto the cluster's nodes by
 the CPUs and (fractional) GPUs the grid asks per cell, and recorded as one MLflow child run of the ablation's
 parent run.
 
@@ -30,16 +30,16 @@ from corrhash.data import TfidfShards
 from corrhash.device import resolve_device
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
-from corrhash.runs.cluster import check_fits, init_ray, user_error
-from corrhash.runs.grid import Cell, Grid
+from corrhash.launch.connect import check_fits, init_ray, user_error
+from corrhash.ablate.grid import Cell, Grid
 from corrhash.runs.local import run_local
-from corrhash.runs.metrics import EpochExporter, export_counts
-from corrhash.runs.paths import check_shared_paths
+from corrhash.launch.live import EpochExporter, export_counts
+from corrhash.launch.shared_paths import check_shared_paths
 from corrhash.serve.hashing import HashingModel
 from corrhash.tracking.lineage import source_tags
 from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, client_for, ensure_experiment, filter_value,
                                     final_metrics, job_run, log_metrics, log_params, tracking_uri)
-from corrhash.train.preflight import check_job_name, check_job_paths, check_local_folder, job_lock
+from corrhash.launch.preflight import check_job_name, check_job_paths, check_local_folder, job_lock
 
 NODE_TAG = "corrhash.node"
 PROGRESS_EVERY_S = 15.0

@@ -68,7 +68,7 @@ def prepare_on_ray(config: PrepareConfig, address: str | None = None) -> dict:
         raise ConfigError(f"--ray prepares text tables; {config.dataset} is prepared in one process (drop --ray)")
     import ray.data
 
-    from corrhash.runs.cluster import init_ray
+    from corrhash.launch.connect import init_ray
 
     init_ray(address)
     ray.data.DataContext.get_current().enable_progress_bars = False
