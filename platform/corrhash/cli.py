@@ -73,8 +73,10 @@ def _default(field: dataclasses.Field):
     return field.default  # MISSING: the option is required
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of `cls` in a group titled `title`; defaults come from the dataclass."""
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (),
+                       defaults: object | None = None) -> None:
+    """One option per field of `cls` in a group titled `title`; defaults come from the dataclass (or from
+    `defaults`, an instance: a nested field's default_factory)."""
     group = parser.add_argument_group(title)
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -83,12 +85,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, s
             continue
         kind = _base_type(hints[field.name])
         if dataclasses.is_dataclass(kind):
-            add_dataclass_args(parser, kind, docs.get(field.name, field.name))
+            nested = _default(field)
+            add_dataclass_args(parser, kind, docs.get(field.name, field.name),
+                               defaults=None if nested is dataclasses.MISSING else nested)
             continue
         options = dict(field.metadata.get(CLI, {}))
         dest = f"{cls.__name__}.{field.name}"
         help_text = docs.get(field.name, "")
-        default = _default(field)
+        default = _default(field) if defaults is None else getattr(defaults, field.name)
         if default is not dataclasses.MISSING:
             help_text += f" (default: {default})" if default not in (None, []) else ""
             options.setdefault("default", default)
