@@ -140,10 +140,9 @@ def batches(queries, size: int):
 
 
 def answer(args: SearchOptions, queries) -> None:
-    import numpy as np
-
     import corrhash
     from corrhash.serve.corpus import describe, index_for
+    from corrhash.serve.search import Searcher
     model = corrhash.load(args.model)
     index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind, args.allow_other_model)
     if args.corpus is not None:
@@ -151,20 +150,16 @@ def answer(args: SearchOptions, queries) -> None:
     if args.index_out:
         index.save(args.index_out)
         print(f"saved index to {args.index_out}", file=sys.stderr)
-    exporter, start = search_metrics(args), 0
+    searcher, exporter, start = Searcher(model, index, shown, args.model), search_metrics(args), 0
     for batch in batches(queries, args.batch):
         with exporter.timed(len(batch)):
-            features = model.featurize(batch)
-            ids, distances = index.search(model.encode_features(features), args.k)
-        in_vocabulary = np.diff(features.indptr)  # distinct vocabulary terms per query
-        for j, query in enumerate(batch):
-            if in_vocabulary[j] == 0:
-                print(f"warning: query {start + j} has no term of the model's vocabulary; its hits are arbitrary",
-                      file=sys.stderr)
-            hits = [{"id": d.item(), "distance": int(h), **shown.get(d.item(), {})}
-                    for d, h in zip(ids[j], distances[j])]
-            print(json.dumps({"query": start + j, "text": query, "in_vocabulary": int(in_vocabulary[j]),
-                              "hits": hits}))
+            results = searcher.search(batch, args.k)
+        for query, result in zip(batch, results):
+            if "warning" in result:
+                print(f"warning: query {start + result['query']} has no term of the model's vocabulary; its hits "
+                      "are arbitrary", file=sys.stderr)
+            print(json.dumps({"query": start + result["query"], "text": query,
+                              "in_vocabulary": result["in_vocabulary"], "hits": result["hits"]}))
         sys.stdout.flush()
         start += len(batch)
     if args.linger_s and exporting():

@@ -323,6 +323,7 @@ TRAIN_FROM_S3 = r"""
 import json, sys
 sys.path.insert(0, "platform")
 from corrhash.models import ModelConfig
+from corrhash.launch.job import ClusterOptions
 from corrhash.runs.ray_train import RayConfig, train_on_ray
 from corrhash.runs.spec import RunSpec
 from corrhash.train.config import TrainConfig
@@ -330,7 +331,7 @@ from corrhash.train.config import TrainConfig
 data, storage, mlflow_uri = sys.argv[1:]
 spec = RunSpec(data, ModelConfig(name="corrsh", bits=16, hidden=32), TrainConfig(epochs=2, eval_k=10, device="cpu"))
 results = train_on_ray(spec, RayConfig(num_workers=2, cpus_per_worker=0.5, storage=storage, name="s3-job",
-                                       mlflow_uri=mlflow_uri), score_test=False)
+                                       cluster=ClusterOptions(mlflow_uri=mlflow_uri)), score_test=False)
 print("RESULT " + json.dumps({"data": results["data"], "content_hash": results["content_hash"]}), flush=True)
 """
 

@@ -1,59 +1,53 @@
-"""Cluster-wide ablations: every cell of a grid (ablate/grid.py) is one Ray task, packed onto the cluster's nodes by
-the CPUs and (fractional) GPUs the grid asks per cell, and recorded as one MLflow child run of the ablation's
-parent run.
+"""Cluster-wide ablations: every cell of a grid (ablate/grid.py) is one Ray task (ablate/cell.py), packed onto the
+cluster's nodes by the CPUs and (fractional) GPUs the grid asks per cell, and recorded by this driver as one MLflow
+child run of the ablation's parent run.
 
 Why tasks and not Tune's grid: a cell is a whole plain-process run (the one epoch loop, `finish`'s test scoring
 and model folder), with no search, scheduler or per-trial checkpoint to manage; a task is the smallest unit Ray
 packs by resources and retries when its node dies (`max_retries`), which is all a grid needs.
 
-Exactly once: the cell's MLflow run is the record. A task first looks for a FINISHED run of its cell under the
-parent and returns it if there is one (a rerun of the same --name, or a retry after the cell already finished);
-runs a killed attempt left RUNNING or FAILED are deleted before the cell starts again, so each cell ends with
-exactly one run, FINISHED. The driver submits only cells without a FINISHED run, so rerunning a completed
-ablation starts no cell.
+MLflow one way: cells never talk to MLflow. Each attempt of a cell reports its start (and node) and its epochs
+through a Ray queue, and returns its results; the driver turns them into the cell's run: created when the attempt
+starts (runs an earlier attempt left unfinished are deleted then), fed its epochs live, ended FINISHED when the task
+returns. So each cell ends with exactly one run, FINISHED, and the driver submits only cells without one: rerunning
+a completed ablation starts no cell.
 """
 
 from __future__ import annotations
 
-import platform
+import json
 import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from corrhash.data import TfidfShards
-from corrhash.device import resolve_device
-from corrhash.errors import ConfigError, CorrhashError
-from corrhash.log import log
-from corrhash.launch.connect import check_fits, init_ray, user_error
+from corrhash.ablate.cell import CellOutcome, run_cell
 from corrhash.ablate.grid import Cell, Grid
-from corrhash.runs.local import run_local
-from corrhash.launch.live import EpochExporter, export_counts
-from corrhash.launch.shared_paths import check_shared_paths
-from corrhash.serve.hashing import HashingModel
+from corrhash.data import TfidfShards
+from corrhash.errors import ConfigError, CorrhashError
+from corrhash.launch.connect import user_error
+from corrhash.launch.job import ClusterOptions, Job, launch_job
+from corrhash.launch.live import export_counts
+from corrhash.launch.preflight import check_job_name, check_local_folder
+from corrhash.log import log
+from corrhash.retrieval.codes import unpack_codes
 from corrhash.tracking.lineage import source_tags
-from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, client_for, ensure_experiment, filter_value,
-                                    final_metrics, job_run, log_metrics, log_params, tracking_uri)
-from corrhash.launch.preflight import check_job_name, check_job_paths, check_local_folder, job_lock
+from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, NODE_TAG, cell_runs, client_for, filter_value,
+                                    log_metrics, record_cell, start_cell_run, tracking_uri)
 
-NODE_TAG = "corrhash.node"
 PROGRESS_EVERY_S = 15.0
+EVENTS_EVERY_S = 1.0  # how often the driver drains the cells' events (a cell's run appears within this)
 PROJECTED = ("vdsh", "nash", "corrsh")
 
 
 @dataclass
 class AblateOptions:
-    address: str | None = None
-    """Ray cluster to use; default $RAY_ADDRESS (set inside `ray job submit`), else a local Ray."""
-    mlflow_uri: str | None = None
-    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db."""
-    experiment: str = "corrhash-ablations"
-    """MLflow experiment of the ablation's parent run and its cells' child runs."""
+    cluster: ClusterOptions = field(default_factory=lambda: ClusterOptions(experiment="corrhash-ablations"))
+    """Ray cluster and MLflow (the experiment of the ablation's parent run and its cells' child runs)"""
     max_retries: int = 3
     """Times Ray reruns a cell whose worker or node died (a cell that raises is not retried)."""
     out: Path = Path("runs/ablations")
@@ -64,100 +58,36 @@ class AblateOptions:
             raise ConfigError(f"--max-retries {self.max_retries}: must be >= 0")
 
 
-# ---- one cell (runs inside a Ray task) --------------------------------------------------------------------
-
-
-def cell_runs(client, experiment_id: str, parent_id: str, cell_id: str | None = None) -> list:
-    query = f"tags.`mlflow.parentRunId` = {filter_value(parent_id)}"
-    if cell_id is not None:
-        query += f" and tags.`{CELL_TAG}` = {filter_value(cell_id)}"
-    return client.search_runs([experiment_id], filter_string=query, max_results=10_000)
-
-
-def run_cell(cell_dict: dict, uri: str, experiment_id: str, parent_id: str, ablation: str,
-             source: dict[str, str]) -> str:
-    """Run one cell unless it already has a FINISHED run; returns that run's id. `source`: the driver's
-    lineage tags (a task on another node has no checkout to read them from)."""
-    import ray
-
-    cell = Cell.from_dict(cell_dict)
-    client = client_for(uri)
-    previous = cell_runs(client, experiment_id, parent_id, cell.id)
-    finished = [run for run in previous if run.info.status == "FINISHED"]
-    if finished:
-        return finished[0].info.run_id
-    for run in previous:  # a killed or failed attempt: its partial record goes, so the cell is recorded once
-        client.delete_run(run.info.run_id)
-    node = ray.get_runtime_context().get_node_id()
-    tags = {**source, "mlflow.parentRunId": parent_id, CELL_TAG: cell.id, ABLATION_TAG: ablation, NODE_TAG: node,
-            "host": platform.node(), **{f"axis.{k}": str(v) for k, v in cell.axes.items()}}
-    run_id = client.create_run(experiment_id, run_name=cell.label(), tags=tags).info.run_id
-    try:
-        spec = cell.spec()
-        log_params(client, run_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "data": spec.data,
-                                    "cell": cell.id, "resources": {"cpus": cell.cpus, "gpus": cell.gpus}})
-        if resolve_device(spec.train.device).type == "cpu":
-            torch.set_num_threads(spec.threads)
-        with tempfile.TemporaryDirectory(prefix="corrhash-cell-") as tmp:
-            out = Path(tmp) / "run"
-            # The plain-process launcher (input checks, the one loop, finish), its epochs also sent to MLflow.
-            export = EpochExporter(ablation, cell.id, 0, spec.model.name)
-
-            def on_epoch(metrics: dict) -> None:
-                log_metrics(client, run_id, metrics, step=metrics["epoch"])
-                export(metrics)
-
-            results = run_local(spec, out, on_epoch=on_epoch, launcher="ablate", job=ablation, run_id=run_id)
-            test = TfidfShards(spec.data).split("test")
-            codes = HashingModel(out / "model", spec.train.device).encode_features(test.features)
-            np.save(out / "test_codes.npy", codes, allow_pickle=False)  # packed; for the code projections
-            for name in ("results.json", "metrics.jsonl", "test_codes.npy"):
-                client.log_artifact(run_id, str(out / name))
-        seconds = [s for s in results["epoch_seconds"] if s is not None]
-        log_metrics(client, run_id, {**final_metrics(results), "fit_seconds": results["fit_seconds"],
-                                     **({"mean_epoch_seconds": float(np.mean(seconds))} if seconds else {})}, step=0)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-# ---- the driver ---------------------------------------------------------------------------------------------
-
-
 def run_ablation(grid: Grid, options: AblateOptions, command: str | None = None) -> Path:
     """Run the cells of `grid` without a FINISHED run, then write the report; returns the report folder."""
-    name = check_job_name(grid.name)
-    check_job_paths(options.mlflow_uri, str(options.out), option="--out")
-    with job_lock(str(options.out.absolute() / ".locks"), name):  # one live ablation per name
-        return _run(grid, options, name, command)
-
-
-def _run(grid: Grid, options: AblateOptions, name: str, command: str | None) -> Path:
     import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    init_ray(options.address)
-    check_shared_paths(data={f"{grid.source}: data.{cell.dataset}": cell.data for cell in grid.cells})
-    for cell in grid.cells:
-        check_fits(f"cell {cell.label()} (cpus {cell.cpus:g}, gpus {cell.gpus:g})", cell.cpus, cell.gpus)
-    uri = tracking_uri(options.mlflow_uri)
-    client = client_for(uri)
-    experiment_id = ensure_experiment(client, options.experiment)
+    name = check_job_name(grid.name)
     params = {"grid": str(grid.source), "cells": len(grid.cells), "axes": ",".join(grid.axis_names)}
-    with job_run(client, experiment_id, name, params, {ABLATION_TAG: name}) as (parent_id, resumed):
+    fits = [(f"cell {cell.label()} (cpus {cell.cpus:g}, gpus {cell.gpus:g})", cell.cpus, cell.gpus)
+            for cell in grid.cells]
+    with launch_job(options.cluster, name, storage=str(options.out), storage_option="--out",
+                    lock_root=str(options.out.absolute() / ".locks"),  # one live ablation per name
+                    params=params, tags={ABLATION_TAG: name}, fits=lambda: fits,
+                    data={f"{grid.source}: data.{cell.dataset}": cell.data for cell in grid.cells}) as job:
+        client, parent_id = job.client, job.run_id
         client.log_artifact(parent_id, str(grid.source), "grid")
-        done = {run.data.tags[CELL_TAG] for run in cell_runs(client, experiment_id, parent_id)
+        done = {run.data.tags[CELL_TAG] for run in cell_runs(client, job.experiment_id, parent_id)
                 if run.info.status == "FINISHED"}
         todo = [cell for cell in grid.cells if cell.id not in done]
-        log(f"ablation {name}: MLflow run {parent_id} at {uri}{' (resumed)' if resumed else ''}; "
+        log(f"ablation {name}: MLflow run {parent_id} at {job.uri}{' (resumed)' if job.resumed else ''}; "
             f"{len(grid.cells)} cells, {len(done & {c.id for c in grid.cells})} already finished, {len(todo)} to run")
-        remote, source = ray.remote(run_cell), source_tags()
+        # The queue lives on the driver's node: a lost worker node must not take the cells' reports with it.
+        events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)})
+        remote = ray.remote(run_cell)
         pending = {remote.options(num_cpus=cell.cpus, num_gpus=cell.gpus, max_retries=options.max_retries,
                                   retry_exceptions=False, name=f"cell {cell.label()}")
-                   .remote(cell.to_dict(), uri, experiment_id, parent_id, name, source): cell for cell in todo}
-        failed = _wait(pending, client, experiment_id, parent_id, len(grid.cells), name)
-        folder = write_ablation_report(grid, client, experiment_id, parent_id, options.out / name, command)
+                   .remote(cell.to_dict(), name, events): cell for cell in todo}
+        failed = CellRecorder(job, events, source_tags()).wait(pending, len(grid.cells))
+        folder = write_ablation_report(grid, client, job.experiment_id, parent_id, options.out / name, command)
         for path in sorted(folder.iterdir()):
             client.log_artifact(parent_id, str(path), "report")
         if failed:
@@ -167,37 +97,83 @@ def _run(grid: Grid, options: AblateOptions, name: str, command: str | None) -> 
     return folder
 
 
-def _wait(pending: dict, client, experiment_id: str, parent_id: str, total: int, name: str) -> list:
-    """Wait for every task, printing (and exporting as `corrhash_ablation_cells`) cells done / running / pending
-    and the best so far; returns the failures."""
-    import ray
+class CellRecorder:
+    """The driver's side of the cells: each attempt's events and returned outcome become its MLflow run."""
 
-    failed, last = [], 0.0
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_EVERY_S)
-        for ref in ready:
-            cell = pending.pop(ref)
-            try:
-                ray.get(ref)
-            except Exception as exc:  # a cell's own error (bad data, a diverging loss): the others go on
-                cause = user_error(exc)
-                if cause is None and not isinstance(exc, ray.exceptions.RayError):
-                    raise
-                failed.append((cell, cause or exc))
-                log(f"cell {cell.label()} failed: {cause or exc}")
-        if time.monotonic() - last >= PROGRESS_EVERY_S or not pending:
-            last = time.monotonic()
-            runs = cell_runs(client, experiment_id, parent_id)
-            finished = [r for r in runs if r.info.status == "FINISHED"]
-            running = sum(r.info.status == "RUNNING" for r in runs)
-            counts = {"done": len(finished), "running": running, "failed": len(failed),
-                      "pending": max(0, total - len(finished) - running - len(failed))}
-            export_counts("cells", name, counts)
-            best = max(finished, key=_best_val, default=None)
-            best_text = f"; best val precision {_best_val(best):.4f} ({best.info.run_name})" if best else ""
-            log(f"cells: {counts['done']} done, {running} running, {counts['pending']} pending, "
-                f"{len(failed)} failed{best_text}")
-    return failed
+    def __init__(self, job: Job, events, source: dict[str, str]):
+        self.job, self.events, self.source = job, events, source  # `source`: the driver's lineage tags
+        self.attempts: dict[str, tuple[str, str]] = {}  # cell id -> (current attempt, its run id)
+
+    def wait(self, pending: dict, total: int) -> list:
+        """Wait for every task, recording each cell and printing (and exporting as `corrhash_ablation_cells`) cells
+        done / running / pending and the best so far; returns the failures."""
+        import ray
+
+        cells = {cell.id: cell for cell in pending.values()}
+        failed, last = [], 0.0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=EVENTS_EVERY_S)
+            self.drain(cells)  # a finished task put all its events before returning
+            for ref in ready:
+                cell = pending.pop(ref)
+                try:
+                    self.record(cell, ray.get(ref))
+                except Exception as exc:  # a cell's own error (bad data, a diverging loss): the others go on
+                    cause = user_error(exc)
+                    if cause is None and not isinstance(exc, ray.exceptions.RayError):
+                        raise
+                    failed.append((cell, cause or exc))
+                    if cell.id in self.attempts:
+                        self.job.client.set_terminated(self.attempts[cell.id][1], "FAILED")
+                    log(f"cell {cell.label()} failed: {cause or exc}")
+            if time.monotonic() - last >= PROGRESS_EVERY_S or not pending:
+                last = time.monotonic()
+                self.progress(total, failed)
+        return failed
+
+    def drain(self, cells: dict[str, Cell]) -> None:
+        size = self.events.qsize()
+        for kind, cell_id, attempt, payload in self.events.get_nowait_batch(size) if size else []:
+            if kind == "started":
+                self.attempts[cell_id] = (attempt, self.start(cells[cell_id], payload))
+            elif self.attempts.get(cell_id, ("",))[0] == attempt:  # a lost attempt's late epochs are dropped
+                log_metrics(self.job.client, self.attempts[cell_id][1], payload, step=payload["epoch"])
+
+    def start(self, cell: Cell, where: dict) -> str:
+        spec = cell.spec()
+        tags = {**self.source, ABLATION_TAG: self.job.name, NODE_TAG: where["node"], "host": where["host"],
+                **{f"axis.{k}": str(v) for k, v in cell.axes.items()}}
+        params = {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "data": spec.data, "cell": cell.id,
+                  "resources": {"cpus": cell.cpus, "gpus": cell.gpus}}
+        return start_cell_run(self.job.client, self.job.experiment_id, self.job.run_id, cell.id, cell.label(), tags,
+                              params)
+
+    def record(self, cell: Cell, outcome: CellOutcome) -> None:
+        attempt, run_id = self.attempts[cell.id]
+        if outcome.attempt != attempt:
+            raise CorrhashError(f"cell {cell.label()}: returned attempt {outcome.attempt}, not the started {attempt}")
+        results = {**outcome.results, "run_id": run_id}
+        with tempfile.TemporaryDirectory(prefix="corrhash-cell-") as tmp:
+            files = [Path(tmp) / name for name in ("results.json", "metrics.jsonl", "test_codes.npy")]
+            files[0].write_text(json.dumps({**json.loads(outcome.results_json), "run_id": run_id}, indent=2))
+            files[1].write_text(outcome.metrics_jsonl)
+            np.save(files[2], outcome.test_codes, allow_pickle=False)  # packed; for the code projections
+            seconds = [s for s in results["epoch_seconds"] if s is not None]
+            record_cell(self.job.client, run_id, results, files, {
+                "fit_seconds": results["fit_seconds"], **({"mean_epoch_seconds": float(np.mean(seconds))}
+                                                          if seconds else {})})
+
+    def progress(self, total: int, failed: list) -> None:
+        runs = cell_runs(self.job.client, self.job.experiment_id, self.job.run_id)
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        running = sum(r.info.status == "RUNNING" for r in runs)
+        counts = {"done": len(finished), "running": running, "failed": len(failed),
+                  "pending": max(0, total - len(finished) - running - len(failed))}
+        export_counts("cells", self.job.name, counts)
+        best = max(finished, key=_best_val, default=None)
+        best_text = f"; best val precision {_best_val(best):.4f} ({best.info.run_name})" if best else ""
+        log(f"cells: {counts['done']} done, {running} running, {counts['pending']} pending, "
+            f"{len(failed)} failed{best_text}")
 
 
 def _best_val(run) -> float:
@@ -238,7 +214,7 @@ def ablation_rows(grid: Grid, client, experiment_id: str, parent_id: str) -> tup
                                           tracking_uri=client.tracking_uri)
                 packed = np.load(path, allow_pickle=False)
             labels = TfidfShards(cell.data).split("test").labels
-            codes[cell.id] = (np.unpackbits(packed, axis=1)[:, :128].astype(bool), labels.argmax(axis=1))
+            codes[cell.id] = (unpack_codes(packed, 128), labels.argmax(axis=1))
     return rows, codes
 
 
@@ -258,12 +234,12 @@ def write_ablation_report(grid: Grid, client, experiment_id: str, parent_id: str
 def report_only(grid: Grid, options: AblateOptions, command: str | None = None) -> Path:
     """The report of an ablation's finished cells, without running any."""
     check_local_folder(options.out, "--out")
-    uri = tracking_uri(options.mlflow_uri)
+    uri = tracking_uri(options.cluster.mlflow_uri)
     client = client_for(uri)
-    experiment = client.get_experiment_by_name(options.experiment)
+    experiment = client.get_experiment_by_name(options.cluster.experiment)
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{JOB_TAG}` = {filter_value(grid.name)}",
                               max_results=1) if experiment else []
     if not runs:
-        raise ConfigError(f"--report-only: no ablation named {grid.name!r} in experiment {options.experiment!r} at {uri}")
+        raise ConfigError(f"--report-only: no ablation named {grid.name!r} in experiment {options.cluster.experiment!r} at {uri}")
     return write_ablation_report(grid, client, experiment.experiment_id, runs[0].info.run_id,
                                  options.out / grid.name, command)

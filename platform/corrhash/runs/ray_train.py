@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,14 +19,14 @@ import torch
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 from corrhash.log import log, logger
+from corrhash.launch.connect import storage_path, user_error
+from corrhash.launch.job import ClusterOptions, launch_job
+from corrhash.launch.preflight import check_job_name, check_out_dir
 from corrhash.runs.callbacks import EpochMetrics
-from corrhash.launch.connect import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
-from corrhash.launch.shared_paths import check_shared_paths
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import train_loop
-from corrhash.tracking.runs import client_for, ensure_experiment, job_run, log_data, publish_model, tracking_uri
-from corrhash.launch.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
+from corrhash.tracking.runs import log_data, publish_model
 
 
 @dataclass
@@ -39,16 +39,12 @@ class RayConfig:
     """CPUs reserved per worker (fractions let several workers share a small machine)."""
     max_failures: int = 2
     """Times the worker group is restarted from the last checkpoint after a worker is lost."""
-    address: str | None = None
-    """Ray cluster to use; default $RAY_ADDRESS (set inside `ray job submit`), else a local Ray."""
     storage: str = "runs/ray"
     """Where Ray Train keeps checkpoints (a folder or URI; made absolute)."""
     name: str | None = None
     """Job name; running the same name again resumes that run. Default: dataset-model-bits-time."""
-    mlflow_uri: str | None = None
-    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db."""
-    experiment: str = "corrhash"
-    """MLflow experiment name."""
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    """Ray cluster and MLflow"""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -72,40 +68,41 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
                                              f"{time.strftime('%Y%m%d-%H%M%S')}")
     if out:
         check_out_dir(out)
-    check_job_paths(ray_config.mlflow_uri, ray_config.storage)
-    with job_lock(storage_path(ray_config.storage), name):
-        import ray
-
-        init_ray(ray_config.address)
-        check_shared_paths(data={"--data": spec.data}, folders={"--storage": storage_path(ray_config.storage)})
-        # --use-gpu auto follows --device: cpu or cuda as asked, else GPU workers when the cluster has GPUs.
-        device = spec.train.device
-        auto = device.startswith("cuda") or device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
-        use_gpu = {"yes": True, "no": False}.get(ray_config.use_gpu, auto)
-        check_fits(f"--cpus-per-worker {ray_config.cpus_per_worker}", ray_config.cpus_per_worker, int(use_gpu))
-        uri = tracking_uri(ray_config.mlflow_uri)
-        client = client_for(uri)
-        params = {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "ray": asdict(ray_config),
-                  "data": spec.data}
-        tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
-                "data.path": spec.data, "model": spec.model.name, "bits": str(spec.model.bits)}
-        with job_run(client, ensure_experiment(client, ray_config.experiment), name, params, tags) as (run_id, resumed):
-            log(f"job {name}: MLflow run {run_id} at {uri}{' (resumed)' if resumed else ''}; "
-                f"{ray_config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)")
-            log_data(client, run_id, shards)
-            with run_folder(out) as folder:
-                fit_started = time.monotonic()
-                result = _fit(spec, ray_config, name, use_gpu, EpochMetrics(uri, run_id))
-                with result.checkpoint.as_directory() as directory:
-                    selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
-                results = finish(spec, shards, selection, folder, launcher="ray_train", started=started,
-                                 fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"),
-                                 score_test=score_test, job=name, run_id=run_id,
-                                 publish=lambda model_dir, results: publish_model(
-                                     client, uri, run_id, model_dir, results))
+    params = {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "data": spec.data,
+              "ray": {**{k: v for k, v in asdict(ray_config).items() if k != "cluster"}, **asdict(ray_config.cluster)}}
+    tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
+            "data.path": spec.data, "model": spec.model.name, "bits": str(spec.model.bits)}
+    storage = storage_path(ray_config.storage)
+    with launch_job(ray_config.cluster, name, storage=ray_config.storage, lock_root=storage, params=params, tags=tags,
+                    data={"--data": spec.data}, folders={"--storage": storage},
+                    fits=lambda: [(f"--cpus-per-worker {ray_config.cpus_per_worker}", ray_config.cpus_per_worker,
+                                   int(_use_gpu(spec, ray_config)))]) as job:
+        use_gpu, client, uri, run_id = _use_gpu(spec, ray_config), job.client, job.uri, job.run_id
+        log(f"job {name}: MLflow run {run_id} at {uri}{' (resumed)' if job.resumed else ''}; "
+            f"{ray_config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)")
+        log_data(client, run_id, shards)
+        with run_folder(out) as folder:
+            fit_started = time.monotonic()
+            result = _fit(spec, ray_config, name, use_gpu, EpochMetrics(uri, run_id))
+            with result.checkpoint.as_directory() as directory:
+                selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
+            results = finish(spec, shards, selection, folder, launcher="ray_train", started=started,
+                             fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"),
+                             score_test=score_test, job=name, run_id=run_id,
+                             publish=lambda model_dir, results: publish_model(
+                                 client, uri, run_id, model_dir, results))
     log(f"job {name}: best epoch {results['best_epoch']}, val p@{spec.train.eval_k} {results['val_precision']:.4f}"
         + (f", test {results['test_precision']:.4f}" if score_test else "") + f"; model {results['model_uri']}")
     return results
+
+
+def _use_gpu(spec: RunSpec, ray_config: RayConfig) -> bool:
+    """--use-gpu auto follows --device: cpu or cuda as asked, else GPU workers when the cluster has GPUs."""
+    import ray
+
+    device = spec.train.device
+    auto = device.startswith("cuda") or device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+    return {"yes": True, "no": False}.get(ray_config.use_gpu, auto)
 
 
 def _fit(spec: RunSpec, ray_config: RayConfig, name: str, use_gpu: bool, callback: EpochMetrics):

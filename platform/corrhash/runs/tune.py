@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,17 +22,17 @@ from corrhash.data import TfidfShards
 from corrhash.data.uri import display, join
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
+from corrhash.launch.connect import storage_path, user_error
+from corrhash.launch.job import ClusterOptions, launch_job
+from corrhash.launch.preflight import check_job_name, check_out_dir
 from corrhash.runs.callbacks import TrialRuns, TrialStates
-from corrhash.launch.connect import check_fits, init_ray, storage_path, user_error
 from corrhash.runs.finish import Selection, finish, run_folder
-from corrhash.launch.shared_paths import check_shared_paths
 from corrhash.runs.space import ConditionalSpace, check_space, space_params
 from corrhash.runs.spec import RunSpec, trial_values
 from corrhash.runs.worker import tune_trial
 from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
-from corrhash.tracking.runs import (client_for, ensure_experiment, job_run, log_data, log_figures, log_params,
-                                    publish_model, tracking_uri)
-from corrhash.launch.preflight import check_job_name, check_job_paths, check_out_dir, job_lock
+from corrhash.tracking.runs import log_data, log_figures, log_params, publish_model
+
 
 @dataclass
 class TuneOptions:
@@ -46,16 +46,12 @@ class TuneOptions:
     """GPUs per trial; 0.25 packs four trials on a GPU."""
     grace_period: int = 10
     """ASHA: epochs before a trial may be stopped."""
-    address: str | None = None
-    """Ray cluster to use; default $RAY_ADDRESS (set inside `ray job submit`), else a local Ray."""
     storage: str = "runs/tune"
     """Where Tune keeps its state and the trials' checkpoints (a folder or URI; made absolute)."""
     name: str | None = None
     """Tune job name; the same name resumes. Default: DATASET-MODEL-BITSb-tune."""
-    mlflow_uri: str | None = None
-    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db."""
-    experiment: str = "corrhash-tune"
-    """MLflow experiment name."""
+    cluster: ClusterOptions = field(default_factory=lambda: ClusterOptions(experiment="corrhash-tune"))
+    """Ray cluster and MLflow"""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_concurrent < 1:
@@ -84,46 +80,42 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
     check_space(spaces, spec)
     if out:
         check_out_dir(out)
-    check_job_paths(options.mlflow_uri, options.storage)
-    with job_lock(storage_path(options.storage), name):
-        init_ray(options.address)
-        check_shared_paths(data={"--data": spec.data}, folders={"--storage": storage_path(options.storage)})
-        check_fits(f"--cpus-per-trial {options.cpus_per_trial} --gpus-per-trial {options.gpus_per_trial}",
-                   options.cpus_per_trial, options.gpus_per_trial)
-        uri = tracking_uri(options.mlflow_uri)
-        client = client_for(uri)
-        experiment_id = ensure_experiment(client, options.experiment)
-        searched = set().union(*spaces.values()) | ({"name"} if len(models) > 1 else set())
-        fixed = {section: {k: v for k, v in values.items() if k not in searched}
-                 for section, values in (("model", spec.model.to_dict()), ("train", spec.train.to_dict()))}
-        params = {**fixed, "data": spec.data, "num_samples": options.num_samples, "space": space_params(spaces),
-                  **({"models": ",".join(models)} if len(models) > 1 else {})}
-        tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
-                "data.path": spec.data, "model": ",".join(models), "bits": str(spec.model.bits)}
-        with job_run(client, experiment_id, name, params, tags) as (parent_id, resumed):
-            log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if resumed else ''} at {uri}")
-            log_data(client, parent_id, shards)
-            spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(options.cpus_per_trial)))
-            with run_folder(out) as folder:
-                fit_started = time.monotonic()
-                best, study, grid = _search(spec, spaces, options, name,
-                                            TrialRuns(uri, experiment_id, parent_id, spec))
-                log_figures(client, parent_id, study_figures(study, name, best))
-                log_model_bests(client, parent_id, model_bests(grid, spec))
-                tuned = trial_values(best.config)
-                spec = spec.with_overrides(tuned)
-                log_params(client, parent_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
-                for key, value in tuned.items():
-                    client.set_tag(parent_id, f"best.{key}", str(value))
-                with best.checkpoint.as_directory() as directory:
-                    selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
-                registry = registered_name(shards.manifest["dataset"], spec.model.bits)
-                results = finish(spec, shards, selection, folder, launcher="tune", started=started,
-                                 fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"), job=name,
-                                 run_id=parent_id, tuned=tuned,
-                                 publish=lambda model_dir, results: publish_model(
-                                     client, uri, parent_id, model_dir, results, registry))
-            decision = _decide_champion(client, parent_id, registry, results)  # before the parent is FINISHED
+    searched = set().union(*spaces.values()) | ({"name"} if len(models) > 1 else set())
+    fixed = {section: {k: v for k, v in values.items() if k not in searched}
+             for section, values in (("model", spec.model.to_dict()), ("train", spec.train.to_dict()))}
+    params = {**fixed, "data": spec.data, "num_samples": options.num_samples, "space": space_params(spaces),
+              **({"models": ",".join(models)} if len(models) > 1 else {})}
+    tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
+            "data.path": spec.data, "model": ",".join(models), "bits": str(spec.model.bits)}
+    storage = storage_path(options.storage)
+    fits = [(f"--cpus-per-trial {options.cpus_per_trial} --gpus-per-trial {options.gpus_per_trial}",
+             options.cpus_per_trial, options.gpus_per_trial)]
+    with launch_job(options.cluster, name, storage=options.storage, lock_root=storage, params=params, tags=tags,
+                    data={"--data": spec.data}, folders={"--storage": storage}, fits=lambda: fits) as job:
+        client, uri, experiment_id, parent_id = job.client, job.uri, job.experiment_id, job.run_id
+        log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if job.resumed else ''} at {uri}")
+        log_data(client, parent_id, shards)
+        spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(options.cpus_per_trial)))
+        with run_folder(out) as folder:
+            fit_started = time.monotonic()
+            best, study, grid = _search(spec, spaces, options, name,
+                                        TrialRuns(uri, experiment_id, parent_id, spec))
+            log_figures(client, parent_id, study_figures(study, name, best))
+            log_model_bests(client, parent_id, model_bests(grid, spec))
+            tuned = trial_values(best.config)
+            spec = spec.with_overrides(tuned)
+            log_params(client, parent_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
+            for key, value in tuned.items():
+                client.set_tag(parent_id, f"best.{key}", str(value))
+            with best.checkpoint.as_directory() as directory:
+                selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
+            registry = registered_name(shards.manifest["dataset"], spec.model.bits)
+            results = finish(spec, shards, selection, folder, launcher="tune", started=started,
+                             fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"), job=name,
+                             run_id=parent_id, tuned=tuned,
+                             publish=lambda model_dir, results: publish_model(
+                                 client, uri, parent_id, model_dir, results, registry))
+        decision = _decide_champion(client, parent_id, registry, results)  # before the parent is FINISHED
     print("\nbest configuration:", json.dumps(tuned), flush=True)
     k = spec.train.eval_k
     print(f"val p@{k} {results['val_precision']:.4f}, test p@{k} {results['test_precision']:.4f} "

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from corrhash.package import __version__
@@ -82,45 +81,31 @@ class Payload:
 
 
 class Searcher:
-    """Answers validated requests with the model and the index (no HTTP, no Ray: the replica's core)."""
+    """Answers validated requests (no HTTP, no Ray: the replica's core): the shared `serve.search.Searcher` over a
+    payload's model and index."""
 
     def __init__(self, payload: Payload, limits: Limits):
         from corrhash.serve.hashing import HashingModel
+        from corrhash.serve.search import Searcher as Core
 
         # The model is read from its files as corrhash.load reads a folder: safetensors and JSON only.
         self._folder = tempfile.TemporaryDirectory(prefix="corrhash-serve-")
         for name, data in payload.model_files.items():
             (Path(self._folder.name) / name).write_bytes(data)
-        self.model = HashingModel(self._folder.name)
-        self.index = payload.index
-        self.shown, self.limits, self.uri = payload.shown, limits, payload.model
+        self.core = Core(HashingModel(self._folder.name), payload.index, payload.shown, payload.model)
+        self.model, self.index, self.uri, self.limits = self.core.model, self.core.index, self.core.uri, limits
 
     def health(self) -> dict:
-        return {"status": "ok", "model": self.uri, "bits": self.model.bits, "documents": len(self.index)}
+        return self.core.health()
 
     def encode(self, request: dict) -> dict:
         """`{"texts": [...]}`, as EncodeRequest validated it."""
-        features = self.model.featurize(request["texts"])
-        codes = self.model.encode_features(features)
-        in_vocabulary = np.diff(features.indptr)
-        return {"bits": self.model.bits,
-                "codes": [row.tobytes().hex() for row in codes],  # as the MLflow pyfunc model answers
-                "in_vocabulary": [int(n) for n in in_vocabulary]}
+        return self.core.encode(request["texts"])
 
     def search(self, request: dict) -> dict:
         """`{"texts": [...], "k": n}` (k: 10 when left out), as SearchRequest validated it."""
-        texts, k = request["texts"], request.get("k", 10)
-        features = self.model.featurize(texts)
-        ids, distances = self.index.search(self.model.encode_features(features), k)
-        results = []
-        for j, n in enumerate(np.diff(features.indptr)):
-            hits = [{"id": doc.item(), "distance": int(d), **self.shown.get(doc.item(), {})}
-                    for doc, d in zip(ids[j], distances[j])]
-            result = {"query": j, "in_vocabulary": int(n), "hits": hits}
-            if n == 0:
-                result["warning"] = "no term of the model's vocabulary: the hits are arbitrary"
-            results.append(result)
-        return {"k": k, "results": results}
+        k = request.get("k", 10)
+        return {"k": k, "results": self.core.search(request["texts"], k)}
 
 
 # ---- the API's schema: what FastAPI validates and /openapi.json documents ---------------------------------------

@@ -24,9 +24,8 @@ from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.report.page import CURVE_COLUMNS, Codes, PageInput, Trial
 from corrhash.serve.hashing import load as load_hashing_model
-from corrhash.tracking.runs import ABLATION_TAG, TRIAL_TAG, filter_value
+from corrhash.tracking.runs import ABLATION_TAG, PARENT_TAG, TRIAL_TAG, filter_value
 
-PARENT_TAG = "mlflow.parentRunId"
 PAGE_ARTIFACT = "report/report.html"
 KINDS = {"run": "Run", "tune": "Tune", "ablation": "Ablation"}
 

@@ -1,8 +1,8 @@
 """MLflow, written in one place: every run a job records is created, fed and ended here.
 
-The launchers in `corrhash.runs` call these functions from the driver (the job run, its data and its
-model) and from Ray's driver-side callbacks (per-epoch metrics, one child run per Tune trial); worker
-and training code never see MLflow. Runs carry the tags `mlflow.start_run` would give them (git commit,
+The launchers in `corrhash.runs` and `corrhash.ablate` call these functions from the driver (the job run, its data
+and its model; an ablation's cell runs) and from Ray's driver-side callbacks (per-epoch metrics, one child run per
+Tune trial); worker, cell and training code never see MLflow. Runs carry the tags `mlflow.start_run` would give them (git commit,
 source, user; `lineage.py`), the prepared data as a dataset input, and metric names built from `eval_k`.
 """
 
@@ -33,6 +33,8 @@ JOB_TAG = "corrhash.job"
 TRIAL_TAG = "corrhash.trial"
 ABLATION_TAG = "corrhash.ablation"  # an ablation's parent run and its cells
 CELL_TAG = "corrhash.cell"
+NODE_TAG = "corrhash.node"  # the Ray node that ran a cell
+PARENT_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs by
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 # The versions the model is built with, pinned in its requirements (what `mlflow models serve` installs).
 # The logged model's input example (MLflow derives the serving example from it).
@@ -126,7 +128,7 @@ def job_run(client: MlflowClient, experiment_id: str, job_name: str, params: dic
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         # Child runs of trials that were still going end with their parent (a resume reopens them).
-        running = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+        running = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = "
                                      f"{filter_value(run_id)} and attributes.status = 'RUNNING'")
         for run in [*running, client.get_run(run_id)]:
             client.set_terminated(run.info.run_id, status)
@@ -138,9 +140,9 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, tria
               params: dict, tags: dict | None = None) -> str:
     """The child run of one Tune trial, found again by its trial tag after a restore."""
     query = (f"tags.`{TRIAL_TAG}` = {filter_value(trial_id)} and "
-             f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}")
+             f"tags.`{PARENT_TAG}` = {filter_value(parent_run_id)}")
     run_id, _ = _find_or_create(client, experiment_id, query, run_name,
-                                {"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id, **(tags or {})})
+                                {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, **(tags or {})})
     log_params(client, run_id, params)
     return run_id
 
@@ -150,11 +152,40 @@ def end_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
     the trial it interrupted KILLED; when Tune's restore then finds that trial already complete, it starts
     no callback for it, so only this pass after the search can end its run."""
     children = client.search_runs([experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}")
+                                  filter_string=f"tags.`{PARENT_TAG}` = {filter_value(parent_run_id)}")
     for run in children:
         status = statuses.get(run.data.tags.get(TRIAL_TAG))
         if status and run.info.status != status:
             client.set_terminated(run.info.run_id, status)
+
+
+def cell_runs(client: MlflowClient, experiment_id: str, parent_id: str, cell_id: str | None = None) -> list:
+    """The child runs of an ablation's parent run (of one cell, given `cell_id`)."""
+    query = f"tags.`{PARENT_TAG}` = {filter_value(parent_id)}"
+    if cell_id is not None:
+        query += f" and tags.`{CELL_TAG}` = {filter_value(cell_id)}"
+    return client.search_runs([experiment_id], filter_string=query, max_results=10_000)
+
+
+def start_cell_run(client: MlflowClient, experiment_id: str, parent_id: str, cell_id: str, run_name: str,
+                   tags: dict, params: dict) -> str:
+    """The run of a cell's attempt, RUNNING. Runs an earlier attempt left unfinished (its node died, or the driver
+    did) are deleted first, so each cell ends with exactly one run."""
+    for run in cell_runs(client, experiment_id, parent_id, cell_id):
+        if run.info.status != "FINISHED":
+            client.delete_run(run.info.run_id)
+    run_id = client.create_run(experiment_id, run_name=run_name,
+                               tags={**tags, PARENT_TAG: parent_id, CELL_TAG: cell_id}).info.run_id
+    log_params(client, run_id, params)
+    return run_id
+
+
+def record_cell(client: MlflowClient, run_id: str, results: dict, files: list[Path], metrics: dict) -> None:
+    """End a cell's run FINISHED: its `files` as artifacts, then its final metrics (and `metrics`)."""
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    log_metrics(client, run_id, {**final_metrics(results), **metrics}, step=0)
+    client.set_terminated(run_id, "FINISHED")
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, tags: dict | None = None) -> None:
