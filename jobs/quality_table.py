@@ -1,56 +1,9 @@
-"""Print a markdown table of test precision@k from results.json files of any launcher
-(jobs/train.py --local, jobs/train.py on Ray, jobs/tune.py --out): they share one schema.
+"""A markdown table of test precision@k from results.json files: `corrhash-quality-table`
+(corrhash.commands.quality_table), run as a script."""
 
-Example: python jobs/quality_table.py runs/quality/*/results.json
-"""
-
-from __future__ import annotations
-
-import json
 import sys
-from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
-
-from corrhash.cli import JobParser  # noqa: E402
-from corrhash.paper import METHOD_ORDER, paper_precision  # noqa: E402
-
-
-def main(argv=None) -> None:
-    parser = JobParser(__doc__)
-    parser.add_argument("results", nargs="+", type=Path, help="results.json files written by jobs/train.py or jobs/tune.py")
-    args = parser.parse_args(argv)
-    rows = defaultdict(dict)
-    for path in args.results:
-        r = json.loads(path.read_text())
-        rows[(r["dataset"], r["model"]["name"])][r["model"]["bits"]] = r
-    bits = sorted({b for row in rows.values() for b in row})
-    print("| dataset | model | " + " | ".join(f"{b} bits (ours / paper p@100)" for b in bits) + " |")
-    print("|---|---|" + "---|" * len(bits))
-    def paper_order(key):  # the paper's row order; methods it does not have (corrsh-mixture) last
-        dataset, model = key
-        return dataset, METHOD_ORDER.index(model) if model in METHOD_ORDER else len(METHOD_ORDER), model
-
-    for (dataset, model), by_bits in sorted(rows.items(), key=lambda item: paper_order(item[0])):
-        cells = []
-        for b in bits:
-            r = by_bits.get(b)
-            paper = paper_precision(dataset, model, b)
-            ours = number(r["test_precision"]) if r else "-"
-            cells.append(f"{ours} / {paper:.4f}" if paper and r and r["eval_k"] == 100 else ours)
-        print(f"| {dataset} | {model} | " + " | ".join(cells) + " |")
-    print("\nper run: launcher, val p@k (selection), best epoch / epochs run, test p@k ordered, fit seconds")
-    for (dataset, model), by_bits in sorted(rows.items(), key=lambda item: paper_order(item[0])):
-        for b, r in sorted(by_bits.items()):
-            print(f"- {dataset} {model} {b}: {r['launcher']}, val p@{r['eval_k']} {r['val_precision']:.4f}, "
-                  f"epoch {r['best_epoch']}/{r['epochs_run']}, test ordered {number(r['test_precision_ordered'])}, "
-                  f"{r['fit_seconds']:.0f} s")
-
-
-def number(value: float | None) -> str:
-    return "not scored" if value is None else f"{value:.4f}"
-
+from corrhash.commands.quality_table import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ an exception escaping `main` fails the case, which is the point (a traceback is 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from functools import cache
@@ -16,7 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @cache
 def job(name: str):
-    """The module of `jobs/NAME.py`, loaded once."""
+    """The module of the job `jobs/NAME.py` runs: `corrhash.commands.NAME` (its options, `parse_args` and `main`),
+    else the script itself."""
+    if importlib.util.find_spec(f"corrhash.commands.{name}") is not None:
+        return importlib.import_module(f"corrhash.commands.{name}")
     spec = importlib.util.spec_from_file_location(f"corrhash_job_{name}", REPO / "jobs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
