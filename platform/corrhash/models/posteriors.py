@@ -34,9 +34,6 @@ class IndependentBernoulli:
     def build_posterior(self, config: ModelConfig) -> None:
         self.logit_head = nn.Linear(config.hidden, config.bits)
 
-    def logits(self, x: Tensor, dropout_mask: Tensor | None = None) -> Tensor:
-        return self.logit_head(self.encoder(x, dropout_mask))
-
     def posterior_noise(self, batch_size, device, dtype, generator) -> Noise:
         return {"uniform": draw_uniform((batch_size, self.bits), device, dtype, generator)}
 

@@ -15,13 +15,18 @@ from mlflow.exceptions import MlflowException
 from corrhash.errors import DataError
 
 
+def missing_sqlite_store(uri: str) -> bool:
+    """A `sqlite:///FILE` URI whose file does not exist (MlflowClient would create an empty store there)."""
+    return uri.startswith("sqlite:///") and not Path(unquote(uri[len("sqlite:///"):])).is_file()
+
+
 def require_tracking_store(uri: str) -> None:
     """Refuse a registry URI when no tracking store is configured: MLflow's default would create an
     empty ./mlflow.db in the cwd, then report the model as not found."""
     if mlflow.tracking.is_tracking_uri_set():
         return
     default = mlflow.get_tracking_uri()  # computing it creates nothing; using it would
-    if default.startswith("sqlite:///") and not Path(unquote(default[len("sqlite:///"):])).is_file():
+    if missing_sqlite_store(default):
         raise DataError(f"{uri}: no MLflow tracking store to resolve it; set MLFLOW_TRACKING_URI "
                         f"(no {default} here)")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote
 
 import mlflow
 import numpy as np
@@ -24,6 +23,7 @@ from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.report.page import CURVE_COLUMNS, Codes, PageInput, Trial
 from corrhash.serve.hashing import load as load_hashing_model
+from corrhash.tracking.download import missing_sqlite_store
 from corrhash.tracking.runs import ABLATION_TAG, PARENT_TAG, TRIAL_TAG, filter_value
 
 PAGE_ARTIFACT = "report/report.html"
@@ -32,7 +32,7 @@ KINDS = {"run": "Run", "tune": "Tune", "ablation": "Ablation"}
 
 def require_store(uri: str) -> None:
     """Refuse a SQLite store that does not exist: MlflowClient would create an empty one and then find no run."""
-    if uri.startswith("sqlite:///") and not Path(unquote(uri[len("sqlite:///"):])).is_file():
+    if missing_sqlite_store(uri):
         raise ConfigError(f"--mlflow-uri {uri}: no MLflow database there (pass --mlflow-uri or set "
                           "MLFLOW_TRACKING_URI)")
 
