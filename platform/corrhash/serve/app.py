@@ -53,10 +53,13 @@ class Limits:
     """What one request may ask for; each bound keeps a replica's memory and latency per request bounded."""
 
     max_body_bytes: int = 1 << 20
+    """largest request body (bytes); larger ones get 413"""
     max_texts: int = 1000
+    """most texts in one request"""
     max_k: int = 1000
+    """largest k of a /search request"""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be a positive integer")
@@ -370,12 +373,34 @@ class ServeOptions:
     """Where and how many: the Serve side of jobs/serve.py's options."""
 
     host: str = "127.0.0.1"
+    """address Serve's HTTP proxy listens on (it has no authentication)"""
     port: int = 8000
+    """port Serve's HTTP proxy listens on"""
     replicas: int = 1
+    """replicas of the app (each holds the model and the index)"""
     replica_cpus: float = 1.0
+    """CPUs Ray reserves for each replica"""
     max_ongoing_requests: int = 8
+    """requests a replica accepts at once; more wait in the proxy"""
     name: str = "corrhash"
+    """Serve application name (an app of that name on the cluster is replaced)"""
     route_prefix: str = "/"
+    """URL path the endpoints sit under (/search, or e.g. /corrhash/search); apps on one cluster need their own"""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port}: must be from 1 to 65535")
+        if self.replicas < 1:
+            raise ConfigError(f"--replicas {self.replicas}: must be at least 1")
+        if not self.replica_cpus > 0:
+            raise ConfigError(f"--replica-cpus {self.replica_cpus}: must be more than 0")
+        if self.max_ongoing_requests < 1:
+            raise ConfigError(f"--max-ongoing-requests {self.max_ongoing_requests}: must be at least 1")
+        if not self.name.strip() or "/" in self.name:
+            raise ConfigError(f"--name {self.name!r}: must be a non-empty name without '/'")
+        if not self.route_prefix.startswith("/") or (self.route_prefix != "/" and self.route_prefix.endswith("/")):
+            raise ConfigError(f"--route-prefix {self.route_prefix!r}: must start with '/' and not end with one "
+                              "(e.g. / or /corrhash)")
 
 
 def serve_config_error(options: ServeOptions) -> str | None:
