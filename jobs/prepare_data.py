@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
 
 from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
-from corrhash.data import PrepareConfig, prepare  # noqa: E402
+from corrhash.data.prepare import PrepareConfig, prepare  # noqa: E402
 from corrhash.errors import CorrhashError  # noqa: E402
 
 

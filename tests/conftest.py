@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corrhash.data import PrepareConfig, TfidfRecipe, prepare
+from corrhash.data import TfidfRecipe
+from corrhash.data.prepare import PrepareConfig, prepare
 from services import start_mlflow_server, start_ray_head, stop
 
 REPO = Path(__file__).resolve().parents[1]

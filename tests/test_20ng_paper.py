@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corrhash.data import PrepareConfig, TfidfFeaturizer, TfidfRecipe, TfidfShards, corpora, prepare
+from corrhash.data import TfidfFeaturizer, TfidfRecipe, TfidfShards, corpora
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

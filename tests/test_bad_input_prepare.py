@@ -26,7 +26,8 @@ import pytest
 import scipy.io
 
 from badinput import assert_named_error, run_job, tree
-from corrhash.data import PrepareConfig, TfidfRecipe, TfidfShards, prepare
+from corrhash.data import TfidfRecipe, TfidfShards
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.data.shards import manifest_checksum, sha256_file
 from corrhash.errors import DataError
 

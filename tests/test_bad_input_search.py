@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 import corrhash
 from badinput import run_job, run_job_output, tree
 from corrhash.artifact import save_model
-from corrhash.data import PrepareConfig, TfidfShards, prepare
+from corrhash.data import TfidfShards
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.errors import DataError
 from corrhash.models import ModelConfig
 from corrhash.serve.index import HammingIndex

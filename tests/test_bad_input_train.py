@@ -19,7 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from badinput import assert_named_error, job, run_job, tree
-from corrhash.data import PrepareConfig, prepare
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.data.shards import Split
 from corrhash.errors import ConfigError, DataError
 from corrhash.models import ModelConfig

@@ -16,7 +16,9 @@ import scipy.io
 import scipy.sparse as sp
 import torch
 
-from corrhash.data import PrepareConfig, TfidfFeaturizer, TfidfRecipe, TfidfShards, prepare
+from corrhash.data import TfidfFeaturizer, TfidfRecipe, TfidfShards
+from corrhash.data.device_csr import place
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,9 +112,9 @@ def test_mat_round_trip_exact(tmp_path):
         np.testing.assert_array_equal(loaded.features.toarray(), expected.astype(np.float32))
         np.testing.assert_array_equal(loaded.labels, parts[f"gnd_{key}"][2:].astype(bool))
         np.testing.assert_array_equal(loaded.doc_ids, offsets[key] + np.arange(2, x.shape[0]))
-        dense_torch = loaded.torch_features().to_dense().numpy()
-        np.testing.assert_array_equal(dense_torch, loaded.features.toarray())
-        assert loaded.torch_features().layout == torch.sparse_csr
+        on_torch = place(loaded.features, torch.device("cpu")).range(0, len(loaded))
+        np.testing.assert_array_equal(on_torch.to_dense().numpy(), loaded.features.toarray())
+        assert on_torch.layout == torch.sparse_csr
     assert manifest["dropped"] == {"no_labels": {"train": 1, "val": 1, "test": 1},
                                    "empty": {"train": 1, "val": 1, "test": 1}}
     with pytest.raises(DataError, match="holds no text featurizer"):

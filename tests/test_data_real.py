@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from corrhash.data import SCHEMA, PrepareConfig, TfidfFeaturizer, TfidfShards, prepare
+from corrhash.data import SCHEMA, TfidfFeaturizer, TfidfShards
+from corrhash.data.prepare import PrepareConfig, prepare
 
 
 def check_split_invariants(shards: TfidfShards) -> dict[str, int]:

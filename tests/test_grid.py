@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import write_synthetic_corpus
-from corrhash.data import PrepareConfig, TfidfRecipe, prepare
+from corrhash.data import TfidfRecipe
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.errors import ConfigError
 from corrhash.ablate.grid import Cell, load_grid
 

@@ -12,6 +12,7 @@ import torch
 import corrhash
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
+from corrhash.data.device_csr import place
 from corrhash.models import ModelConfig, list_models
 from corrhash.retrieval import pack_codes
 from corrhash.train.config import TrainConfig
@@ -33,7 +34,7 @@ def test_every_model_fits_saves_reloads_and_encodes_text(name, shards_synthetic,
     result = fit(config, TrainConfig(epochs=3, eval_k=20, seed=3, device="cpu"), train, val=val)
     assert result.history and 0.0 <= result.best_value <= 1.0
     model = result.model.eval()
-    codes = model.encode(test.torch_features())
+    codes = model.encode(place(test.features, torch.device("cpu")).range(0, len(test)))
     assert codes.dtype == torch.bool and codes.shape == (len(test), SMALL["bits"])
 
     folder = save_model(tmp_path / "model", model, shards.vocab)

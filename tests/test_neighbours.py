@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from corrhash.data import TfidfShards
+from corrhash.data.device_csr import place
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, create_model, list_models, model_class
 from corrhash.data.stream import ShardStream
@@ -80,7 +81,8 @@ def test_neighbours_change_what_a_model_learns_and_codes_need_no_graph(name, sha
     assert all("neighbour" in h and h["neighbour"] > 0 for h in paired.history)
     assert paired.history[-1]["loss"] > paired.history[-1]["recon"] + paired.history[-1]["neighbour"] * 0.99
     assert unpaired.history[-1]["loss"] < paired.history[-1]["loss"]  # weight 0: the term is reported, not added
-    codes = paired.model.eval().encode(val.torch_features())  # the encoder alone: no graph at serving time
+    features = place(val.features, torch.device("cpu")).range(0, len(val))
+    codes = paired.model.eval().encode(features)  # the encoder alone: no graph at serving time
     assert codes.shape == (len(val), 16)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
-from corrhash.data import PrepareConfig, TfidfRecipe, prepare
+from corrhash.data import TfidfRecipe
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.data.featurize import TOKEN_PATTERN, TermCounts, TfidfFeaturizer, analyzer, normalize_text
 from corrhash.data.synthetic_text import SynthConfig, write_corpus
 from corrhash.errors import DataError
@@ -109,7 +110,8 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, "platform")
 sys.path.insert(0, "jobs")
-from corrhash.data import PrepareConfig, TfidfRecipe
+from corrhash.data import TfidfRecipe
+from corrhash.data.prepare import PrepareConfig
 from corrhash.errors import CorrhashError
 from corrhash.data.prepare_ray import prepare_on_ray
 import prepare_data

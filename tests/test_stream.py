@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from conftest import write_synthetic_corpus
-from corrhash.data import PrepareConfig, TfidfRecipe, TfidfShards, prepare
+from corrhash.data import TfidfRecipe, TfidfShards
+from corrhash.data.device_csr import place
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.data.stream import ShardStream, available_host_bytes, estimated_bytes, open_split
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, create_model
@@ -48,7 +50,7 @@ def test_one_epoch_gives_every_row_once_in_full_batches_holding_only_a_buffer(ma
     generator = torch.Generator().manual_seed(7)
     batches = list(stream.batches(generator, batch_size=16))
     assert len(batches) == math.ceil(320 / 16) and all(b.shape[0] == 16 for b in batches)
-    assert sorted(dense_rows(batches)) == sorted(dense_rows([held.torch_features()]))
+    assert sorted(dense_rows(batches)) == sorted(dense_rows([place(held.features, torch.device("cpu")).range(0, len(held))]))
     # Whole files are added until a buffer holds 40 rows; with the rows left over from the last buffer (< a batch)
     # it never holds more than 40 + one file + one batch: memory follows the buffer, not the split.
     assert 40 <= stream.most_rows_held < 40 + ROWS_PER_SHARD + 16
@@ -68,7 +70,9 @@ def test_on_cuda_a_streamed_epoch_gathers_its_batches_on_the_device(many_shards)
     stream = ShardStream(shards, "train", buffer_rows=40)
     batches = list(stream.batches(torch.Generator(device="cuda").manual_seed(7), batch_size=16))
     assert all(b.device.type == "cuda" for b in batches)
-    assert sorted(dense_rows([b.cpu() for b in batches])) == sorted(dense_rows([shards.split("train").torch_features()]))
+    train = shards.split("train")
+    assert sorted(dense_rows([b.cpu() for b in batches])) == sorted(
+        dense_rows([place(train.features, torch.device("cpu")).range(0, len(train))]))
     held = Evaluator(shards.split("train"), shards.split("val"), torch.device("cuda"), k=20)
     model = create_model(ModelConfig(name="nash", bits=16, hidden=32), shards.n_features).cuda()
     streamed = Evaluator(stream, ShardStream(shards, "val"), torch.device("cuda"), k=20)

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from corrhash.data import PrepareConfig, TfidfRecipe, prepare
+from corrhash.data import TfidfRecipe
+from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.data.synthetic_text import PARAMS_FILE, SynthConfig, TextGenerator, pseudo_words, write_corpus
 from corrhash.errors import ConfigError
 

@@ -125,7 +125,8 @@ def test_upload_replaces_only_a_prepared_set(s3, shards_synthetic, tmp_path):
     """upload() never overwrites by accident, never clobbers foreign objects, and a replaced set reads as the new one."""
     from pyarrow import fs
 
-    from corrhash.data import PrepareConfig, TfidfRecipe, prepare
+    from corrhash.data import TfidfRecipe
+    from corrhash.data.prepare import PrepareConfig, prepare
 
     from conftest import write_synthetic_corpus
 

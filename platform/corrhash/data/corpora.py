@@ -29,7 +29,6 @@ from corrhash.data import uri
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 
-SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val",
                   "dev": "val", "cv": "val", "test": "test"}
 

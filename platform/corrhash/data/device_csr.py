@@ -13,8 +13,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from corrhash.data.shards import Split
-
 
 def csr_tensor(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # torch calls sparse CSR "beta" on every construction
@@ -83,7 +81,10 @@ def storage_device(matrix_bytes: int, device: torch.device) -> torch.device:
     return device if matrix_bytes < free // 2 else torch.device("cpu")
 
 
-def place(split: Split, device: torch.device) -> DeviceCSR:
-    """A split's features as a DeviceCSR on `device`, or on the host if they do not fit there."""
-    x = split.features
+def place(features: sp.csr_matrix, device: torch.device) -> DeviceCSR:
+    """A CSR matrix (a split's features) as a DeviceCSR on `device`, or on the host if it does not fit there.
+
+    A `Split` is still taken (its `.features`) for the benchmarks that pass one; nothing here imports the shard
+    format."""
+    x = getattr(features, "features", features)
     return DeviceCSR(x, storage_device(x.data.nbytes + x.indices.nbytes * 2 + x.indptr.nbytes * 2, device))

@@ -1,6 +1,7 @@
 """Bag-of-words → sublinear TF-IDF, fitted on train, reproducible at serving time from JSON.
 
-Tokenization is scikit-learn's CountVectorizer analyzer; the vocabulary is fitted from term counts
+Tokenization is scikit-learn's CountVectorizer analyzer (imported when first used: loading a featurizer to
+serve it does not import scikit-learn); the vocabulary is fitted from term counts
 (`TermCounts`: document and term frequencies, which blocks of a corpus count separately and merge),
 with CountVectorizer's own rules (min_df, max_df, max_features, alphabetical order), so one process and
 many (data/prepare_ray.py) fit the same vocabulary. The TF-IDF transform is written out here (a few
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import CountVectorizer
 
 from corrhash.cli import CLI
 from corrhash.errors import DataError
@@ -55,6 +55,8 @@ class TfidfRecipe:
 
 def analyzer(recipe: TfidfRecipe):
     """text -> its counted tokens (normalized, tokenized, stop words removed), as CountVectorizer counts them."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
     return CountVectorizer(token_pattern=TOKEN_PATTERN, preprocessor=normalize_text,
                            stop_words=recipe.stop_words).build_analyzer()
 
@@ -129,8 +131,7 @@ class TfidfFeaturizer:
         self.terms = list(terms)
         self.norm = norm
         self.idf = None if idf is None else np.asarray(idf, dtype=np.float64)
-        self._counter = CountVectorizer(vocabulary=self.terms, token_pattern=TOKEN_PATTERN,
-                                        preprocessor=normalize_text, dtype=np.int32)
+        self._counter = None  # the CountVectorizer of `terms`, made on the first `counts`
 
     @classmethod
     def fit_vocabulary(cls, train_texts: list[str], recipe: TfidfRecipe) -> "TfidfFeaturizer":
@@ -149,6 +150,11 @@ class TfidfFeaturizer:
         return len(self.terms)
 
     def counts(self, texts: list[str]) -> sp.csr_matrix:
+        if self._counter is None:
+            from sklearn.feature_extraction.text import CountVectorizer
+
+            self._counter = CountVectorizer(vocabulary=self.terms, token_pattern=TOKEN_PATTERN,
+                                            preprocessor=normalize_text, dtype=np.int32)
         return self._counter.transform(texts).tocsr()
 
     def document_frequencies(self, counts: sp.csr_matrix) -> np.ndarray:

@@ -26,7 +26,7 @@ from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
 from corrhash.cli import CLI
 from corrhash.data import corpora, uri
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
-from corrhash.data.shards import (FORMAT, SCHEMA, manifest_checksum, sha256_file, split_table, table_digest,
+from corrhash.data.shards import (FORMAT, SPLITS, digest_split, manifest_checksum, sha256_file, split_table,
                                   write_split)
 from corrhash.data.sources import resolve_raw_inputs
 from corrhash.errors import ConfigError, DataError
@@ -156,7 +156,7 @@ def halve_test(doc_ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> PreparedSplits:
     recipe = config.recipe
     dropped = {"no_labels": {}, "too_short": {}, "too_long": {}}
-    by_split: dict[str, list[corpora.Document]] = {s: [] for s in corpora.SPLITS}
+    by_split: dict[str, list[corpora.Document]] = {s: [] for s in SPLITS}
     for doc in corpus.documents:
         if not doc.labels:
             dropped["no_labels"][doc.split] = dropped["no_labels"].get(doc.split, 0) + 1
@@ -375,9 +375,9 @@ def write_output(tmp: Path, prepared: PreparedSplits, config: PrepareConfig, sou
     """Shards, vocab.json and manifest.json into `tmp`; returns the manifest."""
     digest = hashlib.sha256()
     splits = {}
-    for split in corpora.SPLITS:
+    for split in SPLITS:
         table = split_table(prepared.features[split], prepared.labels[split], prepared.doc_ids[split])
-        table_digest(table, digest)
+        digest_split([table], digest)
         shards = write_split(tmp, split, table, config.rows_per_shard)
         splits[split] = {"documents": table.num_rows, "shards": shards}
         log(f"wrote {split}: {table.num_rows} documents in {len(shards)} shard(s)")
@@ -392,25 +392,6 @@ def write_shard(out_dir: Path, split: str, part: int, table: pa.Table) -> dict:
     rel = f"{split}/part-{part:05d}.parquet"
     pq.write_table(table, out_dir / rel, compression="zstd")
     return {"path": rel, "rows": table.num_rows, "sha256": sha256_file(out_dir / rel)}
-
-
-def digest_split_files(paths: list[Path], digest: "hashlib._Hash") -> None:
-    """Feed a split's contents to `digest` exactly as `table_digest` does for the whole split in memory (each
-    column whole, list columns' offsets then values), reading one column of one shard file at a time."""
-    for name in SCHEMA.names:
-        columns = (pq.read_table(path, columns=[name]).column(0).combine_chunks() for path in paths)
-        if not pa.types.is_list(SCHEMA.field(name).type):
-            for array in columns:
-                digest.update(np.asarray(array).tobytes())
-            continue
-        base = 0
-        for i, array in enumerate(columns):
-            offsets = np.asarray(array.offsets).astype(np.int64) + base
-            digest.update((offsets if i == 0 else offsets[1:]).tobytes())
-            base = int(offsets[-1])
-        for path in paths:
-            values = pq.read_table(path, columns=[name]).column(0).combine_chunks().flatten()
-            digest.update(np.asarray(values).tobytes())
 
 
 def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib._Hash", splits: dict, vocab: dict,
@@ -448,7 +429,7 @@ def build_in_process(config: PrepareConfig, inputs: list[corpora.Location], tmp:
     prepared, sources, notes = read_and_featurize(config, inputs)
     if config.limit is not None:
         sample_splits(prepared, config.limit, config.seed)
-    for split in corpora.SPLITS:
+    for split in SPLITS:
         if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
             raise DataError(f"{corpora.location_name(inputs[0])}: split {split!r} has no documents after filtering")
     return write_output(tmp, prepared, config, sources, notes)

@@ -48,9 +48,9 @@ import scipy.sparse as sp
 
 from corrhash.data import corpora
 from corrhash.data.featurize import TermCounts, TfidfFeaturizer, analyzer
-from corrhash.data.prepare import (PrepareConfig, digest_split_files, halve_test, label_matrix, run_prepare,
+from corrhash.data.prepare import (PrepareConfig, halve_test, label_matrix, run_prepare,
                                    source_checksums, write_shard, write_vocab_and_manifest)
-from corrhash.data.shards import split_table
+from corrhash.data.shards import SPLITS, digest_split_files, split_table
 from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.log import log
 
@@ -336,7 +336,7 @@ def build_on_ray(config: PrepareConfig, inputs: list[corpora.Location], tmp: Pat
     vocab_path.write_text(json.dumps(featurizer.to_json()))
 
     featurized = _run(featurize_file, [dict(job, vocab=vocab_path) for job in jobs], "featurize")
-    splits_present = [s for s in corpora.SPLITS if labelled[s]]
+    splits_present = [s for s in SPLITS if labelled[s]]
     dropped = {"no_labels": no_labels, "too_short": {}, "too_long": {}}
     kept = {}
     for split in splits_present:
@@ -355,13 +355,13 @@ def build_on_ray(config: PrepareConfig, inputs: list[corpora.Location], tmp: Pat
     vocab_path.write_text(json.dumps(featurizer.to_json()))
 
     selections = _selections(config, kept)
-    for split in corpora.SPLITS:
+    for split in SPLITS:
         source, rows = selections.get(split, (None, None))
         if source is None or (len(rows) if rows is not None else sum(kept[source])) == 0:
             raise DataError(f"{corpora.location_name(inputs[0])}: split {split!r} has no documents after filtering")
 
     shard_jobs = []
-    for split in corpora.SPLITS:
+    for split in SPLITS:
         (tmp / split).mkdir()
         source, rows = selections[split]
         shard_jobs += [{"split": split, "part": part, "pieces": pieces, "work": work, "out": tmp, "vocab": vocab_path,
@@ -372,7 +372,7 @@ def build_on_ray(config: PrepareConfig, inputs: list[corpora.Location], tmp: Pat
 
     digest = hashlib.sha256()
     splits = {}
-    for split in corpora.SPLITS:
+    for split in SPLITS:
         shards = [entry for job, entry in zip(shard_jobs, entries) if job["split"] == split]
         digest_split_files([tmp / entry["path"] for entry in shards], digest)
         splits[split] = {"documents": sum(entry["rows"] for entry in shards), "shards": shards}

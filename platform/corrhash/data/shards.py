@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Union
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +28,12 @@ import scipy.sparse as sp
 from pyarrow.fs import FileType
 
 from corrhash.data import uri
-from corrhash.data.corpora import SPLITS
 from corrhash.errors import DataError
 from corrhash.log import log
 
 FORMAT = "corrhash-shards-v1"
+SPLITS = ("train", "val", "test")
+"""The splits every shard set holds, in the order they are written and hashed."""
 VERIFY_ENV = "CORRHASH_VERIFY_SHARDS"
 """Set to 0 to skip the sha256 checks on open (huge corpora on trusted storage); value checks still run."""
 
@@ -69,14 +70,6 @@ class Split:
             return self
         rows = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
         return Split(self.name, self.features[rows], self.labels[rows], self.doc_ids[rows])
-
-    def torch_features(self, device=None):
-        """The features as a torch sparse CSR tensor (no densification)."""
-        import torch
-
-        from corrhash.data.device_csr import DeviceCSR  # torch is imported only when asked for
-
-        return DeviceCSR(self.features, torch.device(device or "cpu")).range(0, len(self))
 
 
 def sha256_file(path: Path) -> str:
@@ -119,16 +112,35 @@ def write_split(out_dir: Path, name: str, table: pa.Table, rows_per_shard: int) 
     return entries
 
 
-def table_digest(table: pa.Table, digest: "hashlib._Hash") -> None:
-    """Feed a split's contents (not its Parquet bytes, which carry writer metadata) to a hash."""
-    table = table.combine_chunks()
-    for column in table.columns:
-        array = column.chunk(0) if column.num_chunks else pa.array([], type=column.type)
-        if isinstance(array, pa.ListArray):
-            digest.update(np.asarray(array.offsets).astype(np.int64).tobytes())
+def digest_split(tables: Sequence[pa.Table] | Callable[[str], Iterable[pa.Table]], digest: "hashlib._Hash") -> None:
+    """Feed one split's contents to the content hash (its arrays, not its Parquet bytes, which carry writer
+    metadata): column by column in SCHEMA order, each over the split's parts in order, as if the parts were one
+    table; a list column as its offsets (int64, from 0) then its values.
+
+    `tables`: the parts (one table in memory, the shard tables read), or a function giving the parts holding one
+    column (called twice for a list column), to read one column of one shard file at a time."""
+    parts = (lambda _: tables) if not callable(tables) else tables
+    for name in SCHEMA.names:
+        arrays = (table.column(name).combine_chunks() for table in parts(name))
+        if not pa.types.is_list(SCHEMA.field(name).type):
+            for array in arrays:
+                digest.update(np.asarray(array).tobytes())
+            continue
+        base, count = 0, 0
+        for array in arrays:
+            offsets = np.asarray(array.offsets).astype(np.int64)
+            offsets += base - offsets[0]
+            digest.update((offsets if count == 0 else offsets[1:]).tobytes())
+            base, count = int(offsets[-1]), count + 1
+        if count == 0:  # no parts: the offsets of an empty column
+            digest.update(np.zeros(1, dtype=np.int64).tobytes())
+        for array in (table.column(name).combine_chunks() for table in parts(name)):
             digest.update(np.asarray(array.flatten()).tobytes())
-        else:
-            digest.update(np.asarray(array).tobytes())
+
+
+def digest_split_files(paths: list[Path], digest: "hashlib._Hash") -> None:
+    """`digest_split` of a split's shard files, reading one column of one file at a time."""
+    digest_split(lambda name: (pq.read_table(path, columns=[name]) for path in paths), digest)
 
 
 def _row_of(position: int, offsets: np.ndarray) -> int:
@@ -408,8 +420,7 @@ class TfidfShards:
         """The content hash prepare_data computed: every split's arrays, then vocab.json (reads everything)."""
         digest = hashlib.sha256()
         for name in SPLITS:
-            tables = [self._read_shard(path) for path in self.shard_paths(name)]
-            table_digest(pa.concat_tables(tables) if tables else SCHEMA.empty_table(), digest)
+            digest_split([self._read_shard(path) for path in self.shard_paths(name)], digest)
         digest.update(self._read(self._at("vocab.json")))
         return digest.hexdigest()
 

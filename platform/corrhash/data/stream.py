@@ -218,5 +218,5 @@ def open_split(shards: TfidfShards, name: str, mode: str = "auto", buffer_rows: 
 
 def rows_of(data: Split | ShardStream, device: torch.device) -> DeviceCSR | ShardStream:
     """What the epoch loop and the evaluator iterate: a held split placed on `device`, or the stream itself."""
-    return data if isinstance(data, ShardStream) else place(data, device)
+    return data if isinstance(data, ShardStream) else place(data.features, device)
 

@@ -57,7 +57,6 @@ import scipy.linalg
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
-from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
@@ -148,6 +147,8 @@ class STH(HashModel):
         return median_bits(y)
 
     def fit_closed_form(self, features: sp.spmatrix) -> None:
+        from sklearn.svm import LinearSVC  # only fitting needs scikit-learn; loading a model to serve it does not
+
         features = sp.csr_matrix(features)
         codes = self.train_codes(features)
         started = time.perf_counter()
