@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 import threading
+import typing
 from typing import Annotated, Callable, Sequence, TypeVar
 
 import tyro
@@ -114,3 +115,27 @@ def run(job: Callable[[], int | None]) -> int:
         if in_main_thread:  # a main(argv) called in-process (tests) leaves the caller's handler as it was
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0 if status is None else status
+
+
+def optional_flags(config: type, skip: tuple[str, ...] = ()) -> type:
+    """A dataclass with one optional flag per field of the dataclass `config` (but `skip`): the field's type, its
+    docstring as help, its default shown, and None when the flag is not given. tyro cannot tell a flag given from a
+    default (brentyi/tyro#254); a job that must know (a training recipe's values are overridden only by the flags
+    given; a tune's flag pins its dimension) parses these and reads `given`."""
+    import docstring_parser  # tyro's own docstring reader
+
+    docs = {p.arg_name: p.description for p in docstring_parser.parse_from_object(config).params}
+    hints = typing.get_type_hints(config, include_extras=True)
+    fields = []
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = tyro.conf.arg(help=docs.get(f.name) or "", help_behavior_hint=f"(default: {default})")
+        fields.append((f.name, Annotated[hints[f.name] | None, tyro.conf.DisallowNone, shown], None))
+    return dataclasses.make_dataclass(f"{config.__name__}Flags", fields)
+
+
+def given(flags: object) -> dict:
+    """{field: value} of the `optional_flags` given on the command line."""
+    return {k: v for k, v in dataclasses.asdict(flags).items() if v is not None}

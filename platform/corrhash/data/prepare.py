@@ -13,17 +13,17 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+import tyro
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
-from corrhash.cli import CLI
 from corrhash.data import corpora, uri
 from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
 from corrhash.data.shards import (FORMAT, SPLITS, digest_split, manifest_checksum, sha256_file, split_table,
@@ -37,11 +37,13 @@ DATASETS = ("20ng", "reuters", "tmc", "text", "mat")
 
 @dataclass
 class PrepareConfig:
-    dataset: str = field(metadata={CLI: {"positional": True, "choices": DATASETS}})
+    dataset: Annotated[Literal[DATASETS], tyro.conf.Positional]  # type: ignore[valid-type]
     """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
     out: Path
     """Output folder (must not exist unless --overwrite); built in a temporary sibling and renamed into place."""
-    raw: Path | list[Path | str] | None = field(default=None, metadata={CLI: {"nargs": "+", "type": str}})
+    raw: Annotated[Path | list[Path | str] | None,
+                   tyro.conf.arg(constructor_factory=lambda: list[str] | None, metavar="PATH|URI [...]",
+                                 help_behavior_hint="(default: None)")] = None
     """Raw archive, folder or file; text takes several files, folders of them, glob patterns or URIs (s3://,
     gs://, file://: an object or a prefix), read in the order given as one table; default: $CORRHASH_RAW_DIR,
     else (20ng only) download."""
@@ -53,7 +55,7 @@ class PrepareConfig:
     """Seed for halving the official test set into val and test (and for text splits)."""
     keep_boilerplate: bool = False
     """20ng bydate: keep headers, signature footers and quoted replies."""
-    release: str = field(default="bydate", metadata={CLI: {"choices": corpora.NG20_RELEASES}})
+    release: Literal[corpora.NG20_RELEASES] = "bydate"  # type: ignore[valid-type]
     """20ng: 'bydate' (the archive's 18,846 posts, boilerplate stripped), or '18828': the release the paper used,
     rebuilt from bydate (From: and Subject: lines kept, other headers dropped, duplicate posts removed, text
     otherwise whole; bydate's train/test split); its manifest names the dataset '20ng-18828'."""

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
 
-from corrhash.cli import CLI
 from corrhash.errors import ConfigError
 
 # Step used when the model has no (v, k) of its own: the authors' 1/(50v + 50k) at the
 # paper's defaults v = k = 10, so baselines anneal on the same schedule as default CorrSH.
 DEFAULT_ANNEAL_STEP = 1.0 / (50 * 10 + 50 * 10)
-ENCODER_INPUTS = ("tfidf", "binary")
-GRAPH_KINDS = ("knn", "mutual")  # models/graph.py
+EncoderInput = Literal["tfidf", "binary"]
+ENCODER_INPUTS: tuple[str, ...] = get_args(EncoderInput)
+GraphKind = Literal["knn", "mutual"]  # models/graph.py
+GRAPH_KINDS: tuple[str, ...] = get_args(GraphKind)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ModelConfig:
     """sth, *-nbr: neighbours k per document in the k-nearest-neighbour cosine graph"""
     neighbour_weight: float = 1.0
     """*-nbr: weight lambda of the pairwise term (a sampled neighbour's words decoded from the document's code)"""
-    graph: str = field(default="knn", metadata={CLI: {"choices": GRAPH_KINDS}})
+    graph: GraphKind = "knn"
     """*-nbr: 'knn' (an edge where either document is among the other's k nearest, STH's) or 'mutual' (both)"""
     svm_c: float = 0.1
     """sth: inverse regularisation strength C of the per-bit linear SVMs"""
@@ -49,7 +50,7 @@ class ModelConfig:
     annealing (full KL weight and the noise floor from the first step)"""
     beta: float = 1.0
     """final KL weight (beta-VAE style): the annealed weight rises to beta, not 1"""
-    encoder_input: str = field(default="tfidf", metadata={CLI: {"choices": ENCODER_INPUTS}})
+    encoder_input: EncoderInput = "tfidf"
     """what the encoder reads: 'tfidf' (the shards' values) or 'binary' (word presence); decoders always
     reconstruct the present words"""
     seed: int = 0

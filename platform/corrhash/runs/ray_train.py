@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from corrhash.tracking.runs import log_data, publish_model
 class RayConfig:
     num_workers: int = 1
     """Ray Train workers; each reads its share of the train shard files."""
-    use_gpu: str = "auto"
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
     """'auto' (GPU workers when the cluster has GPUs), 'yes' or 'no'."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker (fractions let several workers share a small machine)."""

@@ -8,11 +8,10 @@ models) and `with_overrides`, the only place that routes a flat name to its conf
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Literal
 
-from corrhash.cli import CLI
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, list_models
 from corrhash.train.config import TrainConfig
@@ -20,6 +19,8 @@ from corrhash.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe_values
 
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+ModelName = Literal[tuple(list_models())]  # type: ignore[valid-type]  # the registered models
+RecipeName = Literal[RECIPE_NAMES]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -30,22 +31,21 @@ class JobInputs:
     """folder written by jobs/prepare_data.py, or its URI (s3://, gs://, hdfs://, file://)"""
     out: Path | None = None
     """folder for results.json and the model (tune: the best trial's); required with train --local"""
-    model: str = field(default="corrsh", metadata={CLI: {"choices": list_models()}})
+    model: ModelName = "corrsh"
     """model family"""
-    recipe: str = field(default=DEFAULT_RECIPE, metadata={CLI: {"choices": RECIPE_NAMES}})
+    recipe: RecipeName = DEFAULT_RECIPE
     """starting values of the training recipe, before the flags: 'converge' (KL at full weight within the budget,
     train/recipes.py) or 'authors' (the authors' schedule, for reproducing the paper)"""
 
 
-def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """`parser.parse_args(argv)` with the chosen `--recipe`'s values as the defaults of their options, so a flag
-    given on the command line still wins over the recipe."""
-    known, _ = parser.parse_known_args(argv)
-    values = recipe_values(getattr(known, "JobInputs.recipe"))
-    parser.set_defaults(**{f"{cls.__name__}.{name}": value for cls, names in ((ModelConfig, MODEL_FIELDS),
-                                                                              (TrainConfig, TRAIN_FIELDS))
-                           for name, value in values.items() if name in names})
-    return parser.parse_args(argv)
+def job_configs(recipe: str, model: str, given: dict) -> tuple[ModelConfig, TrainConfig]:
+    """A training job's configs: the dataclasses' defaults, then the values of `recipe`, then `given` ({field: value}
+    of ModelConfig or TrainConfig, the flags given on the command line), which win over the recipe. The model is
+    `model`, seeded with the training seed."""
+    values = {**recipe_values(recipe), **given}
+    train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS - {"name", "seed"}}
+    return ModelConfig(name=model, seed=train.seed, **model_values), train
 
 
 def trial_values(config: dict) -> dict:

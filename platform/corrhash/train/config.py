@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
-from corrhash.cli import CLI
 from corrhash.data.stream import STREAM_MODES
 from corrhash.errors import ConfigError
+
+StreamMode = Literal[STREAM_MODES]  # type: ignore[valid-type]  # the modes data/stream.py reads
 
 
 @dataclass
@@ -34,7 +36,7 @@ class TrainConfig:
     eval_queries: int = 0
     """Per-epoch selection scores a seeded sample of this many val queries (0: all); the chosen model's reported
     val precision is always over the whole val split."""
-    stream: str = field(default="auto", metadata={CLI: {"choices": STREAM_MODES}})
+    stream: StreamMode = "auto"
     """Read each split from its shard files a few at a time instead of holding it whole: 'auto' streams a split
     that needs more than half the memory available, 'always', 'never'."""
     stream_buffer: int = 50_000
