@@ -16,11 +16,10 @@ import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
 from corrhash.data import TfidfRecipe
-from corrhash.data.prepare import PrepareConfig, prepare
+from corrhash.data.prepare import PrepareConfig, prepare, shard_pieces
 from corrhash.data.featurize import TOKEN_PATTERN, TermCounts, TfidfFeaturizer, analyzer, normalize_text
 from corrhash.data.synthetic_text import SynthConfig, write_corpus
 from corrhash.errors import DataError
-from corrhash.data.prepare_ray import _shard_pieces
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,11 +69,11 @@ def test_vocabulary_errors_keep_their_messages():
 
 
 def test_shard_pieces_follow_the_split_order_across_files():
-    pieces = _shard_pieces([3, 0, 4], "train", None, 5)
+    pieces = shard_pieces([3, 0, 4], "train", None, 5)
     assert pieces == [[{"file": 0, "split": "train", "start": 0, "stop": 3},
                        {"file": 2, "split": "train", "start": 0, "stop": 2}],
                       [{"file": 2, "split": "train", "start": 2, "stop": 4}]]
-    chosen = _shard_pieces([3, 4], "test", np.array([1, 2, 5, 6]), 3)
+    chosen = shard_pieces([3, 4], "test", np.array([1, 2, 5, 6]), 3)
     assert chosen == [[{"file": 0, "split": "test", "rows": [1, 2]}, {"file": 1, "split": "test", "rows": [2]}],
                       [{"file": 1, "split": "test", "rows": [3]}]]
 

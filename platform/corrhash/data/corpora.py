@@ -575,6 +575,14 @@ def table_documents(path: Location, label_delimiter: str = ",", encoding: str = 
     return has_split, documents()
 
 
+def no_rows(path: Location) -> DataError:
+    return DataError(f"{location_name(path)}: no rows")
+
+
+def repeated_ids(paths: list[Location]) -> DataError:
+    return DataError(f"{', '.join(map(location_name, paths))}: 'id' values repeat; each row needs a unique id")
+
+
 def check_same_split_column(paths: list[Location], has_split: list[bool]) -> None:
     """Every file of a corpus has a `split` column, or none has (held-out rows are drawn over all rows)."""
     if len(set(has_split)) > 1:
@@ -608,10 +616,9 @@ def read_table(raw: Location | list[Location], label_delimiter: str = ",", test_
         before = len(documents)
         documents.extend(rows)
         if len(documents) == before:
-            raise DataError(f"{location_name(path)}: no rows")
+            raise no_rows(path)
     if len({d.doc_id for d in documents}) != len(documents):
-        raise DataError(f"{', '.join(map(location_name, paths))}: 'id' values repeat; "
-                        "each row needs a unique id")
+        raise repeated_ids(paths)
     if not has_split[0]:
         for i in np.flatnonzero(hold_out_test(len(documents), test_fraction, seed)):
             documents[i].split = "test"

@@ -1,19 +1,44 @@
 """Raw corpus → Parquet TF-IDF shards + vocab.json + manifest.json, written atomically.
 
-`prepare` does it in this process; `run_prepare` is the frame (checks, temporary folder, SIGTERM, the swap into
-place) that data/prepare_ray.py fills in with Ray Data, and `write_vocab_and_manifest` the common ending, so both
-write the same files."""
+`run_prepare` is the frame (checks, temporary folder, SIGTERM, the swap into place) of two builds that write the same
+files: `build_in_process` (`prepare`: any corpus, held in memory) and `build_in_passes` (a table corpus of many files,
+in four passes of jobs run by a `map`: `builtins.map`, or Ray tasks in data/prepare_ray.py). Both drop documents by
+length, halve the official test set and draw the --limit sample with the same functions (`length_filter`,
+`selections`), fail with the same messages and end with `write_vocab_and_manifest`.
+
+The passes, one job per input file (the last, one job per output shard):
+
+1. scan: parse every row (the same reader, `corpora.table_documents`, so the same checks and messages), count
+   rows, collect label names, checksum the file;
+2. count: document and term frequencies (`featurize.TermCounts`) of the labelled train documents; the driver
+   merges them and fits the vocabulary (`TfidfFeaturizer.from_counts`, as `fit_vocabulary` does);
+3. featurize: count rows with that vocabulary, drop too short and too long documents, keep the kept rows'
+   counts in Arrow files beside the output, and their document frequencies; the driver sums those into the idf;
+4. write: each shard job reads its rows (memory-mapped) from those files, turns them into TF-IDF and writes its
+   Parquet file.
+
+The driver then hashes the shards' contents (one column of one shard at a time) and writes vocab.json and the
+manifest. A job holds one batch of `BATCH_ROWS` documents (passes 1-3) or one shard (pass 4), never a file or the
+corpus. The driver holds vocabulary-sized counts, the document ids for the duplicate check (8 bytes a document)
+and, only when the table has no split column, the held-out mask (1 byte a document) or, without a val split, the
+val/test halving of the test rows (8 bytes a test document). Pass 3 keeps the kept rows' term counts (int32 indices
+and counts) in Arrow files inside the temporary output folder until the shards are written: about the size of the
+shards before compression."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
 import signal
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Callable, Literal
 
@@ -25,11 +50,11 @@ import tyro
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
 from corrhash.data import corpora, uri
-from corrhash.data.featurize import TfidfFeaturizer, TfidfRecipe
-from corrhash.data.shards import (FORMAT, SPLITS, digest_split, manifest_checksum, sha256_file, split_table,
-                                  write_split)
+from corrhash.data.featurize import TermCounts, TfidfFeaturizer, TfidfRecipe, analyzer
+from corrhash.data.shards import (FORMAT, SPLITS, digest_split, digest_split_files, manifest_checksum, sha256_file,
+                                  split_table, write_split)
 from corrhash.data.sources import resolve_raw_inputs
-from corrhash.errors import ConfigError, DataError
+from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.log import log
 
 DATASETS = ("20ng", "reuters", "tmc", "text", "mat")
@@ -148,14 +173,62 @@ def label_matrix(label_lists: list[list[str]], names: list[str]) -> sp.csr_matri
     return sp.csr_matrix((np.ones(len(cols), dtype=bool), cols, indptr), shape=(len(rows), len(names)))
 
 
-def halve_test(doc_ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+# ---------------------------------------------------------------- what both builds do, written once
+
+def halve_test(n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle the official test rows with `seed` and halve them: (val rows, test rows), each sorted."""
-    order = np.random.default_rng(seed).permutation(len(doc_ids))
+    order = np.random.default_rng(seed).permutation(n_rows)
     half = len(order) // 2
     return np.sort(order[:half]), np.sort(order[half:])
 
 
+def length_filter(counts: sp.csr_matrix, recipe: TfidfRecipe) -> tuple[np.ndarray, int, int]:
+    """(the rows to keep, how many are too short, how many too long) of term-count rows: a document keeps
+    min_tokens..max_tokens in-vocabulary tokens."""
+    n_tokens = np.asarray(counts.sum(axis=1)).ravel()
+    keep = (n_tokens >= recipe.min_tokens) & (n_tokens <= recipe.max_tokens)
+    return keep, int((n_tokens < recipe.min_tokens).sum()), int((n_tokens > recipe.max_tokens).sum())
+
+
+def selections(config: PrepareConfig, kept: dict[str, int]) -> dict[str, tuple[str, np.ndarray | None]]:
+    """{output split: (the split its documents come from, their positions among its `kept` documents, or None for
+    all)}: without a val split the official test set halved into val and test (val after test), then the --limit
+    sample of each, drawn with one seeded generator in that order."""
+    chosen: dict[str, tuple[str, np.ndarray | None]] = {s: (s, None) for s in kept}
+    if "val" not in kept and "test" in kept:
+        val_rows, test_rows = halve_test(kept["test"], config.seed)
+        chosen["test"] = ("test", test_rows)
+        chosen["val"] = ("test", val_rows)
+    if config.limit is not None:
+        rng = np.random.default_rng(config.seed)
+        for split, (source, rows) in chosen.items():
+            n = kept[source] if rows is None else len(rows)
+            if n > config.limit:
+                picked = np.sort(rng.choice(n, config.limit, replace=False))
+                chosen[split] = (source, picked if rows is None else rows[picked])
+    return chosen
+
+
+def no_labelled_training(source: corpora.Location) -> DataError:
+    return DataError(f"{corpora.location_name(source)}: no labelled training documents")
+
+
+def empty_after_filtering(source: corpora.Location, recipe: TfidfRecipe) -> DataError:
+    return DataError(f"{corpora.location_name(source)}: corpus is empty after filtering (no train document has "
+                     f"{recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
+
+
+def check_splits(documents: dict[str, int], source: corpora.Location) -> None:
+    """Every split has documents once filtered, halved and sampled."""
+    for split in SPLITS:
+        if not documents.get(split):
+            raise DataError(f"{corpora.location_name(source)}: split {split!r} has no documents after filtering")
+
+
+# ---------------------------------------------------------------- in this process, the corpus in memory
+
 def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> PreparedSplits:
+    """The kept documents of each split, as TF-IDF (halved and sampled afterwards: `select`)."""
     recipe = config.recipe
     dropped = {"no_labels": {}, "too_short": {}, "too_long": {}}
     by_split: dict[str, list[corpora.Document]] = {s: [] for s in SPLITS}
@@ -165,7 +238,7 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
             continue
         by_split[doc.split].append(doc)
     if not by_split["train"]:
-        raise DataError(f"{corpora.location_name(corpus.sources[0])}: no labelled training documents")
+        raise no_labelled_training(corpus.sources[0])
     log(f"fitting vocabulary on {len(by_split['train'])} train documents")
     featurizer = TfidfFeaturizer.fit_vocabulary([d.text for d in by_split["train"]], recipe)
     kept_counts, kept_docs = {}, {}
@@ -173,26 +246,17 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
         if not docs:
             continue
         counts = featurizer.counts([d.text for d in docs])
-        n_tokens = np.asarray(counts.sum(axis=1)).ravel()
-        keep = (n_tokens >= recipe.min_tokens) & (n_tokens <= recipe.max_tokens)
-        dropped["too_short"][split] = int((n_tokens < recipe.min_tokens).sum())
-        dropped["too_long"][split] = int((n_tokens > recipe.max_tokens).sum())
+        keep, dropped["too_short"][split], dropped["too_long"][split] = length_filter(counts, recipe)
         kept_counts[split] = counts[keep]
         kept_docs[split] = [d for d, k in zip(docs, keep) if k]
         log(f"{split}: {keep.sum()} of {len(docs)} documents kept "
             f"({dropped['too_short'][split]} too short, {dropped['too_long'][split]} too long)")
     if not kept_docs.get("train"):
-        raise DataError(f"{corpora.location_name(corpus.sources[0])}: corpus is empty after filtering (no train "
-                        f"document has {recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
+        raise empty_after_filtering(corpus.sources[0], recipe)
     featurizer.fit_idf(kept_counts["train"])
     features = {s: featurizer.tfidf(c) for s, c in kept_counts.items()}
     doc_ids = {s: np.array([d.doc_id for d in docs], dtype=np.int64) for s, docs in kept_docs.items()}
     labels = {s: label_matrix([d.labels for d in docs], corpus.label_names) for s, docs in kept_docs.items()}
-    if "val" not in features and "test" in features:
-        val_rows, test_rows = halve_test(doc_ids["test"], config.seed)
-        for target, rows in (("val", val_rows), ("test", test_rows)):
-            features[target], labels[target] = features["test"][rows], labels["test"][rows]
-            doc_ids[target] = doc_ids["test"][rows]
     return PreparedSplits(features, labels, doc_ids, corpus.label_names, featurizer.to_json(), dropped)
 
 
@@ -258,14 +322,14 @@ def read_mat(path: Path) -> PreparedSplits:
     return PreparedSplits(features, labels, doc_ids, names, vocab, dropped)
 
 
-def sample_splits(prepared: PreparedSplits, limit: int, seed: int) -> None:
-    """Keep at most `limit` documents per split, chosen with `seed`, in their original order."""
-    rng = np.random.default_rng(seed)
-    for split, features in prepared.features.items():
-        if features.shape[0] > limit:
-            rows = np.sort(rng.choice(features.shape[0], limit, replace=False))
-            prepared.features[split], prepared.labels[split] = features[rows], prepared.labels[split][rows]
-            prepared.doc_ids[split] = prepared.doc_ids[split][rows]
+def select(prepared: PreparedSplits, config: PrepareConfig) -> None:
+    """The output splits `selections` gives: the test set halved when there is no val split, the --limit sample."""
+    chosen = selections(config, {split: x.shape[0] for split, x in prepared.features.items()})
+    features, labels, doc_ids = {}, {}, {}
+    for split, (source, rows) in chosen.items():
+        x, y, ids = prepared.features[source], prepared.labels[source], prepared.doc_ids[source]
+        features[split], labels[split], doc_ids[split] = (x, y, ids) if rows is None else (x[rows], y[rows], ids[rows])
+    prepared.features, prepared.labels, prepared.doc_ids = features, labels, doc_ids
 
 
 class _Termination:
@@ -429,11 +493,8 @@ def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib.
 def build_in_process(config: PrepareConfig, inputs: list[corpora.Location], tmp: Path) -> dict:
     """Read, featurize and write everything from this process (the corpus in memory); returns the manifest."""
     prepared, sources, notes = read_and_featurize(config, inputs)
-    if config.limit is not None:
-        sample_splits(prepared, config.limit, config.seed)
-    for split in SPLITS:
-        if prepared.features.get(split) is None or prepared.features[split].shape[0] == 0:
-            raise DataError(f"{corpora.location_name(inputs[0])}: split {split!r} has no documents after filtering")
+    select(prepared, config)
+    check_splits({split: x.shape[0] for split, x in prepared.features.items()}, inputs[0])
     return write_output(tmp, prepared, config, sources, notes)
 
 
@@ -478,3 +539,318 @@ def run_prepare(config: PrepareConfig, build: Build) -> dict:
     log(f"done in {time.monotonic() - started:.1f}s: {counts}; {manifest['n_features']} features; "
         f"content hash {manifest['content_hash'][:12]} → {out}")
     return manifest
+
+
+# ---------------------------------------------------------------- in passes of jobs, run by a `map`
+
+BATCH_ROWS = 4096
+"""Documents a job holds at once."""
+WORK = ".work"
+"""Folder inside the temporary output for what passes hand on (removed before the swap)."""
+COUNTS_SCHEMA = pa.schema([("doc_id", pa.int64()), ("labels", pa.list_(pa.int32())),
+                           ("indices", pa.list_(pa.int32())), ("counts", pa.list_(pa.int32()))])
+
+Map = Callable[[Callable[[dict], dict], list[dict]], Iterable[dict]]
+"""`map(function, jobs)`: the results of a pass's jobs in job order; `builtins.map`, or one Ray task a job."""
+
+
+def build_in_passes(config: PrepareConfig, inputs: list[corpora.Location], tmp: Path, map: Map = map,
+                    executor: str = "in process") -> dict:
+    """Fill `tmp` as `build_in_process` would, from a table corpus, in four passes of jobs that `map` runs (named
+    `executor` in the log); returns the manifest."""
+    run = functools.partial(_run, map, executor)
+    work = tmp / WORK
+    work.mkdir()
+    files = _scan(run, config, inputs)
+    holdout = None
+    if not files.has_split:
+        holdout = work / "holdout.npy"
+        np.save(holdout, corpora.hold_out_test(sum(files.rows), config.test_fraction, config.seed))
+    jobs = [{"path": path, "file": i, "first_index": first, "work": work, "holdout": holdout,
+             "label_delimiter": config.label_delimiter, "encoding": config.text_encoding, "recipe": config.recipe,
+             "label_names": files.label_names}
+            for i, (path, first) in enumerate(zip(files.paths, files.first_index))]
+
+    counted = run(count_file, jobs, "count terms")
+    ids = np.concatenate([np.load(work / f"ids-{i:05d}.npy") for i in range(len(jobs))])
+    if len(np.unique(ids)) != len(ids):
+        raise corpora.repeated_ids(inputs)
+    del ids
+    no_labels: dict[str, int] = {}
+    labelled: Counter = Counter()
+    for result in counted:
+        for split, n in result["no_labels"]:
+            no_labels[split] = no_labels.get(split, 0) + n
+        labelled.update(result["labelled"])
+    if not labelled["train"]:
+        raise no_labelled_training(inputs[0])
+    train_counts = TermCounts()
+    for i in range(len(jobs)):
+        with pa.memory_map(str(work / f"terms-{i:05d}.arrow")) as source:
+            train_counts += TermCounts.from_columns({**pa.ipc.open_file(source).read_all().to_pydict(),
+                                                     "n_docs": counted[i]["n_docs"]})
+    log(f"fitting vocabulary on {train_counts.n_docs} train documents")
+    featurizer = TfidfFeaturizer.from_counts(train_counts, config.recipe)
+    del train_counts
+    vocab_path = work / "vocab.json"
+    vocab_path.write_text(json.dumps(featurizer.to_json()))
+
+    featurized = run(featurize_file, [dict(job, vocab=vocab_path) for job in jobs], "featurize")
+    dropped = {"no_labels": no_labels, "too_short": {}, "too_long": {}}
+    kept = {}
+    for split in [s for s in SPLITS if labelled[s]]:
+        per_file = [r["kept"].get(split, 0) for r in featurized]
+        kept[split] = per_file
+        dropped["too_short"][split] = sum(r["too_short"].get(split, 0) for r in featurized)
+        dropped["too_long"][split] = sum(r["too_long"].get(split, 0) for r in featurized)
+        log(f"{split}: {sum(per_file)} of {labelled[split]} documents kept ({dropped['too_short'][split]} too short, "
+            f"{dropped['too_long'][split]} too long)")
+    if not sum(kept.get("train", [])):
+        raise empty_after_filtering(inputs[0], config.recipe)
+    df = sum(np.load(work / f"df-{i:05d}.npy") for i in range(len(jobs)))
+    featurizer.fit_idf_from(df, sum(kept["train"]))
+    vocab_path.write_text(json.dumps(featurizer.to_json()))
+
+    chosen = selections(config, {split: sum(per_file) for split, per_file in kept.items()})
+    check_splits({split: sum(kept[source]) if rows is None else len(rows) for split, (source, rows) in chosen.items()},
+                 inputs[0])
+    shard_jobs = []
+    for split in SPLITS:
+        (tmp / split).mkdir()
+        source, rows = chosen[split]
+        shard_jobs += [{"split": split, "part": part, "pieces": pieces, "work": work, "out": tmp, "vocab": vocab_path,
+                        "n_labels": len(files.label_names)}
+                       for part, pieces in enumerate(shard_pieces(kept[source], source, rows, config.rows_per_shard))]
+    entries = run(write_shard_job, shard_jobs, "transform and write shards")
+    shutil.rmtree(work)
+
+    digest = hashlib.sha256()
+    splits = {}
+    for split in SPLITS:
+        shards = [entry for job, entry in zip(shard_jobs, entries) if job["split"] == split]
+        digest_split_files([tmp / entry["path"] for entry in shards], digest)
+        splits[split] = {"documents": sum(entry["rows"] for entry in shards), "shards": shards}
+        log(f"wrote {split}: {splits[split]['documents']} documents in {len(shards)} shard(s)")
+    notes = {"split_column": files.has_split, "test_fraction": None if files.has_split else config.test_fraction}
+    return write_vocab_and_manifest(tmp, config, digest, splits, featurizer.to_json(), files.sources,
+                                    featurizer.n_features, files.label_names, dropped, notes)
+
+
+def _run(map: Map, executor: str, function: Callable[[dict], dict], jobs: list[dict], what: str) -> list[dict]:
+    """`function` over `jobs` by `map`; results in job order. A job's CorrhashError (a bad row, an unreadable file)
+    or OSError (a full disk) is raised here as a DataError, the first in job order: the one a single process reading
+    the files in order meets first."""
+    started = time.monotonic()
+    outcomes = list(map(functools.partial(_outcome, function, what), jobs))
+    for outcome in outcomes:
+        if "error" in outcome:
+            raise DataError(outcome["error"])
+    log(f"{executor}: {what}: {len(jobs)} job(s) in {time.monotonic() - started:.1f}s")
+    return [outcome["ok"] for outcome in outcomes]
+
+
+def _outcome(function: Callable[[dict], dict], what: str, job: dict) -> dict:
+    """A job's result, or the message of its error (an error object need not travel back from a Ray worker)."""
+    try:
+        return {"ok": function(job)}
+    except CorrhashError as exc:
+        return {"error": str(exc)}
+    except OSError as exc:
+        return {"error": f"{what}: {exc.strerror or exc}"}
+
+
+@dataclass
+class _Files:
+    """What pass 1 found, over all files in order."""
+
+    paths: list[corpora.Location]
+    rows: list[int]
+    has_split: bool
+    label_names: list[str]
+    sources: dict[str, str]
+
+    @property
+    def first_index(self) -> list[int]:
+        return np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(int).tolist()
+
+
+def _scan(run: Callable, config: PrepareConfig, inputs: list[corpora.Location]) -> _Files:
+    jobs = [{"path": path, "label_delimiter": config.label_delimiter, "encoding": config.text_encoding}
+            for path in inputs]
+    results = run(scan_file, jobs, "scan")
+    has_split = []
+    for result in results:
+        has_split.append(result["has_split"])
+        corpora.check_same_split_column(inputs, has_split)
+    labels = sorted(set().union(*(result["labels"] for result in results)))
+    sources = {k: v for result in results for k, v in result["sources"].items()}
+    files = _Files(inputs, [r["rows"] for r in results], has_split[0], labels, sources)
+    log(f"text: {sum(files.rows)} rows, {len(labels)} labels from {len(inputs)} file(s)")
+    return files
+
+
+def shard_pieces(per_file: list[int], source: str, rows: np.ndarray | None, rows_per_shard: int) -> list[list[dict]]:
+    """For each shard of a split, the (counts file, rows) pieces it is made of. `per_file`: kept rows of the
+    source split in each input file; `rows`: positions among those (sorted), or None for all of them."""
+    starts = np.concatenate([[0], np.cumsum(per_file)]).astype(np.int64)
+    total = int(starts[-1]) if rows is None else len(rows)
+    shards = []
+    for begin in range(0, total, rows_per_shard):
+        end = min(begin + rows_per_shard, total)
+        pieces = []
+        if rows is None:
+            for file in range(len(per_file)):
+                lo, hi = max(begin, starts[file]), min(end, starts[file + 1])
+                if lo < hi:
+                    pieces.append({"file": file, "split": source, "start": int(lo - starts[file]),
+                                   "stop": int(hi - starts[file])})
+        else:
+            chosen = rows[begin:end]
+            owner = np.searchsorted(starts, chosen, side="right") - 1
+            for file in np.unique(owner):
+                pieces.append({"file": int(file), "split": source,
+                               "rows": (chosen[owner == file] - starts[file]).tolist()})
+        shards.append(pieces)
+    return shards
+
+
+# ---- the jobs (run wherever `map` runs them: their arguments and results are plain values)
+
+def _documents(job: dict, first_index: int = 0):
+    return corpora.table_documents(corpora.as_location(job["path"]), job["label_delimiter"], job["encoding"],
+                                   first_index)
+
+
+def _batches(iterable, size: int = BATCH_ROWS):
+    iterator = iter(iterable)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def scan_file(job: dict) -> dict:
+    """Pass 1: rows, split column, label names and sha256 of one file."""
+    has_split, documents = _documents(job)
+    rows, labels = 0, set()
+    for document in documents:
+        rows += 1
+        labels.update(document.labels)
+    if rows == 0:
+        raise corpora.no_rows(job["path"])
+    return {"rows": rows, "has_split": has_split, "labels": sorted(labels),
+            "sources": source_checksums([corpora.as_location(job["path"])])}
+
+
+def _splits(job: dict, documents: list[corpora.Document], first_row: int) -> list[corpora.Document]:
+    """The documents with their split, the held-out rows of a table without split column made test rows."""
+    if job["holdout"]:
+        held = np.load(job["holdout"], mmap_mode="r")
+        for i, document in enumerate(documents):
+            if held[job["first_index"] + first_row + i]:
+                document.split = "test"
+    return documents
+
+
+def count_file(job: dict) -> dict:
+    """Pass 2: term counts of the labelled train documents (to a file), documents without labels by split, ids."""
+    _, documents = _documents(job, job["first_index"])
+    analyze = analyzer(job["recipe"])
+    counts, no_labels, labelled, ids = TermCounts(), Counter(), Counter(), []
+    row = 0
+    for batch in _batches(documents):
+        for document in _splits(job, batch, row):
+            ids.append(document.doc_id)
+            if not document.labels:
+                no_labels[document.split] += 1
+            else:
+                labelled[document.split] += 1
+                if document.split == "train":
+                    counts.add([document.text], analyze)
+        row += len(batch)
+    columns = counts.to_columns()
+    table = pa.table({"terms": pa.array(columns["terms"], pa.string()), "df": pa.array(columns["df"], pa.int64()),
+                      "tf": pa.array(columns["tf"], pa.int64())})
+    _write_arrow(Path(job["work"]) / f"terms-{job['file']:05d}.arrow", table)
+    np.save(Path(job["work"]) / f"ids-{job['file']:05d}.npy", np.array(ids, dtype=np.int64))
+    # no_labels keeps the order in which splits first appear, as the in-memory build counts them.
+    return {"n_docs": columns["n_docs"], "no_labels": list(no_labels.items()), "labelled": dict(labelled)}
+
+
+def featurize_file(job: dict) -> dict:
+    """Pass 3: counts of the kept documents (by split, to files) and the document frequencies of the kept train
+    documents (to a file); too short and too long documents by split."""
+    featurizer = TfidfFeaturizer.from_json(json.loads(Path(job["vocab"]).read_text()))
+    _, documents = _documents(job, job["first_index"])
+    writers, kept, too_short, too_long = {}, Counter(), Counter(), Counter()
+    df = np.zeros(featurizer.n_features, dtype=np.int64)
+    row = 0
+    try:
+        for batch in _batches(documents):
+            by_split: dict[str, list[corpora.Document]] = {}
+            for document in _splits(job, batch, row):
+                if document.labels:
+                    by_split.setdefault(document.split, []).append(document)
+            row += len(batch)
+            for split, docs in by_split.items():
+                counts = featurizer.counts([d.text for d in docs])
+                keep, short, long = length_filter(counts, job["recipe"])
+                too_short[split] += short
+                too_long[split] += long
+                counts = counts[keep]
+                docs = [d for d, k in zip(docs, keep) if k]
+                kept[split] += len(docs)
+                if split == "train":
+                    df += featurizer.document_frequencies(counts)
+                if split not in writers:
+                    path = Path(job["work"]) / f"counts-{job['file']:05d}-{split}.arrow"
+                    writers[split] = pa.ipc.new_file(str(path), COUNTS_SCHEMA)
+                labels = label_matrix([d.labels for d in docs], job["label_names"])
+                writers[split].write_table(pa.Table.from_arrays([
+                    pa.array(np.array([d.doc_id for d in docs], dtype=np.int64)),
+                    _list(labels.indptr, labels.indices), _list(counts.indptr, counts.indices),
+                    _list(counts.indptr, counts.data)], schema=COUNTS_SCHEMA))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    np.save(Path(job["work"]) / f"df-{job['file']:05d}.npy", df)
+    return {"kept": dict(kept), "too_short": dict(too_short), "too_long": dict(too_long)}
+
+
+def write_shard_job(job: dict) -> dict:
+    """Pass 4: one shard: its rows from the counts files (memory-mapped, only those rows copied), as TF-IDF."""
+    featurizer = TfidfFeaturizer.from_json(json.loads(Path(job["vocab"]).read_text()))
+    pieces, maps = [], []
+    try:
+        for piece in job["pieces"]:
+            maps.append(pa.memory_map(str(Path(job["work"]) / f"counts-{piece['file']:05d}-{piece['split']}.arrow")))
+            table = pa.ipc.open_file(maps[-1]).read_all()
+            rows = piece.get("rows")
+            pieces.append(table.slice(piece["start"], piece["stop"] - piece["start"]) if rows is None
+                          else table.take(pa.array(rows, pa.int64())))
+        table = pa.concat_tables(pieces).combine_chunks()
+        counts = _csr(table.column("indices"), table.column("counts"), featurizer.n_features, np.int32)
+        labels = _csr(table.column("labels"), None, job["n_labels"], bool)
+        doc_ids = table.column("doc_id").to_numpy().copy()
+    finally:  # the slices above point into the maps until copied out
+        for source in maps:
+            source.close()
+    shard = split_table(featurizer.tfidf(counts), labels, doc_ids)
+    return write_shard(Path(job["out"]), job["split"], job["part"], shard)
+
+
+def _list(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32)))
+
+
+def _csr(column: pa.ChunkedArray, data: pa.ChunkedArray | None, n_cols: int, dtype) -> sp.csr_matrix:
+    array = column.combine_chunks()
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    cols = np.array(array.flatten(), dtype=np.int32)  # a copy: the array may point into a memory map
+    values = (np.ones(len(cols), dtype=dtype) if data is None
+              else np.asarray(data.combine_chunks().flatten()).astype(dtype))
+    return sp.csr_matrix((values, cols, offsets), shape=(len(offsets) - 1, n_cols))
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)
