@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -139,6 +139,22 @@ def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStre
     return {**dict(zip(names, means)), "docs": docs}
 
 
+def train_epochs(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStream | NeighbourPairs,
+                 batch_size: int, device: torch.device, epochs: int, batches: int | None = None,
+                 grad_clip: float = 0.0) -> Iterator[dict]:
+    """Up to `epochs` epochs of `run_epoch`, each followed by the model's end of epoch (annealing) and counted in
+    `state.epoch`: what `fit` and the benchmarks run. Yields each epoch's mean loss terms with `epoch` and `seconds`
+    (the pass alone, which ends on a read of its results from the device). A generator: an epoch runs when the
+    next one is asked for, so a caller stops training by not asking."""
+    for _ in range(epochs):
+        started = time.perf_counter()
+        metrics = run_epoch(forward, state, rows, batch_size, device, batches, grad_clip)
+        seconds = time.perf_counter() - started
+        state.model.end_epoch()
+        state.epoch += 1
+        yield {**metrics, "epoch": state.epoch, "seconds": seconds}
+
+
 def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | ShardStream, evaluator: Evaluator | None = None,
         val: Split | None = None, on_epoch: Callable[[dict, TrainState], bool | None] | None = None,
         state: TrainState | None = None, wrap_model: Callable[[nn.Module], nn.Module] | None = None,
@@ -183,14 +199,10 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
         if neighbours is None:
             neighbours = NeighbourSource(knn_graph(train.features, model_config.neighbours, model_config.graph, "auto"))
         rows = NeighbourPairs(rows, neighbours)
-    while state.epoch < train_config.epochs and state.bad_epochs < train_config.patience:
-        epoch_start = time.monotonic()
-        metrics = run_epoch(forward, state, rows, train_config.batch_size, device, batches_per_epoch,
-                            train_config.grad_clip)
-        train_seconds = time.monotonic() - epoch_start
-        model.end_epoch()
-        state.epoch += 1
-        metrics.update(epoch=state.epoch, seconds=train_seconds, docs_per_s=metrics["docs"] / train_seconds,
+    remaining = train_config.epochs - state.epoch if state.bad_epochs < train_config.patience else 0
+    for metrics in train_epochs(forward, state, rows, train_config.batch_size, device, remaining, batches_per_epoch,
+                                train_config.grad_clip):
+        metrics.update(docs_per_s=metrics["docs"] / metrics["seconds"],
                        lr=state.optimizer.param_groups[0]["lr"], kl_weight=float(model.kl_weight),
                        noise_scale=float(model.noise_scale), streamed=int(isinstance(rows, ShardStream)))
         if state.epoch % train_config.eval_every == 0 or state.epoch == train_config.epochs:
@@ -203,7 +215,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
                 state.bad_epochs += train_config.eval_every
         metrics.update(best_epoch=state.best_epoch, best_val_precision=state.best_value)
         state.history.append(metrics)
-        if on_epoch is not None and on_epoch(metrics, state):
+        if (on_epoch is not None and on_epoch(metrics, state)) or state.bad_epochs >= train_config.patience:
             break
     if state.best_weights:
         model.load_state_dict(copy.deepcopy(state.best_weights))
