@@ -49,6 +49,13 @@ test: setup-test
 test-unit: setup-test
 	$(PY) -m pytest -q -n auto -m "not cluster and not slow" tests
 
+# The benchmark (bench/: scripts beside the package, not in it) on this machine's CPU, on the 20ng shards
+# `make demo` prepares; BENCH_ARGS adds options (`$(PY) -m bench.run --help`), e.g. --sections epochs.
+BENCH_ARGS ?=
+bench: setup
+	test -f data/20ng/manifest.json || $(PY) jobs/prepare_data.py 20ng --out data/20ng
+	$(PY) -m bench.run --data data/20ng $(BENCH_ARGS)
+
 # The 20ng shards the GPU benchmark carries to the device machine (bench/README.md), from
 # $$CORRHASH_RAW_DIR with the project's own prepare job.
 bench-gpu-data: setup

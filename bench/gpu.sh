@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark on the lent GPU machine, as it is: its own python3 (torch with CUDA, numpy, scipy,
 # pyarrow, scikit-learn; no faiss, ray, mlflow or optuna), no network, no install step.
-#   bash bench/gpu.sh [extra jobs/bench.py options]
+#   bash bench/gpu.sh [extra python -m bench.run options]
 # Reads the 20ng shards carried in bench/data/20ng (make bench-gpu-data prepares them here) and
 # writes bench-gpu.json and bench-gpu.md to $OUT when set (the device tool brings $OUT back), else
 # to results/. bench/README.md has the exact device call. Sized for under 6 minutes on an H100.
@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 DATA=${DATA:-bench/data/20ng}
 DEVICE=${DEVICE:-cuda}
+# corrhash from platform/ (nothing is installed there); bench from the repository root, the working directory.
 export PYTHONPATH=platform${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 test -f "$DATA/manifest.json" || { echo "no shards in $DATA: run 'make bench-gpu-data' and carry bench/data" >&2; exit 2; }
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
 fi
-exec "$PY" jobs/bench.py --data "$DATA" --device "$DEVICE" "$@"
+exec "$PY" -m bench.run --data "$DATA" --device "$DEVICE" "$@"

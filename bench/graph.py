@@ -5,7 +5,7 @@ more than `--exact-full-max` documents is timed on `--queries` sampled rows agai
 the rows searched) and the whole build reported as that time scaled by N / queries, marked "scaled". Recall of the
 approximate lists is measured against exact lists of the same sampled rows. Prints a markdown row, appends JSON.
 
-    python bench/graph.py --docs 10000 100000 1000000 --out results/graph-scale.json
+    python -m bench.graph --docs 10000 100000 1000000 --out results/graph-scale.json
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import child_env
+
 K = 25
 
 
 def one_case(docs: int, method: str, queries: int, exact_full_max: int, seed: int) -> dict:
-    from corrhash.bench.synthetic import tmc_shaped_corpus
+    from bench.synthetic import tmc_shaped_corpus
     from corrhash.models.graph import approximate_neighbours, exact_neighbours, recall, symmetric_graph
 
     started = time.perf_counter()
@@ -89,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             if any(r["docs"] == docs and r["method"] == method for r in rows):
                 continue  # measured before: the script resumes
             print(f"graph: {docs:,} documents, {method} ...", file=sys.stderr, flush=True)
-            done = subprocess.run([sys.executable, __file__, "--case", "--docs", str(docs), "--methods", method,
+            done = subprocess.run([sys.executable, "-m", "bench.graph", "--case", "--docs", str(docs), "--methods", method,
                                    "--queries", str(args.queries), "--exact-full-max", str(args.exact_full_max),
-                                   "--seed", str(args.seed)], capture_output=True, text=True)
+                                   "--seed", str(args.seed)], capture_output=True, text=True,
+                                  env=child_env())
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
                 return done.returncode

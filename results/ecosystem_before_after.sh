@@ -12,7 +12,7 @@ mkdir -p "$WORK"
 [ -d "$WORK/before-tree" ] || git -C "$REPO" worktree add -f -q "$WORK/before-tree" "$BEFORE"
 DATA=$WORK/synthetic
 if [ ! -f "$DATA/manifest.json" ]; then
-  $PY "$REPO/jobs/synth.py" --out "$WORK/raw" --n-docs 1500 --vocab-size 5000 --topic-words 100 >/dev/null 2>&1
+  (cd "$REPO" && $PY -m bench.synth --out "$WORK/raw" --n-docs 1500 --vocab-size 5000 --topic-words 100) >/dev/null 2>&1
   $PY "$REPO/jobs/prepare_data.py" text --raw "$WORK/raw" --out "$DATA" >/dev/null 2>&1
 fi
 export OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true

@@ -3,7 +3,7 @@
 # the .md tables are committed). Corpora and preparations go to runs/scale (about 3 GiB). ~50 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=".venv/bin/python jobs/bench.py scale --workdir runs/scale"
+B=".venv/bin/python -m bench.run scale --workdir runs/scale"
 $B --sizes 10000 100000 --sections prepare train serve --name scale-small
 $B --code-sizes 1000000 10000000 --sections search --name scale-search
 $B --sizes 10000 1000000 --sections prepare train --name scale-1m   # stopped during train: superseded by scale-train

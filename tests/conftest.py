@@ -3,13 +3,12 @@ and shards prepared once per session."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from bench.synthetic import TOPIC_CORPUS_SPLITS, TOPIC_CORPUS_TOPICS, write_topic_corpus
 from corrhash.data import TfidfRecipe
 from corrhash.data.prepare import PrepareConfig, prepare
 from services import start_mlflow_server, start_ray_head, stop
@@ -17,28 +16,10 @@ from services import start_mlflow_server, start_ray_head, stop
 REPO = Path(__file__).resolve().parents[1]
 
 
-SYNTHETIC_TOPICS = 8
-SYNTHETIC_SPLITS = {"train": 320, "val": 80, "test": 80}
-
-
-def write_synthetic_corpus(path: Path, seed: int = 0) -> Path:
-    """A JSONL text corpus with topic structure: each of 8 topics has 30 words of its own, 60 words are shared
-    by all; a document draws 30-60 words from one or two topics (its labels) and the shared words, so codes
-    that learn the topics retrieve by label. Splits as in SYNTHETIC_SPLITS."""
-    rng = np.random.default_rng(seed)
-    topic_words = [[f"t{t}w{j}" for j in range(30)] for t in range(SYNTHETIC_TOPICS)]
-    shared = [f"common{j}" for j in range(60)]
-    with open(path, "w") as handle:
-        for split, count in SYNTHETIC_SPLITS.items():
-            for _ in range(count):
-                topics = sorted(rng.choice(SYNTHETIC_TOPICS, size=rng.integers(1, 3), replace=False).tolist())
-                own = [w for t in topics for w in topic_words[t]]
-                n = int(rng.integers(30, 61))
-                words = [own[i] for i in rng.integers(0, len(own), size=n * 2 // 3)]
-                words += [shared[i] for i in rng.integers(0, len(shared), size=n - len(words))]
-                handle.write(json.dumps({"text": " ".join(rng.permutation(words)), "split": split,
-                                         "labels": [f"topic{t}" for t in topics]}) + "\n")
-    return path
+# The synthetic corpus is the benchmarks' own generator's (bench/synthetic.py), under the names the tests use.
+SYNTHETIC_TOPICS = TOPIC_CORPUS_TOPICS
+SYNTHETIC_SPLITS = TOPIC_CORPUS_SPLITS
+write_synthetic_corpus = write_topic_corpus
 
 
 @pytest.fixture(scope="session")

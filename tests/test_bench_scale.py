@@ -1,4 +1,4 @@
-"""`jobs/bench.py scale` end to end on tiny sizes (the smoke test of an entry point): every section it is asked
+"""`python -m bench.run scale` end to end on tiny sizes (the smoke test of an entry point): every section it is asked
 for writes rows with plausible numbers, as JSON and as a markdown table."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from badinput import job
+from bench.run import main as bench_main
 
 
 @pytest.mark.slow
 def test_scale_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "out"
-    code = job("bench").main(["scale", "--sizes", "1500", "3000", "--code-sizes", "20000", "--no-ray",
-                              "--sections", "prepare", "train", "stream", "search", "--stream-buffer", "400", "--search-model-n", "3000", "--search-model-epochs", "1", "--workdir", str(tmp_path / "work"),
-                              "--out", str(out), "--name", "tiny"])
+    code = bench_main(["scale", "--sizes", "1500", "3000", "--code-sizes", "20000", "--no-ray",
+                       "--sections", "prepare", "train", "stream", "search", "--stream-buffer", "400", "--search-model-n", "3000", "--search-model-epochs", "1", "--workdir", str(tmp_path / "work"),
+                       "--out", str(out), "--name", "tiny"])
     assert code == 0
     report = json.loads((out / "tiny.json").read_text())
     assert not report["errors"]

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
+from bench.synthetic import SynthConfig, write_corpus
 from corrhash.data import TfidfRecipe
 from corrhash.data.prepare import PrepareConfig, prepare, shard_pieces
 from corrhash.data.featurize import TOKEN_PATTERN, TermCounts, TfidfFeaturizer, analyzer, normalize_text
-from corrhash.data.synthetic_text import SynthConfig, write_corpus
 from corrhash.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

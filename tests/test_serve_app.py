@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 
 import corrhash
 from badinput import assert_named_error, run_job
+from bench.serve_load import percentile, run_load_test
 from corrhash.artifact import save_model
-from corrhash.bench.serve_load import percentile, run_load_test
 from corrhash.data import TfidfShards
 from corrhash.models import ModelConfig
 from corrhash.tracking.runs import ensure_experiment, log_hashing_model

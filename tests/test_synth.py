@@ -1,4 +1,4 @@
-"""The synthetic text corpus generator (data/synthetic_text.py, jobs/synth.py): seeded and byte-reproducible,
+"""The synthetic text corpus generator (bench/synthetic.py, python -m bench.synth): seeded and byte-reproducible,
 Zipfian word frequencies, topic labels that skew the words, log-normal lengths, splits, several files that
 `prepare_data.py text` reads as one corpus."""
 
@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from bench.synthetic import PARAMS_FILE, SynthConfig, TextGenerator, pseudo_words, write_corpus
 from corrhash.data import TfidfRecipe
 from corrhash.data.prepare import PrepareConfig, prepare
-from corrhash.data.synthetic_text import PARAMS_FILE, SynthConfig, TextGenerator, pseudo_words, write_corpus
 from corrhash.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,11 +136,11 @@ def test_bad_options_and_existing_output(tmp_path):
 
 
 def test_job_writes_the_files_and_exits_2_on_a_bad_option(tmp_path):
-    done = subprocess.run([sys.executable, "jobs/synth.py", "--out", str(tmp_path / "c"), "--n-docs", "50",
+    done = subprocess.run([sys.executable, "-m", "bench.synth", "--out", str(tmp_path / "c"), "--n-docs", "50",
                            "--files", "2", "--format", "parquet"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "50 documents in 2 file(s)" in done.stdout
     assert len(rows_of(sorted((tmp_path / "c").glob("*.parquet")))) == 50
-    bad = subprocess.run([sys.executable, "jobs/synth.py", "--out", str(tmp_path / "d"), "--n-docs", "0"],
+    bad = subprocess.run([sys.executable, "-m", "bench.synth", "--out", str(tmp_path / "d"), "--n-docs", "0"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "--n-docs 0" in bad.stderr

@@ -16,7 +16,7 @@ Two kinds of search:
 ``"auto"`` (the default) is flat below ``AUTO_IVF_FROM`` codes. Above it, IVF is calibrated and kept
 only if it reaches the target by probing at most ``AUTO_MAX_PROBED`` of its lists; codes without
 cluster structure (uniformly random ones) need nearly all of them and stay flat, with the measurement
-recorded. Why IVF, and these numbers, is in ``corrhash.bench.sublinear``.
+recorded. Why IVF, and these numbers, is in the scale benchmark (``bench/sublinear.py`` in the repository).
 
 Recall here is tie-aware: a returned code counts as correct if its distance is at most the k-th exact
 distance for that query. At Hamming distance many codes tie at the k-th distance and exact search
@@ -58,7 +58,7 @@ from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, import_fa
 
 IndexKind = Literal["auto", "flat", "ivf"]
 KINDS: tuple[str, ...] = get_args(IndexKind)
-# Measured (corrhash.bench.sublinear, 64-bit codes, k=100, one thread): at 300k codes flat answers ~5,500 q/s and
+# Measured (bench/sublinear.py, 64-bit codes, k=100, one thread): at 300k codes flat answers ~5,500 q/s and
 # IVF at recall 0.95 is only 2-4x faster; at 1M it is ~16x faster on clustered codes. Below this size flat
 # is fast enough that IVF's build time and lost exactness buy little.
 AUTO_IVF_FROM = 500_000

@@ -1,7 +1,7 @@
-"""How each stage's cost grows with the corpus: `jobs/bench.py scale`.
+"""How each stage's cost grows with the corpus: `python -m bench.run scale`.
 
 Sections, each a list of rows (one JSON file and one markdown table in the end):
-  prepare  synthetic corpora of N documents (jobs/synth.py) prepared in one process and on Ray Data
+  prepare  synthetic corpora of N documents (bench/synth.py) prepared in one process and on Ray Data
            (bench/prepare_scale.py): seconds, docs/s, peak memory, same content hash
   train    on each single-process preparation: one epoch of CorrSH (64 bits) in this process, docs/s, and
            the per-epoch evaluation against the whole train split as database with every val document as a
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from bench import REPO
 from corrhash.data import TfidfShards
 from corrhash.data.device_csr import place
 from corrhash.models import ModelConfig
@@ -37,7 +38,6 @@ from corrhash.train import TrainConfig
 from corrhash.train.evaluate import Evaluator
 from corrhash.train.loop import new_state, run_epoch, selection_queries
 
-REPO = Path(__file__).resolve().parents[3]
 EVAL_SAMPLE = 1000
 EPOCH_REPEATS = 2
 
@@ -84,7 +84,7 @@ def serve_row(folder: Path, texts: list[str], workdir: Path, requests: int = 200
               duration_s: float = 120.0, log=print) -> dict:
     """Train a small model on `folder` (jobs/train.py --local), serve it over the train split with jobs/serve.py
     on an embedded local Ray, and run the bounded load test against POST /search with `texts` as queries."""
-    from corrhash.bench.serve_load import run_load_test
+    from bench.serve_load import run_load_test
 
     model_run = workdir / "serve-model"
     subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--local", "--data", str(folder), "--out",
@@ -148,7 +148,7 @@ def markdown(report: dict) -> str:
     lines = [f"# corrhash at scale ({report['host']}, {report['cpus']} CPUs, torch {report['torch']})", "",
              f"Command: `{report['command']}`", ""]
     if report.get("prepare"):
-        lines += ["## Preparation (jobs/synth.py corpus, prepare_data.py text; one process vs Ray Data)", "",
+        lines += ["## Preparation (bench/synth.py corpus, prepare_data.py text; one process vs Ray Data)", "",
                   "| N | mode | files | raw MiB | prepare s | docs/s | cost/doc vs smallest N | peak tree PSS MiB | "
                   "same content hash |", "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in report["prepare"]:
@@ -168,12 +168,12 @@ def markdown(report: dict) -> str:
                          f"{_seconds(r['eval_sample_s'])} ({r['eval_sample_queries']:,}) |")
         lines.append("")
     if report.get("stream"):
-        from corrhash.bench.streaming import markdown_lines
+        from bench.streaming import markdown_lines
 
         lines += ["## Training from shards larger than memory (held whole vs streamed, CorrSH 64 bits)", "",
                   *markdown_lines(report["stream"])]
     if report.get("search"):
-        from corrhash.bench.sublinear import markdown_lines
+        from bench.sublinear import markdown_lines
 
         lines += ["## Search (64-bit codes)", "", *markdown_lines(report["search"])]
     if report.get("serve"):

@@ -1,8 +1,8 @@
 """Generate a seeded synthetic text corpus (Zipfian pseudo-words, topic-mixture labels, log-normal lengths,
 train/val/test splits) as JSONL or Parquet files that `prepare_data.py text` reads.
 
-Examples:
-  python jobs/synth.py --out data/raw/synth-100k --n-docs 100000 --files 8
+Examples (from the repository root):
+  python -m bench.synth --out data/raw/synth-100k --n-docs 100000 --files 8
   python jobs/prepare_data.py text --raw data/raw/synth-100k --out data/synth-100k
   python jobs/prepare_data.py text --raw data/raw/synth-100k --out data/synth-100k-ray --ray
 """
@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
-
-from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
-from corrhash.data.synthetic_text import SynthConfig, write_corpus  # noqa: E402
-from corrhash.errors import CorrhashError  # noqa: E402
+from bench.synthetic import SynthConfig, write_corpus
+from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args
+from corrhash.errors import CorrhashError
 
 
 def parse_args(argv: list[str] | None = None) -> SynthConfig:
-    parser = JobParser(__doc__)
+    parser = JobParser(__doc__, prog="python -m bench.synth")
     add_dataclass_args(parser, SynthConfig, "corpus and output")
     return dataclass_from_args(SynthConfig, parser.parse_args(argv))
 

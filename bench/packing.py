@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-PLATFORM_DIR = Path(__file__).resolve().parents[2]
+from bench import child_env
 
 
 def run_worker(argv: list[str] | None = None) -> int:
@@ -34,12 +34,11 @@ def run_worker(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from corrhash.bench.timing import timed
     from corrhash.data import TfidfShards
     from corrhash.models import ModelConfig
     from corrhash.train import TrainConfig, new_state
     from corrhash.data.device_csr import place
-    from corrhash.train.loop import run_epoch
+    from corrhash.train.loop import run_epoch, train_epochs
 
     torch.set_num_threads(args.threads)  # trials share the host's cores, as Tune gives each a share
     device = torch.device(args.device)
@@ -52,25 +51,19 @@ def run_worker(argv: list[str] | None = None) -> int:
     run_epoch(state.model, state, rows, args.batch_size, device, batches=3)  # warm-up
     print("ready", flush=True)
     sys.stdin.readline()
-    docs = 0
-    seconds = 0.0
-    for _ in range(args.epochs):
-        elapsed, metrics = timed(lambda: run_epoch(state.model, state, rows, args.batch_size, device))
-        state.model.end_epoch()
-        docs += metrics["docs"]
-        seconds += elapsed
-    print(json.dumps({"docs": docs, "seconds": seconds}), flush=True)
+    epochs = list(train_epochs(state.model, state, rows, args.batch_size, device, args.epochs))
+    print(json.dumps({"docs": sum(m["docs"] for m in epochs), "seconds": sum(m["seconds"] for m in epochs)}),
+          flush=True)
     return 0
 
 
 def _start(n: int, index: int, data: Path, device: str, epochs: int, batch_size: int, bits: int,
            seed: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PLATFORM_DIR), os.environ.get("PYTHONPATH")])))
     threads = max(1, (os.cpu_count() or 1) // n)
-    command = [sys.executable, "-m", "corrhash.bench.packing", "--data", str(data), "--device", device,
+    command = [sys.executable, "-m", "bench.packing", "--data", str(data), "--device", device,
                "--epochs", str(epochs), "--batch-size", str(batch_size), "--bits", str(bits),
                "--seed", str(seed + index), "--threads", str(threads)]
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
 
 
 def _line(process: subprocess.Popen, index: int) -> str:

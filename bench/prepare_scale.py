@@ -1,4 +1,4 @@
-"""Preparation cost as the corpus grows: for each size, a synthetic text corpus (jobs/synth.py, several files)
+"""Preparation cost as the corpus grows: for each size, a synthetic text corpus (bench/synth.py, several files)
 prepared by `jobs/prepare_data.py text` in one process and with `--ray` (Ray Data on an embedded local
 Ray), each run as its own subprocess so that its time and memory are its own.
 
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from bench import REPO, child_env
 SAMPLE_S = 0.25
 DONE = re.compile(r"done in ([0-9.]+)s")
 
@@ -84,7 +84,7 @@ class TreeMemory:
 
 def _measured(command: list[str], timeout: float | None) -> tuple[float, TreeMemory, str]:
     """(wall seconds, memory peaks, stderr) of a command run to completion; RuntimeError if it fails."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = child_env(OMP_NUM_THREADS="1")
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with TreeMemory(process.pid) as memory:
@@ -96,8 +96,8 @@ def _measured(command: list[str], timeout: float | None) -> tuple[float, TreeMem
 
 
 def run_generate(out: Path, n_docs: int, seed: int, files: int, timeout: float | None = None) -> dict:
-    """`jobs/synth.py` as a subprocess: the corpus's files, size, generation time and peak memory."""
-    command = [sys.executable, str(REPO / "jobs" / "synth.py"), "--out", str(out), "--n-docs", str(n_docs),
+    """`python -m bench.synth` as a subprocess: the corpus's files, size, generation time and peak memory."""
+    command = [sys.executable, "-m", "bench.synth", "--out", str(out), "--n-docs", str(n_docs),
                "--seed", str(seed), "--files", str(files), "--overwrite"]
     wall, memory, _ = _measured(command, timeout)
     paths = sorted(out.glob("part-*"))
@@ -121,7 +121,7 @@ def run_prepare(raw: Path, out: Path, ray: bool, timeout: float | None = None) -
 
 def run_prepare_scale(sizes: list[int], workdir: Path, seed: int = 0, files: int = 8, ray: bool = True,
                       timeout: float | None = None) -> list[dict]:
-    """For each size N: generate N documents in `files` JSONL files under `workdir` (jobs/synth.py), prepare them in
+    """For each size N: generate N documents in `files` JSONL files under `workdir` (bench/synth.py), prepare them in
     one process and (with `ray`) on Ray Data; one row per (N, mode): n_docs, mode, files, raw_mib, generate_s,
     generate_peak_rss_mib, wall_s, prepare_s, docs_per_s (N / prepare_s), peak_tree_pss_mib, peak_process_rss_mib,
     content_hash and same_as_single (the Ray run's content hash is the single-process one)."""

@@ -1,4 +1,4 @@
-"""Training on splits larger than memory: `jobs/bench.py scale --sections stream`.
+"""Training on splits larger than memory: `python -m bench.run scale --sections stream`.
 
 For each prepared corpus, one epoch of CorrSH (64 bits) and one per-epoch evaluation (a seeded sample of val
 queries against the whole train split as database), each run in a fresh process so that its peak memory is
@@ -20,6 +20,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from bench import child_env
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 EVAL_SAMPLE = 1000
@@ -58,11 +60,11 @@ def one_epoch(folder: str, mode: str, buffer_rows: int, seed: int = 0, bits: int
 
 
 def _run_child(folder: Path, mode: str, buffer_rows: int, seed: int, cgroup: Path | None) -> dict:
-    command = [sys.executable, "-m", "corrhash.bench.streaming", str(folder), mode, str(buffer_rows), str(seed)]
+    command = [sys.executable, "-m", "bench.streaming", str(folder), mode, str(buffer_rows), str(seed)]
     if cgroup is not None:  # the shell joins the cgroup, then becomes the child: all its memory is charged there
         command = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *command]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env())
     row = {"mode": mode, "limit_mib": None, "returncode": done.returncode, "wall_s": time.perf_counter() - started}
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:

@@ -2,7 +2,7 @@
 in the same run, on the same device.
 
 Sections (--sections picks some):
-  epochs   one epoch of our loop vs the authors' mechanics (corrhash/bench/reference.py) at each batch
+  epochs   one epoch of our loop vs the authors' mechanics (bench/reference.py) at each batch
            size, on the given shards and on a seeded TMC-shaped synthetic corpus, with val precision
            after the same number of epochs
   step     a torch profiler table of one step at the first batch size (kernel launches vs device time)
@@ -14,10 +14,10 @@ Sections (--sections picks some):
 Writes NAME.json and NAME.md to --out (default $OUT when set, else results/), after every section,
 so a run stopped midway still leaves what it measured. bench/gpu.sh runs it on a GPU machine.
 
-Example (CPU, small): python jobs/bench.py --data data/20ng --sections epochs --epochs 1
+Example (CPU, small; from the repository root): python -m bench.run --data data/20ng --sections epochs --epochs 1
 
-`python jobs/bench.py scale ...` is the other benchmark: how each stage's cost grows with the corpus
-(synthetic corpora of N documents; preparation, training, search, serving; see `jobs/bench.py scale --help`).
+`python -m bench.run scale ...` is the other benchmark: how each stage's cost grows with the corpus
+(synthetic corpora of N documents; preparation, training, search, serving; see `python -m bench.run scale --help`).
 """
 
 from __future__ import annotations
@@ -33,18 +33,16 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout too
+import torch
 
-import torch  # noqa: E402
-
-from corrhash.bench.packing import packed_throughput  # noqa: E402
-from corrhash.bench.report import markdown  # noqa: E402
-from corrhash.bench.search import search_throughput  # noqa: E402
-from corrhash.bench.synthetic import TMC_FEATURES, TMC_NNZ_PER_ROW, TMC_TRAIN, TMC_VAL, tmc_shaped_corpus  # noqa: E402
-from corrhash.bench.training import COMPILE_MODES, compare_compile, compare_epochs, profile_step  # noqa: E402
-from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args  # noqa: E402
-from corrhash.data import TfidfShards  # noqa: E402
-from corrhash.train import resolve_device  # noqa: E402
+from bench.packing import packed_throughput
+from bench.report import markdown
+from bench.search import search_throughput
+from bench.synthetic import TMC_FEATURES, TMC_NNZ_PER_ROW, TMC_TRAIN, TMC_VAL, tmc_shaped_corpus
+from bench.training import COMPILE_MODES, compare_compile, compare_epochs, profile_step
+from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args
+from corrhash.data import TfidfShards
+from corrhash.device import resolve_device
 
 SECTIONS = ("epochs", "step", "packing", "search", "compile")
 
@@ -145,18 +143,18 @@ class ScaleOptions:
 
 
 def scale_main(argv) -> int:
-    from corrhash.bench import scale
-    from corrhash.bench.prepare_scale import run_prepare_scale
-    from corrhash.bench.sublinear import run_model_codes, run_search_scale
+    from bench import scale
+    from bench.prepare_scale import run_prepare_scale
+    from bench.sublinear import run_model_codes, run_search_scale
 
-    parser = argparse.ArgumentParser(prog="bench.py scale", description=scale.__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.run scale", description=scale.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, ScaleOptions, "scale benchmark")
     args = dataclass_from_args(ScaleOptions, parser.parse_args(argv))
     sizes = sorted(args.sizes)
     report = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join(["jobs/bench.py", "scale", *(sys.argv[2:] if argv is None else argv)]),
+              "command": " ".join(["python -m bench.run", "scale", *(sys.argv[2:] if argv is None else argv)]),
               "prepare": [], "train": [], "stream": None, "search": [], "serve": None, "section_seconds": {}, "errors": {}}
     log(f"scale benchmark: N = {sizes}, writing {args.out}/{args.name}.{{json,md}}")
 
@@ -175,7 +173,7 @@ def scale_main(argv) -> int:
         scale.per_document_ratios(report["train"], "train_docs", "epoch_s")
 
     def stream():
-        from corrhash.bench.streaming import run_stream_scale
+        from bench.streaming import run_stream_scale
 
         report["stream"] = run_stream_scale({n: prepared(n) for n in sizes}, args.stream_buffer, args.seed, log=log)
 
@@ -209,7 +207,7 @@ def scale_main(argv) -> int:
 
 
 def parse_args(argv=None) -> BenchOptions:
-    parser = JobParser(__doc__)
+    parser = JobParser(__doc__, prog="python -m bench.run")
     add_dataclass_args(parser, BenchOptions, "benchmark")
     return dataclass_from_args(BenchOptions, parser.parse_args(argv))
 
@@ -228,7 +226,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
               "host": platform.node(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "sections": args.sections,
+              "command": " ".join(["python -m bench.run"] + sys.argv[1:]), "sections": args.sections,
               "epochs": [], "step_profile": None, "compile": [], "packing": [], "search": [],
               "search_backends": args.search_backends, "section_seconds": {}, "skipped": [], "errors": {}}
     log(f"benchmark on {device_name}, torch {torch.__version__}, writing {args.out}/{name}.{{json,md}}")

@@ -1,7 +1,7 @@
 """Training-side measurements: our epoch loop against the reference mechanics, where one step's
 time goes (torch profiler), and the step with torch.compile variants.
 
-Our side always calls the shared loop (`corrhash.train.loop.run_epoch`); nothing here copies it.
+Our side always calls the shared loop (`corrhash.train.loop.train_epochs`, `run_epoch`); nothing here copies it.
 Both sides start from the same seeded weights and are scored by the same validation metric (our
 precision@100, tie-aware), so a speed-up cannot hide a loss of quality.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Subset
 
-from corrhash.bench.reference import (DenseRows, reference_codes, reference_epoch, reference_loader,
+from bench.reference import (DenseRows, reference_codes, reference_epoch, reference_loader,
                                       reference_precision, reference_topk)
-from corrhash.bench.timing import timed
+from bench.timing import timed
 from corrhash.data.device_csr import DeviceCSR, place
 from corrhash.data.shards import Split
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import precision_at_k
 from corrhash.train import Evaluator, TrainConfig, new_state
-from corrhash.train.loop import run_epoch
+from corrhash.train.loop import run_epoch, train_epochs
 
 WARMUP_BATCHES = 3
 KERNEL_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
@@ -39,11 +39,7 @@ def train_ours(model_config: ModelConfig, rows: DeviceCSR, n_features: int, batc
     warm = new_state(model_config, config, n_features, device)  # throwaway: kernels, allocator
     run_epoch(warm.model, warm, rows, batch_size, device, batches=WARMUP_BATCHES)
     state = new_state(model_config, config, n_features, device)
-    seconds = []
-    for _ in range(epochs):
-        elapsed, _ = timed(lambda: run_epoch(state.model, state, rows, batch_size, device))
-        state.model.end_epoch()
-        seconds.append(elapsed)
+    seconds = [metrics["seconds"] for metrics in train_epochs(state.model, state, rows, batch_size, device, epochs)]
     return seconds, state.model
 
 

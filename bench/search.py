@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from corrhash.bench.reference import reference_topk
-from corrhash.bench.timing import timed
+from bench.reference import reference_topk
+from bench.timing import timed
 from corrhash.retrieval import hamming_topk
 
 K = 100

@@ -1,13 +1,24 @@
-"""A seeded synthetic text corpus at any size, written as JSONL or Parquet table files that
-`prepare_data.py text` reads: what the scale benchmark prepares, and no one can mistake for real text.
+"""The project's synthetic corpora, in one place: what the benchmarks, `python -m bench.synth` and the tests
+generate, seeded, and no one can mistake for real text. Three shapes, for three needs:
 
-Words are pronounceable pseudo-words ("bafo", "kelimu", ...: consonant-vowel syllables, never an English
-stop word), ranked by a Zipf law (word r has weight 1 / (r + 1) ** s), short words most frequent as in
-real text. Each of `topics` topics owns a block of the vocabulary below its most frequent words; a
-document has 1-3 topics (its labels) and draws `topic_share` of its tokens from its topics' blocks
-(Zipf within a block), the rest from the whole vocabulary, so documents that share a label share
-words. Lengths are log-normal (median `median_tokens`), splits drawn per document with the given
-fractions.
+- `write_corpus(SynthConfig)`: text at any size, streamed to JSONL or Parquet files that `prepare_data.py text`
+  reads (`python -m bench.synth`; the scale benchmark prepares these). Below.
+- `write_topic_corpus(path)`: the tests' small JSONL corpus (the `shards_synthetic` fixture in tests/conftest.py):
+  480 documents over 8 topics of 30 words each, in a second. Its bytes are pinned (tests/test_recipes.py
+  records numbers trained on it, under its content hash), so its algorithm stays as it is.
+- `tmc_shaped_corpus()`: TF-IDF `Split`s in memory with the shape of TMC, for the epoch benchmark
+  (`python -m bench.run --sections epochs`) and bench/graph.py; no text, no preparation step.
+
+All three label a document with 1-3 topics (2 at most in the topic corpus) and draw part of its words from
+its topics' own words, the rest from words every topic shares, so documents that share a label share words
+and retrieval precision means something.
+
+The text at any size: words are pronounceable pseudo-words ("bafo", "kelimu", ...: consonant-vowel syllables,
+never an English stop word), ranked by a Zipf law (word r has weight 1 / (r + 1) ** s), short words most
+frequent as in real text. Each of `topics` topics owns a block of the vocabulary below its most frequent
+words; a document has 1-3 topics (its labels) and draws `topic_share` of its tokens from its topics' blocks
+(Zipf within a block), the rest from the whole vocabulary. Lengths are log-normal (median `median_tokens`),
+splits drawn per document with the given fractions.
 
 Generation streams: documents are made in fixed batches, each from its own generator seeded with
 (seed, batch number), and written as they come, so memory does not grow with the corpus, and the same
@@ -23,9 +34,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 from corrhash.atomic import atomic_dir
 from corrhash.cli import CLI
+from corrhash.data.shards import Split
 from corrhash.errors import ConfigError
 from corrhash.log import log
 
@@ -259,3 +272,90 @@ def write_corpus(config: SynthConfig, progress_every: int = 100_000) -> list[Pat
     log(f"synth: wrote {config.n_docs:,} documents in {config.files} {config.format} file(s) to {out}")
     return [out / name for name in names]
 
+
+# ---------------------------------------------------------------- the tests' small topic corpus
+
+TOPIC_CORPUS_TOPICS = 8
+TOPIC_CORPUS_SPLITS = {"train": 320, "val": 80, "test": 80}
+
+
+def write_topic_corpus(path: Path, seed: int = 0) -> Path:
+    """A JSONL text corpus with topic structure: each of 8 topics has 30 words of its own, 60 words are shared
+    by all; a document draws 30-60 words from one or two topics (its labels) and the shared words, so codes
+    that learn the topics retrieve by label. Splits as in TOPIC_CORPUS_SPLITS, in that order."""
+    rng = np.random.default_rng(seed)
+    topic_words = [[f"t{t}w{j}" for j in range(30)] for t in range(TOPIC_CORPUS_TOPICS)]
+    shared = [f"common{j}" for j in range(60)]
+    with open(path, "w") as handle:
+        for split, count in TOPIC_CORPUS_SPLITS.items():
+            for _ in range(count):
+                topics = sorted(rng.choice(TOPIC_CORPUS_TOPICS, size=rng.integers(1, 3), replace=False).tolist())
+                own = [w for t in topics for w in topic_words[t]]
+                n = int(rng.integers(30, 61))
+                words = [own[i] for i in rng.integers(0, len(own), size=n * 2 // 3)]
+                words += [shared[i] for i in rng.integers(0, len(shared), size=n - len(words))]
+                handle.write(json.dumps({"text": " ".join(rng.permutation(words)), "split": split,
+                                         "labels": [f"topic{t}" for t in topics]}) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- TF-IDF in memory with the shape of TMC
+# 21,519 train documents, 20,000 terms, about 114 non-zeros per row, 22 labels, 1-3 labels per document. Each
+# label owns a block of "topic" terms; a document draws half its words from its labels' blocks and half from a
+# Zipf-like background over the whole vocabulary. Values are sublinear TF-IDF with L2-normalized rows, as the
+# real shards hold.
+
+TMC_TRAIN, TMC_VAL, TMC_FEATURES, TMC_NNZ_PER_ROW, TMC_LABELS = 21_519, 3_498, 20_000, 114, 22
+TOPIC_SHARE = 0.5
+# Words drawn per row before duplicates merge; tuned so the mean non-zeros per row lands near the target.
+DRAWS_PER_NONZERO = 1.4
+
+
+def _labels(rng: np.random.Generator, n_docs: int, n_labels: int) -> np.ndarray:
+    labels = np.zeros((n_docs, n_labels), dtype=bool)
+    per_doc = rng.choice(LABELS_PER_DOC, size=n_docs, p=LABELS_PER_DOC_P)
+    for count in LABELS_PER_DOC:
+        rows = np.flatnonzero(per_doc == count)
+        picks = np.argsort(rng.random((len(rows), n_labels)), axis=1)[:, :count]  # distinct labels per row
+        labels[rows[:, None], picks] = True
+    return labels
+
+
+def _counts(rng: np.random.Generator, labels: np.ndarray, n_features: int, nnz_per_row: int) -> sp.csr_matrix:
+    n_docs, n_labels = labels.shape
+    draws = max(1, round(nnz_per_row * DRAWS_PER_NONZERO))
+    block = n_features // n_labels
+    # Topic words: a draw picks one of the document's labels, then a term in that label's block.
+    own = np.argsort(~labels, axis=1, kind="stable")[:, :max(LABELS_PER_DOC)]  # each row's labels first
+    n_own = labels.sum(axis=1)
+    which = (rng.random((n_docs, draws)) * n_own[:, None]).astype(np.int64)
+    topic_terms = own[np.arange(n_docs)[:, None], which] * block + rng.integers(0, block, (n_docs, draws))
+    background = np.minimum(rng.zipf(1.3, (n_docs, draws)) - 1, n_features - 1)
+    columns = np.where(rng.random((n_docs, draws)) < TOPIC_SHARE, topic_terms, background)
+    rows = np.repeat(np.arange(n_docs), draws)
+    counts = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, columns.ravel())),
+                           shape=(n_docs, n_features))
+    counts.sum_duplicates()
+    return counts
+
+
+def _tfidf(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+    x = counts.copy()
+    x.data = (1.0 + np.log(x.data)) * idf[x.indices]
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    x = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def tmc_shaped_corpus(seed: int = 0, n_train: int = TMC_TRAIN, n_val: int = TMC_VAL,
+                      n_features: int = TMC_FEATURES, nnz_per_row: int = TMC_NNZ_PER_ROW,
+                      n_labels: int = TMC_LABELS) -> tuple[Split, Split]:
+    """(train, val) splits; the same seed gives the same corpus."""
+    rng = np.random.default_rng(seed)
+    train_labels, val_labels = _labels(rng, n_train, n_labels), _labels(rng, n_val, n_labels)
+    train_counts = _counts(rng, train_labels, n_features, nnz_per_row)
+    val_counts = _counts(rng, val_labels, n_features, nnz_per_row)
+    df = np.bincount(train_counts.indices, minlength=n_features)
+    idf = (np.log((1 + n_train) / (1 + df)) + 1).astype(np.float32)  # the real recipe's smoothed idf
+    return (Split("train", _tfidf(train_counts, idf), train_labels, np.arange(n_train)),
+            Split("val", _tfidf(val_counts, idf), val_labels, np.arange(n_train, n_train + n_val)))

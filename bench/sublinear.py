@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from corrhash.bench.timing import timed
+from bench.timing import timed
 from corrhash.retrieval import resolve_backend
 from corrhash.retrieval.hamming import import_faiss
 from corrhash.serve.index import CALIBRATION_QUERIES, HammingIndex, tie_aware_recall
@@ -89,7 +89,7 @@ def run_model_codes(folder, epochs: int = 3, seed: int = 0, queries: int = QUERI
     from corrhash.data import TfidfShards
     from corrhash.models import ModelConfig
     from corrhash.train import Evaluator, TrainConfig
-    from corrhash.train.loop import new_state, run_epoch
+    from corrhash.train.loop import new_state, train_epochs
 
     shards = TfidfShards(folder)
     device = torch.device("cpu")
@@ -97,10 +97,9 @@ def run_model_codes(folder, epochs: int = 3, seed: int = 0, queries: int = QUERI
     train, val = shards.split("train"), shards.split("val")
     state = new_state(ModelConfig(name="corrsh", bits=BITS), config, shards.n_features, device)
     evaluator = Evaluator(train, val.sample(queries + CALIBRATION_QUERIES, seed), device, K)
-    for epoch in range(epochs):
-        terms = run_epoch(state.model, state, evaluator.database_rows, config.batch_size, device)
-        state.model.end_epoch()
-        log(f"  search: model codes, epoch {epoch + 1}/{epochs} on {len(train):,} documents, loss {terms['loss']:.1f}")
+    for terms in train_epochs(state.model, state, evaluator.database_rows, config.batch_size, device, epochs):
+        log(f"  search: model codes, epoch {terms['epoch']}/{epochs} on {len(train):,} documents, "
+            f"loss {terms['loss']:.1f}")
     database, sample = evaluator.codes(state.model)
     order = np.random.default_rng(seed).permutation(len(sample))
     calibration, query_codes = sample[order[:CALIBRATION_QUERIES]], sample[order[CALIBRATION_QUERIES:]]

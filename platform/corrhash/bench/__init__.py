@@ -1,1 +1,0 @@
-"""Benchmarks: our epoch loop and Hamming search against a reference of the authors' mechanics."""
