@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from bench.synthetic import TOPIC_CORPUS_SPLITS, TOPIC_CORPUS_TOPICS, write_topic_corpus
 from corrhash.data import TfidfRecipe
@@ -33,6 +34,19 @@ def shards_synthetic(tmp_path_factory) -> Path:
     return out
 
 
+def prepared_once(tmp_path_factory, name: str, config) -> Path:
+    """Shards prepared once for the whole run, also when pytest-xdist runs it in several workers (each has its own
+    session): the first worker to get here prepares, the others wait for it and reuse the folder."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: the workers' common parent
+    out = root / "prepared" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        if not (out / "manifest.json").is_file():  # prepare() renames a complete folder into place
+            prepare(config(out))
+    return out
+
+
 @pytest.fixture(scope="session")
 def raw_dir() -> Path:
     base = os.environ.get("CORRHASH_RAW_DIR")
@@ -43,25 +57,22 @@ def raw_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shards_20ng(raw_dir: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards") / "20ng"
-    prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out))
-    return out
+    return prepared_once(tmp_path_factory, "20ng", lambda out: PrepareConfig(
+        dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out))
 
 
 @pytest.fixture(scope="session")
 def shards_reuters(raw_dir: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards") / "reuters"
-    prepare(PrepareConfig(dataset="reuters", raw=raw_dir / "reuters21578" / "reuters21578.tar.xz", out=out))
-    return out
+    return prepared_once(tmp_path_factory, "reuters", lambda out: PrepareConfig(
+        dataset="reuters", raw=raw_dir / "reuters21578" / "reuters21578.tar.xz", out=out))
 
 
 @pytest.fixture(scope="session")
 def shards_20ng_small(raw_dir: Path, tmp_path_factory) -> Path:
     """Real 20ng, full vocabulary, a seeded sample of 1500 documents per split: for training tests."""
-    out = tmp_path_factory.mktemp("shards") / "20ng-small"
-    prepare(PrepareConfig(dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
-                          limit=1500, rows_per_shard=500))  # 3 train shard files: 2 workers get a share each
-    return out
+    return prepared_once(tmp_path_factory, "20ng-small", lambda out: PrepareConfig(
+        dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
+        limit=1500, rows_per_shard=500))  # 3 train shard files: 2 workers get a share each
 
 
 @pytest.fixture(scope="session")

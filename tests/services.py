@@ -157,5 +157,11 @@ def submit(cluster: dict, args: list[str], wait: bool = True, timeout: float = 4
     command = [str(BIN / "ray"), "job", "submit", "--address", cluster["head"].dashboard, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env)] + ([] if wait else ["--no-wait"])
     command += ["--", "python", job] + args
-    return subprocess.run(command, env=cluster["head"].client_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    deadline = time.monotonic() + 90
+    while True:
+        done = subprocess.run(command, env=cluster["head"].client_env(), capture_output=True, text=True,
+                              timeout=timeout)
+        # A fresh (or busy) head's dashboard answers before its job agent has registered; Ray says to retry.
+        if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(3)
