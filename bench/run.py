@@ -40,7 +40,7 @@ from bench.report import markdown
 from bench.search import search_throughput
 from bench.synthetic import TMC_FEATURES, TMC_NNZ_PER_ROW, TMC_TRAIN, TMC_VAL, tmc_shaped_corpus
 from bench.training import COMPILE_MODES, compare_compile, compare_epochs, profile_step
-from corrhash.cli import CLI, JobParser, add_dataclass_args, dataclass_from_args
+from bench.options import CLI, JobParser, add_dataclass_args, dataclass_from_args
 from corrhash.data import TfidfShards
 from corrhash.device import resolve_device
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 from bench.synthetic import SynthConfig, write_corpus
-from corrhash.cli import JobParser, add_dataclass_args, dataclass_from_args
+from bench.options import JobParser, add_dataclass_args, dataclass_from_args
 from corrhash.errors import CorrhashError
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from corrhash.atomic import atomic_dir
-from corrhash.cli import CLI
+from bench.options import CLI
 from corrhash.data.shards import Split
 from corrhash.errors import ConfigError
 from corrhash.log import log

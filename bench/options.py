@@ -1,4 +1,4 @@
-"""Command-line options generated from config dataclasses (each field's docstring is its --help).
+"""Command-line options from dataclasses for the benchmark scripts: argparse only, as the GPU machine has no tyro.
 
 A field becomes `--field-name` (`--flag/--no-flag` for a bool); a field without a default is required.
 A field whose type is itself a dataclass gets its own group of options. `field(metadata={CLI: {...}})`
