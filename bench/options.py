@@ -17,7 +17,6 @@ import sys
 import textwrap
 import typing
 
-from corrhash.errors import CorrhashError
 from corrhash.log import quiet_dependencies, set_level
 
 CLI = "cli"  # the dataclasses.field metadata key read here
@@ -123,16 +122,3 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides):
     values.update(overrides)
     return cls(**values)
 
-
-def exit_status(body: typing.Callable[[], object]) -> int:
-    """A job's exit status: 0 when `body()` returns; 2, with `error: ...` on stderr, when it raises a
-    CorrhashError or (last resort: the library names what it can as a DataError) an OSError."""
-    try:
-        body()
-    except CorrhashError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    return 0
