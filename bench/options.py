@@ -13,7 +13,6 @@ import ast
 import dataclasses
 import inspect
 import logging
-import sys
 import textwrap
 import typing
 
