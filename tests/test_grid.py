@@ -64,6 +64,12 @@ def test_per_method_overrides_win_over_axes_and_fixed(shards_synthetic, tmp_path
     assert nash[0].train.epochs == 3 and nash[0].model.hidden == 32
 
 
+def test_choice_fields_take_their_choices(shards_synthetic, tmp_path):
+    grid = load_grid(write(tmp_path, shards_synthetic, methods={"nash-nbr": {"graph": "mutual"}},
+                           axes={"encoder_input": ["tfidf", "binary"]}))
+    assert [(c.model.graph, c.model.encoder_input) for c in grid.cells] == [("mutual", "tfidf"), ("mutual", "binary")]
+
+
 def test_seeds_set_both_configs_and_the_cell_is_a_run_spec(shards_synthetic, tmp_path):
     grid = load_grid(write(tmp_path, shards_synthetic, seeds=[4], resources={"cpus": 2.5, "gpus": 0.25}))
     (cell,) = grid.cells
@@ -132,6 +138,8 @@ BAD = [
     ({"fixed": {"energy_terms": 1}}, "fixed.energy_terms: 1 (int): expected bool"),
     ({"fixed": {"lr": "1e-3"}}, "fixed.lr: '1e-3' (str): expected float (YAML reads 1e-3 as text"),
     ({"fixed": {"dropout": None}}, "fixed.dropout: None (NoneType): expected float"),
+    ({"axes": {"graph": ["knn", "mutal"]}}, "axes.graph: 'mutal': expected one of knn, mutual"),
+    ({"fixed": {"encoder_input": 1}}, "fixed.encoder_input: 1: expected one of tfidf, binary"),
     ({"axes": {"dropout": [0.1, 1.5]}},
      "cell dataset=syn method=corrsh bits=8 seed=0 dropout=1.5: invalid ModelConfig: dropout must be in [0, 1)"),
     ({"fixed": {"anneal_step": True}}, "fixed.anneal_step: True (bool): expected float | None"),

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -289,6 +289,10 @@ def _typed(value: Any, field: str, key: str, fail: _Failer) -> Any:
         return float(value)
     if kind in (int, str, bool) and type(value) is kind:
         return value
+    if get_origin(kind) is Literal:
+        if any(value == choice and type(value) is type(choice) for choice in get_args(kind)):
+            return value
+        fail(key, f"{value!r}: expected one of {', '.join(map(str, get_args(kind)))}")
     hint = ""
     if isinstance(value, str) and kind in (float, float | None):
         hint = " (YAML reads 1e-3 as text: write 0.001 or 1.0e-3)"
