@@ -7,7 +7,9 @@ stale copy, silently trains on other data). So when the cluster has more than on
 local path (plain or file://) is checked on every node by a tiny task pinned to it (num_cpus=0): a data
 folder must hold a manifest with the driver's content hash, an output folder must show a marker file the
 driver has just written into it. URIs (s3://, gs://, hdfs://) are shared by construction and not checked;
-on one node (an embedded local Ray included) nothing is checked and nothing is started.
+on one node (an embedded local Ray included) nothing is checked and nothing is started. A node that leaves
+the cluster during the check (Ray lists a lost node alive until its heartbeats time out) runs nothing of the
+job and is skipped, with a line on stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from corrhash.data.uri import local_path
@@ -93,12 +96,22 @@ def check_shared_paths(data: dict[str, str] | None = None, folders: dict[str, st
                                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
                  .remote(probes): node for node in nodes}
         ready, late = ray.wait(list(asked), num_returns=len(asked), timeout=ANSWER_TIMEOUT_S)
-        if late:
-            where = ", ".join(_node_name(asked[ref]) for ref in late)
+        answers, gone = {}, []
+        for ref in ready:
+            try:
+                answers[ref] = ray.get(ref)
+            except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError):
+                gone.append(ref)  # listed alive a moment ago, gone now: Ray marks a lost node dead only later
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        if stuck := [ref for ref in late if asked[ref]["NodeID"] in alive]:
+            where = ", ".join(_node_name(asked[ref]) for ref in stuck)
             raise CorrhashError(f"checking {', '.join(o for o, _, _ in options)} on every node: node(s) {where} did "
                                 f"not answer within {ANSWER_TIMEOUT_S:g} s")
-        for ref in ready:
-            for (option, path, use), problem in zip(options, ray.get(ref)):
+        for ref in gone + late:  # a node that has left runs nothing of this job: nothing to check there
+            print(f"path check: Ray node {_node_name(asked[ref])} left the cluster during the check; not checked",
+                  file=sys.stderr, flush=True)
+        for ref, problems in answers.items():
+            for (option, path, use), problem in zip(options, problems):
                 if problem is not None:
                     raise ConfigError(f"{option} {path}: not visible on Ray node {_node_name(asked[ref])}: "
                                       f"{problem}. The cluster has {len(nodes)} nodes and a job on any of them "
