@@ -17,6 +17,16 @@ from services import start_mlflow_server, start_ray_head, stop
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Under `pytest -n 2 --dist loadgroup` (make test) every test that starts a Ray head or an MLflow server runs
+    on one worker, one after another, against the one session-shared head: two heads on two cores would each
+    claim both CPUs, and the tests' deadlines assume they have them. The other worker takes everything else."""
+    for item in items:
+        if item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("services"))
+
+
 # The synthetic corpus is the benchmarks' own generator's (bench/synthetic.py), under the names the tests use.
 SYNTHETIC_TOPICS = TOPIC_CORPUS_TOPICS
 SYNTHETIC_SPLITS = TOPIC_CORPUS_SPLITS
