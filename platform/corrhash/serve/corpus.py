@@ -168,17 +168,10 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
         raise DataError(f"{corpus_path}: {corpus.features.shape[1]} features per document, but the model "
                         f"takes {model.n_features} (prepared with another vocabulary?)")
     queries = calibration_queries(model, corpus_path, split) \
-        if corpus.features is not None and may_be_ivf(kind, len(corpus.ids)) else None
+        if corpus.features is not None and HammingIndex.calibrates_ivf(kind, len(corpus.ids)) else None
     index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features, kind=kind,
                         calibration_queries=queries, shown=corpus.shown)
     return index, index.shown
-
-
-def may_be_ivf(kind: str, size: int) -> bool:
-    """Whether HammingIndex will calibrate IVF for an index of `size` codes of this kind."""
-    from corrhash.serve.index import AUTO_IVF_FROM
-
-    return kind == "ivf" or (kind == "auto" and size >= AUTO_IVF_FROM)
 
 
 def calibration_queries(model, shards_path: Path, split: str):

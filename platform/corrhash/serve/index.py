@@ -98,8 +98,15 @@ class HammingIndex:
         self._centroids: np.ndarray | None = None  # set for IVF
         self._faiss = None  # built on first search, never pickled or saved
         self._lock = threading.Lock()
-        if kind == "ivf" or (kind == "auto" and len(self) >= AUTO_IVF_FROM and _has_faiss()):
+        if self.calibrates_ivf(kind, len(self)):
             self._calibrate_ivf(np.random.default_rng(seed), seed, calibration_queries, keep_anyway=kind == "ivf")
+
+    @staticmethod
+    def calibrates_ivf(kind: str, size: int) -> bool:
+        """Whether an index of this kind over `size` codes calibrates IVF when it is built: always for "ivf", for
+        "auto" from AUTO_IVF_FROM codes where faiss imports (see the module). The one rule; corrhash.serve.corpus
+        asks it before it samples calibration queries."""
+        return kind == "ivf" or (kind == "auto" and size >= AUTO_IVF_FROM and _has_faiss())
 
     @property
     def kind(self) -> str:
