@@ -189,16 +189,3 @@ def calibration_queries(model, shards_path: Path, split: str):
     # The same sample Split.sample draws, read one file at a time: val is never held whole for 256 documents.
     return model.encode_features(ShardStream(shards, "val").sample(CALIBRATION_QUERIES, seed=0).features)
 
-
-def describe(index) -> str:
-    """An index's kind in a few words, for a job's log: flat (and why, if auto measured IVF), or IVF's probes and
-    its calibrated recall."""
-    info = index.search_info
-    if index.kind == "flat":
-        rejected = info.get("ivf_rejected")
-        return "flat index, exact" + (f" (auto: ivf would probe {rejected['nprobe']} of {rejected['nlist']} lists "
-                                      f"for recall@{rejected['recall']['k']} {rejected['recall']['target']})"
-                                      if rejected else "")
-    recall = info["recall"]
-    return (f"ivf index probing {info['nprobe']} of {info['nlist']} lists, recall@{recall['k']} {recall['value']} "
-            f"on {recall['queries']} {recall['sample']}")

@@ -133,6 +133,19 @@ class HammingIndex:
         one recorded. False for an index that records none."""
         return self.model_identity is not None and self.model_identity["weights_sha256"] == identity["weights_sha256"]
 
+    def describe(self) -> str:
+        """The index's kind in a few words, for a job's log: flat (and why, if auto measured IVF), or IVF's probes
+        and its calibrated recall."""
+        info = self.search_info
+        if self.kind == "flat":
+            rejected = info.get("ivf_rejected")
+            return "flat index, exact" + (f" (auto: ivf would probe {rejected['nprobe']} of {rejected['nlist']} lists "
+                                          f"for recall@{rejected['recall']['k']} {rejected['recall']['target']})"
+                                          if rejected else "")
+        recall = info["recall"]
+        return (f"ivf index probing {info['nprobe']} of {info['nlist']} lists, recall@{recall['k']} {recall['value']} "
+                f"on {recall['queries']} {recall['sample']}")
+
     def search(self, query_codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(ids [q, k], Hamming distances [q, k]), nearest first; k is capped at len. Flat: exact, ties by
         index order. IVF: approximate, with the recall recorded in search_info."""
