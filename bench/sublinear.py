@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.timing import timed
-from corrhash.retrieval import resolve_backend
+from corrhash.retrieval import search_backend
 from corrhash.retrieval.hamming import import_faiss
 from corrhash.serve.index import CALIBRATION_QUERIES, HammingIndex, tie_aware_recall
 
@@ -132,7 +132,7 @@ def _measure(kind: str, database: np.ndarray, query_codes: np.ndarray, calibrati
             faiss.omp_set_num_threads(all_threads)
         info = ivf.search_info
         row = {"codes": kind, "n": n, "bits": BITS, "k": K, "queries": queries, "threads": threads,
-               "flat_backend": resolve_backend("auto"), "flat_qps": queries / flat_s,
+               "flat_backend": search_backend(), "flat_qps": queries / flat_s,
                "ivf_qps": queries / ivf_s, "speedup": flat_s / ivf_s, "recall_at_k": recall,
                "recall_definition": info["recall"]["definition"], "nlist": info["nlist"],
                "nprobe": info["nprobe"], "calibrated_recall": info["recall"]["value"],

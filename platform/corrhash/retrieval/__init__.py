@@ -1,7 +1,7 @@
 """Hamming retrieval over packed binary codes: packing, exact top-k search, precision@k."""
 
 from corrhash.retrieval.codes import pack_codes, packed_width, unpack_codes
-from corrhash.retrieval.hamming import hamming_topk, pairs_at_distance, resolve_backend
+from corrhash.retrieval.hamming import hamming_topk, pairs_at_distance, resolve_backend, search_backend
 from corrhash.retrieval.metrics import PrecisionAtK, label_matrix, precision_at_k
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "pairs_at_distance",
     "precision_at_k",
     "resolve_backend",
+    "search_backend",
     "unpack_codes",
 ]

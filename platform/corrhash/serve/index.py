@@ -52,7 +52,7 @@ import numpy as np
 
 from corrhash.atomic import atomic_open, atomic_write_text
 from corrhash.errors import CorrhashError, DataError
-from corrhash.retrieval import hamming_topk, packed_width, resolve_backend
+from corrhash.retrieval import hamming_topk, packed_width, search_backend
 from corrhash.retrieval.codes import check_packed
 from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, import_faiss
 
@@ -152,8 +152,8 @@ class HammingIndex:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         k = min(int(k), len(self))
-        if self.kind == "flat" and resolve_backend("auto") == "torch":
-            distances, positions = hamming_topk(query_codes, self.codes, k)  # the GPU's matmul search
+        if self.kind == "flat" and search_backend() == "torch":
+            distances, positions = hamming_topk(query_codes, self.codes, k, backend="torch")  # the GPU's matmul
             return self.ids[positions], distances
         queries = check_packed(query_codes, "queries_packed")
         if queries.shape[1] != self.codes.shape[1]:
