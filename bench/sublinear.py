@@ -16,11 +16,11 @@ drawn like the codes, as a validation split would be), then other held-out queri
 codes, in neither the index nor the calibration set) are searched at k=100 with one faiss
 thread and with all of them. Queries/s is the best of ``REPEATS`` timings (the machine may be shared).
 
-Recall@100 is tie-aware (``corrhash.serve.index.tie_aware_recall``): a returned code counts if its
+Recall@100 is tie-aware (``corrhash.retrieval.index.tie_aware_recall``): a returned code counts if its
 distance is at most the query's 100th exact distance. Random codes tie massively at that distance,
 and exact search keeps an arbitrary (lowest-index) subset of the tie, so id overlap would understate it.
 
-Measured before choosing IVF for corrhash.serve.index (1M codes, k=100, one thread, 2 shared cores, so
+Measured before choosing IVF for corrhash.retrieval.index (1M codes, k=100, one thread, 2 shared cores, so
 rough): faiss IndexBinaryMultiHash (4 tables of 16 bits) needs nflip=3 for recall 0.99 on random codes
 and is then ~20x *slower* than flat, since at k=100 the 100th neighbour is too far away for substring
 hashing to prune; IndexBinaryHNSW (M=16, ef=100) reached recall 0.95 on clustered codes at ~8,800 q/s,
@@ -36,7 +36,7 @@ import numpy as np
 from bench.timing import timed
 from corrhash.retrieval import search_backend
 from corrhash.retrieval.hamming import import_faiss
-from corrhash.serve.index import CALIBRATION_QUERIES, HammingIndex, tie_aware_recall
+from corrhash.retrieval.index import CALIBRATION_QUERIES, HammingIndex, tie_aware_recall
 
 BITS = 64
 K = 100

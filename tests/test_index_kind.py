@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 import corrhash
-import corrhash.serve.index as index_module
+import corrhash.retrieval.index as index_module
 from badinput import assert_named_error, run_job, run_job_output
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards

@@ -45,7 +45,7 @@ from corrhash import commands
 from corrhash.errors import ConfigError, DataError
 from corrhash.launch.live import exporting
 from corrhash.serve.corpus import read_text
-from corrhash.serve.index import IndexKind
+from corrhash.retrieval.index import IndexKind
 
 
 def read_queries(source: str):

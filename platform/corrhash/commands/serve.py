@@ -46,7 +46,7 @@ from corrhash import commands
 from corrhash.errors import ConfigError, DataError
 from corrhash.serve.app import Limits, ServeOptions
 from corrhash.serve.corpus import index_for
-from corrhash.serve.index import IndexKind
+from corrhash.retrieval.index import IndexKind
 
 
 @dataclass

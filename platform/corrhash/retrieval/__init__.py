@@ -1,4 +1,5 @@
-"""Hamming retrieval over packed binary codes: packing, exact top-k search, precision@k."""
+"""Hamming retrieval over packed binary codes: packing, exact top-k search, precision@k; the saved index
+(HammingIndex, flat or IVF) is corrhash.retrieval.index, imported by its users."""
 
 from corrhash.retrieval.codes import pack_codes, packed_width, unpack_codes
 from corrhash.retrieval.hamming import hamming_topk, pairs_at_distance, resolve_backend, search_backend

@@ -11,8 +11,8 @@ searched with another model (other weights), or one saved without that record (b
 it is refused with an OtherModelError naming the index, both models and how to rebuild it, unless
 allow_other_model (the jobs' --allow-other-model), which warns instead.
 
-An index hashed from a corpus is of the kind asked for (corrhash.serve.index: auto, flat or ivf); one that may
-become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of the folder's val split.
+An index hashed from a corpus is of the kind asked for (corrhash.retrieval.index: auto, flat or ivf); one that
+may become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of the folder's val split.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def check_model(index, model, index_path: Path, allow_other_model: bool = False,
                 warn: Callable[[str], None] = warn_on_stderr) -> None:
     """OtherModelError unless `model` built the saved index (the weights' hash it records); a warning instead
     with allow_other_model. An index recording no model (saved by an older corrhash) is refused the same way."""
-    from corrhash.serve.index import OtherModelError
+    from corrhash.retrieval.index import OtherModelError
 
     if index.built_with(model.identity):
         return
@@ -149,7 +149,7 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
     is "auto", and its model against `model`: see check_model) or one of `kind` hashed from a corpus (its
     features checked against the model's vocabulary size), and what each hit shows ({id: {...}}, which a saved
     index keeps: `index.shown`). A shard folder's IVF is calibrated on its val split."""
-    from corrhash.serve.index import HammingIndex
+    from corrhash.retrieval.index import HammingIndex
 
     if index_path is not None:
         index = HammingIndex.load(index_path)
@@ -180,7 +180,7 @@ def calibration_queries(model, shards_path: Path, split: str):
     None (HammingIndex's default sample) when the folder has no val documents or val is the split indexed."""
     from corrhash.data import TfidfShards
     from corrhash.data.stream import ShardStream
-    from corrhash.serve.index import CALIBRATION_QUERIES
+    from corrhash.retrieval.index import CALIBRATION_QUERIES
 
     shards = TfidfShards(shards_path)
     val = shards.manifest["splits"].get("val")

@@ -52,9 +52,8 @@ import numpy as np
 
 from corrhash.atomic import atomic_open, atomic_write_text
 from corrhash.errors import CorrhashError, DataError
-from corrhash.retrieval import hamming_topk, packed_width, search_backend
-from corrhash.retrieval.codes import check_packed
-from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, import_faiss
+from corrhash.retrieval.codes import check_packed, packed_width
+from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, hamming_topk, import_faiss, search_backend
 
 IndexKind = Literal["auto", "flat", "ivf"]
 KINDS: tuple[str, ...] = get_args(IndexKind)
