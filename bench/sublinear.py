@@ -16,7 +16,7 @@ drawn like the codes, as a validation split would be), then other held-out queri
 codes, in neither the index nor the calibration set) are searched at k=100 with one faiss
 thread and with all of them. Queries/s is the best of ``REPEATS`` timings (the machine may be shared).
 
-Recall@100 is tie-aware (``corrhash.retrieval.index.tie_aware_recall``): a returned code counts if its
+Recall@100 is tie-aware (``corrhash.retrieval.ivf.tie_aware_recall``): a returned code counts if its
 distance is at most the query's 100th exact distance. Random codes tie massively at that distance,
 and exact search keeps an arbitrary (lowest-index) subset of the tie, so id overlap would understate it.
 
@@ -36,7 +36,8 @@ import numpy as np
 from bench.timing import timed
 from corrhash.retrieval import search_backend
 from corrhash.retrieval.hamming import import_faiss
-from corrhash.retrieval.index import CALIBRATION_QUERIES, HammingIndex, tie_aware_recall
+from corrhash.retrieval.index import HammingIndex
+from corrhash.retrieval.ivf import CALIBRATION_QUERIES, tie_aware_recall
 
 BITS = 64
 K = 100

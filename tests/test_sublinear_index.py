@@ -12,7 +12,8 @@ import pytest
 import corrhash.retrieval.index as index_module
 from corrhash.errors import DataError
 from corrhash.retrieval import hamming_topk
-from corrhash.retrieval.index import HammingIndex, tie_aware_recall
+from corrhash.retrieval.index import HammingIndex
+from corrhash.retrieval.ivf import tie_aware_recall
 
 BITS = 64
 PLANTED = 4  # near-duplicates of each query, at Hamming distances 0, 1, 2, 3

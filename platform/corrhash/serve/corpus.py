@@ -180,7 +180,7 @@ def calibration_queries(model, shards_path: Path, split: str):
     None (HammingIndex's default sample) when the folder has no val documents or val is the split indexed."""
     from corrhash.data import TfidfShards
     from corrhash.data.stream import ShardStream
-    from corrhash.retrieval.index import CALIBRATION_QUERIES
+    from corrhash.retrieval.ivf import CALIBRATION_QUERIES
 
     shards = TfidfShards(shards_path)
     val = shards.manifest["splits"].get("val")
