@@ -16,11 +16,11 @@ drawn like the codes, as a validation split would be), then other held-out queri
 codes, in neither the index nor the calibration set) are searched at k=100 with one faiss
 thread and with all of them. Queries/s is the best of ``REPEATS`` timings (the machine may be shared).
 
-Recall@100 is tie-aware (``corrhash.serve.index.tie_aware_recall``): a returned code counts if its
+Recall@100 is tie-aware (``corrhash.retrieval.ivf.tie_aware_recall``): a returned code counts if its
 distance is at most the query's 100th exact distance. Random codes tie massively at that distance,
 and exact search keeps an arbitrary (lowest-index) subset of the tie, so id overlap would understate it.
 
-Measured before choosing IVF for corrhash.serve.index (1M codes, k=100, one thread, 2 shared cores, so
+Measured before choosing IVF for corrhash.retrieval.index (1M codes, k=100, one thread, 2 shared cores, so
 rough): faiss IndexBinaryMultiHash (4 tables of 16 bits) needs nflip=3 for recall 0.99 on random codes
 and is then ~20x *slower* than flat, since at k=100 the 100th neighbour is too far away for substring
 hashing to prune; IndexBinaryHNSW (M=16, ef=100) reached recall 0.95 on clustered codes at ~8,800 q/s,
@@ -34,9 +34,10 @@ from __future__ import annotations
 import numpy as np
 
 from bench.timing import timed
-from corrhash.retrieval import resolve_backend
+from corrhash.retrieval import search_backend
 from corrhash.retrieval.hamming import import_faiss
-from corrhash.serve.index import CALIBRATION_QUERIES, HammingIndex, tie_aware_recall
+from corrhash.retrieval.index import HammingIndex
+from corrhash.retrieval.ivf import CALIBRATION_QUERIES, tie_aware_recall
 
 BITS = 64
 K = 100
@@ -132,7 +133,7 @@ def _measure(kind: str, database: np.ndarray, query_codes: np.ndarray, calibrati
             faiss.omp_set_num_threads(all_threads)
         info = ivf.search_info
         row = {"codes": kind, "n": n, "bits": BITS, "k": K, "queries": queries, "threads": threads,
-               "flat_backend": resolve_backend("auto"), "flat_qps": queries / flat_s,
+               "flat_backend": search_backend(), "flat_qps": queries / flat_s,
                "ivf_qps": queries / ivf_s, "speedup": flat_s / ivf_s, "recall_at_k": recall,
                "recall_definition": info["recall"]["definition"], "nlist": info["nlist"],
                "nprobe": info["nprobe"], "calibrated_recall": info["recall"]["value"],

@@ -25,7 +25,7 @@ from corrhash.data import TfidfShards
 from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.errors import DataError
 from corrhash.models import ModelConfig
-from corrhash.serve.index import HammingIndex
+from corrhash.retrieval.index import HammingIndex
 from corrhash.tracking.runs import ensure_experiment, log_hashing_model
 from corrhash.train import TrainConfig, fit
 from test_data_files import LOOSE, synthetic_rows, write_jsonl

@@ -22,7 +22,7 @@ from corrhash.data import TfidfShards
 from corrhash.errors import DataError
 from corrhash.models import ModelConfig
 from corrhash.serve.corpus import index_for
-from corrhash.serve.index import HammingIndex, OtherModelError
+from corrhash.retrieval.index import HammingIndex, OtherModelError
 from corrhash.train import TrainConfig, fit
 
 

@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 import corrhash
-import corrhash.serve.index as index_module
+import corrhash.retrieval.index as index_module
 from badinput import assert_named_error, run_job, run_job_output
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
@@ -23,7 +23,7 @@ from corrhash.errors import DataError
 from corrhash.models import ModelConfig
 from corrhash.retrieval import hamming_topk
 from corrhash.serve.app import Limits, Payload, Searcher
-from corrhash.serve.corpus import describe, index_for
+from corrhash.serve.corpus import index_for
 from corrhash.train import TrainConfig, fit
 
 GIVEN = "queries given at build time"  # what HammingIndex records as the sample of given calibration queries
@@ -131,7 +131,7 @@ def test_auto_calibrates_on_val_only_where_it_considers_ivf(trained, monkeypatch
     monkeypatch.setattr(index_module, "AUTO_IVF_FROM", 100)
     large, _ = index_for(trained.model, None, trained.shards, "train")
     assert (recall_of(large)["sample"], recall_of(large)["queries"]) == (GIVEN, len(trained.val))
-    assert describe(large).startswith("ivf index probing" if large.kind == "ivf" else "flat index, exact (auto: ivf")
+    assert large.describe().startswith("ivf index probing" if large.kind == "ivf" else "flat index, exact (auto: ivf")
     flat, _ = index_for(trained.model, None, trained.shards, "train", kind="flat")
     assert flat.search_info == {}
 

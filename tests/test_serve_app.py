@@ -418,7 +418,7 @@ def test_bad_options_are_named_errors(trained, tmp_path, capsys):
 
 
 def test_an_index_of_other_codes_is_refused(trained, tmp_path, capsys):
-    from corrhash.serve.index import HammingIndex
+    from corrhash.retrieval.index import HammingIndex
     import numpy as np
 
     HammingIndex(np.zeros((3, 4), np.uint8), [1, 2, 3], 32).save(tmp_path / "i.npz")

@@ -9,10 +9,11 @@ import pickle
 import numpy as np
 import pytest
 
-import corrhash.serve.index as index_module
+import corrhash.retrieval.index as index_module
 from corrhash.errors import DataError
 from corrhash.retrieval import hamming_topk
-from corrhash.serve.index import HammingIndex, tie_aware_recall
+from corrhash.retrieval.index import HammingIndex
+from corrhash.retrieval.ivf import tie_aware_recall
 
 BITS = 64
 PLANTED = 4  # near-duplicates of each query, at Hamming distances 0, 1, 2, 3

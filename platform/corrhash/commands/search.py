@@ -45,7 +45,7 @@ from corrhash import commands
 from corrhash.errors import ConfigError, DataError
 from corrhash.launch.live import exporting
 from corrhash.serve.corpus import read_text
-from corrhash.serve.index import IndexKind
+from corrhash.retrieval.index import IndexKind
 
 
 def read_queries(source: str):
@@ -135,12 +135,12 @@ def batches(queries, size: int):
 
 def answer(args: SearchOptions, queries) -> None:
     import corrhash
-    from corrhash.serve.corpus import describe, index_for
+    from corrhash.serve.corpus import index_for
     from corrhash.serve.search import Searcher
     model = corrhash.load(args.model)
     index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind, args.allow_other_model)
     if args.corpus is not None:
-        print(f"indexed {len(index)} documents from {args.corpus} ({describe(index)})", file=sys.stderr)
+        print(f"indexed {len(index)} documents from {args.corpus} ({index.describe()})", file=sys.stderr)
     if args.index_out:
         index.save(args.index_out)
         print(f"saved index to {args.index_out}", file=sys.stderr)

@@ -45,8 +45,8 @@ from pathlib import Path
 from corrhash import commands
 from corrhash.errors import ConfigError, DataError
 from corrhash.serve.app import Limits, ServeOptions
-from corrhash.serve.corpus import describe, index_for
-from corrhash.serve.index import IndexKind
+from corrhash.serve.corpus import index_for
+from corrhash.retrieval.index import IndexKind
 
 
 @dataclass
@@ -94,7 +94,7 @@ def load_payload(options: ServeJobOptions):
         raise DataError(f"--model {options.model}: the model has no vocabulary, so it cannot hash text")
     index, shown = index_for(model, options.index, options.corpus, options.split, options.index_kind,
                              options.allow_other_model)
-    log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents ({describe(index)})")
+    log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents ({index.describe()})")
     return Payload.of(options.model, model, index, shown)
 
 

@@ -45,13 +45,17 @@ the index arrays, the label check): 4M pairs keep an evaluation's transient memo
 default 1024 x 32768 block reached 2 GB (measured: bench/streaming.py, an untrained CorrSH at 100k documents)."""
 
 
+def search_backend(device: torch.device | None = None) -> str:
+    """The backend that searches codes on `device` (default: this machine's, ``resolve_device("auto")``):
+    ``"torch"`` on CUDA, ``"faiss"`` elsewhere. The one place that decides; ``"auto"`` means this."""
+    return "torch" if (resolve_device("auto") if device is None else device).type == "cuda" else "faiss"
+
+
 def resolve_backend(backend: str) -> str:
-    """Map ``"auto"`` to ``"torch"`` on CUDA machines and ``"faiss"`` elsewhere."""
+    """Map ``"auto"`` to `search_backend` (``"torch"`` on CUDA machines, ``"faiss"`` elsewhere)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "torch" if resolve_device("auto").type == "cuda" else "faiss"
-    return backend
+    return search_backend() if backend == "auto" else backend
 
 
 def hamming_topk(

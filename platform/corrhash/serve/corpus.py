@@ -11,8 +11,8 @@ searched with another model (other weights), or one saved without that record (b
 it is refused with an OtherModelError naming the index, both models and how to rebuild it, unless
 allow_other_model (the jobs' --allow-other-model), which warns instead.
 
-An index hashed from a corpus is of the kind asked for (corrhash.serve.index: auto, flat or ivf); one that may
-become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of the folder's val split.
+An index hashed from a corpus is of the kind asked for (corrhash.retrieval.index: auto, flat or ivf); one that
+may become IVF, hashed from a shard folder, has its nprobe calibrated on a sample of the folder's val split.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def check_model(index, model, index_path: Path, allow_other_model: bool = False,
                 warn: Callable[[str], None] = warn_on_stderr) -> None:
     """OtherModelError unless `model` built the saved index (the weights' hash it records); a warning instead
     with allow_other_model. An index recording no model (saved by an older corrhash) is refused the same way."""
-    from corrhash.serve.index import OtherModelError
+    from corrhash.retrieval.index import OtherModelError
 
     if index.built_with(model.identity):
         return
@@ -149,7 +149,7 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
     is "auto", and its model against `model`: see check_model) or one of `kind` hashed from a corpus (its
     features checked against the model's vocabulary size), and what each hit shows ({id: {...}}, which a saved
     index keeps: `index.shown`). A shard folder's IVF is calibrated on its val split."""
-    from corrhash.serve.index import HammingIndex
+    from corrhash.retrieval.index import HammingIndex
 
     if index_path is not None:
         index = HammingIndex.load(index_path)
@@ -168,17 +168,10 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
         raise DataError(f"{corpus_path}: {corpus.features.shape[1]} features per document, but the model "
                         f"takes {model.n_features} (prepared with another vocabulary?)")
     queries = calibration_queries(model, corpus_path, split) \
-        if corpus.features is not None and may_be_ivf(kind, len(corpus.ids)) else None
+        if corpus.features is not None and HammingIndex.calibrates_ivf(kind, len(corpus.ids)) else None
     index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features, kind=kind,
                         calibration_queries=queries, shown=corpus.shown)
     return index, index.shown
-
-
-def may_be_ivf(kind: str, size: int) -> bool:
-    """Whether HammingIndex will calibrate IVF for an index of `size` codes of this kind."""
-    from corrhash.serve.index import AUTO_IVF_FROM
-
-    return kind == "ivf" or (kind == "auto" and size >= AUTO_IVF_FROM)
 
 
 def calibration_queries(model, shards_path: Path, split: str):
@@ -187,7 +180,7 @@ def calibration_queries(model, shards_path: Path, split: str):
     None (HammingIndex's default sample) when the folder has no val documents or val is the split indexed."""
     from corrhash.data import TfidfShards
     from corrhash.data.stream import ShardStream
-    from corrhash.serve.index import CALIBRATION_QUERIES
+    from corrhash.retrieval.ivf import CALIBRATION_QUERIES
 
     shards = TfidfShards(shards_path)
     val = shards.manifest["splits"].get("val")
@@ -196,16 +189,3 @@ def calibration_queries(model, shards_path: Path, split: str):
     # The same sample Split.sample draws, read one file at a time: val is never held whole for 256 documents.
     return model.encode_features(ShardStream(shards, "val").sample(CALIBRATION_QUERIES, seed=0).features)
 
-
-def describe(index) -> str:
-    """An index's kind in a few words, for a job's log: flat (and why, if auto measured IVF), or IVF's probes and
-    its calibrated recall."""
-    info = index.search_info
-    if index.kind == "flat":
-        rejected = info.get("ivf_rejected")
-        return "flat index, exact" + (f" (auto: ivf would probe {rejected['nprobe']} of {rejected['nlist']} lists "
-                                      f"for recall@{rejected['recall']['k']} {rejected['recall']['target']})"
-                                      if rejected else "")
-    recall = info["recall"]
-    return (f"ivf index probing {info['nprobe']} of {info['nlist']} lists, recall@{recall['k']} {recall['value']} "
-            f"on {recall['queries']} {recall['sample']}")

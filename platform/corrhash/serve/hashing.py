@@ -114,9 +114,9 @@ class HashingModel:
               kind: str = "auto", calibration_queries=None, seed: int = 0, shown: dict | None = None):
         """A HammingIndex of texts (or TF-IDF rows); ids default to 0..n-1. It records this model's identity
         (meta "model"). `kind`, `seed`, `shown` (what a hit shows of each document) and `calibration_queries`
-        are HammingIndex's (see corrhash.serve.index); the queries IVF calibrates nprobe on may be packed codes,
-        TF-IDF rows or texts, and default to a sample of the index's codes."""
-        from corrhash.serve.index import HammingIndex
+        are HammingIndex's (see corrhash.retrieval.index); the queries IVF calibrates nprobe on may be packed
+        codes, TF-IDF rows or texts, and default to a sample of the index's codes."""
+        from corrhash.retrieval.index import HammingIndex
 
         if features is None:
             features = self.featurize(texts)

@@ -18,7 +18,7 @@ from corrhash.data.device_csr import DeviceCSR
 from corrhash.data.shards import Split
 from corrhash.data.stream import ShardStream, rows_of
 from corrhash.models import HashModel
-from corrhash.retrieval import pack_codes, precision_at_k
+from corrhash.retrieval import pack_codes, precision_at_k, search_backend
 
 EVAL_CHUNK = 4096
 
@@ -90,9 +90,8 @@ class Evaluator:
         database, queries = self.codes(model)
         values = torch.zeros(2, dtype=torch.float64, device=self.device)
         if queries is not None:
-            backend = "torch" if self.device.type == "cuda" else "faiss"
             precision = precision_at_k(queries, self.queries.labels, database, self.database_labels, k=self.k,
-                                       backend=backend)
+                                       backend=search_backend(self.device))
             values[0], values[1] = precision.tie_aware, precision.ordered
         if self.shares:
             dist.broadcast(values, src=0)

@@ -7,20 +7,14 @@ that was saved can be read back, and a damaged or foreign file is a DataError na
 Two kinds of search:
 
 * ``"flat"``: exact, every code compared (faiss IndexBinaryFlat on CPU, the torch matmul on CUDA).
-* ``"ivf"``: faiss IndexBinaryIVF, sub-linear and approximate. The codes are split into ``nlist`` lists
-  by their nearest centroid and a query scans the ``nprobe`` lists nearest to it. ``nprobe`` is chosen
-  when the index is built: the least nprobe whose recall@k against exact search reaches TARGET_RECALL on
-  calibration queries (given ones, or a seeded sample of the index's own codes). That recall is recorded
-  in the JSON sidecar.
+* ``"ivf"``: faiss IndexBinaryIVF, sub-linear and approximate, its ``nprobe`` calibrated when the index is
+  built to a target recall (corrhash.retrieval.ivf: how, and why recall is tie-aware). That recall is
+  recorded in the JSON sidecar.
 
 ``"auto"`` (the default) is flat below ``AUTO_IVF_FROM`` codes. Above it, IVF is calibrated and kept
 only if it reaches the target by probing at most ``AUTO_MAX_PROBED`` of its lists; codes without
 cluster structure (uniformly random ones) need nearly all of them and stay flat, with the measurement
 recorded. Why IVF, and these numbers, is in the scale benchmark (``bench/sublinear.py`` in the repository).
-
-Recall here is tie-aware: a returned code counts as correct if its distance is at most the k-th exact
-distance for that query. At Hamming distance many codes tie at the k-th distance and exact search
-keeps an arbitrary (lowest-index) subset of them, so plain id overlap would penalise correct answers.
 
 What the index records beside the codes, so that a saved index answers as the corpus it was hashed from did:
 
@@ -42,7 +36,6 @@ are rebuilt from them on the first search after loading, which assigns every cod
 from __future__ import annotations
 
 import json
-import math
 import threading
 import zipfile
 from pathlib import Path
@@ -52,9 +45,9 @@ import numpy as np
 
 from corrhash.atomic import atomic_open, atomic_write_text
 from corrhash.errors import CorrhashError, DataError
-from corrhash.retrieval import hamming_topk, packed_width, resolve_backend
-from corrhash.retrieval.codes import check_packed
-from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, import_faiss
+from corrhash.retrieval.codes import check_packed, packed_width
+from corrhash.retrieval.hamming import faiss_flat_index, faiss_search, hamming_topk, search_backend
+from corrhash.retrieval.ivf import calibrate, has_faiss, ivf_index
 
 IndexKind = Literal["auto", "flat", "ivf"]
 KINDS: tuple[str, ...] = get_args(IndexKind)
@@ -65,11 +58,6 @@ AUTO_IVF_FROM = 500_000
 # At the 0.95 target clustered codes probe 1.5% of the lists at 1M, random ones 20% (2-2.5x flat): more
 # than this share and IVF is not worth losing exactness for.
 AUTO_MAX_PROBED = 1 / 16
-TARGET_RECALL = 0.95
-CALIBRATION_K = 100
-CALIBRATION_QUERIES = 256
-TRAIN_POINTS_PER_LIST = 40  # faiss's k-means asks for at least 39 training points per centroid
-RECALL_DEFINITION = "tie-aware: a hit is correct if its distance <= the k-th exact distance of its query"
 SHOWN_ARRAY = "shown"  # the .npz array of what hits show: UTF-8 JSON, one entry (or null) per id
 
 
@@ -98,8 +86,15 @@ class HammingIndex:
         self._centroids: np.ndarray | None = None  # set for IVF
         self._faiss = None  # built on first search, never pickled or saved
         self._lock = threading.Lock()
-        if kind == "ivf" or (kind == "auto" and len(self) >= AUTO_IVF_FROM and _has_faiss()):
-            self._calibrate_ivf(np.random.default_rng(seed), seed, calibration_queries, keep_anyway=kind == "ivf")
+        if self.calibrates_ivf(kind, len(self)):
+            self._calibrate_ivf(seed, calibration_queries, keep_anyway=kind == "ivf")
+
+    @staticmethod
+    def calibrates_ivf(kind: str, size: int) -> bool:
+        """Whether an index of this kind over `size` codes calibrates IVF when it is built: always for "ivf", for
+        "auto" from AUTO_IVF_FROM codes where faiss imports (see the module). The one rule; corrhash.serve.corpus
+        asks it before it samples calibration queries."""
+        return kind == "ivf" or (kind == "auto" and size >= AUTO_IVF_FROM and has_faiss())
 
     @property
     def kind(self) -> str:
@@ -126,14 +121,27 @@ class HammingIndex:
         one recorded. False for an index that records none."""
         return self.model_identity is not None and self.model_identity["weights_sha256"] == identity["weights_sha256"]
 
+    def describe(self) -> str:
+        """The index's kind in a few words, for a job's log: flat (and why, if auto measured IVF), or IVF's probes
+        and its calibrated recall."""
+        info = self.search_info
+        if self.kind == "flat":
+            rejected = info.get("ivf_rejected")
+            return "flat index, exact" + (f" (auto: ivf would probe {rejected['nprobe']} of {rejected['nlist']} lists "
+                                          f"for recall@{rejected['recall']['k']} {rejected['recall']['target']})"
+                                          if rejected else "")
+        recall = info["recall"]
+        return (f"ivf index probing {info['nprobe']} of {info['nlist']} lists, recall@{recall['k']} {recall['value']} "
+                f"on {recall['queries']} {recall['sample']}")
+
     def search(self, query_codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(ids [q, k], Hamming distances [q, k]), nearest first; k is capped at len. Flat: exact, ties by
         index order. IVF: approximate, with the recall recorded in search_info."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         k = min(int(k), len(self))
-        if self.kind == "flat" and resolve_backend("auto") == "torch":
-            distances, positions = hamming_topk(query_codes, self.codes, k)  # the GPU's matmul search
+        if self.kind == "flat" and search_backend() == "torch":
+            distances, positions = hamming_topk(query_codes, self.codes, k, backend="torch")  # the GPU's matmul
             return self.ids[positions], distances
         queries = check_packed(query_codes, "queries_packed")
         if queries.shape[1] != self.codes.shape[1]:
@@ -189,26 +197,10 @@ class HammingIndex:
 
     # ------------------------------------------------------------ IVF
 
-    def _calibrate_ivf(self, rng: np.random.Generator, seed: int, given_queries, keep_anyway: bool) -> None:
-        """Train IVF centroids, find the nprobe that reaches TARGET_RECALL; keep IVF if it is worth it."""
-        nlist = default_nlist(len(self))
-        centroids = _train_centroids(self.codes, nlist, rng)
-        ivf = _ivf_index(self.codes, centroids)
-        if given_queries is None:  # a code of the index finds itself at distance 0: a slightly easy query
-            queries = self.codes[rng.choice(len(self), min(len(self), CALIBRATION_QUERIES), replace=False)]
-            sample = "codes of the index itself"
-        else:
-            queries = check_packed(given_queries, "calibration_queries")
-            if queries.shape[1] != self.codes.shape[1] or len(queries) == 0:
-                raise ValueError(f"calibration_queries: need codes of {self.codes.shape[1]} bytes, got shape "
-                                 f"{queries.shape}")
-            sample = "queries given at build time"
-        k = min(CALIBRATION_K, len(self))
-        nprobe, recall = _least_nprobe(ivf, self.codes, queries, k)
-        measured = {"nlist": nlist, "nprobe": nprobe, "recall": {
-            "k": k, "value": round(recall, 4), "target": TARGET_RECALL, "queries": len(queries), "seed": seed,
-            "sample": sample, "definition": RECALL_DEFINITION}}
-        if keep_anyway or nprobe <= AUTO_MAX_PROBED * nlist:
+    def _calibrate_ivf(self, seed: int, given_queries, keep_anyway: bool) -> None:
+        """Calibrate IVF (corrhash.retrieval.ivf.calibrate); keep it if asked to or if it is worth it."""
+        centroids, ivf, measured = calibrate(self.codes, seed, given_queries)
+        if keep_anyway or measured["nprobe"] <= AUTO_MAX_PROBED * measured["nlist"]:
             self.search_info = {"kind": "ivf", **measured}
             self._centroids, self._faiss = centroids, ivf
         else:
@@ -241,73 +233,9 @@ class HammingIndex:
                 if self._centroids is None:
                     self._faiss = faiss_flat_index(self.codes)
                 else:
-                    self._faiss = _ivf_index(self.codes, self._centroids)
+                    self._faiss = ivf_index(self.codes, self._centroids)
                     self._faiss.nprobe = self.search_info["nprobe"]
             return self._faiss
-
-
-def _has_faiss() -> bool:
-    """Whether faiss imports here (the GPU benchmark machine has none: auto stays flat there)."""
-    try:
-        import_faiss()
-    except ImportError:
-        return False
-    return True
-
-
-def default_nlist(size: int) -> int:
-    """About 2·sqrt(size) lists, with at least TRAIN_POINTS_PER_LIST codes each."""
-    return max(1, min(round(2 * math.sqrt(size)), size // TRAIN_POINTS_PER_LIST))
-
-
-def tie_aware_recall(distances: np.ndarray, positions: np.ndarray, exact_kth: np.ndarray) -> float:
-    """Mean share of the k hits (per query) within the k-th exact distance; missing hits (-1) count as
-    wrong. See the module docstring for why ties make plain id overlap the wrong measure."""
-    correct = (positions >= 0) & (distances <= np.asarray(exact_kth)[:, None])
-    return float(correct.sum(axis=1).mean() / distances.shape[1])
-
-
-def _train_centroids(codes: np.ndarray, nlist: int, rng: np.random.Generator) -> np.ndarray:
-    """nlist binary centroids [nlist, n_bytes] from faiss's k-means on a seeded sample of the codes."""
-    faiss = import_faiss()
-    sample = codes[np.sort(rng.choice(len(codes), min(len(codes), TRAIN_POINTS_PER_LIST * nlist), replace=False))]
-    quantizer = faiss.IndexBinaryFlat(8 * codes.shape[1])
-    trainer = faiss.IndexBinaryIVF(quantizer, 8 * codes.shape[1], nlist)
-    trainer.train(sample)  # k-means on the codes as floats, centroids thresholded back to bits
-    return faiss.vector_to_array(quantizer.xb).reshape(nlist, codes.shape[1]).copy()
-
-
-def _least_nprobe(ivf, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[int, float]:
-    """(the least nprobe whose tie-aware recall@k reaches TARGET_RECALL, that recall). Recall cannot fall
-    as nprobe grows (more lists, more candidates), and nprobe = nlist is exhaustive, so this terminates."""
-    exact_kth = hamming_topk(queries, codes, k, backend="faiss")[0][:, -1]
-    recall_at = {}
-
-    def reaches(nprobe: int) -> bool:
-        ivf.nprobe = nprobe
-        distances, positions = faiss_search(ivf, queries, k)
-        recall_at[nprobe] = tie_aware_recall(distances, positions, exact_kth)
-        return recall_at[nprobe] >= TARGET_RECALL
-
-    high = 1  # doubling finds an nprobe that reaches the target, bisection the least one below it
-    while not reaches(high) and high < ivf.nlist:
-        high = min(2 * high, ivf.nlist)
-    low = high // 2  # does not reach it (or is 0)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if reaches(middle) else (middle, high)
-    ivf.nprobe = high
-    return high, recall_at[high]
-
-
-def _ivf_index(codes: np.ndarray, centroids: np.ndarray):
-    """A faiss IndexBinaryIVF over `codes` with these centroids as its (already trained) quantizer."""
-    faiss = import_faiss()
-    quantizer = faiss_flat_index(centroids)
-    ivf = faiss.IndexBinaryIVF(quantizer, 8 * codes.shape[1], len(centroids))
-    ivf.add(codes)  # each code into the list of its nearest centroid
-    ivf.quantizer_ref = quantizer  # the IVF index does not own its quantizer; keep it alive with it
-    return ivf
 
 
 def _checked(codes, ids, bits) -> tuple[np.ndarray, np.ndarray, int]:
