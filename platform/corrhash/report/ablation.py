@@ -8,7 +8,6 @@ shares between two configurations (same initial weights and batch order)."""
 
 from __future__ import annotations
 
-import io
 import math
 import shlex
 import statistics
@@ -32,6 +31,8 @@ COLUMNS = {
     "best_epoch": pa.int64(), "epochs_run": pa.int64(), "fit_seconds": pa.float64(),
     "epoch_seconds": pa.float64(), "val_curve": pa.list_(pa.float64()), "node": pa.string(),
 }
+DPI = 110
+"""Of the report's PNG files (the page inlines them as they are)."""
 SPREAD = "larger than the seed spread"
 NO_SPREAD = "within the seed spread"
 ONE_SEED = "one seed: no verdict"
@@ -213,12 +214,6 @@ def _parquet_bytes(rows: list[dict], axis_names: Sequence[str]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
 def read_results(path: str | Path) -> list[dict]:
     """The rows of a `results.parquet` written by write_report, as write_report takes them."""
     return pq.read_table(path).to_pylist()
@@ -240,7 +235,7 @@ def write_report(rows: list[dict], folder: str | Path, *, name: str, axis_names:
     summary = summarise(rows, axis_names)
     epoch = summarise(rows, axis_names, "epoch_seconds")
     drawn = figures.draw_all(rows, summary, epoch, axis_names, codes)
-    files.update({file_name: _png_bytes(figure) for file_name, figure in drawn.figures.items()})
+    files.update({file_name: figures.png_bytes(figure, DPI) for file_name, figure in drawn.figures.items()})
 
     datasets = datasets_of(rows)
     tested = sum(_present(row["test_precision"]) for row in rows)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 import tempfile
@@ -29,7 +28,7 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, 
 
 from corrhash.atomic import atomic_write_text
 from corrhash.report.ablation import write_report
-from corrhash.report.figures import UMAP, WITHOUT_UMAP, method_title, project_codes
+from corrhash.report.figures import UMAP, WITHOUT_UMAP, method_title, png_bytes, project_codes
 
 LOSS_TERMS = ("loss", "recon", "kl", "neighbour")  # neighbour: the -nbr models' pairwise term, where present
 CURVE_COLUMNS = ("loss", "recon", "kl", "neighbour", "kl_weight", "val_precision", "best_val_precision", "docs_per_s")
@@ -40,6 +39,8 @@ FEW_TRIALS_CAVEAT = f"n < {FEW_TRIALS}: indicative only"
 COUNT_METRIC = re.compile(r"(^|_)(epochs?|steps?|trials|bits)(_run)?$|^(num|n)_")
 """Final metrics that count something (best_epoch, epochs_run, ...): MLflow stores every metric as a float, the
 page prints these as integers (17, not 17.0000)."""
+DPI = 90
+"""Of the page's own figures (an ablation's figures come inlined at report.ablation.DPI)."""
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}
@@ -142,12 +143,6 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def figure_png(figure: Figure, dpi: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
 def image(png: bytes, alt: str) -> str:
     return f'<img src="{png_data_uri(png)}" alt="{esc(alt)}">'
 
@@ -210,7 +205,8 @@ def curves_section(page: PageInput) -> str:
         return _section("Learning curves", _note("No per-epoch metrics recorded (a method without epochs, or a run "
                                                  "that logged none)."))
     whose = _note(f"Curves of {page.curves_of}.") if page.curves_of else ""
-    return _section("Learning curves", whose, image(figure_png(figure), "learning curves"), curves_table(page.curves))
+    return _section("Learning curves", whose, image(png_bytes(figure, DPI), "learning curves"),
+                    curves_table(page.curves))
 
 
 # ---- a tune: trials, values against params, importances -----------------------------------------------------
@@ -368,7 +364,7 @@ def models_section(trials: list[Trial]) -> list[str]:
                                                                       if t.model == model), points[-1][2]]
                    for model, points in progress.items()), key=lambda row: -row[3])
     return ["<h3>Best val precision per model, against trials and epochs spent</h3>",
-            image(figure_png(models_figure(progress)), "best val precision per model"),
+            image(png_bytes(models_figure(progress), DPI), "best val precision per model"),
             table(["model", "trials", "epochs", "best val precision"], rows, "models, best first")]
 
 
@@ -383,14 +379,14 @@ def tune_section(page: PageInput) -> str:
     figure = trials_figure(trials, page.space)
     if figure is not None:
         parts.append("<h3>Best val precision against each searched parameter</h3>")
-        parts.append(image(figure_png(figure), "trials against parameters"))
+        parts.append(image(png_bytes(figure, DPI), "trials against parameters"))
     values = importances(trials, page.space)
     if values:
         scored = len(scored_trials(trials, page.space))
         caveat = f" ({FEW_TRIALS_CAVEAT})" if scored < FEW_TRIALS else ""
         parts.append("<h3>Parameter importances</h3>")
         parts.append(_note(f"Evaluator: {IMPORTANCE_EVALUATOR}, over {scored} trials' best val precision{caveat}."))
-        parts.append(image(figure_png(importances_figure(values, scored)), "parameter importances"))
+        parts.append(image(png_bytes(importances_figure(values, scored), DPI), "parameter importances"))
         parts.append(table(["parameter", "importance"], [[n, float(v)] for n, v in values.items()],
                            "parameter importances"))
     else:
@@ -492,7 +488,7 @@ def codes_section(page: PageInput, sample: int) -> str:
     how = f"{method}, as the paper's Figure 2" if method == UMAP else f"{method}: {WITHOUT_UMAP}"
     caption = (f"{drawn} of {len(page.codes.bits)} test documents' {page.codes.bits.shape[1]}-bit codes, "
                f"coloured by their first label; {how}. {page.codes.source}")
-    return _section("Codes map", _note(caption), image(figure_png(figure), "2-D map of the codes"))
+    return _section("Codes map", _note(caption), image(png_bytes(figure, DPI), "2-D map of the codes"))
 
 
 # ---- the page -----------------------------------------------------------------------------------------------
