@@ -14,7 +14,6 @@ import base64
 import html
 import math
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
 from corrhash.atomic import atomic_write_text
-from corrhash.report.ablation import write_report
+from corrhash.report.ablation import Code, FigureFile, Heading, Note, Paragraph, Report, Table, build_report
 from corrhash.report.figures import UMAP, WITHOUT_UMAP, method_title, png_bytes, project_codes
 
 LOSS_TERMS = ("loss", "recon", "kl", "neighbour")  # neighbour: the -nbr models' pairwise term, where present
@@ -73,7 +72,7 @@ class Codes:
 
 @dataclass
 class AblationInput:
-    """What `report.ablation.write_report` takes: one row per finished cell, the extra axes, codes per cell."""
+    """What `report.ablation.build_report` takes: one row per finished cell, the extra axes, codes per cell."""
     name: str
     rows: list[dict]
     axis_names: list[str]
@@ -404,53 +403,36 @@ def tune_section(page: PageInput) -> str:
 # ---- an ablation: report.ablation's own report, inlined -----------------------------------------------------
 
 
-def markdown_html(markdown: str, images: dict[str, bytes]) -> str:
-    """The markdown `report.ablation.write_report` writes (headings, paragraphs, pipe tables, code blocks,
-    list items, images) as HTML, every text escaped and every image inlined from `images` ({file: PNG})."""
-    out: list[str] = []
-    lines = markdown.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("```"):
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
-            out.append(f"<pre>{esc(chr(10).join(lines[i + 1:end]))}</pre>")
-            i = end + 1
-            continue
-        if line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            body = [r for r in block[1:] if not all(re.fullmatch(r":?-+:?", c) for c in r)]
-            out.append(table(block[0], body))
-            continue
-        picture = re.fullmatch(r"!\[([^\]]*)\]\(([^)]*)\)", line.strip())
-        heading = re.match(r"(#{1,6}) (.*)", line)
-        if picture and picture.group(2) in images:
-            out.append(image(images[picture.group(2)], picture.group(1)))
-        elif heading:
-            level = min(len(heading.group(1)) + 1, 6)  # the page's own h1 is the title
-            out.append(f"<h{level}>{esc(heading.group(2))}</h{level}>")
-        elif line.startswith("- "):
-            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line[2:])  # a link: its text (the image follows)
-            out.append(f"<p>• {esc(text)}</p>")
-        elif line.strip():
-            out.append(f"<p>{esc(line)}</p>")
-        i += 1
-    return "".join(out)
+def _block_html(block, pngs: dict[str, bytes]) -> str:
+    if isinstance(block, Heading):
+        level = min(block.level + 1, 6)  # the page's own h1 is the title
+        return f"<h{level}>{esc(block.text)}</h{level}>"
+    if isinstance(block, Paragraph):
+        return "".join(f"<p>{esc(line)}</p>" for line in block.text.splitlines() if line.strip())
+    if isinstance(block, Code):
+        return f"<pre>{esc(block.text)}</pre>"
+    if isinstance(block, Table):
+        return table(block.headers, block.rows)
+    if isinstance(block, FigureFile):
+        return f"<p>• {esc(block.caption)}: {esc(block.file)}</p>" + image(pngs[block.file], block.file)
+    if isinstance(block, Note):
+        return f"<p>• {esc(block.text)}</p>"
+    raise TypeError(f"not a block of an ablation report: {block!r}")
+
+
+def report_html(report: Report) -> str:
+    """An ablation's report (`report.ablation.Report`) as HTML: its headings one level down, every text escaped
+    and every figure inlined."""
+    return "".join(_block_html(block, report.pngs) for block in report.blocks)
 
 
 def ablation_section(page: PageInput) -> str:
-    """The ablation's report exactly as `jobs/ablate.py` writes it (tables, paired comparisons, times,
-    figures), built by write_report in a temporary folder and inlined."""
+    """The ablation's report as `jobs/ablate.py` writes it to report.md (tables, paired comparisons, times,
+    figures), from the same blocks."""
     ablation = page.ablation
-    with tempfile.TemporaryDirectory(prefix="corrhash-page-") as tmp:
-        files = write_report(ablation.rows, tmp, name=ablation.name, axis_names=ablation.axis_names,
-                             command=ablation.command, description=ablation.description, codes=ablation.codes)
-        markdown = files["report.md"].read_text(encoding="utf-8")
-        images = {name: path.read_bytes() for name, path in files.items() if name.endswith(".png")}
-    return _section("Ablation", markdown_html(markdown, images))
+    report = build_report(ablation.rows, name=ablation.name, axis_names=ablation.axis_names,
+                          command=ablation.command, description=ablation.description, codes=ablation.codes)
+    return _section("Ablation", report_html(report))
 
 
 # ---- the codes map ------------------------------------------------------------------------------------------
