@@ -20,9 +20,10 @@ from PIL import Image
 from badinput import job
 
 from corrhash.models import ModelConfig
+from corrhash.report.ablation import Code, FigureFile, Heading, Report, Table
 from corrhash.report.figures import TSNE, project_codes
 from corrhash.report.page import (Codes, PageInput, Trial, build_page, curves_figure, importances,
-                                  importances_figure, markdown_html, trials_figure)
+                                  importances_figure, report_html, trials_figure)
 from corrhash.ablate.driver import NODE_TAG
 from corrhash.ablate.grid import load_grid
 from corrhash.runs.local import run_local
@@ -197,13 +198,17 @@ def test_importances_rank_the_param_that_decides_the_value_first():
     assert importances(trials[:1], SPACE) == {}
 
 
-def test_ablation_markdown_becomes_escaped_tables_and_inline_images(tmp_path):
+def test_an_ablation_report_becomes_escaped_tables_and_inline_images():
     png = io.BytesIO()
     Image.new("RGB", (4, 3), "red").save(png, format="PNG")
-    markdown = ("# Ablation <x>\n\n```\npython jobs/ablate.py --grid g.yaml\n```\n\n## Test\n\n"
-                "| method | 16 bits |\n|---|---:|\n| corrsh & co | 0.5 ± 0.1 (2 seeds) |\n\n"
-                "- fig: [f.png](f.png)\n\n![f.png](f.png)\n")
-    page = markdown_html(markdown, {"f.png": png.getvalue()})
+    report = Report([Heading("Ablation <x>", 1), Code("python jobs/ablate.py --grid g.yaml"), Heading("Test", 2),
+                     Table(["method", "16 bits"], [["corrsh & co", "0.5 ± 0.1 (2 seeds)"]], [False, True]),
+                     FigureFile("f.png", "fig")], {"f.png": png.getvalue()})
+    assert report.markdown() == (
+        "# Ablation <x>\n\n```\npython jobs/ablate.py --grid g.yaml\n```\n\n## Test\n\n"
+        "| method | 16 bits |\n|---|---:|\n| corrsh & co | 0.5 ± 0.1 (2 seeds) |\n\n"
+        "- fig: [f.png](f.png)\n\n![f.png](f.png)\n")
+    page = report_html(report)
     assert "<h2>Ablation &lt;x&gt;</h2>" in page and "<pre>python jobs/ablate.py --grid g.yaml</pre>" in page
     assert "<th>method</th><th>16 bits</th>" in page and "<td>corrsh &amp; co</td>" in page
     assert "---" not in page and len(pngs(page)) == 1 and "<p>• fig: f.png</p>" in page

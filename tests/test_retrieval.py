@@ -58,6 +58,14 @@ def test_pack_is_msb_first():
     np.testing.assert_array_equal(pack_codes(bits), [[0b10000000, 0b00000001]])
 
 
+def test_unpack_reads_msb_first_and_drops_the_padding():
+    packed = np.array([[0b10100000, 0b01000000], [0b00000001, 0b11000000]], dtype=np.uint8)
+    expected = np.array([[1, 0, 1, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]], dtype=bool)
+    unpacked = unpack_codes(packed, 10)
+    assert unpacked.dtype == np.bool_ and unpacked.shape == (2, 10)
+    np.testing.assert_array_equal(unpacked, expected)
+
+
 @pytest.mark.parametrize(
     "bad",
     [np.zeros(8, dtype=bool), np.zeros((2, 0), dtype=bool), np.array([[1, -1]]), np.array([[0.5, 1.0]]), np.array([["a", "b"]])],

@@ -4,15 +4,18 @@ which one-factor differences stand out from the seed spread, time per epoch, and
 Input is one plain dict per cell (see `write_report`), so the same code reports a fresh run and rebuilds the
 report from an earlier `results.parquet`. The seed is the replicate: a configuration is everything else
 (`configs.config_keys`), and comparisons pair cells by seed, which cancels the part of the noise that a seed
-shares between two configurations (same initial weights and batch order)."""
+shares between two configurations (same initial weights and batch order).
+
+The report is data first (`build_report`: a `Report` of blocks, its tables as headers and rows of cells, and
+its PNGs), drawn twice: to markdown for report.md here (`Report.markdown`) and to HTML by `report.page`."""
 
 from __future__ import annotations
 
-import io
 import math
 import shlex
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -32,9 +35,86 @@ COLUMNS = {
     "best_epoch": pa.int64(), "epochs_run": pa.int64(), "fit_seconds": pa.float64(),
     "epoch_seconds": pa.float64(), "val_curve": pa.list_(pa.float64()), "node": pa.string(),
 }
+DPI = 110
+"""Of the report's PNG files (the page inlines them as they are)."""
 SPREAD = "larger than the seed spread"
 NO_SPREAD = "within the seed spread"
 ONE_SEED = "one seed: no verdict"
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int
+    """1 the report's title, 2 a section, 3 a table's own heading."""
+
+    def markdown(self) -> list[str]:
+        return [f"{'#' * self.level} {self.text}", ""]
+
+
+@dataclass
+class Paragraph:
+    text: str
+
+    def markdown(self) -> list[str]:
+        return [self.text, ""]
+
+
+@dataclass
+class Code:
+    text: str
+
+    def markdown(self) -> list[str]:
+        return ["```", self.text, "```", ""]
+
+
+@dataclass
+class Table:
+    """Column headers, rows of cells as shown, and which columns hold numbers (right-aligned in report.md)."""
+    headers: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+
+    def markdown(self) -> list[str]:
+        return [_pipe_row(self.headers), "|" + "".join("---:|" if n else "---|" for n in self.numeric),
+                *map(_pipe_row, self.rows), ""]
+
+
+@dataclass
+class FigureFile:
+    """One of the report's PNGs (`Report.pngs[file]`) with its caption."""
+    file: str
+    caption: str
+
+    def markdown(self) -> list[str]:
+        return [f"- {self.caption}: [{self.file}]({self.file})", "", f"![{self.file}]({self.file})", ""]
+
+
+@dataclass
+class Note:
+    """A list item after the figures: one left out or drawn differently, and why."""
+    text: str
+
+    def markdown(self) -> list[str]:
+        return [f"- {self.text}"]
+
+
+Block = Heading | Paragraph | Code | Table | FigureFile | Note
+
+
+@dataclass
+class Report:
+    """An ablation's report: its blocks in order and {file name: PNG} of its figures."""
+    blocks: list[Block]
+    pngs: dict[str, bytes]
+
+    def markdown(self) -> str:
+        """report.md."""
+        return "\n".join(line for block in self.blocks for line in block.markdown()).rstrip() + "\n"
+
+
+def _pipe_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _present(value) -> bool:
@@ -122,75 +202,75 @@ def _mean_cell(entry: dict, digits: int = 4) -> str:
     return f"{_fmt(entry['mean'], digits)} ± {_fmt(entry['std'], digits)} ({seeds})"
 
 
-def _precision_tables(summary: list[dict], axis_names: Sequence[str]) -> list[str]:
+def _precision_tables(summary: list[dict], axis_names: Sequence[str]) -> list[Block]:
     """Per dataset and per setting of the extra axes, the paper's table shape: methods by bits."""
-    lines = ["## Test precision@100", "",
-             "Mean ± sample std over seeds (n seeds). \"paper\": Zheng et al. (ACL 2020) Tables 1-3, the paper's "
-             "own setting of that method, shown wherever the paper has the dataset, method and bits.", ""]
+    blocks: list[Block] = [
+        Heading("Test precision@100", 2),
+        Paragraph("Mean ± sample std over seeds (n seeds). \"paper\": Zheng et al. (ACL 2020) Tables 1-3, the "
+                  "paper's own setting of that method, shown wherever the paper has the dataset, method and bits.")]
     tables: dict[tuple, list[dict]] = defaultdict(list)
     for entry in summary:
         tables[(entry["dataset"], *(entry[a] for a in axis_names))].append(entry)
     for (dataset, *setting), entries in tables.items():
         bits = sorted({e["bits"] for e in entries})
         title = " ".join([dataset, *(f"{a}={v}" for a, v in zip(axis_names, setting))])
-        lines += [f"### {title}", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
-                  "|---|" + "---:|" * len(bits)]
         by_method: dict[str, dict[int, dict]] = defaultdict(dict)
         for e in entries:
             by_method[e["method"]][e["bits"]] = e
+        rows = []
         for method, cells in by_method.items():
-            shown = []
+            shown = [method]
             for b in bits:
                 text = _mean_cell(cells[b]) if b in cells else ""
                 paper = paper_precision(dataset, method, b)
                 shown.append(text + (f"; paper {paper:.4f}" if paper is not None and b in cells else ""))
-            lines.append(f"| {method} | " + " | ".join(shown) + " |")
-        lines.append("")
-    return lines
+            rows.append(shown)
+        blocks += [Heading(title, 3),
+                   Table(["method", *(f"{b} bits" for b in bits)], rows, [False, *(True for _ in bits)])]
+    return blocks
 
 
-def _paired_section(pairs: list[dict], summary: list[dict], datasets: list[str]) -> list[str]:
-    lines = ["## Paired comparisons", "",
-             "Two configurations that differ in one factor (the method or one extra axis), compared seed by seed "
-             "over the seeds they share: mean and sample std of the per-seed differences b − a of test "
-             "precision@100, n seeds. \"larger than the seed spread\": |mean| > 2 · std / √n with n ≥ 2.", ""]
+def _paired_section(pairs: list[dict], summary: list[dict], datasets: list[str]) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Paired comparisons", 2),
+        Paragraph("Two configurations that differ in one factor (the method or one extra axis), compared seed by "
+                  "seed over the seeds they share: mean and sample std of the per-seed differences b − a of test "
+                  "precision@100, n seeds. \"larger than the seed spread\": |mean| > 2 · std / √n with n ≥ 2.")]
     if not pairs:
-        lines += ["No two configurations differ in one factor only and share a seed.", ""]
+        blocks.append(Paragraph("No two configurations differ in one factor only and share a seed."))
     for dataset in datasets:
         mine = [p for p in pairs if p["context"]["dataset"] == dataset]
         if not mine:
             continue
-        lines += [f"### {dataset}", "", "| shared setting | factor | a | b | mean diff (b − a) | std | n | verdict |",
-                  "|---|---|---|---|---:|---:|---:|---|"]
-        for p in mine:
-            lines.append(f"| {label(p['context'], skip=('dataset',))} | {p['factor']} | {p['a']} | {p['b']} | "
-                         f"{_fmt(p['mean'], sign='+')} | {_fmt(p['std'])} | {p['n']} | {p['verdict']} |")
-        lines.append("")
-    lines += ["### Seed spread per configuration", "", "| configuration | mean | seed std | n | seeds |",
-              "|---|---:|---:|---:|---|"]
+        rows = [[label(p["context"], skip=("dataset",)), p["factor"], f"{p['a']}", f"{p['b']}",
+                 _fmt(p["mean"], sign="+"), _fmt(p["std"]), f"{p['n']}", p["verdict"]] for p in mine]
+        blocks += [Heading(dataset, 3),
+                   Table(["shared setting", "factor", "a", "b", "mean diff (b − a)", "std", "n", "verdict"], rows,
+                         [False] * 4 + [True] * 3 + [False])]
+    rows = []
     for e in summary:
         config = {k: v for k, v in e.items() if k not in ("mean", "std", "n", "seeds")}
-        lines.append(f"| {label(config)} | {_fmt(e['mean'])} | {_fmt(e['std'])} | {e['n']} | "
-                     f"{', '.join(map(str, e['seeds']))} |")
-    return lines + [""]
+        rows.append([label(config), _fmt(e["mean"]), _fmt(e["std"]), f"{e['n']}", ", ".join(map(str, e["seeds"]))])
+    return blocks + [Heading("Seed spread per configuration", 3),
+                     Table(["configuration", "mean", "seed std", "n", "seeds"], rows, [False, True, True, True, False])]
 
 
-def _time_section(rows: list[dict], epoch: list[dict], axis_names: Sequence[str]) -> list[str]:
+def _time_section(rows: list[dict], epoch: list[dict], axis_names: Sequence[str]) -> list[Block]:
     keys = config_keys(axis_names)
     fit = {config_of(e, keys): e for e in summarise(rows, axis_names, "fit_seconds")}
     nodes: dict[tuple, set] = defaultdict(set)
     for row in rows:
         nodes[config_of(row, keys)].add(str(row["node"]))
-    lines = ["## Time", "",
-             "Seconds per epoch (mean over a cell's epochs, then mean ± sample std over seeds) and seconds of the "
-             "whole fit; \"—\" for methods without epochs. Cells on different nodes are not comparable in time.",
-             "", "| configuration | s/epoch | fit s | nodes |", "|---|---:|---:|---|"]
+    table = []
     for e in epoch:
         config = config_of(e, keys)
-        lines.append(f"| {label(dict(zip(keys, config)))} | {_mean_cell(e, 3) if e['n'] else '—'} | "
-                     f"{_mean_cell(fit[config], 1) if fit[config]['n'] else '—'} | "
-                     f"{', '.join(sorted(nodes[config]))} |")
-    return lines + [""]
+        table.append([label(dict(zip(keys, config))), _mean_cell(e, 3) if e["n"] else "—",
+                      _mean_cell(fit[config], 1) if fit[config]["n"] else "—", ", ".join(sorted(nodes[config]))])
+    return [Heading("Time", 2),
+            Paragraph("Seconds per epoch (mean over a cell's epochs, then mean ± sample std over seeds) and seconds "
+                      "of the whole fit; \"—\" for methods without epochs. Cells on different nodes are not "
+                      "comparable in time."),
+            Table(["configuration", "s/epoch", "fit s", "nodes"], table, [False, True, True, False])]
 
 
 def _check_rows(rows: list[dict], axis_names: Sequence[str], name: str) -> None:
@@ -213,15 +293,33 @@ def _parquet_bytes(rows: list[dict], axis_names: Sequence[str]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
 def read_results(path: str | Path) -> list[dict]:
     """The rows of a `results.parquet` written by write_report, as write_report takes them."""
     return pq.read_table(path).to_pylist()
+
+
+def build_report(rows: list[dict], *, name: str, axis_names: Sequence[str], command: str | Sequence[str],
+                 description: str = "", codes: dict[str, tuple] | None = None) -> Report:
+    """The report of `rows` in memory (arguments as write_report's): report.md's blocks and the PNG figures."""
+    _check_rows(rows, axis_names, name)
+    summary = summarise(rows, axis_names)
+    epoch = summarise(rows, axis_names, "epoch_seconds")
+    drawn = figures.draw_all(rows, summary, epoch, axis_names, codes)
+    datasets = datasets_of(rows)
+    tested = sum(_present(row["test_precision"]) for row in rows)
+    command_text = command if isinstance(command, str) else shlex.join(command)
+    methods = sorted({row["method"] for row in rows}, key=method_key)
+    blocks: list[Block] = [Heading(f"Ablation {name}", 1)]
+    blocks += [Paragraph(description.strip())] if description.strip() else []
+    blocks += [Paragraph("Command:"), Code(command_text),
+               Paragraph(f"{len(rows)} cells ({tested} with a test precision@100); datasets: {', '.join(datasets)}; "
+                         f"methods: {', '.join(methods)}; extra axes: {', '.join(axis_names) or 'none'}.")]
+    blocks += _precision_tables(summary, axis_names)
+    blocks += _paired_section(paired_differences(rows, axis_names), summary, datasets)
+    blocks += _time_section(rows, epoch, axis_names)
+    blocks += [Heading("Figures", 2), *(FigureFile(file, drawn.captions[file]) for file in drawn.figures),
+               *(Note(note) for note in drawn.notes)]
+    return Report(blocks, {file_name: figures.png_bytes(figure, DPI) for file_name, figure in drawn.figures.items()})
 
 
 def write_report(rows: list[dict], folder: str | Path, *, name: str, axis_names: Sequence[str],
@@ -235,31 +333,10 @@ def write_report(rows: list[dict], folder: str | Path, *, name: str, axis_names:
     `rows`: one dict per cell with the keys of COLUMNS and each name in `axis_names`; `command`: the command
     line that ran the ablation (a list is quoted with shlex.join); `codes`: {cell id: (bool codes [n, bits],
     int labels [n])} for the 2-D projection of codes (UMAP, or scikit-learn's t-SNE where umap-learn is missing)."""
-    _check_rows(rows, axis_names, name)
-    files = {"results.parquet": _parquet_bytes(rows, axis_names)}
-    summary = summarise(rows, axis_names)
-    epoch = summarise(rows, axis_names, "epoch_seconds")
-    drawn = figures.draw_all(rows, summary, epoch, axis_names, codes)
-    files.update({file_name: _png_bytes(figure) for file_name, figure in drawn.figures.items()})
-
-    datasets = datasets_of(rows)
-    tested = sum(_present(row["test_precision"]) for row in rows)
-    command_text = command if isinstance(command, str) else shlex.join(command)
-    methods = sorted({row["method"] for row in rows}, key=method_key)
-    lines = [f"# Ablation {name}", ""]
-    lines += [description.strip(), ""] if description.strip() else []
-    lines += ["Command:", "", "```", command_text, "```", "",
-              f"{len(rows)} cells ({tested} with a test precision@100); datasets: {', '.join(datasets)}; methods: "
-              f"{', '.join(methods)}; extra axes: {', '.join(axis_names) or 'none'}.", ""]
-    lines += _precision_tables(summary, axis_names)
-    lines += _paired_section(paired_differences(rows, axis_names), summary, datasets)
-    lines += _time_section(rows, epoch, axis_names)
-    lines += ["## Figures", ""]
-    for file_name in drawn.figures:
-        lines += [f"- {drawn.captions[file_name]}: [{file_name}]({file_name})", "", f"![{file_name}]({file_name})", ""]
-    lines += [f"- {note}" for note in drawn.notes]
-    files["report.md"] = ("\n".join(lines).rstrip() + "\n").encode("utf-8")
-
+    report = build_report(rows, name=name, axis_names=axis_names, command=command, description=description,
+                          codes=codes)
+    files = {"results.parquet": _parquet_bytes(rows, axis_names), **report.pngs,
+             "report.md": report.markdown().encode("utf-8")}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for file_name, data in files.items():

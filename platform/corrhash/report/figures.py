@@ -4,6 +4,7 @@ cluster nodes or in tests."""
 
 from __future__ import annotations
 
+import io
 import textwrap
 import warnings
 from collections import defaultdict
@@ -33,6 +34,13 @@ class Drawn:
         else:
             self.figures[file_name] = figure
             self.captions[file_name] = caption
+
+
+def png_bytes(figure: Figure, dpi: int) -> bytes:
+    """The figure as PNG bytes at `dpi` (report.md's files and the page's inline images)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def _panels(count: int, columns: int = 3, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Figure, list]:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,8 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
 from corrhash.atomic import atomic_write_text
-from corrhash.report.ablation import write_report
-from corrhash.report.figures import UMAP, WITHOUT_UMAP, method_title, project_codes
+from corrhash.report.ablation import Code, FigureFile, Heading, Note, Paragraph, Report, Table, build_report
+from corrhash.report.figures import UMAP, WITHOUT_UMAP, method_title, png_bytes, project_codes
 
 LOSS_TERMS = ("loss", "recon", "kl", "neighbour")  # neighbour: the -nbr models' pairwise term, where present
 CURVE_COLUMNS = ("loss", "recon", "kl", "neighbour", "kl_weight", "val_precision", "best_val_precision", "docs_per_s")
@@ -40,6 +38,8 @@ FEW_TRIALS_CAVEAT = f"n < {FEW_TRIALS}: indicative only"
 COUNT_METRIC = re.compile(r"(^|_)(epochs?|steps?|trials|bits)(_run)?$|^(num|n)_")
 """Final metrics that count something (best_epoch, epochs_run, ...): MLflow stores every metric as a float, the
 page prints these as integers (17, not 17.0000)."""
+DPI = 90
+"""Of the page's own figures (an ablation's figures come inlined at report.ablation.DPI)."""
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}
@@ -72,7 +72,7 @@ class Codes:
 
 @dataclass
 class AblationInput:
-    """What `report.ablation.write_report` takes: one row per finished cell, the extra axes, codes per cell."""
+    """What `report.ablation.build_report` takes: one row per finished cell, the extra axes, codes per cell."""
     name: str
     rows: list[dict]
     axis_names: list[str]
@@ -142,12 +142,6 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def figure_png(figure: Figure, dpi: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
 def image(png: bytes, alt: str) -> str:
     return f'<img src="{png_data_uri(png)}" alt="{esc(alt)}">'
 
@@ -210,7 +204,8 @@ def curves_section(page: PageInput) -> str:
         return _section("Learning curves", _note("No per-epoch metrics recorded (a method without epochs, or a run "
                                                  "that logged none)."))
     whose = _note(f"Curves of {page.curves_of}.") if page.curves_of else ""
-    return _section("Learning curves", whose, image(figure_png(figure), "learning curves"), curves_table(page.curves))
+    return _section("Learning curves", whose, image(png_bytes(figure, DPI), "learning curves"),
+                    curves_table(page.curves))
 
 
 # ---- a tune: trials, values against params, importances -----------------------------------------------------
@@ -368,7 +363,7 @@ def models_section(trials: list[Trial]) -> list[str]:
                                                                       if t.model == model), points[-1][2]]
                    for model, points in progress.items()), key=lambda row: -row[3])
     return ["<h3>Best val precision per model, against trials and epochs spent</h3>",
-            image(figure_png(models_figure(progress)), "best val precision per model"),
+            image(png_bytes(models_figure(progress), DPI), "best val precision per model"),
             table(["model", "trials", "epochs", "best val precision"], rows, "models, best first")]
 
 
@@ -383,14 +378,14 @@ def tune_section(page: PageInput) -> str:
     figure = trials_figure(trials, page.space)
     if figure is not None:
         parts.append("<h3>Best val precision against each searched parameter</h3>")
-        parts.append(image(figure_png(figure), "trials against parameters"))
+        parts.append(image(png_bytes(figure, DPI), "trials against parameters"))
     values = importances(trials, page.space)
     if values:
         scored = len(scored_trials(trials, page.space))
         caveat = f" ({FEW_TRIALS_CAVEAT})" if scored < FEW_TRIALS else ""
         parts.append("<h3>Parameter importances</h3>")
         parts.append(_note(f"Evaluator: {IMPORTANCE_EVALUATOR}, over {scored} trials' best val precision{caveat}."))
-        parts.append(image(figure_png(importances_figure(values, scored)), "parameter importances"))
+        parts.append(image(png_bytes(importances_figure(values, scored), DPI), "parameter importances"))
         parts.append(table(["parameter", "importance"], [[n, float(v)] for n, v in values.items()],
                            "parameter importances"))
     else:
@@ -408,53 +403,36 @@ def tune_section(page: PageInput) -> str:
 # ---- an ablation: report.ablation's own report, inlined -----------------------------------------------------
 
 
-def markdown_html(markdown: str, images: dict[str, bytes]) -> str:
-    """The markdown `report.ablation.write_report` writes (headings, paragraphs, pipe tables, code blocks,
-    list items, images) as HTML, every text escaped and every image inlined from `images` ({file: PNG})."""
-    out: list[str] = []
-    lines = markdown.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("```"):
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
-            out.append(f"<pre>{esc(chr(10).join(lines[i + 1:end]))}</pre>")
-            i = end + 1
-            continue
-        if line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            body = [r for r in block[1:] if not all(re.fullmatch(r":?-+:?", c) for c in r)]
-            out.append(table(block[0], body))
-            continue
-        picture = re.fullmatch(r"!\[([^\]]*)\]\(([^)]*)\)", line.strip())
-        heading = re.match(r"(#{1,6}) (.*)", line)
-        if picture and picture.group(2) in images:
-            out.append(image(images[picture.group(2)], picture.group(1)))
-        elif heading:
-            level = min(len(heading.group(1)) + 1, 6)  # the page's own h1 is the title
-            out.append(f"<h{level}>{esc(heading.group(2))}</h{level}>")
-        elif line.startswith("- "):
-            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line[2:])  # a link: its text (the image follows)
-            out.append(f"<p>• {esc(text)}</p>")
-        elif line.strip():
-            out.append(f"<p>{esc(line)}</p>")
-        i += 1
-    return "".join(out)
+def _block_html(block, pngs: dict[str, bytes]) -> str:
+    if isinstance(block, Heading):
+        level = min(block.level + 1, 6)  # the page's own h1 is the title
+        return f"<h{level}>{esc(block.text)}</h{level}>"
+    if isinstance(block, Paragraph):
+        return "".join(f"<p>{esc(line)}</p>" for line in block.text.splitlines() if line.strip())
+    if isinstance(block, Code):
+        return f"<pre>{esc(block.text)}</pre>"
+    if isinstance(block, Table):
+        return table(block.headers, block.rows)
+    if isinstance(block, FigureFile):
+        return f"<p>• {esc(block.caption)}: {esc(block.file)}</p>" + image(pngs[block.file], block.file)
+    if isinstance(block, Note):
+        return f"<p>• {esc(block.text)}</p>"
+    raise TypeError(f"not a block of an ablation report: {block!r}")
+
+
+def report_html(report: Report) -> str:
+    """An ablation's report (`report.ablation.Report`) as HTML: its headings one level down, every text escaped
+    and every figure inlined."""
+    return "".join(_block_html(block, report.pngs) for block in report.blocks)
 
 
 def ablation_section(page: PageInput) -> str:
-    """The ablation's report exactly as `jobs/ablate.py` writes it (tables, paired comparisons, times,
-    figures), built by write_report in a temporary folder and inlined."""
+    """The ablation's report as `jobs/ablate.py` writes it to report.md (tables, paired comparisons, times,
+    figures), from the same blocks."""
     ablation = page.ablation
-    with tempfile.TemporaryDirectory(prefix="corrhash-page-") as tmp:
-        files = write_report(ablation.rows, tmp, name=ablation.name, axis_names=ablation.axis_names,
-                             command=ablation.command, description=ablation.description, codes=ablation.codes)
-        markdown = files["report.md"].read_text(encoding="utf-8")
-        images = {name: path.read_bytes() for name, path in files.items() if name.endswith(".png")}
-    return _section("Ablation", markdown_html(markdown, images))
+    report = build_report(ablation.rows, name=ablation.name, axis_names=ablation.axis_names,
+                          command=ablation.command, description=ablation.description, codes=ablation.codes)
+    return _section("Ablation", report_html(report))
 
 
 # ---- the codes map ------------------------------------------------------------------------------------------
@@ -492,7 +470,7 @@ def codes_section(page: PageInput, sample: int) -> str:
     how = f"{method}, as the paper's Figure 2" if method == UMAP else f"{method}: {WITHOUT_UMAP}"
     caption = (f"{drawn} of {len(page.codes.bits)} test documents' {page.codes.bits.shape[1]}-bit codes, "
                f"coloured by their first label; {how}. {page.codes.source}")
-    return _section("Codes map", _note(caption), image(figure_png(figure), "2-D map of the codes"))
+    return _section("Codes map", _note(caption), image(png_bytes(figure, DPI), "2-D map of the codes"))
 
 
 # ---- the page -----------------------------------------------------------------------------------------------

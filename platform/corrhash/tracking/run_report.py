@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.report.page import CURVE_COLUMNS, Codes, PageInput, Trial
+from corrhash.retrieval.codes import unpack_codes
 from corrhash.serve.hashing import load as load_hashing_model
 from corrhash.tracking.download import missing_sqlite_store
 from corrhash.tracking.runs import ABLATION_TAG, PARENT_TAG, TRIAL_TAG, filter_value
@@ -172,8 +173,11 @@ def model_codes(client: MlflowClient, run) -> Codes:
             raise DataError("no codes map: the run has no logged model (model_uri tag) and no test_codes.npy")
     if len(packed) != len(test):
         raise DataError(f"no codes map: {len(packed)} codes for the {len(test)} test documents of {data}")
-    return Codes(bits=np.unpackbits(packed, axis=1)[:, :bits].astype(bool), labels=test.labels.argmax(axis=1),
-                 label_names=shards.label_names, source=source)
+    try:
+        unpacked = unpack_codes(packed, bits)
+    except ValueError as exc:  # model.bits and the codes' width disagree
+        raise DataError(f"no codes map: {exc}") from exc
+    return Codes(bits=unpacked, labels=test.labels.argmax(axis=1), label_names=shards.label_names, source=source)
 
 
 def page_input(client: MlflowClient, run, command: str, *, with_codes: bool = True) -> PageInput:
