@@ -1,5 +1,6 @@
 """What serving pays to import: `corrhash.serve.hashing` (every Serve replica, every `corrhash.load`) loads the
-model, its featurizer and the device CSR, not the preparation pipeline, its readers, scikit-learn, Ray or MLflow."""
+model, its featurizer and the device CSR, not the preparation pipeline, its readers, scikit-learn, Ray, MLflow
+or tyro."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def modules_after(statement: str) -> set[str]:
 def test_serving_does_not_import_preparation_sklearn_ray_or_mlflow():
     loaded = modules_after("import corrhash.serve.hashing")
     assert "corrhash.serve.hashing" in loaded and "corrhash.data.featurize" in loaded
-    heavy = {"corrhash.data.prepare", "corrhash.data.corpora", "corrhash.data.sources", "sklearn", "ray", "mlflow"}
+    heavy = {"corrhash.data.prepare", "corrhash.data.corpora", "corrhash.data.sources", "sklearn", "ray", "mlflow",
+             "tyro"}
     assert not heavy & loaded, sorted(heavy & loaded)
-    assert not {m for m in loaded if m.startswith(("sklearn.", "ray.", "mlflow.", "corrhash.data.readers"))}
+    assert not {m for m in loaded if m.startswith(("sklearn.", "ray.", "mlflow.", "tyro.", "corrhash.data.readers"))}
 
 
 def test_the_reader_does_not_import_the_raw_corpus_readers():

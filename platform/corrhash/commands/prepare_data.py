@@ -12,11 +12,58 @@ Without --raw the corpus is looked up under $CORRHASH_RAW_DIR; 20ng is otherwise
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+from tyro.constructors import PrimitiveConstructorSpec
 
 from corrhash import commands
-from corrhash.data.prepare import PrepareConfig, prepare
+from corrhash.data.featurize import TfidfRecipe
+from corrhash.data.prepare import DATASETS, PrepareConfig, prepare
 from corrhash.errors import ConfigError
+
+# On the command line the stop-word list is one flag taking no value, --no-stop-words (None: keep them).
+_NO_STOP_WORDS = PrimitiveConstructorSpec(nargs=0, metavar="", instance_from_str=lambda args: None,
+                                          is_instance=lambda value: value is None or isinstance(value, str),
+                                          str_from_instance=lambda value: [])
+
+
+def plain(flags, cls):
+    """The options as the plain `cls` they extend (dataclass equality compares classes; manifests print it)."""
+    return cls(**{f.name: getattr(flags, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class TfidfFlags(TfidfRecipe):
+    """TfidfRecipe on the command line: the stop-word list is the flag --no-stop-words."""
+
+    stop_words: Annotated[str | None, _NO_STOP_WORDS, tyro.conf.arg(name="no-stop-words",
+                                                                    help_behavior_hint="(default: english)")] = "english"
+    """Stop-word list removed before counting: scikit-learn's 'english'; --no-stop-words keeps them (None)."""
+
+
+@dataclass
+class PrepareFlags(PrepareConfig):
+    """PrepareConfig on the command line: the dataset positional, --raw taking several paths or URIs."""
+
+    dataset: Annotated[Literal[DATASETS], tyro.conf.Positional]  # type: ignore[valid-type]
+    """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
+    raw: Annotated[Path | list[Path | str] | None,
+                   tyro.conf.arg(constructor_factory=lambda: list[str] | None, metavar="PATH|URI [...]",
+                                 help_behavior_hint="(default: None)")] = None
+    """Raw archive, folder or file; text takes several files, folders of them, glob patterns or URIs (s3://,
+    gs://, file://: an object or a prefix), read in the order given as one table; default: $CORRHASH_RAW_DIR,
+    else (20ng only) download."""
+    recipe: TfidfFlags = TfidfFlags()
+    """TF-IDF recipe (vocabulary fitted on train only)"""
+
+    def config(self) -> PrepareConfig:
+        """The plain PrepareConfig (and TfidfRecipe) these flags give."""
+        config = plain(self, PrepareConfig)
+        config.recipe = plain(self.recipe, TfidfRecipe)
+        return config
 
 
 @dataclass
@@ -35,7 +82,7 @@ class WhereOptions:
 
 @dataclass
 class PrepareJob:
-    config: PrepareConfig
+    config: PrepareFlags
     """corpus and output"""
     where: WhereOptions = field(default_factory=WhereOptions)
     """where it runs (not part of the output: both give the same files)"""
@@ -43,7 +90,7 @@ class PrepareJob:
 
 def parse_args(argv: list[str] | None = None) -> tuple[PrepareConfig, WhereOptions]:
     job = commands.parse(PrepareJob, __doc__, argv, title="prepare")
-    return job.config, job.where
+    return job.config.config(), job.where
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-import tyro
-from tyro.constructors import PrimitiveConstructorSpec
 
 from corrhash.errors import DataError
 
@@ -36,12 +34,6 @@ def normalize_text(text: str) -> str:
     return unicodedata.normalize(NORMALIZATION, text.lower())
 
 
-# On the command line the stop-word list is one flag taking no value, --no-stop-words (None: keep them).
-_NO_STOP_WORDS = PrimitiveConstructorSpec(nargs=0, metavar="", instance_from_str=lambda args: None,
-                                          is_instance=lambda value: value is None or isinstance(value, str),
-                                          str_from_instance=lambda value: [])
-
-
 @dataclass(frozen=True)
 class TfidfRecipe:
     max_features: int = 10_000
@@ -50,8 +42,7 @@ class TfidfRecipe:
     """Drop terms in more than this fraction of train documents."""
     min_df: int = 3
     """Drop terms in fewer than this many train documents."""
-    stop_words: Annotated[str | None, _NO_STOP_WORDS, tyro.conf.arg(name="no-stop-words",
-                                                                    help_behavior_hint="(default: english)")] = "english"
+    stop_words: str | None = "english"
     """Stop-word list removed before counting: scikit-learn's 'english'; --no-stop-words keeps them (None)."""
     min_tokens: int = 6
     """Drop documents with fewer counted (in-vocabulary) tokens than this."""

@@ -40,13 +40,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-import tyro
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
 from corrhash.data import corpora, uri
@@ -62,13 +61,11 @@ DATASETS = ("20ng", "reuters", "tmc", "text", "mat")
 
 @dataclass
 class PrepareConfig:
-    dataset: Annotated[Literal[DATASETS], tyro.conf.Positional]  # type: ignore[valid-type]
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
     """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
     out: Path
     """Output folder (must not exist unless --overwrite); built in a temporary sibling and renamed into place."""
-    raw: Annotated[Path | list[Path | str] | None,
-                   tyro.conf.arg(constructor_factory=lambda: list[str] | None, metavar="PATH|URI [...]",
-                                 help_behavior_hint="(default: None)")] = None
+    raw: Path | list[Path | str] | None = None
     """Raw archive, folder or file; text takes several files, folders of them, glob patterns or URIs (s3://,
     gs://, file://: an object or a prefix), read in the order given as one table; default: $CORRHASH_RAW_DIR,
     else (20ng only) download."""
