@@ -27,8 +27,9 @@ import scipy.io
 
 from badinput import assert_named_error, run_job, tree
 from corrhash.data import TfidfRecipe, TfidfShards
+from corrhash.data.files import sha256_file
 from corrhash.data.prepare import PrepareConfig, prepare
-from corrhash.data.shards import manifest_checksum, sha256_file
+from corrhash.data.shards import manifest_checksum
 from corrhash.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

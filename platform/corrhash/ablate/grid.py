@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from corrhash.data import TfidfShards
-from corrhash.data.uri import is_uri
+from corrhash.data.files import is_uri
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import ModelConfig, list_models
 from corrhash.runs.spec import RunSpec

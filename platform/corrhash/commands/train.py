@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from corrhash import commands
-from corrhash.data.uri import absolute
+from corrhash.data.files import absolute
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig
 from corrhash.runs.ray_train import RayConfig

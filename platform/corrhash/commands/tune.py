@@ -29,7 +29,7 @@ from typing import Annotated
 import tyro
 
 from corrhash import commands
-from corrhash.data.uri import absolute
+from corrhash.data.files import absolute
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig
 from corrhash.runs.space import TUNABLE, model_names, model_spaces, space_params

@@ -11,21 +11,20 @@ import bz2
 import codecs
 import csv
 import gzip
-import hashlib
 import html
 import io
 import json
 import lzma
 import re
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator, Union
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
-from corrhash.data import uri
+from corrhash.data import files
+from corrhash.data.files import Location
 from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 
@@ -84,47 +83,6 @@ def decode(data: bytes, encoding: str, where: str) -> str:
         raise _undecodable(where, encoding, exc) from exc
 
 
-Location = Union[Path, str]
-"""A raw input: a local path, or a URI string (`s3://...`, `gs://...`, `file:///...`; see data/uri.py)."""
-
-
-def as_location(value: str | Path) -> Location:
-    """A URI stays a string (a Path would fold its `//`); anything else becomes a Path."""
-    return value if uri.is_uri(value) else Path(value)
-
-
-def location_name(location: Location) -> str:
-    """How messages and manifests name a location: the path, or the URI without its query."""
-    return uri.display(location) if uri.is_uri(location) else str(location)
-
-
-def _pure(location: Location) -> PurePosixPath:
-    return PurePosixPath(uri.display(location)) if uri.is_uri(location) else PurePosixPath(location)
-
-
-def open_binary(location: Location, random_access: bool = False) -> BinaryIO:
-    """A local file, or a URI's object through pyarrow.fs (streamed; `random_access` for Parquet)."""
-    if not uri.is_uri(location):
-        return open(location, "rb")
-    import pyarrow as pa
-
-    try:
-        filesystem, path = uri.filesystem(location)
-        if random_access:
-            return filesystem.open_input_file(path)
-        return filesystem.open_input_stream(path, compression=None)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise DataError(f"{location_name(location)}: cannot read ({exc})") from exc
-
-
-def sha256_location(location: Location) -> str:
-    digest = hashlib.sha256()
-    with open_binary(location) as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _DECOMPRESS: dict[str, Callable] = {".gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), ".xz": lzma.LZMAFile,
                                     ".bz2": bz2.BZ2File}
 
@@ -132,13 +90,13 @@ _DECOMPRESS: dict[str, Callable] = {".gz": lambda f: gzip.GzipFile(fileobj=f, mo
 def open_text(path: Location, encoding: str = "utf-8") -> Iterator[str]:
     """Lines of a plain, .gz, .xz or .bz2 file (a path or a URI), each decoded with `encoding` (a leading UTF-8
     BOM is dropped); an undecodable byte is a DataError naming the line."""
-    decompress = _DECOMPRESS.get(_pure(path).suffix)
+    decompress = _DECOMPRESS.get(files.pure_path(path).suffix)
     first_line_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    name = location_name(path)
+    name = files.display(path)
     try:
         # Latin-1 maps each byte to one character, so this splits lines on \n, \r\n or \r exactly as the
         # bytes lie; each line is then decoded for real, which lets an error name its line.
-        with open_binary(path) as raw:
+        with files.open_binary(path) as raw:
             binary = decompress(raw) if decompress else raw
             with io.TextIOWrapper(binary, encoding="latin-1", newline="") as handle:
                 for line_no, line in enumerate(handle, start=1):
@@ -146,32 +104,6 @@ def open_text(path: Location, encoding: str = "utf-8") -> Iterator[str]:
                     yield decode(line.encode("latin-1"), line_encoding, f"{name}, line {line_no}")
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise DataError(f"{name}: cannot read ({exc})") from exc
-
-
-def require_exists(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder ({what})")
-    return path
-
-
-def iter_archive_or_folder(root: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-    """(relative path, bytes) of the wanted files in a tar archive (any compression) or a folder."""
-    require_exists(root, "raw corpus")
-    if root.is_dir():
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            rel = path.relative_to(root).as_posix()
-            if wanted(rel):
-                yield rel, path.read_bytes()
-        return
-    try:
-        with tarfile.open(root, "r:*") as archive:
-            for member in archive:
-                if member.isfile() and wanted(member.name):
-                    handle = archive.extractfile(member)
-                    assert handle is not None
-                    yield member.name, handle.read()
-    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as exc:
-        raise DataError(f"{root}: not a readable tar archive or folder ({exc})") from exc
 
 
 # ---------------------------------------------------------------- 20 Newsgroups
@@ -293,7 +225,7 @@ def read_20ng(raw: Path, keep_boilerplate: bool = False, encoding: str = "latin-
     if release not in NG20_RELEASES:
         raise ConfigError(f"--release {release!r}: choose one of {', '.join(NG20_RELEASES)}")
     found: list[tuple[str, str, str, bytes]] = []
-    for rel, data in iter_archive_or_folder(raw, lambda name: _NG_PATH.search(name) is not None):
+    for rel, data in files.iter_archive_or_folder(raw, lambda name: _NG_PATH.search(name) is not None):
         split, group, article = _NG_PATH.search(rel).groups()
         found.append((split, group, article, data))
         if len(found) % 5000 == 0:
@@ -357,7 +289,7 @@ def read_reuters(raw: Path, top_labels: int = 20, encoding: str = "latin-1") -> 
     """Reuters-21578 SGML, ModApte split (LEWISSPLIT TRAIN/TEST with TOPICS="YES"), checked complete."""
     records = []
     documents_per_file: dict[str, int] = {}
-    for rel, data in iter_archive_or_folder(raw, lambda name: re.search(r"reut2-\d+\.sgm$", name) is not None):
+    for rel, data in files.iter_archive_or_folder(raw, lambda name: re.search(r"reut2-\d+\.sgm$", name) is not None):
         documents = _REUTERS_DOC.findall(decode(data, encoding, f"{raw}: {rel}"))
         documents_per_file[rel.rsplit("/", 1)[-1]] = len(documents)
         for attrs, body in documents:
@@ -425,7 +357,7 @@ def _read_tilde_lines(path: Path, encoding: str) -> dict[int, str]:
 def read_tmc(raw: Path, encoding: str = "latin-1") -> RawCorpus:
     """SIAM 2007 TMC folder: TrainingData*.txt, TrainCategoryMatrix.csv, TestData.txt, TestTruth.csv
     (each optionally .gz/.xz). Training documents whose text is missing are skipped and counted."""
-    require_exists(raw, "TMC folder")
+    files.require_exists(raw, "TMC folder")
     if not raw.is_dir():
         raise DataError(f"{raw}: the tmc reader takes the folder holding the TMC files")
     compressed = r"(\.gz|\.xz|\.bz2)?"
@@ -459,9 +391,9 @@ PARQUET_BATCH_ROWS = 4096
 def _parquet_rows(path: Location) -> tuple[list[str], Iterator[dict]]:
     import pyarrow.parquet as pq
 
-    name = location_name(path)
+    name = files.display(path)
     try:
-        parquet = pq.ParquetFile(open_binary(path, random_access=True))
+        parquet = pq.ParquetFile(files.open_binary(path, random_access=True))
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
@@ -479,9 +411,9 @@ def _parquet_rows(path: Location) -> tuple[list[str], Iterator[dict]]:
 
 
 def _table_rows(path: Location, encoding: str) -> tuple[list[str], Iterator[dict]]:
-    pure = _pure(path)
+    pure = files.pure_path(path)
     suffixes = "".join(pure.suffixes[-2:]).lower()
-    name = location_name(path)
+    name = files.display(path)
     if pure.suffix.lower() == ".parquet":
         return _parquet_rows(path)
     if ".jsonl" in suffixes or ".json" in suffixes:
@@ -547,11 +479,10 @@ def table_documents(path: Location, label_delimiter: str = ",", encoding: str = 
     """(whether the table has a `split` column, its rows as documents in order), read as they stream. A row
     without an `id` gets `first_index` + its row number - 1 (the rows of earlier files come first); without a
     `split` column every document is "train" until `hold_out_test` picks the test rows."""
-    name = location_name(path)
-    if not uri.is_uri(path):
-        require_exists(path, "text table")
-        if path.is_dir():
-            raise DataError(f"{path}: the text reader takes .jsonl, .csv or .parquet files, not a folder")
+    name = files.display(path)
+    files.require_exists(path, "text table")
+    if files.is_local_dir(path):
+        raise DataError(f"{path}: the text reader takes .jsonl, .csv or .parquet files, not a folder")
     columns, rows = _table_rows(path, encoding)
     missing = [c for c in ("text", "labels") if c not in columns]
     if missing:
@@ -576,18 +507,18 @@ def table_documents(path: Location, label_delimiter: str = ",", encoding: str = 
 
 
 def no_rows(path: Location) -> DataError:
-    return DataError(f"{location_name(path)}: no rows")
+    return DataError(f"{files.display(path)}: no rows")
 
 
 def repeated_ids(paths: list[Location]) -> DataError:
-    return DataError(f"{', '.join(map(location_name, paths))}: 'id' values repeat; each row needs a unique id")
+    return DataError(f"{', '.join(map(files.display, paths))}: 'id' values repeat; each row needs a unique id")
 
 
 def check_same_split_column(paths: list[Location], has_split: list[bool]) -> None:
     """Every file of a corpus has a `split` column, or none has (held-out rows are drawn over all rows)."""
     if len(set(has_split)) > 1:
-        with_split = [location_name(p) for p, has in zip(paths, has_split) if has]
-        without = [location_name(p) for p, has in zip(paths, has_split) if not has]
+        with_split = [files.display(p) for p, has in zip(paths, has_split) if has]
+        without = [files.display(p) for p, has in zip(paths, has_split) if not has]
         raise DataError(f"{without[0]}: has no 'split' column but {with_split[0]} has one; give every file of "
                         "the corpus a 'split' column, or none")
 
@@ -606,7 +537,7 @@ def read_table(raw: Location | list[Location], label_delimiter: str = ",", test_
     a `labels` column and optional `split`/`id`.
 
     Without a `split` column a seeded `test_fraction` of the rows becomes the test set."""
-    paths = [as_location(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
+    paths = [files.as_location(p) for p in (raw if isinstance(raw, (list, tuple)) else [raw])]
     documents: list[Document] = []
     has_split = []
     for path in paths:
@@ -623,6 +554,6 @@ def read_table(raw: Location | list[Location], label_delimiter: str = ",", test_
         for i in np.flatnonzero(hold_out_test(len(documents), test_fraction, seed)):
             documents[i].split = "test"
     names = sorted({label for d in documents for label in d.labels})
-    log(f"text: {len(documents)} rows, {len(names)} labels from {', '.join(_pure(p).name for p in paths)}")
+    log(f"text: {len(documents)} rows, {len(names)} labels from {', '.join(files.pure_path(p).name for p in paths)}")
     return RawCorpus("text", documents, names, paths,
                      {"split_column": has_split[0], "test_fraction": None if has_split[0] else test_fraction})

@@ -48,10 +48,11 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
-from corrhash.data import corpora, uri
+from corrhash.data import corpora
+from corrhash.data.files import Location, as_location, display, is_local_dir, is_uri, require_exists, sha256_file
 from corrhash.data.featurize import TermCounts, TfidfFeaturizer, TfidfRecipe, analyzer
-from corrhash.data.shards import (FORMAT, SPLITS, digest_split, digest_split_files, manifest_checksum, sha256_file,
-                                  split_table, write_split)
+from corrhash.data.shards import (FORMAT, SPLITS, digest_split, digest_split_files, manifest_checksum, split_table,
+                                  write_split)
 from corrhash.data.sources import resolve_raw_inputs
 from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.log import log
@@ -150,16 +151,15 @@ class PreparedSplits:
     dropped: dict
 
 
-def source_checksums(sources: list[corpora.Location]) -> dict[str, str]:
+def source_checksums(sources: list[Location]) -> dict[str, str]:
     """{file (a URI without its query): sha256} of the raw inputs, a folder's files one by one."""
     files = []
     for source in sources:
-        if not uri.is_uri(source) and source.is_dir():
+        if is_local_dir(source):
             files.extend(sorted(p for p in source.rglob("*") if p.is_file()))
         else:
             files.append(source)
-    return {corpora.location_name(p): sha256_file(p) if not uri.is_uri(p) else corpora.sha256_location(p)
-            for p in files}
+    return {display(p): sha256_file(p) for p in files}
 
 
 def label_matrix(label_lists: list[list[str]], names: list[str]) -> sp.csr_matrix:
@@ -206,20 +206,20 @@ def selections(config: PrepareConfig, kept: dict[str, int]) -> dict[str, tuple[s
     return chosen
 
 
-def no_labelled_training(source: corpora.Location) -> DataError:
-    return DataError(f"{corpora.location_name(source)}: no labelled training documents")
+def no_labelled_training(source: Location) -> DataError:
+    return DataError(f"{display(source)}: no labelled training documents")
 
 
-def empty_after_filtering(source: corpora.Location, recipe: TfidfRecipe) -> DataError:
-    return DataError(f"{corpora.location_name(source)}: corpus is empty after filtering (no train document has "
+def empty_after_filtering(source: Location, recipe: TfidfRecipe) -> DataError:
+    return DataError(f"{display(source)}: corpus is empty after filtering (no train document has "
                      f"{recipe.min_tokens}..{recipe.max_tokens} in-vocabulary tokens)")
 
 
-def check_splits(documents: dict[str, int], source: corpora.Location) -> None:
+def check_splits(documents: dict[str, int], source: Location) -> None:
     """Every split has documents once filtered, halved and sampled."""
     for split in SPLITS:
         if not documents.get(split):
-            raise DataError(f"{corpora.location_name(source)}: split {split!r} has no documents after filtering")
+            raise DataError(f"{display(source)}: split {split!r} has no documents after filtering")
 
 
 # ---------------------------------------------------------------- in this process, the corpus in memory
@@ -261,7 +261,7 @@ def read_mat(path: Path) -> PreparedSplits:
     """VDSH benchmark .mat: `train`, `test`, `cv` TF-IDF matrices and `gnd_*` 0/1 label matrices."""
     import scipy.io
 
-    corpora.require_exists(path, ".mat file")
+    require_exists(path, ".mat file")
     try:
         mat = scipy.io.loadmat(str(path))
     except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
@@ -417,10 +417,10 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def read_and_featurize(config: PrepareConfig, inputs: list[corpora.Location]) -> tuple[PreparedSplits, list, dict]:
+def read_and_featurize(config: PrepareConfig, inputs: list[Location]) -> tuple[PreparedSplits, list, dict]:
     """(prepared splits, source files, reader notes)."""
     raw = inputs[0]
-    log(f"reading {config.dataset} from {', '.join(map(corpora.location_name, inputs))}")
+    log(f"reading {config.dataset} from {', '.join(map(display, inputs))}")
     if config.dataset == "mat":
         return read_mat(raw), [raw], {}
     encoding = config.text_encoding
@@ -487,7 +487,7 @@ def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib.
     return manifest
 
 
-def build_in_process(config: PrepareConfig, inputs: list[corpora.Location], tmp: Path) -> dict:
+def build_in_process(config: PrepareConfig, inputs: list[Location], tmp: Path) -> dict:
     """Read, featurize and write everything from this process (the corpus in memory); returns the manifest."""
     prepared, sources, notes = read_and_featurize(config, inputs)
     select(prepared, config)
@@ -495,7 +495,7 @@ def build_in_process(config: PrepareConfig, inputs: list[corpora.Location], tmp:
     return write_output(tmp, prepared, config, sources, notes)
 
 
-Build = Callable[[PrepareConfig, list[corpora.Location], Path], dict]
+Build = Callable[[PrepareConfig, list[Location], Path], dict]
 """Writes shards, vocab.json and manifest.json for (config, raw input files) into a folder; returns the manifest."""
 
 
@@ -513,8 +513,8 @@ def run_prepare(config: PrepareConfig, build: Build) -> dict:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it")
     started = time.monotonic()
     inputs = resolve_raw_inputs(config.dataset, config.raw)
-    given = [corpora.as_location(p) for p in config.raw] if isinstance(config.raw, (list, tuple)) else []
-    for raw in dict.fromkeys(p for p in [*inputs, *given] if not uri.is_uri(p) and p.exists()):
+    given = [as_location(p) for p in config.raw] if isinstance(config.raw, (list, tuple)) else []
+    for raw in dict.fromkeys(p for p in [*inputs, *given] if not is_uri(p) and p.exists()):
         check_not_input(out, raw)
     check_replaceable(out, config.overwrite)
     termination = _Termination()
@@ -551,7 +551,7 @@ Map = Callable[[Callable[[dict], dict], list[dict]], Iterable[dict]]
 """`map(function, jobs)`: the results of a pass's jobs in job order; `builtins.map`, or one Ray task a job."""
 
 
-def build_in_passes(config: PrepareConfig, inputs: list[corpora.Location], tmp: Path, map: Map = map,
+def build_in_passes(config: PrepareConfig, inputs: list[Location], tmp: Path, map: Map = map,
                     executor: str = "in process") -> dict:
     """Fill `tmp` as `build_in_process` would, from a table corpus, in four passes of jobs that `map` runs (named
     `executor` in the log); returns the manifest."""
@@ -660,7 +660,7 @@ def _outcome(function: Callable[[dict], dict], what: str, job: dict) -> dict:
 class _Files:
     """What pass 1 found, over all files in order."""
 
-    paths: list[corpora.Location]
+    paths: list[Location]
     rows: list[int]
     has_split: bool
     label_names: list[str]
@@ -671,7 +671,7 @@ class _Files:
         return np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(int).tolist()
 
 
-def _scan(run: Callable, config: PrepareConfig, inputs: list[corpora.Location]) -> _Files:
+def _scan(run: Callable, config: PrepareConfig, inputs: list[Location]) -> _Files:
     jobs = [{"path": path, "label_delimiter": config.label_delimiter, "encoding": config.text_encoding}
             for path in inputs]
     results = run(scan_file, jobs, "scan")
@@ -714,7 +714,7 @@ def shard_pieces(per_file: list[int], source: str, rows: np.ndarray | None, rows
 # ---- the jobs (run wherever `map` runs them: their arguments and results are plain values)
 
 def _documents(job: dict, first_index: int = 0):
-    return corpora.table_documents(corpora.as_location(job["path"]), job["label_delimiter"], job["encoding"],
+    return corpora.table_documents(as_location(job["path"]), job["label_delimiter"], job["encoding"],
                                    first_index)
 
 
@@ -734,7 +734,7 @@ def scan_file(job: dict) -> dict:
     if rows == 0:
         raise corpora.no_rows(job["path"])
     return {"rows": rows, "has_split": has_split, "labels": sorted(labels),
-            "sources": source_checksums([corpora.as_location(job["path"])])}
+            "sources": source_checksums([as_location(job["path"])])}
 
 
 def _splits(job: dict, documents: list[corpora.Document], first_row: int) -> list[corpora.Document]:

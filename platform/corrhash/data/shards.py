@@ -6,7 +6,7 @@ sha256 of every shard file and of vocab.json, and a checksum of itself) and `DIR
 featurizer. `TfidfShards` checks all of that when it opens the files, and loads a split as CSR without
 densifying.
 
-DIR may be a URI (`s3://bucket/prefix`, `gs://...`, `hdfs://...`, `file:///...`; see data/uri.py): the
+DIR may be a URI (`s3://bucket/prefix`, `gs://...`, `hdfs://...`, `file:///...`; see data/files.py): the
 files are then read through pyarrow.fs, one shard at a time into memory (nothing is copied to disk). A
 verified shard is fetched whole (its sha256 needs every byte); unverified, only the row groups and
 columns asked for are read from the remote file.
@@ -19,15 +19,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-from pyarrow.fs import FileType
 
-from corrhash.data import uri
+from corrhash.data import files
+from corrhash.data.files import Location, sha256_file
 from corrhash.errors import DataError
 from corrhash.log import log
 
@@ -43,10 +43,6 @@ SCHEMA = pa.schema([
     ("values", pa.list_(pa.float32())),
     ("labels", pa.list_(pa.int32())),
 ])
-
-Location = Union[Path, str]
-"""A file of a shard set: a Path under a local folder, a URI string (without its query) under a URI."""
-
 
 @dataclass
 class Split:
@@ -70,14 +66,6 @@ class Split:
             return self
         rows = np.sort(np.random.default_rng(seed).choice(len(self), size=count, replace=False))
         return Split(self.name, self.features[rows], self.labels[rows], self.doc_ids[rows])
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_checksum(manifest: dict) -> str:
@@ -176,21 +164,16 @@ class TfidfShards:
 
     def __init__(self, root: str | Path, verify: bool | None = None):
         self.verify = os.environ.get(VERIFY_ENV, "1") != "0" if verify is None else verify
-        self._fs = None  # a URI's pyarrow FileSystem, and the root's path in it
-        if uri.is_uri(root):
-            self.root: Location = uri.display(root).rstrip("/")
-            try:
-                self._fs, self._fs_root = uri.filesystem(str(root))
-            except (OSError, ValueError, pa.ArrowException) as exc:
-                raise DataError(f"{self.root}: cannot open ({exc})") from exc
-        else:
-            self.root = Path(root)
-        self.manifest_path = self._at("manifest.json")
-        if not self._is_file(self.manifest_path):
+        try:
+            self.folder = files.Folder(root)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise DataError(f"{files.display(root).rstrip('/')}: cannot open ({exc})") from exc
+        self.root: Location = self.folder.root
+        self.manifest_path = self.folder.at("manifest.json")
+        if not self.folder.is_file(self.manifest_path):
             raise DataError(f"{self.manifest_path}: not found; is {self.root} the output of jobs/prepare_data.py?")
         try:
-            text = self.manifest_path.read_text() if self._fs is None else self._read(self.manifest_path).decode()
-            self.manifest = json.loads(text)
+            self.manifest = json.loads(self.folder.read_bytes(self.manifest_path).decode())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.manifest_path}: invalid JSON ({exc})") from exc
         except OSError as exc:  # found a moment ago: a permission, a dropped connection
@@ -202,43 +185,6 @@ class TfidfShards:
             if self.compute_content_hash() != self.content_hash:
                 raise DataError(f"{self.manifest_path}: content_hash {self.content_hash[:12]}… does not match the "
                                 "shards and vocab.json; the folder was changed or damaged: prepare it again")
-
-    # ---- files: a local folder through pathlib, a URI through its pyarrow FileSystem ----
-
-    def _at(self, rel: str | PurePosixPath) -> Location:
-        return self.root / rel if self._fs is None else f"{self.root}/{PurePosixPath(rel)}"
-
-    def _key(self, location: Location | str) -> Location:
-        """How the manifest's entries are keyed: absolute paths, or the URIs `_at` makes."""
-        return Path(os.path.abspath(location)) if self._fs is None else str(location)
-
-    def _fs_path(self, location: str) -> str:
-        return self._fs_root.rstrip("/") + location[len(str(self.root)):]
-
-    def _is_file(self, location: Location) -> bool:
-        if self._fs is None:
-            return location.is_file()
-        try:
-            return self._fs.get_file_info(self._fs_path(location)).type == FileType.File
-        except (OSError, pa.ArrowException) as exc:  # credentials, network, a missing bucket
-            raise DataError(f"{location}: cannot read ({exc})") from exc
-
-    def _read(self, location: Location) -> bytes:
-        """The whole file; OSError when it cannot be read."""
-        if self._fs is None:
-            return location.read_bytes()
-        try:
-            with self._fs.open_input_stream(self._fs_path(location)) as stream:
-                return stream.read()
-        except pa.ArrowException as exc:
-            raise OSError(str(exc)) from exc
-
-    def _parquet(self, location: Location, columns: list[str] | None) -> pa.Table:
-        """An unverified shard: a remote one reads only the column chunks asked for (ranged reads)."""
-        if self._fs is None:
-            return pq.read_table(pa.BufferReader(location.read_bytes()), columns=columns)
-        with self._fs.open_input_file(self._fs_path(location)) as handle:
-            return pq.ParquetFile(handle).read(columns=columns)
 
     def _check_manifest(self) -> dict[Location, dict]:
         """The manifest's shape and checksum; returns {absolute shard path or URI: its manifest entry}."""
@@ -261,16 +207,16 @@ class TfidfShards:
                         raise DataError(f"{where}: shard path {entry['path']!r} is outside {self.root}")
                     if not isinstance(entry["rows"], int):
                         raise TypeError(f"rows of {entry['path']}")
-                    entries[self._key(self._at(rel))] = entry
+                    entries[self.folder.key(self.folder.at(rel))] = entry
         except (KeyError, TypeError) as exc:
             raise DataError(f"{where}: malformed manifest ({exc} missing or of the wrong type)") from exc
         return entries
 
     def _check_vocab(self) -> None:
         """vocab.json's checksum and size; keeps it parsed as `self.vocab` (a model is saved with it)."""
-        vocab_path = self._at("vocab.json")
+        vocab_path = self.folder.at("vocab.json")
         try:
-            data = self._read(vocab_path)
+            data = self.folder.read_bytes(vocab_path)
             vocab = json.loads(data)
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{vocab_path}: cannot read the featurizer of {self.root} ({exc})") from exc
@@ -306,23 +252,24 @@ class TfidfShards:
     def shard_paths(self, name: str) -> list[Location]:
         if name not in self.manifest["splits"]:
             raise DataError(f"{self.root}: no split {name!r}; has {sorted(self.manifest['splits'])}")
-        return [self._at(entry["path"]) for entry in self.manifest["splits"][name]["shards"]]
+        return [self.folder.at(entry["path"]) for entry in self.manifest["splits"][name]["shards"]]
 
     def _read_shard(self, path: Location, columns: list[str] | None = None) -> pa.Table:
         """One shard file, its sha256 checked first (when verifying), then its schema and rows."""
-        entry = self._entries.get(self._key(path))
+        entry = self._entries.get(self.folder.key(path))
         if entry is None:
             raise DataError(f"{path}: not a shard listed in {self.manifest_path}")
         expected = entry.get("sha256")
         try:
             if self.verify and expected:
-                data = self._read(path)
+                data = self.folder.read_bytes(path)
                 if hashlib.sha256(data).hexdigest() != expected:
                     raise DataError(f"{path}: sha256 does not match {self.manifest_path}; the shard file was changed "
                                     "or damaged after prepare_data wrote it: prepare the data again")
                 table = pq.read_table(pa.BufferReader(data), columns=columns)
-            else:
-                table = self._parquet(path, columns)
+            else:  # only the column chunks asked for (ranged reads on a remote file)
+                with self.folder.open_file(path) as handle:
+                    table = pq.ParquetFile(handle).read(columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: cannot read shard ({exc})") from exc
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
@@ -367,14 +314,14 @@ class TfidfShards:
 
     def files(self, name: str, shards: list[Location] | None = None) -> list[Location]:
         """The shard files of a split (or the given ones of it, as Locations); an empty whole split is an error."""
-        paths = self.shard_paths(name) if shards is None else [Path(p) if self._fs is None else str(p) for p in shards]
+        paths = self.shard_paths(name) if shards is None else [self.folder.member(p) for p in shards]
         if shards is None and sum(e["rows"] for e in self.manifest["splits"][name]["shards"]) == 0:
             raise DataError(f"{self.manifest_path}: split {name!r} has no documents")
         return paths
 
     def rows_in(self, path: Location) -> int:
         """The rows the manifest lists for one shard file."""
-        entry = self._entries.get(self._key(path))
+        entry = self._entries.get(self.folder.key(path))
         if entry is None:
             raise DataError(f"{path}: not a shard listed in {self.manifest_path}")
         return int(entry["rows"])
@@ -382,11 +329,8 @@ class TfidfShards:
     def nonzeros_in(self, path: Location) -> int:
         """The feature values one shard file holds, from its Parquet footer alone (a ranged read on a URI)."""
         try:
-            if self._fs is None:
-                metadata = pq.read_metadata(path)
-            else:
-                with self._fs.open_input_file(self._fs_path(path)) as handle:
-                    metadata = pq.ParquetFile(handle).metadata
+            with self.folder.open_file(path) as handle:
+                metadata = pq.ParquetFile(handle).metadata
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: cannot read shard ({exc})") from exc
         column = next(i for i in range(metadata.num_columns) if metadata.schema.column(i).path.startswith("values."))
@@ -421,7 +365,7 @@ class TfidfShards:
         digest = hashlib.sha256()
         for name in SPLITS:
             digest_split([self._read_shard(path) for path in self.shard_paths(name)], digest)
-        digest.update(self._read(self._at("vocab.json")))
+        digest.update(self.folder.read_bytes(self.folder.at("vocab.json")))
         return digest.hexdigest()
 
 
@@ -432,37 +376,26 @@ def upload(folder: str | Path, target: str, overwrite: bool = False) -> TfidfSha
     Object stores have no rename, so the order makes the upload safe to read at any time: manifest.json, the file
     readers look for first, goes last (a reader sees "not found" until the set is complete), and with `overwrite` an
     old set at `target` loses its manifest first, then its files. Only a prepared set is ever overwritten."""
-    from pyarrow import fs
-
-    if uri.is_uri(folder):
-        raise DataError(f"{uri.display(folder)}: upload copies a local folder; this is a URI already")
+    if files.is_uri(folder):
+        raise DataError(f"{files.display(folder)}: upload copies a local folder; this is a URI already")
     local = TfidfShards(folder)  # a damaged folder is not spread further
-    where = uri.display(target).rstrip("/")
+    where = files.display(target).rstrip("/")
     try:
-        remote, prefix = uri.filesystem(target)
-        prefix = prefix.rstrip("/")
-        old = remote.get_file_info(f"{prefix}/manifest.json")
-        if old.type != FileType.NotFound or remote.get_file_info(fs.FileSelector(prefix, allow_not_found=True)):
+        remote = files.Folder(target)
+        if not remote.is_empty():
             try:
-                old_format = json.loads(_read_all(remote, f"{prefix}/manifest.json")).get("format")
+                old_format = json.loads(remote.read_bytes(remote.at("manifest.json"))).get("format")
             except (OSError, ValueError, AttributeError):
                 old_format = None
             if old_format != FORMAT:
                 raise DataError(f"{where}: holds files that are not a prepared shard set; choose another prefix")
             if not overwrite:
                 raise DataError(f"{where}: already holds a prepared shard set; pass overwrite=True to replace it")
-            remote.delete_file(f"{prefix}/manifest.json")
-            remote.delete_dir_contents(prefix, missing_dir_ok=True)
+            remote.remove("manifest.json")
+            remote.remove_all()
         listed = [entry["path"] for name in SPLITS for entry in local.manifest["splits"][name]["shards"]]
         for rel in ["vocab.json", *listed, "manifest.json"]:
-            with remote.open_output_stream(f"{prefix}/{rel}") as out, open(local.root / rel, "rb") as source:
-                for block in iter(lambda: source.read(1 << 22), b""):
-                    out.write(block)
+            remote.copy_in(local.root / rel, rel)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"{where}: cannot upload {local.root} there ({exc})") from exc
     return TfidfShards(target)
-
-
-def _read_all(filesystem, path: str) -> bytes:
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read()

@@ -10,9 +10,15 @@ import urllib.request
 from pathlib import Path
 
 from corrhash.atomic import atomic_open
-from corrhash.data import uri
-from corrhash.data.corpora import Location, as_location, location_name
-from corrhash.data.shards import sha256_file
+from corrhash.data.files import (
+    Location,
+    as_location,
+    display,
+    is_uri,
+    join,
+    list_uri,
+    sha256_file,
+)
 from corrhash.errors import DataError
 from corrhash.log import log
 
@@ -105,25 +111,19 @@ def is_table_file(path: Path) -> bool:
 
 def _expand_uri(entry: str) -> list[str]:
     """A URI's object, or the table files under a URI prefix (all depths, sorted)."""
-    import pyarrow as pa
-    from pyarrow.fs import FileSelector, FileType
-
-    name = uri.display(entry)
+    name = display(entry)
     try:
-        filesystem, path = uri.filesystem(entry)
-        info = filesystem.get_file_info(path)
-        if info.type == FileType.File:
-            return [entry]
-        if info.type == FileType.NotFound:
-            raise DataError(f"{name}: no such object or prefix (--raw for text)")
-        found = filesystem.get_file_info(FileSelector(path, recursive=True))
-    except (OSError, ValueError, pa.ArrowException) as exc:
+        found = list_uri(entry)
+    except FileNotFoundError:
+        raise DataError(f"{name}: no such object or prefix (--raw for text)") from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"{name}: cannot list ({exc}) (--raw for text)") from exc
-    root = path.rstrip("/")
-    files = sorted(f.path[len(root) + 1:] for f in found if f.type == FileType.File and is_table_file(Path(f.path)))
-    if not files:
+    if found is None:
+        return [entry]
+    tables = [rel for rel in found if is_table_file(Path(rel))]
+    if not tables:
         raise DataError(f"{name}: holds no {', '.join(TABLE_SUFFIXES)} file (--raw for text)")
-    return [uri.join(entry, *rel.split("/")) for rel in files]
+    return [join(entry, *rel.split("/")) for rel in tables]
 
 
 def expand_tables(raw: list[Location]) -> list[Location]:
@@ -132,9 +132,9 @@ def expand_tables(raw: list[Location]) -> list[Location]:
     object or a prefix holding table files. A file named twice is refused."""
     files: list[Location] = []
     for entry in raw:
-        if uri.is_uri(entry):
-            if glob.has_magic(uri.display(entry)):
-                raise DataError(f"{uri.display(entry)}: glob patterns work for local paths only; name the prefix")
+        if is_uri(entry):
+            if glob.has_magic(display(entry)):
+                raise DataError(f"{display(entry)}: glob patterns work for local paths only; name the prefix")
             files.extend(_expand_uri(entry))
         elif not entry.exists() and glob.has_magic(str(entry)):
             matches = sorted(Path(p) for p in glob.glob(str(entry), recursive=True) if Path(p).is_file())
@@ -152,9 +152,9 @@ def expand_tables(raw: list[Location]) -> list[Location]:
             files.append(entry)
     seen: dict = {}
     for path in files:
-        key = uri.display(path) if uri.is_uri(path) else path.resolve()
+        key = display(path) if is_uri(path) else path.resolve()
         if key in seen:
-            raise DataError(f"{location_name(path)}: named twice in --raw (also as {location_name(seen[key])}); "
+            raise DataError(f"{display(path)}: named twice in --raw (also as {display(seen[key])}); "
                             "each file is read once")
         seen[key] = path
     return files
@@ -168,7 +168,7 @@ def resolve_raw_inputs(dataset: str, raw: Location | list[Location] | None) -> l
         return expand_tables(entries)
     if len(entries) > 1:
         raise DataError(f"--raw: {dataset} takes one archive, folder or file, got {len(entries)}")
-    if entries and uri.is_uri(entries[0]):
-        raise DataError(f"{location_name(entries[0])}: {dataset} reads a local archive, folder or file; only text "
+    if entries and is_uri(entries[0]):
+        raise DataError(f"{display(entries[0])}: {dataset} reads a local archive, folder or file; only text "
                         "reads URIs")
     return [resolve_raw(dataset, entries[0] if entries else None)]

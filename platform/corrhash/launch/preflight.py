@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from corrhash.atomic import sibling_temp_dir
-from corrhash.data.uri import display, is_uri, secrets_in
+from corrhash.data.files import display, is_uri, secrets_in
 from corrhash.errors import ConfigError
 
 RUN_FILES = {"metrics.jsonl", "results.json", "model"}  # what a train run writes into --out

@@ -20,7 +20,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from corrhash.data.uri import local_path
+from corrhash.data.files import local_path
 from corrhash.errors import ConfigError, CorrhashError
 
 MARKER_PREFIX = ".corrhash-visible-"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from corrhash.data import TfidfShards
-from corrhash.data.uri import display, join
+from corrhash.data.files import display, join
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
 from corrhash.launch.connect import storage_path, user_error
