@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corrhash.data import TfidfFeaturizer, TfidfRecipe, TfidfShards, corpora
+from corrhash.data import TfidfFeaturizer, TfidfRecipe, TfidfShards
 from corrhash.data.prepare import PrepareConfig, prepare
+from corrhash.data.readers import ng20
 from corrhash.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,21 +71,21 @@ def tiny_bydate(tmp_path, monkeypatch) -> Path:
     posts = bydate_posts()
     counts = {group: tuple(sum(1 for s, g, _ in posts if g == group and s == split) for split in ("train", "test"))
               for group in WORDS}
-    monkeypatch.setattr(corpora, "NG20_BYDATE_POSTS", counts)
+    monkeypatch.setattr(ng20, "NG20_BYDATE_POSTS", counts)
     return write_tar(tmp_path / "20news-bydate.tar.gz", posts)
 
 
 def test_18828_text_keeps_from_and_subject_and_the_whole_body():
     text = post("a@b.c (A B)", "Re: orbits", "body line\n> quoted\n-- \nsig")
     expected = "From: a@b.c (A B)\nSubject: Re: orbits\n\nbody line\n> quoted\n-- \nsig\n"
-    assert corpora.release_18828_text(text) == expected
+    assert ng20.release_18828_text(text) == expected
     # A header line that only mentions From: elsewhere is not a From: line; the first From: wins.
-    assert corpora.release_18828_text("X-From: x\nFrom: y\nFrom: z\nSubject: s\n\nb") == "From: y\nSubject: s\n\nb"
+    assert ng20.release_18828_text("X-From: x\nFrom: y\nFrom: z\nSubject: s\n\nb") == "From: y\nSubject: s\n\nb"
 
 
 def test_reader_drops_reposts_and_cross_posts_and_keeps_bydate_ids(tiny_bydate):
-    bydate = corpora.read_20ng(tiny_bydate)
-    paper = corpora.read_20ng(tiny_bydate, release="18828")
+    bydate = ng20.read_20ng(tiny_bydate)
+    paper = ng20.read_20ng(tiny_bydate, release="18828")
     assert (bydate.name, paper.name) == ("20ng", "20ng-18828")
     assert len(bydate.documents) == 39 and len(paper.documents) == 37
     assert paper.notes == {"release": "18828", "posts": 37, "duplicates_dropped": {"sci.space": 2}}
@@ -136,7 +137,7 @@ def test_cli_offers_the_release(tmp_path):
 
 
 def test_real_archive_gives_the_18828_release(raw_dir):
-    paper = corpora.read_20ng(raw_dir / "20news-bydate" / "20news-bydate.tar.xz", release="18828")
+    paper = ng20.read_20ng(raw_dir / "20news-bydate" / "20news-bydate.tar.xz", release="18828")
     assert paper.notes["posts"] == len(paper.documents) == 18_825
     assert paper.notes["duplicates_dropped"] == {
         "comp.os.ms-windows.misc": 4, "comp.sys.mac.hardware": 1, "comp.windows.x": 8, "misc.forsale": 3,

@@ -26,7 +26,7 @@ def modules_after(statement: str) -> set[str]:
 def test_serving_does_not_import_preparation_sklearn_ray_or_mlflow():
     loaded = modules_after("import corrhash.serve.hashing")
     assert "corrhash.serve.hashing" in loaded and "corrhash.data.featurize" in loaded
-    heavy = {"corrhash.data.prepare", "corrhash.data.corpora", "corrhash.data.sources", "sklearn", "ray", "mlflow",
+    heavy = {"corrhash.data.prepare", "corrhash.data.readers", "corrhash.data.sources", "sklearn", "ray", "mlflow",
              "tyro"}
     assert not heavy & loaded, sorted(heavy & loaded)
     assert not {m for m in loaded if m.startswith(("sklearn.", "ray.", "mlflow.", "tyro.", "corrhash.data.readers"))}
@@ -35,4 +35,4 @@ def test_serving_does_not_import_preparation_sklearn_ray_or_mlflow():
 def test_the_reader_does_not_import_the_raw_corpus_readers():
     loaded = modules_after("from corrhash.data import TfidfShards")
     assert "corrhash.data.shards" in loaded
-    assert not {"corrhash.data.prepare", "corrhash.data.corpora", "corrhash.data.device_csr", "torch", "sklearn"} & loaded
+    assert not {"corrhash.data.prepare", "corrhash.data.readers", "corrhash.data.device_csr", "torch", "sklearn"} & loaded

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from corrhash.data import TfidfShards
-from corrhash.data.corpora import read_20ng
+from corrhash.data.readers.ng20 import read_20ng
 from corrhash.runs.finish import RESULT_KEYS
 from services import BIN, service_env, submit
 

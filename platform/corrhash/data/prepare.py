@@ -8,7 +8,7 @@ length, halve the official test set and draw the --limit sample with the same fu
 
 The passes, one job per input file (the last, one job per output shard):
 
-1. scan: parse every row (the same reader, `corpora.table_documents`, so the same checks and messages), count
+1. scan: parse every row (the same reader, `readers.table.table_documents`, so the same checks and messages), count
    rows, collect label names, checksum the file;
 2. count: document and term frequencies (`featurize.TermCounts`) of the labelled train documents; the driver
    merges them and fits the vocabulary (`TfidfFeaturizer.from_counts`, as `fit_vocabulary` does);
@@ -48,9 +48,12 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
-from corrhash.data import corpora
-from corrhash.data.files import Location, as_location, display, is_local_dir, is_uri, require_exists, sha256_file
 from corrhash.data.featurize import TermCounts, TfidfFeaturizer, TfidfRecipe, analyzer
+from corrhash.data.files import Location, as_location, display, is_local_dir, is_uri, sha256_file
+from corrhash.data.readers import (DEFAULT_ENCODING, Document, PreparedSplits, RawCorpus, check_encoding, mat, ng20,
+                                   reuters, tmc)
+from corrhash.data.readers.table import (check_same_split_column, hold_out_test, no_rows, read_table, repeated_ids,
+                                         table_documents)
 from corrhash.data.shards import (FORMAT, SPLITS, digest_split, digest_split_files, manifest_checksum, split_table,
                                   write_split)
 from corrhash.data.sources import resolve_raw_inputs
@@ -78,7 +81,7 @@ class PrepareConfig:
     """Seed for halving the official test set into val and test (and for text splits)."""
     keep_boilerplate: bool = False
     """20ng bydate: keep headers, signature footers and quoted replies."""
-    release: Literal[corpora.NG20_RELEASES] = "bydate"  # type: ignore[valid-type]
+    release: Literal[ng20.NG20_RELEASES] = "bydate"  # type: ignore[valid-type]
     """20ng: 'bydate' (the archive's 18,846 posts, boilerplate stripped), or '18828': the release the paper used,
     rebuilt from bydate (From: and Subject: lines kept, other headers dropped, duplicate posts removed, text
     otherwise whole; bydate's train/test split); its manifest names the dataset '20ng-18828'."""
@@ -105,13 +108,13 @@ class PrepareConfig:
     @property
     def text_encoding(self) -> str | None:
         """The encoding the reader uses (None for mat, which holds no text)."""
-        return self.encoding or corpora.DEFAULT_ENCODING.get(self.dataset)
+        return self.encoding or DEFAULT_ENCODING.get(self.dataset)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        if self.release not in corpora.NG20_RELEASES:
-            raise ConfigError(f"--release {self.release!r}: choose one of {', '.join(corpora.NG20_RELEASES)}")
+        if self.release not in ng20.NG20_RELEASES:
+            raise ConfigError(f"--release {self.release!r}: choose one of {', '.join(ng20.NG20_RELEASES)}")
         if self.release != "bydate" and self.dataset != "20ng":
             raise ConfigError(f"--release {self.release} applies to 20ng only, not {self.dataset}")
         if self.rows_per_shard < 1:
@@ -127,7 +130,7 @@ class PrepareConfig:
         if self.encoding is not None:
             if self.dataset == "mat":
                 raise ConfigError("--encoding does not apply to mat (a .mat file holds no text)")
-            corpora.check_encoding(self.encoding)
+            check_encoding(self.encoding)
         r = self.recipe
         if r.min_tokens > r.max_tokens:
             raise ConfigError(f"--min-tokens {r.min_tokens} exceeds --max-tokens {r.max_tokens}")
@@ -137,18 +140,6 @@ class PrepareConfig:
             raise ConfigError(f"--min-df {r.min_df}: must be >= 0")
         if r.max_features is not None and r.max_features < 1:
             raise ConfigError(f"--max-features {r.max_features}: must be >= 1")
-
-
-@dataclass
-class PreparedSplits:
-    """Features, labels and ids per split, before they are written."""
-
-    features: dict[str, sp.csr_matrix]
-    labels: dict[str, sp.csr_matrix]
-    doc_ids: dict[str, np.ndarray]
-    label_names: list[str]
-    vocab: dict
-    dropped: dict
 
 
 def source_checksums(sources: list[Location]) -> dict[str, str]:
@@ -224,11 +215,11 @@ def check_splits(documents: dict[str, int], source: Location) -> None:
 
 # ---------------------------------------------------------------- in this process, the corpus in memory
 
-def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> PreparedSplits:
+def featurize_corpus(corpus: RawCorpus, config: PrepareConfig) -> PreparedSplits:
     """The kept documents of each split, as TF-IDF (halved and sampled afterwards: `select`)."""
     recipe = config.recipe
     dropped = {"no_labels": {}, "too_short": {}, "too_long": {}}
-    by_split: dict[str, list[corpora.Document]] = {s: [] for s in SPLITS}
+    by_split: dict[str, list[Document]] = {s: [] for s in SPLITS}
     for doc in corpus.documents:
         if not doc.labels:
             dropped["no_labels"][doc.split] = dropped["no_labels"].get(doc.split, 0) + 1
@@ -255,68 +246,6 @@ def featurize_corpus(corpus: corpora.RawCorpus, config: PrepareConfig) -> Prepar
     doc_ids = {s: np.array([d.doc_id for d in docs], dtype=np.int64) for s, docs in kept_docs.items()}
     labels = {s: label_matrix([d.labels for d in docs], corpus.label_names) for s, docs in kept_docs.items()}
     return PreparedSplits(features, labels, doc_ids, corpus.label_names, featurizer.to_json(), dropped)
-
-
-def read_mat(path: Path) -> PreparedSplits:
-    """VDSH benchmark .mat: `train`, `test`, `cv` TF-IDF matrices and `gnd_*` 0/1 label matrices."""
-    import scipy.io
-
-    require_exists(path, ".mat file")
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
-        raise DataError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save with -v7") from exc
-    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError) as exc:
-        raise DataError(f"{path}: not a readable .mat file ({exc or type(exc).__name__})") from exc
-    found = sorted(k for k in mat if not k.startswith("__"))
-    missing = [k for k in ("train", "test", "cv", "gnd_train", "gnd_test", "gnd_cv") if k not in mat]
-    if missing:
-        raise DataError(f"{path}: missing variable(s) {missing}; found {found}")
-    features, labels, doc_ids, dropped = {}, {}, {}, {"no_labels": {}, "empty": {}}
-    offset = 0
-    n_labels = None
-    for key in ("train", "cv", "test", "gnd_train", "gnd_cv", "gnd_test"):
-        value = mat[key]
-        if not (sp.issparse(value) or (isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
-                                       and value.ndim == 2)):
-            kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-            raise DataError(f"{path}: variable {key!r} must be a numeric 2-D matrix, got {kind} "
-                            "(a cell, char or struct array?)")
-    for split, key in (("train", "train"), ("val", "cv"), ("test", "test")):
-        x = sp.csr_matrix(mat[key], dtype=np.float64)
-        bad = ~np.isfinite(x.data) | (x.data < 0)
-        if bad.any():  # TfidfShards refuses such rows; say so here, by row
-            row = int(np.searchsorted(x.indptr, np.argmax(bad), side="right"))
-            raise DataError(f"{path}: {key}, row {row}: value {x.data[np.argmax(bad)]} "
-                            "(TF-IDF values must be finite and >= 0)")
-        y = np.asarray(sp.csr_matrix(mat[f"gnd_{key}"]).toarray())
-        if y.shape[0] != x.shape[0]:
-            raise DataError(f"{path}: gnd_{key} has {y.shape[0]} rows but {key} has {x.shape[0]}")
-        if n_labels is not None and y.shape[1] != n_labels:
-            raise DataError(f"{path}: gnd_{key} has {y.shape[1]} label columns, gnd_train has {n_labels}")
-        n_labels = y.shape[1]
-        if not np.isin(y, (0, 1)).all():
-            raise DataError(f"{path}: gnd_{key} must hold 0/1 labels")
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-        has_labels = y.sum(axis=1) > 0
-        keep = (norms > 0) & has_labels
-        dropped["no_labels"][split] = int((~has_labels).sum())
-        dropped["empty"][split] = int(((norms == 0) & has_labels).sum())
-        x = (sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ x)[keep].astype(np.float32).tocsr()
-        x.sort_indices()
-        features[split] = x
-        labels[split] = sp.csr_matrix(y[keep].astype(bool))
-        doc_ids[split] = offset + np.flatnonzero(keep).astype(np.int64)
-        offset += len(keep)
-    n_features = features["train"].shape[1]
-    for split, x in features.items():
-        if x.shape[1] != n_features:
-            raise DataError(f"{path}: split {split} has {x.shape[1]} features, train has {n_features}")
-    names = [str(i) for i in range(n_labels)]
-    vocab = {"format": "precomputed", "terms": None, "idf": None, "n_features": n_features,
-             "note": "features came pre-computed from a .mat file; raw text cannot be featurized"}
-    log(f"mat: {', '.join(f'{s} {x.shape[0]}' for s, x in features.items())} documents, {n_features} features")
-    return PreparedSplits(features, labels, doc_ids, names, vocab, dropped)
 
 
 def select(prepared: PreparedSplits, config: PrepareConfig) -> None:
@@ -422,13 +351,13 @@ def read_and_featurize(config: PrepareConfig, inputs: list[Location]) -> tuple[P
     raw = inputs[0]
     log(f"reading {config.dataset} from {', '.join(map(display, inputs))}")
     if config.dataset == "mat":
-        return read_mat(raw), [raw], {}
+        return mat.read_mat(raw), [raw], {}
     encoding = config.text_encoding
     corpus = {
-        "20ng": lambda: corpora.read_20ng(raw, config.keep_boilerplate, encoding, config.release),
-        "reuters": lambda: corpora.read_reuters(raw, config.top_labels, encoding),
-        "tmc": lambda: corpora.read_tmc(raw, encoding),
-        "text": lambda: corpora.read_table(inputs, config.label_delimiter, config.test_fraction, config.seed, encoding),
+        "20ng": lambda: ng20.read_20ng(raw, config.keep_boilerplate, encoding, config.release),
+        "reuters": lambda: reuters.read_reuters(raw, config.top_labels, encoding),
+        "tmc": lambda: tmc.read_tmc(raw, encoding),
+        "text": lambda: read_table(inputs, config.label_delimiter, config.test_fraction, config.seed, encoding),
     }[config.dataset]()
     return featurize_corpus(corpus, config), corpus.sources, corpus.notes
 
@@ -562,7 +491,7 @@ def build_in_passes(config: PrepareConfig, inputs: list[Location], tmp: Path, ma
     holdout = None
     if not files.has_split:
         holdout = work / "holdout.npy"
-        np.save(holdout, corpora.hold_out_test(sum(files.rows), config.test_fraction, config.seed))
+        np.save(holdout, hold_out_test(sum(files.rows), config.test_fraction, config.seed))
     jobs = [{"path": path, "file": i, "first_index": first, "work": work, "holdout": holdout,
              "label_delimiter": config.label_delimiter, "encoding": config.text_encoding, "recipe": config.recipe,
              "label_names": files.label_names}
@@ -571,7 +500,7 @@ def build_in_passes(config: PrepareConfig, inputs: list[Location], tmp: Path, ma
     counted = run(count_file, jobs, "count terms")
     ids = np.concatenate([np.load(work / f"ids-{i:05d}.npy") for i in range(len(jobs))])
     if len(np.unique(ids)) != len(ids):
-        raise corpora.repeated_ids(inputs)
+        raise repeated_ids(inputs)
     del ids
     no_labels: dict[str, int] = {}
     labelled: Counter = Counter()
@@ -678,7 +607,7 @@ def _scan(run: Callable, config: PrepareConfig, inputs: list[Location]) -> _File
     has_split = []
     for result in results:
         has_split.append(result["has_split"])
-        corpora.check_same_split_column(inputs, has_split)
+        check_same_split_column(inputs, has_split)
     labels = sorted(set().union(*(result["labels"] for result in results)))
     sources = {k: v for result in results for k, v in result["sources"].items()}
     files = _Files(inputs, [r["rows"] for r in results], has_split[0], labels, sources)
@@ -714,7 +643,7 @@ def shard_pieces(per_file: list[int], source: str, rows: np.ndarray | None, rows
 # ---- the jobs (run wherever `map` runs them: their arguments and results are plain values)
 
 def _documents(job: dict, first_index: int = 0):
-    return corpora.table_documents(as_location(job["path"]), job["label_delimiter"], job["encoding"],
+    return table_documents(as_location(job["path"]), job["label_delimiter"], job["encoding"],
                                    first_index)
 
 
@@ -732,12 +661,12 @@ def scan_file(job: dict) -> dict:
         rows += 1
         labels.update(document.labels)
     if rows == 0:
-        raise corpora.no_rows(job["path"])
+        raise no_rows(job["path"])
     return {"rows": rows, "has_split": has_split, "labels": sorted(labels),
             "sources": source_checksums([as_location(job["path"])])}
 
 
-def _splits(job: dict, documents: list[corpora.Document], first_row: int) -> list[corpora.Document]:
+def _splits(job: dict, documents: list[Document], first_row: int) -> list[Document]:
     """The documents with their split, the held-out rows of a table without split column made test rows."""
     if job["holdout"]:
         held = np.load(job["holdout"], mmap_mode="r")
@@ -782,7 +711,7 @@ def featurize_file(job: dict) -> dict:
     row = 0
     try:
         for batch in _batches(documents):
-            by_split: dict[str, list[corpora.Document]] = {}
+            by_split: dict[str, list[Document]] = {}
             for document in _splits(job, batch, row):
                 if document.labels:
                     by_split.setdefault(document.split, []).append(document)
