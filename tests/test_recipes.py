@@ -1,5 +1,5 @@
 """The recipe knobs (beta, no annealing, encoder input, gradient clipping, STH's C) and the named recipes: every new
-knob at its default gives today's numbers bit for bit, and each does what it says when set."""
+knob at its default gives today's numbers (to another CPU's rounding), and each does what it says when set."""
 
 from __future__ import annotations
 
@@ -23,8 +23,13 @@ from corrhash.errors import ConfigError
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
 
 # Recorded at commit 6038be6, before the knobs existed: `fit(ModelConfig(name, bits=16, hidden=32),
-# TrainConfig(epochs=3, batch_size=40, seed=0))` on the `shards_synthetic` corpus, one torch thread; each epoch's
-# (mean loss, val precision@100). A knob at its default must not move a single bit of these.
+# TrainConfig(epochs=3, batch_size=40, seed=0))` on the `shards_synthetic` corpus, one torch thread, on an AVX2 CPU;
+# each epoch's (mean loss, val precision@100). A knob at its default must not move these beyond the rounding of
+# another CPU: float32 kernels vectorised for another instruction set sum in another order. Measured: ATen's
+# unvectorised kernels (ATEN_CPU_CAPABILITY=default) move the losses by at most 4.6e-7 relative (srbm; nash, vdsh
+# 7e-8) and no precision at all; an AVX-512 CPU moved srbm's first loss by 1.1e-7 (issue 30). The bounds below
+# are 20x that drift for the loss, and for val precision less than one of its 8,000 query-neighbour pairs.
+LOSS_RTOL, PRECISION_ATOL = 1e-5, 1e-4
 SYNTHETIC_HASH = "9f42abe20a2004aef7dacf68b38674dcd13c65888e3b822da2e55de0ee511a5d"
 BEFORE = {
     "nash": [[205.7158660888672, 0.3073964853153587], [204.8460693359375, 0.2684145569620253],
@@ -68,11 +73,16 @@ def test_every_model_of_before_is_checked():
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
-def test_new_knobs_at_their_defaults_give_the_numbers_of_before_bit_for_bit(name, splits, one_thread):
+def test_new_knobs_at_their_defaults_give_the_numbers_of_before(name, splits, one_thread):
     train, val = splits
     result = fit(ModelConfig(name=name, bits=16, hidden=32), TrainConfig(epochs=3, batch_size=40, seed=0), train,
                  val=val)
-    assert [[h.get("loss"), h.get("val_precision")] for h in result.history] == BEFORE[name]
+    got = [[h.get("loss"), h.get("val_precision")] for h in result.history]
+    assert len(got) == len(BEFORE[name]), got
+    for (loss, precision), (loss_before, precision_before) in zip(got, BEFORE[name]):
+        assert (loss is None) == (loss_before is None), got  # closed-form fits report no loss
+        assert loss is None or loss == pytest.approx(loss_before, rel=LOSS_RTOL, abs=0), got
+        assert precision == pytest.approx(precision_before, rel=0, abs=PRECISION_ATOL), got
 
 
 @pytest.mark.parametrize("model, train, expected", CELL_IDS)
