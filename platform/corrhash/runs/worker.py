@@ -1,10 +1,14 @@
 """The one worker function: a Ray Train worker and a Tune trial run the same code.
 
 Each rank reads only its share of the train shard files (`paths[rank::world]`; a trial is rank 0
-of 1), keeps it on its device for all epochs (or streams it from the files, `data/stream.py`), and takes as many steps per epoch as the rank with
-the largest share (DDP needs matching collectives). The per-rank batch is ceil(batch / world), so
-the global batch and the optimisation are the same for any number of workers. Every epoch is a
-checkpoint (`train/checkpoint.py`) reported through the session; MLflow is the driver's business.
+of 1) and keeps it on its device for all epochs (or streams it from the files, `data/stream.py`).
+A rank's batch is its share's part of the global batch (`rank_batches`), so every rank passes over
+its share in about the steps one worker takes over the whole split, and the gradients are averaged
+weighted by batch (`share_weighted_mean`): the global batch, the steps per epoch and how often each
+document is seen are one worker's for any number of workers, also when the shard files do not
+split evenly (3 files on 2 workers). All ranks take the same number of steps (DDP needs matching
+collectives). Every epoch is a checkpoint (`train/checkpoint.py`) reported through the session;
+MLflow is the driver's business.
 """
 
 from __future__ import annotations
@@ -34,14 +38,14 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     device = session.device(spec.train.device)
     if device.type == "cpu":
         torch.set_num_threads(spec.threads)
-    train_config = replace(spec.train, device=str(device), batch_size=max(1, math.ceil(spec.train.batch_size / world)))
-
     shards = TfidfShards(spec.data)
     paths = shards.shard_paths("train")
-    share = open_split(shards, "train", train_config.stream, train_config.stream_buffer, paths[rank::world])
     rows_per_rank = [sum(e["rows"] for e in shards.manifest["splits"]["train"]["shards"][r::world])
                      for r in range(world)]
-    steps = math.ceil(max(rows_per_rank) / train_config.batch_size)
+    batches = rank_batches(spec.train.batch_size, rows_per_rank)
+    train_config = replace(spec.train, device=str(device), batch_size=batches[rank])
+    share = open_split(shards, "train", train_config.stream, train_config.stream_buffer, paths[rank::world])
+    steps = max(math.ceil(rows / batch) for rows, batch in zip(rows_per_rank, batches))
     val = open_split(shards, "val", train_config.stream, train_config.stream_buffer) if rank == 0 else None
     shares = None
     if world > 1:
@@ -74,7 +78,10 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     if world > 1 and state.model.trainable:
         def wrap(model):
             ids = [device.index] if device.type == "cuda" else None
-            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            if len(set(batches)) > 1:  # equal batches: DDP's own mean is the same weighting
+                ddp.register_comm_hook(None, share_weighted_mean(batches[rank] / sum(batches)))
+            return ddp
     # A closed-form fit (SpH, STH) needs the whole train split, not a share: every rank fits the same model
     # from the same seed, and the evaluator still gathers the shares' codes as the database.
     fit_rows = shards.split("train") if world > 1 and not state.model.trainable else share
@@ -83,6 +90,29 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     neighbours = neighbour_source(shards, spec.model, share, paths[rank::world] if world > 1 else None)
     fit(spec.model, train_config, fit_rows, evaluator=evaluator, on_epoch=on_epoch, state=state, wrap_model=wrap,
         batches_per_epoch=steps, neighbours=neighbours)
+
+
+def rank_batches(batch_size: int, rows_per_rank: list[int]) -> list[int]:
+    """Each rank's batch: its rows' part of the global `batch_size`, at least 1. Equal shares give
+    ceil(batch / world) each; shares of 1000 and 500 rows with a batch of 20 give 14 and 7, so both ranks pass
+    over their share in 72 steps (one worker: 75), where equal batches of 10 took 100 steps an epoch and saw the
+    smaller share's documents twice."""
+    total = max(sum(rows_per_rank), 1)
+    return [max(1, math.ceil(batch_size * rows / total)) for rows in rows_per_rank]
+
+
+def share_weighted_mean(weight: float):
+    """A DDP communication hook: the all-reduced gradient is the sum of each rank's gradient times `weight` (its
+    batch's part of the global batch) instead of DDP's plain mean, so that a document counts the same on every
+    rank when batches differ in size. The documented default hook with `div_(world)` replaced."""
+    import torch.distributed as dist
+
+    def hook(process_group, bucket):
+        tensor = bucket.buffer().mul_(weight)
+        group = process_group if process_group is not None else dist.group.WORLD
+        return dist.all_reduce(tensor, group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+    return hook
 
 
 def train_loop(config: dict) -> None:
