@@ -19,12 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Under `pytest -n 2 --dist loadgroup` (make test) every test that starts a Ray head or an MLflow server runs
-    on one worker, one after another, against the one session-shared head: two heads on two cores would each
-    claim both CPUs, and the tests' deadlines assume they have them. The other worker takes everything else."""
+    """Under `pytest -n 3 --dist loadgroup` (make test) the tests that start services run in two lanes, each on one
+    xdist worker, one test after another, mostly waiting on start-ups, jobs and polls:
+    - "services": the `cluster`-marked tests on the session's shared Ray head and MLflow server;
+    - "runtimes": the `ray`-marked tests, which start a Ray runtime of their own (`local.sh`, a multi-node head, an
+      embedded `ray.init`, a job process without --address) and never the shared head.
+    At most two Ray runtimes run at once, each sized for the tests' 2 CPUs. The third worker (the CPU lane) takes
+    everything else, and a lane that ends early takes CPU tests too. Both service lanes go first in the run's
+    order, so that the longest lanes start at once."""
     for item in items:
-        if item.get_closest_marker("cluster"):
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("runtimes"))
+        elif item.get_closest_marker("cluster"):
             item.add_marker(pytest.mark.xdist_group("services"))
+    items.sort(key=lambda item: not any(m.name == "xdist_group" for m in item.iter_markers()))
 
 
 # The synthetic corpus is the benchmarks' own generator's (bench/synthetic.py), under the names the tests use.
@@ -77,23 +85,33 @@ def shards_reuters(raw_dir: Path, tmp_path_factory) -> Path:
         dataset="reuters", raw=raw_dir / "reuters21578" / "reuters21578.tar.xz", out=out))
 
 
+# The training tests' vocabulary: the 3,000 most frequent terms, not the default 10,000. The decoder's softmax costs
+# batch x vocabulary per step, so every training on these shards (the quality floor, the cluster and tune tests)
+# runs ~3x fewer operations per step; each assertion's margin on them is measured and stated where it is made.
+SMALL_VOCABULARY = 3000
+
+
 @pytest.fixture(scope="session")
 def shards_20ng_small(raw_dir: Path, tmp_path_factory) -> Path:
-    """Real 20ng, full vocabulary, a seeded sample of 1500 documents per split: for training tests."""
+    """Real 20ng, a seeded sample of 1500 documents per split, its 3,000 most frequent terms: for training tests."""
     return prepared_once(tmp_path_factory, "20ng-small", lambda out: PrepareConfig(
         dataset="20ng", raw=raw_dir / "20news-bydate" / "20news-bydate.tar.xz", out=out,
+        recipe=TfidfRecipe(max_features=SMALL_VOCABULARY),
         limit=1500, rows_per_shard=500))  # 3 train shard files: 2 workers get a share each
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def mlflow_server(tmp_path_factory) -> str:
+    """A real MLflow server on loopback (SQLite + a local artifacts folder) for the session: its URI."""
+    process, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, mlflow_server):
+    """The session's shared Ray head (single-node mode, token auth) and the MLflow server its jobs log to."""
     workdir = tmp_path_factory.mktemp("cluster")
-    mlflow_process, mlflow_uri = start_mlflow_server(workdir)
-    try:
-        head = start_ray_head(workdir)
-    except BaseException:
-        stop(mlflow_process)
-        raise
-    yield {"head": head, "mlflow": mlflow_uri, "workdir": workdir}
+    head = start_ray_head(workdir)
+    yield {"head": head, "mlflow": mlflow_server, "workdir": workdir}
     stop(head.process, timeout=60)
-    stop(mlflow_process)

@@ -165,3 +165,20 @@ def submit(cluster: dict, args: list[str], wait: bool = True, timeout: float = 4
         if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
             return done
         time.sleep(3)
+
+
+def driver_command(cluster: dict, args: list[str], job: str = "jobs/train.py") -> list[str]:
+    """`python JOB ARGS` as a driver connected to the test cluster with --address (no `ray job submit`: no CLI
+    start-up, upload or job supervisor), logging to the cluster's MLflow server."""
+    return [sys.executable, job, *args, "--address", cluster["head"].gcs, "--mlflow-uri", cluster["mlflow"]]
+
+
+def driver_env(cluster: dict) -> dict:
+    return dict(cluster["head"].client_env(), OMP_NUM_THREADS="1")
+
+
+def drive(cluster: dict, args: list[str], job: str = "jobs/train.py", timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a job's driver against the test cluster to its end. `submit` stays where the submit path itself is under
+    test (the README recipe, lineage and the runtime env, the lost worker, the team credentials, the ablation)."""
+    return subprocess.run(driver_command(cluster, args, job), cwd=REPO, env=driver_env(cluster), capture_output=True,
+                          text=True, timeout=timeout)

@@ -86,12 +86,13 @@ def cell_runs(client: MlflowClient, name: str) -> list:
 
 
 @pytest.mark.cluster
-def test_ablation_across_two_nodes_survives_a_lost_node(cluster, shards_synthetic, tmp_path):
+@pytest.mark.ray
+def test_ablation_across_two_nodes_survives_a_lost_node(mlflow_server, shards_synthetic, tmp_path):
     """Its own head, in Ray's multi-node mode (the shared head is single-node: nothing can join it), with 1 CPU; the
-    second node has 1 CPU too; the shared MLflow server records."""
+    second node has 1 CPU too; the session's MLflow server records."""
     head = start_ray_head(tmp_path, num_cpus=1, multi_node=True)
     try:
-        _two_node_ablation(head, {**cluster, "head": head}, shards_synthetic, tmp_path)
+        _two_node_ablation(head, {"head": head, "mlflow": mlflow_server}, shards_synthetic, tmp_path)
     finally:
         stop(head.process, timeout=60)
 

@@ -265,6 +265,7 @@ def assert_error_line(status: int, stderr: str, *names: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_failures_exit_2_and_mark_runs_failed(data, tmp_path, capsys):
     """One embedded Ray for the cases only Ray can show: a Train worker and a Tune trial that hit a
     damaged shard, and a trial no node can hold (it used to wait PENDING forever)."""

@@ -193,6 +193,7 @@ def same_files(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("name", ["synth", "capped", "parquet", "no_split", "uri", "limit"])
 def test_ray_data_preparation_equals_one_process(on_ray, name):
     base, cases, results, _ = on_ray
@@ -211,6 +212,7 @@ def test_ray_data_preparation_equals_one_process(on_ray, name):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_job_option_ray_writes_the_same_folder(on_ray):
     base, cases, results, stderr = on_ray
     assert results["cli"] == {"exit": 0}
@@ -219,6 +221,7 @@ def test_job_option_ray_writes_the_same_folder(on_ray):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("name", ["dup", "bad"])
 def test_ray_data_preparation_fails_as_one_process(on_ray, name):
     base, cases, results, _ = on_ray

@@ -114,6 +114,7 @@ def copy_checkout(target: Path, data: Path) -> Path:
     return target
 
 
+@pytest.mark.ray
 def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_recipe(tmp_path, shards_synthetic):
     checkout = copy_checkout(tmp_path / "checkout", shards_synthetic)
     state = checkout / ".cluster"
@@ -230,6 +231,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.ray
 def test_embedded_ray_is_token_protected_loopback_only_with_a_private_token(tmp_path):
     env = dict(service_env(), HOME=str(tmp_path))  # Ray's default token file is ~/.ray/auth_token
     del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]

@@ -160,6 +160,7 @@ def test_a_tune_with_concurrent_trials_logs_every_point(cluster, team, shards_sy
 JOB = "from mlflow.tracking import MlflowClient; MlflowClient().create_experiment('from-local-sh')"
 
 
+@pytest.mark.ray
 def test_local_sh_start_postgres_brings_up_the_team_setup(shards_synthetic, tmp_path):
     missing = postgres_missing()
     if missing:

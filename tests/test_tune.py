@@ -1,4 +1,6 @@
-"""`ray job submit -- python jobs/tune.py` on a real cluster: trials, the registry, the champion, search."""
+"""jobs/tune.py on a real cluster: trials, the registry, the champion, search. The first search goes through `ray job
+submit`, as the README does; the others are drivers connected with --address (tests/services.drive), which cost
+no CLI start-up, upload or job supervisor."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from corrhash.data import TfidfShards
 from corrhash.data.readers.ng20 import read_20ng
 from corrhash.runs.finish import RESULT_KEYS
-from services import BIN, service_env, submit
+from services import drive, driver_command, driver_env, service_env, submit
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "corrhash-20ng-32b"
@@ -94,9 +96,8 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
     assert [json.loads(line) for line in again.stdout.splitlines()] == answers
 
     # A second tune that cannot learn (lr fixed near 0) registers a version but leaves the champion.
-    done = submit(cluster, ["--data", str(shards_20ng_small), *LEARNS, "--num-samples", "1", "--name", "tune-b",
-                            "--storage", str(tmp_path / "tune"), "--space", "lr=1e-9"], job="jobs/tune.py",
-                  timeout=600)
+    done = drive(cluster, ["--data", str(shards_20ng_small), *LEARNS, "--num-samples", "1", "--name", "tune-b",
+                           "--storage", str(tmp_path / "tune"), "--space", "lr=1e-9"], job="jobs/tune.py")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     versions = client.search_model_versions(f"name = '{NAME}'")
@@ -109,8 +110,9 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
     client = MlflowClient(cluster["mlflow"])
     args = ["--data", str(shards_20ng_small), "--bits", "16", "--hidden", "64", "--epochs", "4", "--num-samples", "4",
             "--max-concurrent", "1", "--grace-period", "4", "--name", "tune-resume", "--storage", str(tmp_path / "t")]
-    done = submit(cluster, args, wait=False, job="jobs/tune.py")
-    job_id = next(word.strip("'") for word in done.stdout.split() if word.strip("'").startswith("raysubmit_"))
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(driver_command(cluster, args, "jobs/tune.py"), cwd=REPO, env=driver_env(cluster),
+                              stdout=log, stderr=subprocess.STDOUT)
 
     def completed() -> list:  # trials that reported all 4 epochs
         return [r for r in children() if len(client.get_metric_history(r.info.run_id, "val_precision")) == 4]
@@ -127,19 +129,26 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
 
     import time
     deadline = time.monotonic() + 300
-    while len(completed()) < 2:
-        assert time.monotonic() < deadline, "two trials never finished"
-        time.sleep(0.5)
-    time.sleep(3)  # let Tune snapshot its state (every second, see jobs/tune.py)
-    subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster["head"].dashboard, job_id],
-                   env=cluster["head"].client_env(), capture_output=True, timeout=120)
+    try:
+        while len(completed()) < 2:
+            assert time.monotonic() < deadline, "two trials never finished"
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-5000:]
+            time.sleep(0.5)
+        time.sleep(3)  # let Tune snapshot its state (every second, see jobs/tune.py)
+        driver.terminate()  # what `ray job stop` sends a job's driver first
+        assert driver.wait(timeout=120) == 143, (tmp_path / "driver.log").read_text()[-5000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        log.close()
     first = {r.data.tags["corrhash.trial"] for r in completed()}
     stopped = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
                                  "tags.`corrhash.job` = 'tune-resume'")[0]
     assert stopped.info.status == "KILLED"  # no run is left RUNNING by a stopped job
     assert all(r.info.status != "RUNNING" for r in children())
 
-    done = submit(cluster, args, job="jobs/tune.py", timeout=600)
+    done = drive(cluster, args, job="jobs/tune.py")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     assert "resuming from" in done.stdout + done.stderr
     final = children()
@@ -156,11 +165,10 @@ def test_search_across_two_models_records_each_and_registers_the_better(cluster,
     """`--models nash,sth`: one conditional study on the shared head; every child run says which model it trained
     and with which values, the parent each model's best, and the registered version is the better model's."""
     client = MlflowClient(cluster["mlflow"])
-    done = submit(cluster, ["--data", str(shards_synthetic), "--models", "nash,sth", "--bits", "12", "--hidden", "32",
-                            "--batch-size", "20", "--num-samples", "4", "--max-epochs", "4", "--grace-period", "2",
-                            "--cpus-per-trial", "1", "--max-concurrent", "2", "--name", "tune-multi",
-                            "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")],
-                  job="jobs/tune.py", timeout=600)
+    done = drive(cluster, ["--data", str(shards_synthetic), "--models", "nash,sth", "--bits", "12", "--hidden", "32",
+                           "--batch-size", "20", "--num-samples", "4", "--max-epochs", "4", "--grace-period", "2",
+                           "--cpus-per-trial", "1", "--max-concurrent", "2", "--name", "tune-multi",
+                           "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")], job="jobs/tune.py")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     parent = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
                                 filter_string="tags.`corrhash.job` = 'tune-multi'")[0]
@@ -194,11 +202,11 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
     fresh copy of the shards. Ray folds log lines repeated across workers into one "[repeated Nx ...]" line, so
     a second build would show as a repeat of the building line."""
     data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
-    done = submit(cluster, ["--data", str(data), "--model", "nash-nbr", "--neighbours", "6", "--graph", "knn",
-                            "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
-                            "--max-epochs", "2", "--grace-period", "2", "--cpus-per-trial", "1", "--max-concurrent", "2",
-                            "--name", "tune-nbr", "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")],
-                  job="jobs/tune.py", timeout=600)
+    done = drive(cluster, ["--data", str(data), "--model", "nash-nbr", "--neighbours", "6", "--graph", "knn",
+                           "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
+                           "--max-epochs", "2", "--grace-period", "2", "--cpus-per-trial", "1", "--max-concurrent", "2",
+                           "--name", "tune-nbr", "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")],
+                 job="jobs/tune.py")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     building = [line for line in output.splitlines() if "document graph: building" in line]

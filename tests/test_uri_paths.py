@@ -250,6 +250,7 @@ def wait_for_nodes(head, count: int, node: subprocess.Popen, timeout: float = 90
 
 
 @pytest.mark.cluster
+@pytest.mark.ray
 def test_a_folder_one_node_cannot_see_is_refused(shards_synthetic, tmp_path):
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
         pytest.skip("needs root, unshare(1) and nsenter(1) to give the second node its own view of a folder")
@@ -363,6 +364,7 @@ print("RESULT " + json.dumps({"data": results["data"], "content_hash": results["
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_train_reads_data_from_and_checkpoints_to_s3(s3, shards_synthetic, tmp_path):
     """Data and --storage both s3:// URIs: two Ray Train workers each stream their share of the train shards from the
     bucket, and the checkpoints land in it (Ray gets the storage URI unchanged)."""
@@ -387,6 +389,7 @@ def test_ray_train_reads_data_from_and_checkpoints_to_s3(s3, shards_synthetic, t
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_tune_on_s3_storage_resumes_from_it(s3, shards_synthetic, tmp_path):
     """The search's state lives under --storage s3://...; running the same name again restores it from the bucket."""
     from services import service_env
