@@ -19,7 +19,10 @@ TOKEN=$DIR/auth_token
 # Every Ray process and client reads the token from this file; it never appears in argv, output or logs.
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's single-node mode: it keeps the node address on 127.0.0.1,
 # where Ray on Linux would rewrite it to the LAN address and bind its agents and proxy there.
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow 3.17's server otherwise forks ~10 idle huey job consumers
+# (~230 MB each, polling), for GenAI jobs corrhash never submits.
 export PATH="$VENV_BIN:$PATH" RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true \
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 unset RAY_AUTH_TOKEN RAY_ADDRESS  # a token or cluster from the caller's shell must not win over ours
 

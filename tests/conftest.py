@@ -16,6 +16,14 @@ from services import start_mlflow_server, start_ray_head, stop
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One compute thread per xdist worker, and for the processes it starts (jobs, drivers, benchmarks): three
+    # workers on two cores each running torch's default of one thread per core spin-wait on each other's cores.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):

@@ -71,6 +71,8 @@ def service_env(token_path: Path | None = None, multi_node: bool = False) -> dic
     # The venv first on PATH: `ray job submit -- python ...` resolves python from the head's PATH.
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
                MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="token",
+               # An MLflow server without its ~10 idle huey job consumers (cluster/local.sh says why).
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                # Ray's single-node mode: the node address, agents and client proxy stay on 127.0.0.1.
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if multi_node else "0")
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):

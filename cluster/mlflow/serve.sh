@@ -122,8 +122,10 @@ case "${1:-}" in
     # busy host takes longer, and would be killed and restarted in a loop.
     # Secrets reach the server through its environment (readable only by its user and root), never argv.
     # An empty MLFLOW_AUTH_ADMIN_PASSWORD is ignored once the admin exists; before, MLflow refuses to start.
+    # No huey job runner (~10 idle consumers of ~230 MB each) unless asked for: corrhash submits no server jobs.
     MLFLOW_AUTH_CONFIG_PATH=$DIR/basic_auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$password \
     MLFLOW_FLASK_SERVER_SECRET_KEY=$MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_DISABLE_TELEMETRY=true \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
       setsid "$MLFLOW" server --app-name basic-auth --backend-store-uri "$db" --serve-artifacts \
       --artifacts-destination "$artifacts" --host "$HOST" --port "$PORT" \
       --workers "${CORRHASH_MLFLOW_WORKERS:-4}" "${allowed[@]}" \
