@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -79,8 +80,14 @@ def http_status(url: str, headers: dict | None = None, body: dict | None = None)
         return error.code
 
 
-def assert_loopback_only(pids: list[int], expected_ports: set[int]) -> None:
+def assert_loopback_only(pids: list[int], expected_ports: set[int], timeout: float = 60) -> None:
+    # A script's start returns when its services answer; on a loaded machine an agent (Ray's dashboard agent) may
+    # bind its port a little later: the expected ports are waited for, not assumed, before the table is judged.
+    deadline = time.monotonic() + timeout
     found = listeners_of(pids)
+    while not expected_ports <= {port for _, port in found} and time.monotonic() < deadline:
+        time.sleep(1)
+        found = listeners_of(pids)
     assert expected_ports <= {port for _, port in found}, (expected_ports, found)  # the table was read right
     exposed = {(ip, port) for ip, port in found if not ipaddress.ip_address(ip).is_loopback}
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
