@@ -50,6 +50,7 @@ def test_rank_batches_split_the_global_batch_by_share():
     assert rank_batches(3, [1000, 1]) == [3, 1]  # never an empty batch
 
 
+@pytest.mark.slow  # two spawned processes importing torch and corrhash: ~16 s on 2 busy cores
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_unequal_ranks_take_one_workers_gradient(tmp_path):
     batches = [14, 7]
