@@ -93,9 +93,9 @@ def shards_reuters(raw_dir: Path, tmp_path_factory) -> Path:
         dataset="reuters", raw=raw_dir / "reuters21578" / "reuters21578.tar.xz", out=out))
 
 
-# The training tests' vocabulary: the 3,000 most frequent terms, not the default 10,000. The decoder's softmax costs
-# batch x vocabulary per step, so every training on these shards (the quality floor, the cluster and tune tests)
-# runs ~3x fewer operations per step; each assertion's margin on them is measured and stated where it is made.
+# The training tests' vocabulary: the 3,000 most frequent terms, not the default 10,000. Measured (issue 30): a
+# quality-floor training is only ~10% faster (nash 25.6 s vs ~28 s), but every method clears the floor by a wider
+# margin (on 10,000 terms corrsh-mixture-nbr fell below it); each assertion's margin is stated where it is made.
 SMALL_VOCABULARY = 3000
 
 
