@@ -63,10 +63,13 @@ start_team_mlflow() {
     (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(24), end="")' > "$ADMIN_PASSWORD")
   settings=$(CORRHASH_PG_DIR=$DIR/postgres bash cluster/mlflow/postgres.sh start) || return 1
   eval "$settings"  # CORRHASH_MLFLOW_DB_URI, CORRHASH_MLFLOW_AUTH_DB_URI, PGPASSFILE: shell-quoted, no secrets
+  # One MLflow worker, as without --postgres: one machine's jobs (serve.sh's 4 are for a team's); each worker
+  # is a process of ~5 CPU-seconds to start and ~200 MB. CORRHASH_MLFLOW_WORKERS overrides it.
   CORRHASH_MLFLOW_DB_URI=$CORRHASH_MLFLOW_DB_URI CORRHASH_MLFLOW_AUTH_DB_URI=$CORRHASH_MLFLOW_AUTH_DB_URI \
     PGPASSFILE=$PGPASSFILE CORRHASH_MLFLOW_DIR=$DIR/mlflow CORRHASH_MLFLOW_ARTIFACTS=$DIR/mlartifacts \
     CORRHASH_MLFLOW_HOST=127.0.0.1 CORRHASH_MLFLOW_PORT=$MLFLOW_PORT CORRHASH_MLFLOW_ADMIN_USERNAME=admin \
     CORRHASH_MLFLOW_ADMIN_PASSWORD_FILE=$ADMIN_PASSWORD MLFLOW=$VENV_BIN/mlflow \
+    CORRHASH_MLFLOW_WORKERS=${CORRHASH_MLFLOW_WORKERS:-1} \
     bash cluster/mlflow/serve.sh start > /dev/null || return 1
   export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT MLFLOW_TRACKING_USERNAME=admin
   MLFLOW_TRACKING_PASSWORD=$(cat "$ADMIN_PASSWORD")

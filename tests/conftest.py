@@ -12,7 +12,7 @@ from filelock import FileLock
 from bench.synthetic import TOPIC_CORPUS_SPLITS, TOPIC_CORPUS_TOPICS, write_topic_corpus
 from corrhash.data import TfidfRecipe
 from corrhash.data.prepare import PrepareConfig, prepare
-from services import start_mlflow_server, start_ray_head, stop
+from services import start_mlflow_server, start_ray_head, start_s3, stop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,18 @@ def pytest_collection_modifyitems(items):
         elif item.get_closest_marker("cluster"):
             item.add_marker(pytest.mark.xdist_group("services"))
     items.sort(key=lambda item: not any(m.name == "xdist_group" for m in item.iter_markers()))
+
+
+@pytest.fixture(autouse=True)
+def builtin_print_restored():
+    """Each test leaves `print` as it found it: an in-process ray.init (Ray Data's progress bars, tqdm_ray) replaces
+    it, and numba, compiling pynndescent's or UMAP's kernels in a later test on the same xdist worker, cannot type
+    a replaced print (seen: test_graph failing after test_bad_input_train's embedded Ray)."""
+    import builtins
+
+    saved = builtins.print
+    yield
+    builtins.print = saved
 
 
 # The synthetic corpus is the benchmarks' own generator's (bench/synthetic.py), under the names the tests use.
@@ -117,9 +129,37 @@ def mlflow_server(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory, mlflow_server):
-    """The session's shared Ray head (single-node mode, token auth) and the MLflow server its jobs log to."""
+def s3_service(tmp_path_factory):
+    """A real S3 endpoint (moto's server) on loopback for the session, or None without moto (the "test" extra)."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    service = start_s3(tmp_path_factory.mktemp("moto"))
+    yield service
+    stop(service.process)
+
+
+BUCKET = "corrhash-test"
+
+
+@pytest.fixture
+def s3(s3_service, monkeypatch):
+    """The session's S3 endpoint with bucket BUCKET, its keys in this test's environment (pyarrow reads them)."""
+    if s3_service is None:
+        pytest.skip('needs moto[server] (the "test" extra)')
+    for name, value in s3_service.env.items():
+        monkeypatch.setenv(name, value)
+    s3_service.filesystem().create_dir(BUCKET)
+    return s3_service
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, mlflow_server, s3_service):
+    """The session's shared Ray head (single-node mode, token auth) and the MLflow server its jobs log to. The head,
+    its jobs and drivers reach the session's S3 endpoint, so a cluster test can put --data or --storage there."""
     workdir = tmp_path_factory.mktemp("cluster")
-    head = start_ray_head(workdir)
+    head = start_ray_head(workdir, extra_env=s3_service.env if s3_service else None)
     yield {"head": head, "mlflow": mlflow_server, "workdir": workdir}
     stop(head.process, timeout=60)

@@ -91,13 +91,15 @@ class RayHead:
     multi_node: bool = False
     temp: Path | None = None
     """the head's --temp-dir: Ray writes prom_metrics_service_discovery.json there"""
+    extra_env: dict | None = None
+    """what the head's processes and its clients get beside service_env (the session's S3 endpoint and keys)"""
 
     def client_env(self) -> dict:
         """For `ray job submit`, drivers and nodes joining this head: they read the token from its 0600 file."""
-        return service_env(self.token_path, self.multi_node)
+        return dict(service_env(self.token_path, self.multi_node), **(self.extra_env or {}))
 
 
-def start_ray_head(workdir: Path, num_cpus: int = 2, multi_node: bool = False) -> RayHead:
+def start_ray_head(workdir: Path, num_cpus: int = 2, multi_node: bool = False, extra_env: dict | None = None) -> RayHead:
     port, dashboard_port, client_port, agent_port = free_port(), free_port(), free_port(), free_port()
     log = workdir / ("ray-head-multi.log" if multi_node else "ray-head.log")
     token_path = write_token(workdir / ("ray-auth-token-multi" if multi_node else "ray-auth-token"))
@@ -109,11 +111,40 @@ def start_ray_head(workdir: Path, num_cpus: int = 2, multi_node: bool = False) -
          "--include-dashboard=true", "--disable-usage-stats"],
         # No drain on stop (default up to 30 s, which a Ray Train run's leftovers never finish): the head is stopped
         # once, at the session's end, when no job of it matters any more.
-        env=dict(service_env(token_path, multi_node), RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
+        env=dict(service_env(token_path, multi_node), **(extra_env or {}), RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     wait_http(f"{dashboard}/api/version", 120, process, log, auth_header(token_path))
-    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path, multi_node, temp)
+    return RayHead(process, dashboard, f"127.0.0.1:{port}", token_path, multi_node, temp, extra_env)
+
+
+@dataclass
+class S3Service:
+    """moto's S3 server on loopback: `env` is what pyarrow (and so corrhash and Ray) reads to reach it."""
+    process: subprocess.Popen
+    endpoint: str
+
+    @property
+    def env(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def filesystem(self):
+        from pyarrow import fs
+
+        return fs.S3FileSystem(endpoint_override=self.endpoint.removeprefix("http://"), scheme="http",
+                               access_key="testing", secret_key="testing", region="us-east-1",
+                               allow_bucket_creation=True)
+
+
+def start_s3(workdir: Path) -> S3Service:
+    port = free_port()
+    log = workdir / "moto.log"
+    process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_http(endpoint, 60, process, log)
+    return S3Service(process, endpoint)
 
 
 def start_prometheus(workdir: Path, config: Path) -> tuple[subprocess.Popen, str]:

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from pyarrow.fs import FileSelector
 
 import corrhash
 from corrhash.data import TfidfFeaturizer, TfidfShards
+from corrhash.data.shards import upload
 from corrhash.models import ModelConfig, create_model
 from corrhash.retrieval import pack_codes
 from corrhash.tracking.runs import ensure_experiment
 from corrhash.train import checkpoint
+from conftest import BUCKET
 from services import BIN, submit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,28 +152,35 @@ def test_lost_worker_resumes_from_last_checkpoint(cluster, shards, tmp_path):
     assert checkpoint_state(storage, "job-fault")["epoch"] == FAULT_EPOCHS
 
 
-def test_two_workers_match_one_worker(cluster, shards, tmp_path):
-    """Same global batch and schedule on 1 and 2 CPU workers: the same val precision within noise."""
+def test_two_workers_match_one_worker(cluster, s3, shards, tmp_path):
+    """Same global batch and schedule on 1 and 2 CPU workers: the same val precision within noise. The two-worker
+    run reads its data from S3 and checkpoints there (--data and --storage s3:// URIs, on the session's S3
+    endpoint): each worker reads its share of the train shards from the bucket, and Ray gets the storage URI
+    unchanged; the one-worker run reads the same shards from their folder."""
     # Both drivers at once: 3 workers at 0.5 CPU fit the test head's 2 CPUs, and each run's result depends
     # only on its seeds and its number of workers, not on what else the cluster runs, so running them side by
     # side overlaps their start-up and shut-down (most of each run's time) without changing what is compared.
     ensure_experiment(MlflowClient(cluster["mlflow"]), "corrhash")  # not by both drivers at once
+    data_uri, storage_uri = f"s3://{BUCKET}/scale-data", f"s3://{BUCKET}/scale-ray"
+    upload(shards, data_uri)
+    where = {1: (str(shards), str(tmp_path / "ray-storage")), 2: (data_uri, storage_uri)}
     drivers, logs = {}, {workers: open(tmp_path / f"w{workers}.log", "w") for workers in (1, 2)}
     for workers in (1, 2):
         drivers[workers] = subprocess.Popen(
-            [sys.executable, "jobs/train.py", "--data", str(shards), "--bits", "32", "--hidden", "200",
+            [sys.executable, "jobs/train.py", "--data", where[workers][0], "--bits", "32", "--hidden", "200",
              "--epochs", "10", "--batch-size", "20", "--lr", "5e-3", "--num-workers", str(workers),
              "--cpus-per-worker", "0.5", "--address", cluster["head"].gcs, "--name", f"scale-{workers}",
-             "--storage", str(tmp_path / "ray-storage"), "--mlflow-uri", cluster["mlflow"], "--skip-test",
+             "--storage", where[workers][1], "--mlflow-uri", cluster["mlflow"], "--skip-test",
              "--out", str(tmp_path / f"w{workers}")],
             # A file, not a pipe: one driver must not stall on a full pipe while we wait on the other.
             cwd=REPO, env=cluster["head"].client_env(), stdout=logs[workers], stderr=subprocess.STDOUT)
-    results = {}
+    results, written = {}, {}
     try:
         for workers, driver in drivers.items():
             driver.wait(timeout=600)
             assert driver.returncode == 0, (tmp_path / f"w{workers}.log").read_text()[-6000:]
-            results[workers] = json.loads((tmp_path / f"w{workers}" / "results.json").read_text())["val_precision"]
+            written[workers] = json.loads((tmp_path / f"w{workers}" / "results.json").read_text())
+            results[workers] = written[workers]["val_precision"]
     finally:
         for driver in drivers.values():
             if driver.poll() is None:
@@ -184,3 +194,9 @@ def test_two_workers_match_one_worker(cluster, shards, tmp_path):
     assert table.returncode == 0 and "ray_train, val p@100" in table.stdout, table.stdout + table.stderr
     assert results[1] > 0.08 and results[2] > 0.08, results  # both learned (chance is 0.05)
     assert abs(results[1] - results[2]) < 0.04, results
+    # The S3 run: its data named by the URI, the same content as the folder, and its checkpoints in the bucket.
+    assert written[2]["data"] == data_uri and written[2]["content_hash"] == TfidfShards(shards).content_hash
+    stored = [info.path for info in s3.filesystem().get_file_info(FileSelector(f"{BUCKET}/scale-ray/scale-2",
+                                                                               recursive=True))]
+    assert any("/checkpoint_" in path for path in stored), stored
+    assert not (REPO / "s3:").exists()  # no local folder named after a collapsed URI

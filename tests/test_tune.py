@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from corrhash.data import TfidfShards
 from corrhash.data.readers.ng20 import read_20ng
 from corrhash.runs.finish import RESULT_KEYS
+from conftest import BUCKET
 from services import drive, driver_command, driver_env, service_env, submit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,10 +107,13 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
     assert "not promoted" in worse.data.tags["champion.decision"]
 
 
-def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small, tmp_path):
+def test_stopped_tune_resumes_without_redoing_trials(cluster, s3, shards_20ng_small, tmp_path):
+    """A tune stopped as `ray job stop` stops it, run again under its name: it resumes from the search's state, which
+    lives under --storage on S3 (the session's S3 endpoint, which the head and the drivers reach), and no trial
+    that had finished is trained again."""
     client = MlflowClient(cluster["mlflow"])
     args = ["--data", str(shards_20ng_small), "--bits", "16", "--hidden", "64", "--epochs", "4", "--num-samples", "4",
-            "--max-concurrent", "1", "--grace-period", "4", "--name", "tune-resume", "--storage", str(tmp_path / "t")]
+            "--max-concurrent", "1", "--grace-period", "4", "--name", "tune-resume", "--storage", f"s3://{BUCKET}/tune"]
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(driver_command(cluster, args, "jobs/tune.py"), cwd=REPO, env=driver_env(cluster),
                               stdout=log, stderr=subprocess.STDOUT)
@@ -142,6 +146,7 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
             driver.kill()
             driver.wait()
         log.close()
+    assert "resuming from" not in (tmp_path / "driver.log").read_text()  # the first run started afresh
     first = {r.data.tags["corrhash.trial"] for r in completed()}
     stopped = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
                                  "tags.`corrhash.job` = 'tune-resume'")[0]
@@ -150,7 +155,7 @@ def test_stopped_tune_resumes_without_redoing_trials(cluster, shards_20ng_small,
 
     done = drive(cluster, args, job="jobs/tune.py")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
-    assert "resuming from" in done.stdout + done.stderr
+    assert f"tune tune-resume: resuming from s3://{BUCKET}/tune/tune-resume" in done.stdout + done.stderr
     final = children()
     trials = [r.data.tags["corrhash.trial"] for r in final]
     assert len(set(trials)) == 4 and len(trials) == 4  # one child run per trial, none run twice

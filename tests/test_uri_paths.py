@@ -1,5 +1,6 @@
 """Multi-node-safe paths. Prepared data read from URIs (file://, and S3 through a real S3 API: moto's server on
-loopback), uploaded there safely, and used by Ray Train and Tune (data and --storage on S3); URIs refused where a
+loopback), uploaded there safely (Ray Train and Tune with --data and --storage on S3 run on the session's head:
+test_cluster's two-worker run and test_tune's stopped-and-resumed tune); URIs refused where a
 folder must be local or would leak credentials; and the visibility check on a real two-node loopback Ray cluster
 whose second node has its own view of a folder (a private tmpfs in its own mount namespace)."""
 
@@ -13,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,9 @@ from corrhash.data import TfidfShards
 from corrhash.data.shards import upload
 from corrhash.errors import DataError
 
+from conftest import BUCKET
 from services import BIN, free_port, stop
 
-BUCKET = "corrhash-test"
 
 
 def assert_same_splits(a: TfidfShards, b: TfidfShards) -> None:
@@ -52,44 +52,8 @@ def test_file_uri_reads_the_same_splits(shards_synthetic):
         TfidfShards(f"file://{shards_synthetic.parent}/nowhere")
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A real S3 endpoint (moto's server) on loopback, with dummy credentials in the environment pyarrow reads."""
-    pytest.importorskip("moto", reason='needs moto[server] (the "test" extra)')
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {name: os.environ.get(name) for name in env}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.3)
-        os.environ.update(env)
-        from pyarrow import fs
-
-        yield fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing",
-                              secret_key="testing", region="us-east-1", allow_bucket_creation=True), endpoint
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        stop(process)
-
-
 def test_s3_uri_reads_the_same_splits_and_names_a_damaged_shard(s3, shards_synthetic, tmp_path):
-    filesystem, endpoint = s3
+    filesystem, endpoint = s3.filesystem(), s3.endpoint
     filesystem.create_dir(BUCKET)
     uploaded = upload(shards_synthetic, f"s3://{BUCKET}/synthetic")
     local = TfidfShards(shards_synthetic)
@@ -131,7 +95,7 @@ def test_upload_replaces_only_a_prepared_set(s3, shards_synthetic, tmp_path):
 
     from conftest import write_synthetic_corpus
 
-    filesystem, _ = s3
+    filesystem = s3.filesystem()
     filesystem.create_dir(BUCKET)
     target = f"s3://{BUCKET}/replace?scheme=http"  # a query is kept for the filesystem, left out of messages
     upload(shards_synthetic, target)
@@ -344,66 +308,3 @@ address, data = sys.argv[1:]
 init_ray(address)
 check_shared_paths(data={"--data": data})
 """
-
-
-TRAIN_FROM_S3 = r"""
-import json, sys
-sys.path.insert(0, "platform")
-from corrhash.models import ModelConfig
-from corrhash.launch.job import ClusterOptions
-from corrhash.runs.ray_train import RayConfig, train_on_ray
-from corrhash.runs.spec import RunSpec
-from corrhash.train.config import TrainConfig
-
-data, storage, mlflow_uri = sys.argv[1:]
-spec = RunSpec(data, ModelConfig(name="corrsh", bits=16, hidden=32), TrainConfig(epochs=2, eval_k=10, device="cpu"))
-results = train_on_ray(spec, RayConfig(num_workers=2, cpus_per_worker=0.5, storage=storage, name="s3-job",
-                                       cluster=ClusterOptions(mlflow_uri=mlflow_uri)), score_test=False)
-print("RESULT " + json.dumps({"data": results["data"], "content_hash": results["content_hash"]}), flush=True)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_ray_train_reads_data_from_and_checkpoints_to_s3(s3, shards_synthetic, tmp_path):
-    """Data and --storage both s3:// URIs: two Ray Train workers each stream their share of the train shards from the
-    bucket, and the checkpoints land in it (Ray gets the storage URI unchanged)."""
-    from pyarrow import fs
-
-    from services import service_env
-
-    filesystem, _ = s3
-    filesystem.create_dir(BUCKET)
-    upload(shards_synthetic, f"s3://{BUCKET}/train-data")
-    repo = Path(__file__).resolve().parents[1]
-    env = {**service_env(), **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}, "OMP_NUM_THREADS": "1"}
-    job = subprocess.run([sys.executable, "-c", TRAIN_FROM_S3, f"s3://{BUCKET}/train-data", f"s3://{BUCKET}/ray",
-                          f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    result = json.loads(job.stdout.split("RESULT ", 1)[1])
-    assert result == {"data": f"s3://{BUCKET}/train-data", "content_hash": TfidfShards(shards_synthetic).content_hash}
-    stored = [info.path for info in filesystem.get_file_info(fs.FileSelector(f"{BUCKET}/ray/s3-job", recursive=True))]
-    assert any("/checkpoint_" in path for path in stored), stored
-    assert not (repo / "s3:").exists()  # no local folder named after a collapsed URI
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_a_tune_on_s3_storage_resumes_from_it(s3, shards_synthetic, tmp_path):
-    """The search's state lives under --storage s3://...; running the same name again restores it from the bucket."""
-    from services import service_env
-
-    filesystem, _ = s3
-    filesystem.create_dir(BUCKET)
-    repo = Path(__file__).resolve().parents[1]
-    env = {**service_env(), **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "jobs/tune.py", "--data", str(shards_synthetic), "--storage", f"s3://{BUCKET}/tune",
-               "--name", "s3-tune", "--num-samples", "2", "--max-concurrent", "1", "--grace-period", "1", "--epochs",
-               "2", "--bits", "16", "--hidden", "32", "--device", "cpu", "--eval-k", "10", "--space",
-               "lr=loguniform:1e-3:1e-2", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    runs = [subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
-    for run in runs:
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "resuming from" not in runs[0].stderr
-    assert f"tune s3-tune: resuming from s3://{BUCKET}/tune/s3-tune" in runs[1].stderr
