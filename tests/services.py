@@ -130,11 +130,13 @@ class S3Service:
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
     def filesystem(self):
+        """A pyarrow S3 filesystem on it, from the same settings as `env`."""
         from pyarrow import fs
 
+        env = self.env
         return fs.S3FileSystem(endpoint_override=self.endpoint.removeprefix("http://"), scheme="http",
-                               access_key="testing", secret_key="testing", region="us-east-1",
-                               allow_bucket_creation=True)
+                               access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                               region=env["AWS_DEFAULT_REGION"], allow_bucket_creation=True)
 
 
 def start_s3(workdir: Path) -> S3Service:
