@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-JOBS = ["train", "tune", "ablate", "prepare_data", "search", "serve", "report", "quality_table"]
+JOBS = ["train", "tune", "ablate", "prepare_data", "graph", "search", "serve", "report", "quality_table"]
 
 
 @pytest.mark.parametrize("name", JOBS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ import torch
 
 from corrhash.data import TfidfShards
 from corrhash.data.device_csr import DeviceCSR
-from corrhash.errors import DataError
-from corrhash.models.graph import (approximate_neighbours, exact_neighbours, knn_graph, recall, resolved_method,
-                                   symmetric_graph, EXACT_MAX_DOCS)
-from corrhash.train.neighbours import NeighbourPairs, NeighbourSource, cached_graph, graph_path, neighbour_source
+from corrhash.errors import ConfigError, DataError
+from corrhash.models.graph import (exact_neighbours, heaviest_terms, knn_graph, nndescent_neighbours,
+                                   pruned_neighbours, resolved_method, search_quality, symmetric_graph,
+                                   EXACT_MAX_DOCS)
+from corrhash.train.neighbours import (LIST_WIDTH, NeighbourPairs, NeighbourSource, cached_graph, cached_lists,
+                                       graph_path, neighbour_source)
 from corrhash.models import ModelConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
@@ -66,37 +69,73 @@ def test_k_beyond_the_corpus_lists_every_other_document():
     assert [set(row[row >= 0]) for row in ids] == nearest
 
 
-def test_recall_is_the_share_of_true_neighbours_found():
-    exact = np.array([[1, 2, -1], [0, 2, 3]])
-    found = np.array([[2, 3, 4], [3, 0, -1]])
-    assert recall(found, exact) == pytest.approx(3 / 5)  # row 0 finds 2 of {1, 2}; row 1 finds 0, 3 of {0, 2, 3}
-    assert recall(exact, exact) == 1.0
+def test_lists_are_sorted_most_similar_first_with_true_cosines():
+    dense = random_docs(5, n=40, features=20)
+    sims_true, _ = brute_force(dense, 5)
+    ids, sims = exact_neighbours(sp.csr_matrix(dense), k=6)
+    assert (np.diff(sims, axis=1) <= 0).all()
+    rows, slots = np.nonzero(ids >= 0)
+    np.testing.assert_allclose(sims[rows, slots], sims_true[rows, ids[rows, slots]], atol=1e-12)
 
 
-def test_auto_method_switches_to_approximate_above_the_exact_limit():
-    assert resolved_method("auto", EXACT_MAX_DOCS) == "exact"
-    assert resolved_method("auto", EXACT_MAX_DOCS + 1) == "approximate"
-    assert resolved_method("exact", 10**7) == "exact"
+def test_search_quality_counts_ties_at_the_kth_cosine_as_found():
+    exact = np.array([[0.9, 0.5, 0.5], [0.8, 0.3, 0.0]])  # row 1 has only two neighbours with cosine > 0
+    # row 0: finds 0.9 and another document tied at 0.5 (a right answer), misses one: 2 of 3;
+    # row 1: finds both, plus a third at 0.3 (counted at most as many as it has): 2 of 2
+    found = np.array([[0.9, 0.5, 0.2], [0.8, 0.3, 0.3]])
+    quality = search_quality(found, exact)
+    assert quality["recall"] == pytest.approx(4 / 5)
+    assert quality["mean_cosine_found"] == pytest.approx(found.mean())
+    assert quality["mean_cosine_exact"] == pytest.approx(exact.mean())
+    assert search_quality(exact, exact)["recall"] == 1.0
+    assert search_quality(np.zeros((2, 3)), exact)["recall"] == 0.0
 
 
-@pytest.mark.slow  # pynndescent compiles its numba kernels on first use (tens of seconds)
-def test_approximate_graph_recalls_the_exact_neighbours(shards_synthetic, monkeypatch):
-    # Ray replaces print in its workers and in a driver that showed a Ray Data bar: the search must work there too
-    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
+def test_heaviest_terms_keep_each_rows_largest_entries():
+    x = sp.csr_matrix(np.array([[0.1, 0.5, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0], [0.7, 0.0, 0.0, 0.2]]))
+    np.testing.assert_array_equal(heaviest_terms(x, 2).toarray(),
+                                  [[0.0, 0.5, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0], [0.7, 0.0, 0.0, 0.2]])
+
+
+def test_pruned_search_against_brute_force(shards_synthetic):
     train = TfidfShards(shards_synthetic).split("train")
     k = 10
-    exact, _ = exact_neighbours(train.features, k)
-    found, sims = approximate_neighbours(train.features, k, seed=0)
-    measured = recall(found, exact)
-    monkeypatch.undo()
-    print(f"NN-descent recall@{k} on {len(train)} synthetic train documents: {measured:.4f}")
-    assert measured >= 0.95
-    # what it does report is right: the listed cosines are the true ones, and nobody is their own neighbour
+    _, exact = exact_neighbours(train.features, k)
+    ids, sims, choice = pruned_neighbours(train.features, k)
+    measured = search_quality(sims, exact)
+    print(f"pruned search recall@{k} on {len(train)} synthetic train documents: {measured['recall']:.4f} "
+          f"({choice.index_terms} terms, {choice.candidates} candidates; sampled {choice.recall:.4f})")
+    assert measured["recall"] >= 0.95 and choice.recall >= 0.95
+    # what it lists is right: true cosines, sorted, nobody their own neighbour, no document twice
     unit = sp.diags(1 / np.sqrt(train.features.multiply(train.features).sum(axis=1)).A.ravel()) @ train.features
-    rows, slots = np.nonzero(found >= 0)
-    true = np.asarray(unit[rows].multiply(unit[found[rows, slots]]).sum(axis=1)).ravel()
+    rows, slots = np.nonzero(ids >= 0)
+    true = np.asarray(unit[rows].multiply(unit[ids[rows, slots]]).sum(axis=1)).ravel()
     np.testing.assert_allclose(sims[rows, slots], true, atol=1e-5)
-    assert not (found == np.arange(len(train))[:, None]).any()
+    assert (np.diff(sims, axis=1) <= 0).all() and not (ids == np.arange(len(train))[:, None]).any()
+    assert all(len(set(row[row >= 0])) == (row >= 0).sum() for row in ids)
+
+
+def test_pruned_search_with_a_tiny_index_measures_its_own_low_recall(shards_synthetic):
+    train = TfidfShards(shards_synthetic).split("train")
+    _, exact = exact_neighbours(train.features, 10)
+    ids, sims, choice = pruned_neighbours(train.features, 10, index_terms=1, candidates=10)
+    assert choice.tried == [(1, 10, choice.recall)]
+    assert abs(choice.recall - search_quality(sims, exact)["recall"]) < 0.1  # the sample tells the truth
+    assert choice.recall < 0.95
+
+
+def test_auto_method_switches_to_pruned_above_the_exact_limit():
+    assert resolved_method("auto", EXACT_MAX_DOCS) == "exact"
+    assert resolved_method("auto", EXACT_MAX_DOCS + 1) == "pruned"
+    assert resolved_method("exact", 10**7) == "exact"
+    with pytest.raises(ConfigError, match="unknown graph search 'faiss'.*auto, exact, pruned, nndescent"):
+        resolved_method("faiss", 10)
+
+
+def test_nndescent_without_its_extra_is_a_named_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynndescent", None)  # what an install without the extra gives: ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'corrhash\[nndescent\]'"):
+        nndescent_neighbours(sp.csr_matrix(random_docs(1)), 3)
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------
@@ -107,19 +146,35 @@ def shards_copy(shards_synthetic, tmp_path):
     return TfidfShards(shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs")))
 
 
-def test_graph_is_built_once_then_read_from_beside_the_shards(shards_copy, capsys):
+def test_one_search_serves_every_k_and_kind_up_to_its_width(shards_copy, capsys):
     graph, info = cached_graph(shards_copy, 7, "knn")
     assert info.built and info.path.parent == shards_copy.root / "graphs" and info.path.is_file()
-    again, reused = cached_graph(shards_copy, 7, "knn")
-    assert not reused.built and reused.path == info.path
-    assert (again != graph).nnz == 0
-    expected = knn_graph(shards_copy.split("train").features, 7)
-    np.testing.assert_allclose(again.toarray(), expected.toarray(), rtol=1e-6)  # stored as float32
+    assert info.path == graph_path(shards_copy, LIST_WIDTH, "exact")
+    features = shards_copy.split("train").features
+    np.testing.assert_allclose(graph.toarray(), knn_graph(features, 7).toarray(), rtol=1e-6)  # stored as float32
+    for k, kind in [(7, "knn"), (5, "mutual"), (LIST_WIDTH, "knn")]:
+        again, reused = cached_graph(shards_copy, k, kind)
+        assert not reused.built and reused.path == info.path
+        np.testing.assert_allclose(again.toarray(), knn_graph(features, k, kind).toarray(), rtol=1e-6)
     assert "document graph: reused" in capsys.readouterr().err
-    # another k or kind is another file
-    _, other = cached_graph(shards_copy, 7, "mutual")
-    assert other.built and other.path != info.path
+    # a wider k searches once more, and that file then serves the narrower ones too
+    _, wider = cached_graph(shards_copy, LIST_WIDTH + 5, "knn")
+    assert wider.built and wider.path == graph_path(shards_copy, LIST_WIDTH + 5, "exact")
+    info.path.unlink()
+    _, served = cached_graph(shards_copy, 7, "knn")
+    assert not served.built and served.path == wider.path
     assert not list(info.path.parent.glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_sth_and_a_nbr_model_share_one_search(shards_copy):
+    sth = neighbour_source(shards_copy, ModelConfig(name="sth", bits=8, neighbours=10))
+    nbr = neighbour_source(shards_copy, ModelConfig(name="nash-nbr", bits=8, neighbours=20, graph="mutual"))
+    files = list((shards_copy.root / "graphs").glob("*.npz"))
+    assert len(files) == 1 and sth is not None and nbr is not None
+    assert neighbour_source(shards_copy, ModelConfig(name="nash", bits=8)) is None
+    features = shards_copy.split("train").features
+    np.testing.assert_allclose(sth.graph.toarray(), knn_graph(features, 10).toarray(), rtol=1e-6)
+    np.testing.assert_allclose(nbr.graph.toarray(), knn_graph(features, 20, "mutual").toarray(), rtol=1e-6)
 
 
 def test_unwritable_shards_cache_in_the_user_cache(shards_copy, tmp_path, monkeypatch):
@@ -135,11 +190,11 @@ def test_unwritable_shards_cache_in_the_user_cache(shards_copy, tmp_path, monkey
 
 
 def test_a_cached_graph_of_another_size_is_a_named_error(shards_copy):
-    path = graph_path(shards_copy, 5, "knn", "exact")
+    path = graph_path(shards_copy, LIST_WIDTH, "exact")
     path.parent.mkdir(exist_ok=True)
-    np.savez(path, indptr=np.zeros(4, dtype=np.int64), indices=np.zeros(0, dtype=np.int64),
-             data=np.zeros(0, dtype=np.float32), shape=np.array([3, 3]), meta=np.frombuffer(b"{}", dtype=np.uint8))
-    with pytest.raises(DataError, match=f"{path.name}.*3 x 3.*delete it"):
+    np.savez(path, ids=np.zeros((3, LIST_WIDTH), dtype=np.int32), sims=np.zeros((3, LIST_WIDTH), dtype=np.float32),
+             meta=np.frombuffer(b"{}", dtype=np.uint8))
+    with pytest.raises(DataError, match=f"{path.name}.*3 rows.*delete it"):
         cached_graph(shards_copy, 5, "knn")
     path.write_bytes(b"not an npz")
     with pytest.raises(DataError, match="cannot read the cached document graph"):

@@ -107,7 +107,11 @@ def test_a_grid_cell_trains_a_neighbour_model_through_the_lifecycle_and_caches_i
     history = [json.loads(line) for line in (tmp_path / "cell" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and all(h["neighbour"] > 0 for h in history)
     (graph_file,) = (data / "graphs").glob("*.npz")
-    assert "-k6-mutual-exact-" in graph_file.name
+    assert "-train-exact-w25-" in graph_file.name  # one search, 25 wide: serves k 6, mutual
     mtime = graph_file.stat().st_mtime_ns
     run_local(cell.spec(), tmp_path / "again", score_test=False)
-    assert graph_file.stat().st_mtime_ns == mtime  # read, not built again
+    # STH on the same corpus reads it too
+    sth = load_grid(write(tmp_path, data, file="s.yaml", methods={"sth": {"neighbours": 9}},
+                          fixed={"eval_k": 20})).cells[0]
+    assert run_local(sth.spec(), tmp_path / "sth", score_test=False)["model"]["neighbours"] == 9
+    assert graph_file.stat().st_mtime_ns == mtime and len(list((data / "graphs").glob("*.npz"))) == 1

@@ -139,6 +139,9 @@ class HashModel(nn.Module):
     uses_neighbours: bool = False
     """True when training pairs each batch with sampled graph neighbours (models/neighbours.py): `fit` then passes
     `neighbours` to loss(). Codes never need them."""
+    uses_graph: bool = False
+    """True when fitting needs the document graph (models/graph.py): every `uses_neighbours` model, and STH. The
+    lifecycles then hand `fit` the corpus's cached graph (train/neighbours.py), searched once for all of them."""
     model_name: str = ""  # set by corrhash.models.register
     search_space: dict[str, str] = {}
     """The model's own default search space, {dimension: spec} (`corrhash.models.space`): only the ModelConfig
@@ -223,10 +226,12 @@ class HashModel(nn.Module):
     def calibrate(self, train_embeddings: Tensor) -> None:
         """Fit thresholds on training-set embeddings; default: keep the fixed ones."""
 
-    def fit_closed_form(self, features: sp.csr_matrix) -> None:
+    def fit_closed_form(self, features: sp.csr_matrix, graph: sp.csr_matrix | None = None) -> None:
         """Fit a model that learns without gradient steps (`trainable = False`), once, on the train split's
         TF-IDF rows (float32 CSR, [n_docs, n_features]); the fit only fills buffers created in __init__, so
-        the weights keep the shapes `create_model(config, n_features)` gives. Default: nothing to fit (LSH)."""
+        the weights keep the shapes `create_model(config, n_features)` gives. `graph`: the document graph of
+        those rows for a model that `uses_graph` (else searched by the model itself). Default: nothing to fit
+        (LSH)."""
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ EncoderInput = Literal["tfidf", "binary"]
 ENCODER_INPUTS: tuple[str, ...] = get_args(EncoderInput)
 GraphKind = Literal["knn", "mutual"]  # models/graph.py
 GRAPH_KINDS: tuple[str, ...] = get_args(GraphKind)
+GraphSearch = Literal["auto", "exact", "pruned", "nndescent"]  # models/graph.py
+GRAPH_SEARCHES: tuple[str, ...] = get_args(GraphSearch)
 
 
 @dataclass
@@ -39,6 +41,9 @@ class ModelConfig:
     """*-nbr: weight lambda of the pairwise term (a sampled neighbour's words decoded from the document's code)"""
     graph: GraphKind = "knn"
     """*-nbr: 'knn' (an edge where either document is among the other's k nearest, STH's) or 'mutual' (both)"""
+    graph_search: GraphSearch = "auto"
+    """sth, *-nbr: how the document graph is searched: auto (exact up to 30,000 train documents, pruned above),
+    exact, pruned (an inverted index of each document's heaviest terms, recall measured), nndescent (an extra)"""
     svm_c: float = 0.1
     """sth: inverse regularisation strength C of the per-bit linear SVMs"""
     energy_terms: bool = False
@@ -85,6 +90,8 @@ class ModelConfig:
             problems.append(f"neighbour_weight must be a finite number >= 0, got {self.neighbour_weight}")
         if self.graph not in GRAPH_KINDS:
             problems.append(f"graph must be one of {', '.join(GRAPH_KINDS)}, got {self.graph!r}")
+        if self.graph_search not in GRAPH_SEARCHES:
+            problems.append(f"graph_search must be one of {', '.join(GRAPH_SEARCHES)}, got {self.graph_search!r}")
         if not (math.isfinite(self.svm_c) and self.svm_c > 0):
             problems.append(f"svm_c must be a finite number > 0, got {self.svm_c}")
         if problems:

@@ -1,18 +1,33 @@
 """The document graph: each train document's nearest neighbours by cosine similarity over its TF-IDF row, the
 neighbourhood information STH (models/sth.py) and the `-nbr` VAEs (models/neighbours.py) learn from.
 
-Two searches give each document its k most similar others (pairs with cosine <= 0, no shared word, are never
-neighbours, so a document may have fewer than k):
-- exact: a chunked sparse X @ X^T with a top-k per row: O(n^2) time, O(chunk x n) memory (one dense chunk of
-  similarities at a time), never a dense copy of the corpus. STH's search, unchanged.
-- approximate: NN-descent (Dong, Moses and Li, WWW 2011) through pynndescent, which searches sparse cosine
-  directly, in about O(n^1.14) distance evaluations. Its recall against exact is measured by
-  `bench/graph.py` and tested on small data.
-`method="auto"` is exact up to `EXACT_MAX_DOCS` documents and approximate above.
+`neighbours(features, k, method)` gives each document its k most similar others (pairs with cosine <= 0, no
+shared word, are never neighbours, so a document may have fewer than k), as [n, k] ids and cosines sorted from
+the most similar. The query rows are cut into blocks; each block is one call of a block function, and `run_blocks`
+decides where the calls run (`map`, one after another, by default; Ray tasks across a cluster in
+runs/graph_build.py). Three searches:
+- exact: each block's sparse X_b @ X^T with a top-k per row: O(n^2) time, O(block x n) memory.
+- pruned: the candidates of a query are the documents that share one of its terms with large weight (an
+  inverted index that keeps only each document's `index_terms` heaviest terms, searched from the query's whole
+  row and, the other way round, the query's heaviest terms searched in the whole index); the `candidates` best by
+  that partial dot product are then scored by their exact cosine and the k best kept. Every listed cosine is
+  exact; a true neighbour is missed only when its cosine comes from many light terms. This is the candidate step
+  of L2Knng (Anastasiu and Karypis, "L2Knng: fast exact k-nearest neighbor graph construction with L2-norm
+  pruning", CIKM 2015), without its exact filtering pass. `index_terms` and `candidates` are chosen by
+  measurement: the cheapest rung of PRUNED_LADDER whose tie-aware recall (`search_quality`) on a sample of query
+  rows, against their exact lists, reaches the target (0.95).
+  Measured on 20ng-18828 and Reuters (bench/graph.py): dense projections (random or truncated SVD, searched
+  with faiss) need ~800 candidates of 10k documents for 0.9 recall, and clustering (IVF, spherical k-means)
+  ~0.7 at a fifth of the corpus scored; text neighbours hinge on shared rare words, which this index keeps.
+- nndescent: NN-descent (Dong, Moses and Li, WWW 2011) through pynndescent, an optional extra
+  (`pip install 'corrhash[nndescent]'`; ~200 MiB with numba and llvmlite), kept for comparison.
+`method="auto"` is exact up to `EXACT_MAX_DOCS` documents and pruned above.
 
 The directed lists become one symmetric graph W [n, n] (float64 CSR, zero diagonal, W_ij = cos(x_i, x_j)):
 - "knn": an edge where j is among i's k neighbours or i among j's (STH's local-similarity matrix),
 - "mutual": only where both are (a sparser graph that drops hubs' one-sided edges).
+Lists searched for a larger k give the graph of any smaller k by keeping each row's first k (they are sorted),
+which is how one cached search serves every k (train/neighbours.py).
 """
 
 from __future__ import annotations
@@ -21,18 +36,47 @@ import builtins
 import sys
 import types
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
-from corrhash.models.config import GRAPH_KINDS
-SEARCH_METHODS = ("auto", "exact", "approximate")
+from corrhash.errors import ConfigError
+from corrhash.log import log
+from corrhash.models.config import GRAPH_KINDS, GRAPH_SEARCHES
+
+SEARCH_METHODS = GRAPH_SEARCHES
 EXACT_MAX_DOCS = 30_000
-"""`auto` searches exactly up to this many documents (measured by bench/graph.py: exact takes about as long as
-NN-descent at 20k documents on 2 cores and grows as n^2 above)"""
-CHUNK_ENTRIES = 1 << 22
-"""dense similarity entries per chunk of the exact search (the chunk's float64 similarities, their
-negation and argpartition's int64 indices: about 100 MiB at this size)"""
+"""`auto` searches exactly up to this many documents and with the pruned index above (bench/graph.py)"""
+BLOCK_ENTRIES = 1 << 22
+"""dense similarity entries per block of the exact search (the block's float64 similarities, their negation and
+argpartition's int64 indices: about 100 MiB at this size); the pruned search's blocks hold about as many
+candidate pairs"""
+PRUNED_LADDER = ((20, 8), (30, 12), (40, 16), (60, 24), (90, 36))
+"""(index terms per document, candidates per query as a multiple of k), tried cheapest first"""
+TARGET_RECALL = 0.95
+RECALL_SAMPLE = 300
+"""query rows whose exact lists measure the pruned search's recall"""
+JOB_ROWS = 8192
+"""most query rows a job (one call of `run_blocks`' function: one Ray task) searches, in blocks of bounded memory"""
+MIN_JOBS, MIN_JOB_ROWS = 32, 256
+"""a search is cut into at least MIN_JOBS jobs (of at least MIN_JOB_ROWS rows), so a cluster's CPUs share it"""
+TIE_TOLERANCE = 1e-6
+"""a found cosine this close below the exact k-th counts as a tie (float32 rows)"""
+
+BlockRunner = Callable[[Callable[[dict, dict], tuple], dict, list], list]
+"""run_blocks(function, shared, jobs) -> [function(shared, job) for job in jobs], wherever it runs them"""
+
+
+def run_here(function: Callable[[dict, dict], tuple], shared: dict, jobs: list) -> list:
+    """The default `run_blocks`: every block in this process, one after another, a line every tenth of them."""
+    results = []
+    for i, job in enumerate(jobs):
+        results.append(function(shared, job))
+        if len(jobs) >= 10 and (i + 1) % (len(jobs) // 10) == 0 and i + 1 < len(jobs):
+            log(f"document graph: {i + 1}/{len(jobs)} blocks searched")
+    return results
 
 
 def unit_rows(features: sp.spmatrix) -> sp.csr_matrix:
@@ -42,36 +86,165 @@ def unit_rows(features: sp.spmatrix) -> sp.csr_matrix:
     return sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x
 
 
+def _width(k: int, n: int) -> int:
+    return min(k, n - 1)
+
+
+def _keep_top(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """([n_rows, k] ids, cosines) of each row's k largest positive (row, col, value) entries, most similar first;
+    -1 / 0 where a row has fewer."""
+    ids = np.full((n_rows, k), -1, dtype=np.int64)
+    sims = np.zeros((n_rows, k), dtype=np.float64)
+    positive = values > 0
+    rows, cols, values = rows[positive], cols[positive], values[positive]
+    # by row, then most similar first: one float key (values are in (0, 2]: a pruned partial counts a term twice)
+    order = np.argsort(rows * 4.0 - values)
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < k
+    ids[rows[keep], rank[keep]] = cols[keep]
+    sims[rows[keep], rank[keep]] = values[keep]
+    return ids, sims
+
+
+def _exact_rows(shared: dict, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, xt, k = shared["x"], shared["xt"], shared["k"]
+    block = (x[queries] @ xt).toarray()
+    block[np.arange(len(queries)), queries] = -np.inf  # a document is not its own neighbour
+    n = block.shape[1]
+    top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), block.shape)
+    picked = np.take_along_axis(block, top, axis=1)
+    rows = np.broadcast_to(np.arange(len(queries))[:, None], top.shape)
+    return _keep_top(rows.ravel(), top.ravel(), picked.ravel(), len(queries), k)
+
+
+def _in_blocks(search_rows: Callable, shared: dict, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`search_rows` over `queries` in blocks of shared["rows_per_block"] rows (bounded memory), stacked."""
+    step = shared["rows_per_block"]
+    return _stack([search_rows(shared, queries[start:start + step]) for start in range(0, len(queries), step)],
+                  shared["k"])
+
+
+def _exact_block(shared: dict, job: dict) -> tuple[np.ndarray, np.ndarray]:
+    return _in_blocks(_exact_rows, shared, job["queries"])
+
+
+def _jobs(queries: np.ndarray) -> list[dict]:
+    """At least MIN_JOBS jobs where there are rows enough (so a cluster's CPUs share them), at most JOB_ROWS rows each."""
+    rows = min(JOB_ROWS, max(MIN_JOB_ROWS, -(-len(queries) // MIN_JOBS)))
+    return [{"queries": queries[start:start + rows]} for start in range(0, len(queries), rows)]
+
+
+def _stack(results: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if not results:
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
 def exact_neighbours(features: sp.spmatrix, k: int, chunk_rows: int | None = None,
-                     queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """([n, k] int64 neighbour ids, [n, k] float64 cosines) of each row's k most similar other rows; an id is -1
-    where the cosine is <= 0 (no such neighbour). A tie at the k-th similarity is broken by argpartition
-    (deterministic, not by index). With k >= n - 1 the lists are n wide (every row; its own id is -1).
-    `queries`: only these rows' lists (in that order), e.g. a sample to measure an approximate search's recall."""
+                     queries: np.ndarray | None = None, run_blocks: BlockRunner = run_here
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """([n, k] int64 neighbour ids, [n, k] float64 cosines) of each row's k most similar other rows, most similar
+    first; an id is -1 where the cosine is <= 0 (no such neighbour). With k >= n - 1 the lists hold every other
+    row (n - 1 wide). `queries`: only these rows' lists (in that order), e.g. a sample that measures an
+    approximate search; `chunk_rows`: rows per block (default: BLOCK_ENTRIES similarities a block)."""
     x = unit_rows(features)
     n = x.shape[0]
-    xt = x.T.tocsc()
-    k = min(k, n - 1)
+    k = _width(k, n)
     queries = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
-    if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ENTRIES // max(n, 1))
-    width = k if k < n - 1 else n  # every other row: the n columns hold the row itself too, never kept
-    ids = np.full((len(queries), width), -1, dtype=np.int64)
-    sims = np.zeros((len(queries), width), dtype=np.float64)
-    for start in range(0, len(queries), chunk_rows):
-        stop = min(len(queries), start + chunk_rows)
-        chunk = (x[queries[start:stop]] @ xt).toarray()
-        local = np.arange(stop - start)
-        chunk[local, queries[start:stop]] = -np.inf  # a document is not its own neighbour
-        if k < n - 1:
-            top = np.argpartition(-chunk, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(n), (stop - start, n))
-        picked = np.take_along_axis(chunk, top, axis=1)
-        keep = picked > 0
-        ids[start:stop] = np.where(keep, top, -1)
-        sims[start:stop] = np.where(keep, picked, 0.0)
-    return ids, sims
+    shared = {"x": x, "xt": x.T.tocsr(), "k": k, "rows_per_block": chunk_rows or max(1, BLOCK_ENTRIES // max(n, 1))}
+    return _stack(run_blocks(_exact_block, shared, _jobs(queries)), k)
+
+
+def heaviest_terms(x: sp.csr_matrix, m: int) -> sp.csr_matrix:
+    """`x` with only each row's m largest entries kept."""
+    counts = np.diff(x.indptr)
+    rows = np.repeat(np.arange(x.shape[0]), counts)
+    order = np.lexsort((-x.data, rows))
+    rank = np.arange(len(order)) - x.indptr[rows[order]]
+    keep = np.sort(order[rank < m])
+    return sp.csr_matrix((x.data[keep], x.indices[keep], np.concatenate([[0], np.cumsum(np.minimum(counts, m))])),
+                         shape=x.shape)
+
+
+def _pruned_rows(shared: dict, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, xt, heavy, heavy_t, k = shared["x"], shared["xt"], shared["heavy"], shared["heavy_t"], shared["k"]
+    partial = (x[queries] @ heavy_t + heavy[queries] @ xt).tocoo()
+    rows, cols, values = partial.row, partial.col, partial.data
+    others = cols != queries[rows]
+    pair_ids, _ = _keep_top(rows[others], cols[others], values[others], len(queries), shared["candidates"])
+    pair_rows, slots = np.nonzero(pair_ids >= 0)
+    pair_cols = pair_ids[pair_rows, slots]
+    exact = np.asarray(x[queries[pair_rows]].multiply(x[pair_cols]).sum(axis=1)).ravel()
+    return _keep_top(pair_rows, pair_cols, exact, len(queries), k)
+
+
+def _pruned_block(shared: dict, job: dict) -> tuple[np.ndarray, np.ndarray]:
+    return _in_blocks(_pruned_rows, shared, job["queries"])
+
+
+@dataclass
+class PrunedChoice:
+    """What the pruned search used and measured."""
+
+    index_terms: int
+    candidates: int
+    recall: float
+    """tie-aware recall@k on the sampled rows (`search_quality`)"""
+    sample: int
+    tried: list = field(default_factory=list)
+    """every rung measured: (index_terms, candidates, recall)"""
+
+
+def pruned_neighbours(features: sp.spmatrix, k: int, index_terms: int | None = None,
+                      candidates: int | None = None, target_recall: float = TARGET_RECALL, seed: int = 0,
+                      run_blocks: BlockRunner = run_here) -> tuple[np.ndarray, np.ndarray, PrunedChoice]:
+    """`exact_neighbours`' result found through the pruned inverted index (module docstring), with what was chosen
+    and measured. `index_terms` and `candidates` given: used as they are, recall still measured."""
+    x = unit_rows(features).astype(np.float32)
+    n = x.shape[0]
+    k = _width(k, n)
+    xt = x.T.tocsr()
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(RECALL_SAMPLE, n), replace=False))
+    truth = exact_neighbours(x, k, queries=sample)[1]  # a few hundred rows: here, not worth shipping the corpus
+    ladder = [(index_terms, candidates)] if index_terms and candidates else \
+        [(m, max(k, multiple * k)) for m, multiple in PRUNED_LADDER]
+    tried = []
+    for m, c in ladder:
+        heavy = heaviest_terms(x, m)
+        # a block scores each row's c candidates on both rows' terms: about BLOCK_ENTRIES / 4 products
+        per_block = max(1, BLOCK_ENTRIES // (4 * c * max(1, round(x.nnz / max(n, 1)))))
+        shared = {"x": x, "xt": xt, "heavy": heavy, "heavy_t": heavy.T.tocsr(), "k": k, "candidates": c,
+                  "rows_per_block": per_block}
+        measured = search_quality(_pruned_block(shared, {"queries": sample})[1], truth)["recall"]
+        tried.append((m, c, measured))
+        log(f"document graph: pruned index, {m} terms a document, {c} candidates a query: "
+            f"recall@{k} {measured:.4f} on {len(sample)} sampled documents")
+        if measured >= target_recall:
+            break
+    else:
+        if len(ladder) > 1:
+            log(f"document graph: no rung reached recall {target_recall}; using the widest "
+                f"({tried[-1][0]} terms, {tried[-1][1]} candidates, recall {tried[-1][2]:.4f})")
+    ids, sims = _stack(run_blocks(_pruned_block, shared, _jobs(np.arange(n))), k)
+    return ids, sims, PrunedChoice(m, c, tried[-1][2], len(sample), tried)
+
+
+def search_quality(found_sims: np.ndarray, exact_sims: np.ndarray) -> dict:
+    """Tie-aware recall of found lists against exact ones (row for row) and their mean cosines. A found
+    neighbour counts when its cosine is at least the exact k-th (tolerance TIE_TOLERANCE): where many documents
+    tie at the k-th cosine, any of them is a right answer. Each row counts at most as many hits as its exact list
+    has neighbours (cosine > 0)."""
+    exact_valid = exact_sims > 0
+    n_exact = exact_valid.sum(axis=1)
+    kth = np.where(n_exact > 0, np.where(exact_valid, exact_sims, np.inf).min(axis=1), np.inf)
+    hits = np.minimum(((found_sims > 0) & (found_sims >= kth[:, None] - TIE_TOLERANCE)).sum(axis=1), n_exact)
+    total = n_exact.sum()
+    return {"recall": float(hits.sum() / total) if total else 1.0,  # means over every slot, an empty one 0
+            "mean_cosine_found": float(found_sims.mean()) if found_sims.size else 0.0,
+            "mean_cosine_exact": float(exact_sims.mean()) if exact_sims.size else 0.0}
 
 
 _PRINT = builtins.print if isinstance(builtins.print, types.BuiltinFunctionType) else None
@@ -106,26 +279,25 @@ def _builtin_print():
         builtins.print = patched
 
 
-def approximate_neighbours(features: sp.spmatrix, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def nndescent_neighbours(features: sp.spmatrix, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`exact_neighbours`' result found by NN-descent (pynndescent, cosine metric on the sparse rows): the same
-    form, each row's list possibly missing some of its true k nearest."""
+    form, each row's list possibly missing some of its true k nearest. Needs the `nndescent` extra."""
     x = sp.csr_matrix(unit_rows(features), dtype=np.float32)
     n = x.shape[0]
-    k = min(k, n - 1)
+    k = _width(k, n)
     with _builtin_print():
-        import pynndescent  # numba-compiled on import and first use: imported only when an approximate graph is built
-
+        try:  # numba-compiled on import and first use: imported only when this search runs
+            import pynndescent
+        except ImportError as exc:
+            raise ConfigError("the nndescent graph search needs pynndescent, an optional extra: "
+                              "pip install 'corrhash[nndescent]' (or use --graph-search pruned)") from exc
         index = pynndescent.NNDescent(x, metric="cosine", n_neighbors=min(k + 1, n), random_state=seed,
                                       compressed=True, n_jobs=1)
         found, distances = index.neighbor_graph
     found, similarity = found.astype(np.int64), 1.0 - distances.astype(np.float64)
-    # Drop each row's own id (usually first, but a duplicate document may come first) and keep k of the rest.
-    valid = (found >= 0) & (found != np.arange(n)[:, None]) & (similarity > 1e-9)
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
-    found = np.take_along_axis(found, order, axis=1)
-    similarity = np.take_along_axis(similarity, order, axis=1)
-    keep = np.take_along_axis(valid, order, axis=1)
-    return np.where(keep, found, -1), np.where(keep, similarity, 0.0)
+    valid = (found >= 0) & (found != np.arange(n)[:, None]) & (similarity > 1e-9)  # its own id is usually first
+    rows = np.broadcast_to(np.arange(n)[:, None], found.shape)
+    return _keep_top(rows[valid], found[valid], similarity[valid], n, k)
 
 
 def symmetric_graph(ids: np.ndarray, sims: np.ndarray, kind: str = "knn") -> sp.csr_matrix:
@@ -141,30 +313,32 @@ def symmetric_graph(ids: np.ndarray, sims: np.ndarray, kind: str = "knn") -> sp.
     return directed.minimum(directed.T).tocsr()  # cosines are > 0, so the minimum is 0 unless both directions exist
 
 
-def neighbours(features: sp.spmatrix, k: int, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The directed k-nearest lists by `method` (one of SEARCH_METHODS)."""
-    if method not in SEARCH_METHODS:
-        raise ValueError(f"unknown search method {method!r}; use one of {', '.join(SEARCH_METHODS)}")
-    if method == "auto":
-        method = "exact" if features.shape[0] <= EXACT_MAX_DOCS else "approximate"
-    return exact_neighbours(features, k) if method == "exact" else approximate_neighbours(features, k, seed)
-
-
 def resolved_method(method: str, n_docs: int) -> str:
     """The search `method` names for a corpus of `n_docs` documents ('auto' resolved)."""
-    return method if method != "auto" else ("exact" if n_docs <= EXACT_MAX_DOCS else "approximate")
+    if method not in SEARCH_METHODS:
+        raise ConfigError(f"unknown graph search {method!r}; use one of {', '.join(SEARCH_METHODS)}")
+    return method if method != "auto" else ("exact" if n_docs <= EXACT_MAX_DOCS else "pruned")
+
+
+def neighbours(features: sp.spmatrix, k: int, method: str = "auto", seed: int = 0,
+               run_blocks: BlockRunner = run_here) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The directed k-nearest lists by `method` (one of SEARCH_METHODS), and what the search chose and measured."""
+    method = resolved_method(method, features.shape[0])
+    if method == "exact":
+        return (*exact_neighbours(features, k, run_blocks=run_blocks), {"method": "exact"})
+    if method == "nndescent":
+        return (*nndescent_neighbours(features, k, seed), {"method": "nndescent"})
+    ids, sims, choice = pruned_neighbours(features, k, seed=seed, run_blocks=run_blocks)
+    return ids, sims, {"method": "pruned", "index_terms": choice.index_terms, "candidates": choice.candidates,
+                       "sampled_recall": choice.recall, "recall_sample": choice.sample, "tried": choice.tried}
+
+
+def first_k(ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lists of a smaller k from lists searched for a larger one (each row's first k: they are sorted)."""
+    return ids[:, :k], sims[:, :k]
 
 
 def knn_graph(features: sp.spmatrix, k: int, kind: str = "knn", method: str = "exact", seed: int = 0) -> sp.csr_matrix:
     """Symmetric cosine graph of `features`' rows: `neighbours` then `symmetric_graph`."""
-    return symmetric_graph(*neighbours(features, k, method, seed), kind)
-
-
-def recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Share of the exact lists' neighbours (ids >= 0) that `found` also lists, over the rows of `exact`."""
-    hits = total = 0
-    for mine, truth in zip(found, exact):
-        truth = truth[truth >= 0]
-        hits += np.isin(truth, mine[mine >= 0]).sum()
-        total += len(truth)
-    return hits / total if total else 1.0
+    ids, sims, _ = neighbours(features, k, method, seed)
+    return symmetric_graph(ids, sims, kind)

@@ -39,6 +39,7 @@ class NeighbourReconstruction:
     """List first among a VAE's bases: `uses_neighbours` makes the epoch loop pair each batch with neighbours."""
 
     uses_neighbours = True
+    uses_graph = True
     neighbour_space = NEIGHBOUR_SPACE
 
     def neighbour_term(self, log_probs: Tensor, neighbours: Tensor) -> Tensor:

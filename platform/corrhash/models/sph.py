@@ -101,7 +101,7 @@ class SpectralHashing(HashModel):
              neighbours: Tensor | None = None) -> dict[str, Tensor]:
         raise RuntimeError("sph is not trainable (trainable=False): it has no loss; fit_closed_form() fits it")
 
-    def fit_closed_form(self, features: sp.csr_matrix) -> None:
+    def fit_closed_form(self, features: sp.csr_matrix, graph: sp.csr_matrix | None = None) -> None:
         features = sp.csr_matrix(features)
         if features.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {features.shape[1]}")

@@ -8,8 +8,9 @@ Two stages, both fitted once on the train split (`trainable = False`):
      j in N_k(i), else 0 (the paper's local-similarity matrix). Edges carry the cosine, not 1,
      and pairs with cosine <= 0 (no shared word) are never edges, even when a document has
      fewer than k such pairs. Rows are L2-normalised, so cosine = dot product; a zero
-     row has cosine 0 with everything. The search is models/graph.py's exact one (a chunked
-     sparse X @ X^T with a top-k per row: O(n^2) time, O(chunk x n) memory).
+     row has cosine 0 with everything. The graph is the corpus's cached document graph
+     (train/neighbours.py: searched once, shared with the -nbr models and every trial), else
+     models/graph.py's exact search when the model is fitted on rows alone.
    * Laplacian eigenmap: L y = lambda D y with L = D - W; the `bits` eigenvectors
      of smallest lambda after the trivial constant one. Solved as the largest eigenvectors u
      of N = D^-1/2 W D^-1/2 (lambda = 1 - mu) with scipy's eigsh (ARPACK, seeded v0), then
@@ -112,6 +113,7 @@ def median_bits(y: np.ndarray) -> np.ndarray:
 @register("sth")
 class STH(HashModel):
     trainable = False
+    uses_graph = True
     search_space = {"neighbours": "randint:5:50", "svm_c": "loguniform:0.01:1"}
 
     def __init__(self, config: ModelConfig, n_features: int):
@@ -132,25 +134,29 @@ class STH(HashModel):
             return torch.sparse.mm(x, self.coef) + self.intercept
         return x @ self.coef + self.intercept
 
-    def train_codes(self, features: sp.spmatrix) -> np.ndarray:
-        """Stage 1 only: [n, bits] bool self-taught codes of the train documents."""
+    def train_codes(self, features: sp.spmatrix, graph: sp.spmatrix | None = None) -> np.ndarray:
+        """Stage 1 only: [n, bits] bool self-taught codes of the train documents. `graph`: their kNN graph with
+        k = config.neighbours (the cached one the lifecycles pass), else searched here."""
         if features.shape[1] != self.n_features:
             raise ValueError(f"sth was built for {self.n_features} features, got {features.shape[1]}")
         if features.shape[0] < self.bits + 1:  # before the O(n^2) graph, not after
             raise ValueError(f"sth needs at least bits + 1 = {self.bits + 1} train documents, "
                              f"got {features.shape[0]}")
         started = time.perf_counter()
-        graph = knn_graph(features, self.config.neighbours)
+        if graph is None:
+            graph = knn_graph(features, self.config.neighbours)
+        elif graph.shape != (features.shape[0], features.shape[0]):
+            raise ValueError(f"sth: the graph has {graph.shape[0]} nodes, the train split {features.shape[0]} rows")
         graphed = time.perf_counter()
         y = laplacian_eigenmap(graph, self.bits, self.config.seed)
         self.fit_seconds = {"graph": graphed - started, "eigenmap": time.perf_counter() - graphed}
         return median_bits(y)
 
-    def fit_closed_form(self, features: sp.spmatrix) -> None:
+    def fit_closed_form(self, features: sp.spmatrix, graph: sp.spmatrix | None = None) -> None:
         from sklearn.svm import LinearSVC  # only fitting needs scikit-learn; loading a model to serve it does not
 
         features = sp.csr_matrix(features)
-        codes = self.train_codes(features)
+        codes = self.train_codes(features, graph)
         started = time.perf_counter()
         coef = np.zeros((self.n_features, self.bits), dtype=np.float32)
         intercept = np.zeros(self.bits, dtype=np.float32)

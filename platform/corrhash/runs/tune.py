@@ -22,6 +22,7 @@ from corrhash.data import TfidfShards
 from corrhash.data.files import display, join
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.log import log
+from corrhash.launch.blocks import ray_blocks
 from corrhash.launch.connect import storage_path, user_error
 from corrhash.launch.job import ClusterOptions, launch_job
 from corrhash.launch.preflight import check_job_name, check_out_dir
@@ -30,6 +31,9 @@ from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.space import ConditionalSpace, check_space, space_params
 from corrhash.runs.spec import RunSpec, trial_values
 from corrhash.runs.worker import tune_trial
+from corrhash.models import model_class
+from corrhash.models.space import parse_spec
+from corrhash.train.neighbours import cached_lists
 from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
 from corrhash.tracking.runs import log_data, log_figures, log_params, publish_model
 
@@ -96,6 +100,9 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
         log(f"tune {name}: MLflow parent run {parent_id}{' (resumed)' if job.resumed else ''} at {uri}")
         log_data(client, parent_id, shards)
         spec = RunSpec(spec.data, spec.model, spec.train, threads=max(1, int(options.cpus_per_trial)))
+        width = graph_width(spaces, spec)
+        if width:  # searched once, on the cluster, before trials that would each wait for one process's search
+            cached_lists(shards, width, method=spec.model.graph_search, run_blocks=ray_blocks)
         with run_folder(out) as folder:
             fit_started = time.monotonic()
             best, study, grid = _search(spec, spaces, options, name,
@@ -122,6 +129,15 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
           "(tie-aware, scored once)")
     print(decision)
     return {**results, "decision": decision}
+
+
+def graph_width(spaces: dict[str, dict], spec: RunSpec) -> int | None:
+    """The widest neighbour list any trial can ask for (the largest k its space draws, for the models that use the
+    document graph); None when none does."""
+    widths = [max(int(v) for v in parse_spec("neighbours", space["neighbours"]).values)
+              if "neighbours" in space else spec.model.neighbours
+              for model, space in spaces.items() if model_class(model).uses_graph]
+    return max(widths) if widths else None
 
 
 def _decide_champion(client, parent_id: str, registry: str, results: dict) -> str:

@@ -180,7 +180,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
                                   "split at once, which cannot be streamed; use --stream auto or never")
             log(f"{model_config.name} fits in closed form on the whole train split: loading it whole")
             train = train.shards.split(train.name, train.paths)
-        model.fit_closed_form(train.features)
+        model.fit_closed_form(train.features, neighbours.graph if neighbours is not None else None)
         precision = evaluator(model)
         record = {"epoch": 0, "val_precision": precision.tie_aware, "val_precision_ordered": precision.ordered,
                   "best_epoch": 0, "best_val_precision": precision.tie_aware}
@@ -197,7 +197,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
             raise ConfigError(f"{model_config.name} pairs each document with a sampled graph neighbour, which needs "
                               "the train split held whole (random access to any row): use --stream auto or never")
         if neighbours is None:
-            neighbours = NeighbourSource(knn_graph(train.features, model_config.neighbours, model_config.graph, "auto"))
+            neighbours = NeighbourSource(knn_graph(train.features, model_config.neighbours, model_config.graph,
+                                                       model_config.graph_search))
         rows = NeighbourPairs(rows, neighbours)
     remaining = train_config.epochs - state.epoch if state.bad_epochs < train_config.patience else 0
     for metrics in train_epochs(forward, state, rows, train_config.batch_size, device, remaining, batches_per_epoch,

@@ -1,11 +1,14 @@
-"""The document graph for training: built once per corpus, cached beside its shards, and sampled into each batch.
+"""The document graph for training: searched once per corpus, cached beside its shards, and sampled into each batch.
 
-`cached_graph(shards, k, kind)` returns the train split's graph (models/graph.py). The file is keyed by the
-shards' content hash, k, kind and search method, so every trial, ablation cell and rerun on the same corpus reads
-the same file instead of searching again; a lock makes concurrent trials wait for the one building it. It lives in
+`cached_graph(shards, k, kind)` returns the train split's graph (models/graph.py) for any k and kind from one
+cached search: the file holds each document's directed neighbour list, sorted, at least LIST_WIDTH wide, so the
+graph of any k up to that width (STH's and every -nbr model's, knn or mutual) is its first k columns made
+symmetric. The file is keyed by the shards' content hash, the search method and the width; a search for a wider
+k writes a wider file that then serves every smaller k. Every trial, ablation cell and rerun on the same corpus
+reads it instead of searching again; a lock makes concurrent trials wait for the one searching. It lives in
 SHARDS/graphs/ when the shards are a local folder that can be written, else in $CORRHASH_CACHE/graphs (default
 ~/.cache/corrhash/graphs). The file is an .npz of plain arrays (no pickle), written to a temporary name and
-renamed.
+renamed. `run_blocks` spreads the search's blocks (runs/graph_build.py runs them as Ray tasks).
 
 `NeighbourPairs` wraps the rows an epoch trains on: each batch comes with one neighbour row per document, drawn
 uniformly from its neighbours on the device with the run's generator (reproducible, checkpointed with it).
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +36,12 @@ from corrhash.errors import DataError
 from corrhash.log import log
 from corrhash.data.stream import ShardStream
 from corrhash.models import ModelConfig, model_class
-from corrhash.models.graph import knn_graph, resolved_method
+from corrhash.models.graph import BlockRunner, first_k, neighbours, resolved_method, run_here, symmetric_graph
 
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 """Bumped when what a cached graph file holds changes: older files are then built again, not misread."""
+LIST_WIDTH = 25
+"""Neighbour lists are searched at least this wide, so one search serves every k up to it (STH's tuned k too)"""
 
 
 def graph_folder(shards: TfidfShards) -> Path:
@@ -53,64 +59,89 @@ def graph_folder(shards: TfidfShards) -> Path:
     return folder
 
 
-def graph_path(shards: TfidfShards, k: int, kind: str, method: str) -> Path:
-    return graph_folder(shards) / f"{shards.content_hash[:16]}-train-k{k}-{kind}-{method}-v{GRAPH_FORMAT}.npz"
+def graph_path(shards: TfidfShards, width: int, method: str) -> Path:
+    """The cached lists of the train split, `width` wide, searched by `method` (resolved, not auto)."""
+    return graph_folder(shards) / f"{shards.content_hash[:16]}-train-{method}-w{width}-v{GRAPH_FORMAT}.npz"
+
+
+def _widest_cached(shards: TfidfShards, k: int, method: str) -> Path | None:
+    """The narrowest cached file of this corpus and method whose lists are at least k wide."""
+    pattern = re.compile(rf"{shards.content_hash[:16]}-train-{method}-w(\d+)-v{GRAPH_FORMAT}\.npz")
+    widths = [int(match.group(1)) for path in graph_folder(shards).iterdir()
+              if (match := pattern.fullmatch(path.name))]
+    fitting = [w for w in widths if w >= k]
+    return graph_path(shards, min(fitting), method) if fitting else None
 
 
 @dataclass
 class GraphInfo:
     path: Path
     built: bool
-    """False when the graph was read from the cache."""
+    """False when the lists were read from the cache."""
     seconds: float
-    """The search's and symmetrisation's time when built (the time recorded in the file when read)."""
+    """The search's time when built (the time recorded in the file when read)."""
     method: str
     edges: int
+    search: dict = field(default_factory=dict)
+    """What the search chose and measured (the pruned search's index terms, candidates and sampled recall)."""
 
 
-def cached_graph(shards: TfidfShards, k: int, kind: str, train: Split | None = None,
-                 method: str = "auto") -> tuple[sp.csr_matrix, GraphInfo]:
-    """The train split's symmetric graph (float32 CSR [n_train, n_train]) from the cache, built there first if
-    missing. `train`: the split already in memory (else it is read)."""
+def cached_lists(shards: TfidfShards, k: int, train: Split | None = None, method: str = "auto",
+                 run_blocks: BlockRunner = run_here) -> tuple[np.ndarray, np.ndarray, GraphInfo]:
+    """The train split's directed neighbour lists ([n, width >= k] ids and cosines, sorted) from the cache,
+    searched there first if missing. `train`: the split already in memory (else it is read)."""
     n_train = sum(shards.rows_in(path) for path in shards.files("train"))
     method = resolved_method(method, n_train)
-    path = graph_path(shards, k, kind, method)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            graph, seconds = _read(path, n_train)
-            info = GraphInfo(path, False, seconds, method, graph.nnz)
-            log(f"document graph: reused {path} ({graph.nnz} edges, k {k}, {kind}, {method})")
-            return graph, info
+    folder = graph_folder(shards)
+    with FileLock(str(folder / f"{shards.content_hash[:16]}-train-{method}.lock")):
+        path = _widest_cached(shards, k, method)
+        if path is not None:
+            ids, sims, meta = _read(path, n_train)
+            log(f"document graph: reused {path} ({method} search, lists {ids.shape[1]} wide)")
+            return ids, sims, GraphInfo(path, False, float(meta.get("seconds", 0.0)), method, 0,
+                                        meta.get("search", {}))
+        width = max(k, LIST_WIDTH)
         train = train if train is not None else shards.split("train")
-        log(f"document graph: building the {method} {kind} graph of {len(train)} train documents, k {k}")
+        log(f"document graph: searching the {width} nearest of each of {len(train)} train documents ({method})")
         started = time.perf_counter()
-        graph = knn_graph(train.features, k, kind, method).astype(np.float32)  # as stored: built = reused
+        ids, sims, search = neighbours(train.features, width, method, run_blocks=run_blocks)
         seconds = time.perf_counter() - started
-        _write(path, graph, {"k": k, "kind": kind, "method": method, "content_hash": shards.content_hash,
-                             "seconds": seconds, "format": GRAPH_FORMAT})
-        log(f"document graph: built in {seconds:.1f} s, {graph.nnz} edges, cached as {path}")
-        return graph, GraphInfo(path, True, seconds, method, graph.nnz)
+        path = graph_path(shards, width, method)
+        _write(path, ids, sims, {"width": width, "method": method, "content_hash": shards.content_hash,
+                                 "seconds": seconds, "format": GRAPH_FORMAT, "search": search})
+        log(f"document graph: searched in {seconds:.1f} s, cached as {path}")
+        return ids, sims, GraphInfo(path, True, seconds, method, 0, search)
 
 
-def _write(path: Path, graph: sp.csr_matrix, meta: dict) -> None:
+def cached_graph(shards: TfidfShards, k: int, kind: str, train: Split | None = None, method: str = "auto",
+                 run_blocks: BlockRunner = run_here) -> tuple[sp.csr_matrix, GraphInfo]:
+    """The train split's symmetric graph of k neighbours and `kind` (float32 CSR [n_train, n_train]), from the
+    cached lists (`cached_lists`)."""
+    ids, sims, info = cached_lists(shards, k, train, method, run_blocks)
+    graph = symmetric_graph(*first_k(ids, sims, k), kind).astype(np.float32)
+    info.edges = graph.nnz
+    log(f"document graph: k {k}, {kind}: {graph.nnz} edges")
+    return graph, info
+
+
+def _write(path: Path, ids: np.ndarray, sims: np.ndarray, meta: dict) -> None:
     with atomic_open(path) as handle:
-        np.savez(handle, indptr=graph.indptr.astype(np.int64), indices=graph.indices.astype(np.int64),
-                 data=graph.data.astype(np.float32), shape=np.array(graph.shape, dtype=np.int64),
+        np.savez(handle, ids=ids.astype(np.int32), sims=sims.astype(np.float32),
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
 
 
-def _read(path: Path, n_train: int) -> tuple[sp.csr_matrix, float]:
+def _read(path: Path, n_train: int) -> tuple[np.ndarray, np.ndarray, dict]:
     try:
         with np.load(path, allow_pickle=False) as saved:
-            shape = tuple(int(v) for v in saved["shape"])
-            graph = sp.csr_matrix((saved["data"], saved["indices"], saved["indptr"]), shape=shape)
+            ids, sims = saved["ids"].astype(np.int64), saved["sims"]
             meta = json.loads(saved["meta"].tobytes())
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path}: cannot read the cached document graph ({exc}); delete it to build it again") from exc
-    if shape != (n_train, n_train):
-        raise DataError(f"{path}: cached graph is {shape[0]} x {shape[1]}, the train split has {n_train} documents; "
-                        "delete it to build it again")
-    return graph, float(meta.get("seconds", 0.0))
+    if ids.shape != sims.shape or ids.shape[0] != n_train or ids.min(initial=-1) < -1 \
+            or ids.max(initial=-1) >= n_train:
+        raise DataError(f"{path}: cached graph lists are {ids.shape[0]} rows (ids up to {ids.max(initial=-1)}), "
+                        f"the train split has {n_train} documents; delete it to build it again")
+    return ids, sims, meta
 
 
 @dataclass
@@ -126,13 +157,13 @@ class NeighbourSource:
 
 def neighbour_source(shards: TfidfShards, config: ModelConfig, train: Split | ShardStream | None = None,
                      share_paths: list | None = None) -> NeighbourSource | None:
-    """For a model that `uses_neighbours`, the cached graph for `config` (its k and kind) and, for a rank training on
+    """For a model that `uses_graph`, the cached graph for `config` (its k and kind) and, for a rank training on
     `share_paths`, the whole split and the share's row ids in it; None for any other model, or a streamed split
-    (which `fit` refuses for such a model, with the reason)."""
-    if not model_class(config.name).uses_neighbours or isinstance(train, ShardStream):
+    (which `fit` refuses for a -nbr model, with the reason)."""
+    if not model_class(config.name).uses_graph or isinstance(train, ShardStream):
         return None
     whole = train if share_paths is None else shards.split("train")
-    graph, _ = cached_graph(shards, config.neighbours, config.graph, whole)
+    graph, _ = cached_graph(shards, config.neighbours, config.graph, whole, config.graph_search)
     if share_paths is None:
         return NeighbourSource(graph)
     files = shards.files("train")
