@@ -2,12 +2,14 @@
 
 What every block reads (the corpus's rows, its pruned index) is put in Ray's object store once; numpy arrays come
 back from it without a copy on each node, so a task receives only its rows' ids. One task per block, one CPU each,
-placed wherever the cluster has a free CPU; results come back in block order, and a line says how far it got.
+placed wherever the cluster has a free CPU; results come back in block order, a line says how far it got, and a
+last line how many blocks each node searched.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Callable
 
 from corrhash.log import log
@@ -32,8 +34,14 @@ def ray_blocks(function: Callable[[dict, dict], tuple], shared: dict, jobs: list
         if pending and time.monotonic() - last >= PROGRESS_EVERY_S:
             last = time.monotonic()
             log(f"{done}/{len(refs)} blocks searched on Ray ({last - started:.0f} s)")
-    return ray.get(refs)
+    results = ray.get(refs)
+    nodes = Counter(node for _, node in results)
+    log(f"{len(refs)} blocks searched on Ray in {time.monotonic() - started:.1f} s, on {len(nodes)} node(s): "
+        + ", ".join(f"{node[:8]} {count}" for node, count in nodes.most_common()))
+    return [result for result, _ in results]
 
 
 def _call(function: Callable[[dict, dict], tuple], shared: dict, job: dict) -> tuple:
-    return function(shared, job)
+    import ray
+
+    return function(shared, job), ray.get_runtime_context().get_node_id()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+import time
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -171,14 +172,50 @@ def heaviest_terms(x: sp.csr_matrix, m: int) -> sp.csr_matrix:
 
 def _pruned_rows(shared: dict, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x, xt, heavy, heavy_t, k = shared["x"], shared["xt"], shared["heavy"], shared["heavy_t"], shared["k"]
-    partial = (x[queries] @ heavy_t + heavy[queries] @ xt).tocoo()
-    rows, cols, values = partial.row, partial.col, partial.data
-    others = cols != queries[rows]
-    pair_ids, _ = _keep_top(rows[others], cols[others], values[others], len(queries), shared["candidates"])
-    pair_rows, slots = np.nonzero(pair_ids >= 0)
-    pair_cols = pair_ids[pair_rows, slots]
-    exact = np.asarray(x[queries[pair_rows]].multiply(x[pair_cols]).sum(axis=1)).ravel()
-    return _keep_top(pair_rows, pair_cols, exact, len(queries), k)
+    partial = (x[queries] @ heavy_t + heavy[queries] @ xt).tocsr()
+    partial = _shifted_diagonal_cleared(partial, queries)
+    pair_rows, pair_cols = _top_per_row(partial, shared["candidates"])
+    # exact cosines of the pairs: each candidate row's entries times the query's, read from the dense query rows
+    dense = x[queries].toarray()
+    candidates = x[pair_cols]
+    owner = np.repeat(pair_rows, np.diff(candidates.indptr))
+    products = candidates.data * dense[owner, candidates.indices]
+    exact = np.add.reduceat(products, candidates.indptr[:-1]) if len(products) else np.zeros(0, np.float32)
+    exact[np.diff(candidates.indptr) == 0] = 0.0  # reduceat gives the next row's first entry for an empty row
+    return _keep_top(pair_rows, pair_cols, exact.astype(np.float64), len(queries), k)
+
+
+def _shifted_diagonal_cleared(partial: sp.csr_matrix, queries: np.ndarray) -> sp.csr_matrix:
+    """`partial` (rows: the block's queries, columns: every document) without each query's own column."""
+    rows = np.repeat(np.arange(partial.shape[0]), np.diff(partial.indptr))
+    keep = partial.indices != queries[rows]
+    return sp.csr_matrix((partial.data[keep], partial.indices[keep],
+                          np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=partial.shape[0]))])),
+                         shape=partial.shape)
+
+
+def _top_per_row(matrix: sp.csr_matrix, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of each CSR row's c largest entries (all of a row with c or fewer), unordered. Rows longer
+    than c are laid out padded and partitioned: linear in their entries, where a sort is not."""
+    lengths = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(matrix.shape[0]), lengths)
+    short = lengths[rows] <= c
+    out_rows, out_cols = [rows[short]], [matrix.indices[short]]
+    long_rows = np.flatnonzero(lengths > c)
+    if len(long_rows):
+        width = lengths[long_rows].max()
+        values = np.full((len(long_rows), width), -np.inf, dtype=np.float32)
+        columns = np.zeros((len(long_rows), width), dtype=np.int64)
+        slot = np.full(matrix.shape[0], -1)
+        slot[long_rows] = np.arange(len(long_rows))
+        entries = ~short
+        position = np.arange(len(rows))[entries] - matrix.indptr[rows[entries]]
+        values[slot[rows[entries]], position] = matrix.data[entries]
+        columns[slot[rows[entries]], position] = matrix.indices[entries]
+        top = np.argpartition(-values, c - 1, axis=1)[:, :c]
+        out_rows.append(np.repeat(long_rows, c))
+        out_cols.append(np.take_along_axis(columns, top, axis=1).ravel())
+    return np.concatenate(out_rows), np.concatenate(out_cols)
 
 
 def _pruned_block(shared: dict, job: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -196,19 +233,26 @@ class PrunedChoice:
     sample: int
     tried: list = field(default_factory=list)
     """every rung measured: (index_terms, candidates, recall)"""
+    exact: bool = False
+    """True when the lists were searched exactly: a rung short of the target cost more CPU than the exact search
+    on the sample"""
 
 
 def pruned_neighbours(features: sp.spmatrix, k: int, index_terms: int | None = None,
                       candidates: int | None = None, target_recall: float = TARGET_RECALL, seed: int = 0,
                       run_blocks: BlockRunner = run_here) -> tuple[np.ndarray, np.ndarray, PrunedChoice]:
     """`exact_neighbours`' result found through the pruned inverted index (module docstring), with what was chosen
-    and measured. `index_terms` and `candidates` given: used as they are, recall still measured."""
+    and measured. `index_terms` and `candidates` given: used as they are, recall still measured. Climbing the
+    ladder stops at the first rung that reaches `target_recall`; a rung that misses it while costing more CPU on
+    the sample than the exact search of the same rows ends the climb with an exact search instead."""
     x = unit_rows(features).astype(np.float32)
     n = x.shape[0]
     k = _width(k, n)
     xt = x.T.tocsr()
     sample = np.sort(np.random.default_rng(seed).choice(n, size=min(RECALL_SAMPLE, n), replace=False))
+    started = time.process_time()
     truth = exact_neighbours(x, k, queries=sample)[1]  # a few hundred rows: here, not worth shipping the corpus
+    exact_cpu = time.process_time() - started
     ladder = [(index_terms, candidates)] if index_terms and candidates else \
         [(m, max(k, multiple * k)) for m, multiple in PRUNED_LADDER]
     tried = []
@@ -218,12 +262,20 @@ def pruned_neighbours(features: sp.spmatrix, k: int, index_terms: int | None = N
         per_block = max(1, BLOCK_ENTRIES // (4 * c * max(1, round(x.nnz / max(n, 1)))))
         shared = {"x": x, "xt": xt, "heavy": heavy, "heavy_t": heavy.T.tocsr(), "k": k, "candidates": c,
                   "rows_per_block": per_block}
-        measured = search_quality(_pruned_block(shared, {"queries": sample})[1], truth)["recall"]
+        started = time.process_time()
+        found = _pruned_block(shared, {"queries": sample})[1]
+        cpu = time.process_time() - started
+        measured = search_quality(found, truth)["recall"]
         tried.append((m, c, measured))
-        log(f"document graph: pruned index, {m} terms a document, {c} candidates a query: "
-            f"recall@{k} {measured:.4f} on {len(sample)} sampled documents")
+        log(f"document graph: pruned index, {m} terms a document, {c} candidates a query: recall@{k} "
+            f"{measured:.4f} on {len(sample)} sampled documents, {cpu / exact_cpu:.2f}x the exact search's CPU")
         if measured >= target_recall:
             break
+        if cpu >= exact_cpu and len(ladder) > 1:  # wider rungs cost more still: the exact search is cheaper
+            log(f"document graph: the pruned index costs more than the exact search here before it reaches "
+                f"recall {target_recall}; searching exactly")
+            ids, sims = exact_neighbours(x, k, run_blocks=run_blocks)
+            return ids, sims, PrunedChoice(0, 0, 1.0, len(sample), tried, exact=True)
     else:
         if len(ladder) > 1:
             log(f"document graph: no rung reached recall {target_recall}; using the widest "
@@ -330,7 +382,8 @@ def neighbours(features: sp.spmatrix, k: int, method: str = "auto", seed: int = 
         return (*nndescent_neighbours(features, k, seed), {"method": "nndescent"})
     ids, sims, choice = pruned_neighbours(features, k, seed=seed, run_blocks=run_blocks)
     return ids, sims, {"method": "pruned", "index_terms": choice.index_terms, "candidates": choice.candidates,
-                       "sampled_recall": choice.recall, "recall_sample": choice.sample, "tried": choice.tried}
+                       "sampled_recall": choice.recall, "recall_sample": choice.sample, "tried": choice.tried,
+                       "searched_exactly": choice.exact}
 
 
 def first_k(ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
