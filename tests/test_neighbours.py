@@ -21,6 +21,9 @@ from corrhash.ablate.grid import load_grid
 from corrhash.runs.local import run_local
 from corrhash.train.config import TrainConfig
 from corrhash.train.loop import fit
+from corrhash.train.neighbours import cached_graph, neighbour_source
+from corrhash.train.streamed_pairs import StreamedNeighbourPairs
+from corrhash.runs.spec import RunSpec
 from test_grid import write
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
@@ -86,11 +89,44 @@ def test_neighbours_change_what_a_model_learns_and_codes_need_no_graph(name, sha
     assert codes.shape == (len(val), 16)
 
 
-def test_a_streamed_train_split_is_refused_for_neighbour_models(shards_synthetic):
-    shards = TfidfShards(shards_synthetic)
-    with pytest.raises(ConfigError, match="nash-nbr pairs each document.*--stream auto or never"):
+def test_a_streamed_split_needs_the_graph_searched_first(shards_synthetic, tmp_path):
+    shards = TfidfShards(shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs")))
+    with pytest.raises(ConfigError, match=r"no cached document graph 25 wide.*python jobs/graph.py --data .*shards "
+                                          r"--neighbours 25"):
+        neighbour_source(shards, ModelConfig(name="nash-nbr", neighbours=5), ShardStream(shards, "train"))
+    with pytest.raises(ConfigError, match="nash-nbr on a streamed train split reads .* row store"):
         fit(ModelConfig(name="nash-nbr", bits=8, hidden=8), TrainConfig(epochs=1, eval_k=5), ShardStream(shards, "train"),
             val=shards.split("val"))
+    assert neighbour_source(shards, ModelConfig(name="sth"), ShardStream(shards, "train")) is None  # fits it whole
+
+
+def test_a_nbr_model_trains_on_a_split_forced_to_stream(shards_synthetic, tmp_path):
+    data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
+    shards = TfidfShards(data)
+    cached_graph(shards, 25, "knn")  # what jobs/graph.py leaves
+    config = ModelConfig(name="nash-nbr", bits=8, hidden=16, neighbours=6)
+    stream = ShardStream(shards, "train", buffer_rows=100)
+    source = neighbour_source(shards, config, stream)
+    assert source.store.shape == (len(stream), shards.n_features)
+    # every pair is a document and one of its graph neighbours, read by id from the row store
+    whole = shards.split("train").features.toarray()
+    graph = source.graph.toarray()
+    pairs = StreamedNeighbourPairs(stream, source, torch.device("cpu"))
+    seen = 0
+    for x, neighbour in pairs.batches(torch.Generator().manual_seed(0), batch_size=32):
+        x, neighbour = x.to_dense().numpy(), neighbour.to_dense().numpy()
+        for row, paired in zip(x, neighbour):
+            i = int(np.flatnonzero((whole == row).all(axis=1))[0])
+            if paired.any():
+                j = int(np.flatnonzero((whole == paired).all(axis=1))[0])
+                assert graph[i, j] > 0
+            seen += 1
+    assert seen == len(stream) and stream.most_rows_held < 100 + 160  # one buffer: files until 100 rows, + carry
+    # and through the one lifecycle, streamed
+    spec = RunSpec(str(data), config, TrainConfig(epochs=2, eval_k=20, stream="always", stream_buffer=100))
+    results = run_local(spec, tmp_path / "run", score_test=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["streamed"] == 1 and h["neighbour"] > 0 for h in history) and results["val_precision"] > 0
 
 
 def test_a_grid_cell_trains_a_neighbour_model_through_the_lifecycle_and_caches_its_graph(shards_synthetic, tmp_path):

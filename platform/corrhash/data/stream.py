@@ -50,6 +50,7 @@ class ShardStream:
         self.most_rows_held = 0
         """The most rows one training buffer held so far (the memory bound, checked by the tests)."""
         self._labels: np.ndarray | None = None
+        self._first_ids: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return sum(self.sizes)
@@ -88,29 +89,44 @@ class ShardStream:
 
         With `steps` beyond one pass (distributed ranks with unequal shares), a new pass in a new file order starts
         where the last one ended; the rows a buffer leaves over (fewer than a batch) move on to the next buffer."""
+        for batch, _ in self.id_batches(generator, batch_size, steps):
+            yield batch
+
+    def id_batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None
+                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """`batches`, each with its rows' positions in the whole split (int64, on the host): what a model that
+        pairs documents with graph neighbours looks them up by."""
         if len(self) == 0:
             raise DataError(f"{self.shards.root}: the {self.name} shards to stream hold no documents")
         total = steps if steps is not None else math.ceil(len(self) / batch_size)
-        device, emitted, carry = generator.device, 0, None
+        device, emitted, carry, carry_ids = generator.device, 0, None, None
         while emitted < total:
             order = torch.randperm(len(self.paths), generator=generator, device=device).tolist()
-            for buffer in _prefetched(self._groups([self.paths[i] for i in order]), self._read_group):
+            for group in _prefetched(self._groups([self.paths[i] for i in order]), self._read_group_ids):
+                buffer, ids = group
                 if carry is not None:
-                    buffer = sp.vstack([carry, buffer], format="csr")
+                    buffer, ids = sp.vstack([carry, buffer], format="csr"), np.concatenate([carry_ids, ids])
                 self.most_rows_held = max(self.most_rows_held, buffer.shape[0])
                 rows = DeviceCSR(buffer, device)
                 permutation = torch.randperm(len(rows), generator=generator, device=device)
                 full = len(rows) // batch_size
                 for b in range(min(full, total - emitted)):
-                    yield rows.rows(permutation[b * batch_size:(b + 1) * batch_size])
+                    index = permutation[b * batch_size:(b + 1) * batch_size]
+                    yield rows.rows(index), ids[index.cpu().numpy()]
                     emitted += 1
                 if emitted == total:
                     return
                 rest = permutation[full * batch_size:].cpu().numpy()
-                carry = buffer[rest] if len(rest) else None
+                carry, carry_ids = (buffer[rest], ids[rest]) if len(rest) else (None, None)
             if carry is not None and steps is None:  # one pass: the rows left over make the last, short batch
-                yield DeviceCSR(carry, device).range(0, carry.shape[0])
-                emitted, carry = emitted + 1, None
+                yield DeviceCSR(carry, device).range(0, carry.shape[0]), carry_ids
+                emitted, carry, carry_ids = emitted + 1, None, None
+
+    def first_ids(self) -> dict[str, int]:
+        """{shard file: the position of its first row in the whole split} (this stream may hold a share of it)."""
+        files = self.shards.files(self.name)
+        starts = np.cumsum([0, *(self.shards.rows_in(path) for path in files)])
+        return {str(path): int(start) for path, start in zip(files, starts)}
 
     def _groups(self, paths: list[Location]) -> Iterator[list[Location]]:
         """Consecutive files, whole, until each group holds at least `buffer_rows` rows."""
@@ -124,8 +140,11 @@ class ShardStream:
         if group:
             yield group
 
-    def _read_group(self, paths: list[Location]) -> sp.csr_matrix:
-        return sp.vstack([self._features(path) for path in paths], format="csr")
+    def _read_group_ids(self, paths: list[Location]) -> tuple[sp.csr_matrix, np.ndarray]:
+        if self._first_ids is None:
+            self._first_ids = self.first_ids()
+        ids = [np.arange(self._first_ids[str(p)], self._first_ids[str(p)] + self.shards.rows_in(p)) for p in paths]
+        return sp.vstack([self._features(path) for path in paths], format="csr"), np.concatenate(ids)
 
 
 def _prefetched(items: Iterable, load: Callable, ahead: int = 1) -> Iterator:

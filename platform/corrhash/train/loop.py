@@ -29,6 +29,7 @@ from corrhash.models.graph import knn_graph
 from corrhash.train.config import TrainConfig
 from corrhash.train.evaluate import Evaluator
 from corrhash.train.neighbours import NeighbourPairs, NeighbourSource
+from corrhash.train.streamed_pairs import StreamedNeighbourPairs
 
 @dataclass
 class TrainState:
@@ -192,10 +193,13 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
 
     forward = wrap_model(model) if wrap_model else model
     rows = rows_of(train, device)
-    if model.uses_neighbours:
-        if isinstance(train, ShardStream):
-            raise ConfigError(f"{model_config.name} pairs each document with a sampled graph neighbour, which needs "
-                              "the train split held whole (random access to any row): use --stream auto or never")
+    if model.uses_neighbours and isinstance(train, ShardStream):
+        if neighbours is None or neighbours.store is None:
+            raise ConfigError(f"{model_config.name} on a streamed train split reads its documents' graph neighbours "
+                              "from a row store beside the cached graph: pass the NeighbourSource of "
+                              "train/neighbours.neighbour_source (the lifecycles do)")
+        rows = StreamedNeighbourPairs(train, neighbours, device)
+    elif model.uses_neighbours:
         if neighbours is None:
             neighbours = NeighbourSource(knn_graph(train.features, model_config.neighbours, model_config.graph,
                                                        model_config.graph_search))
@@ -205,7 +209,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
                                 train_config.grad_clip):
         metrics.update(docs_per_s=metrics["docs"] / metrics["seconds"],
                        lr=state.optimizer.param_groups[0]["lr"], kl_weight=float(model.kl_weight),
-                       noise_scale=float(model.noise_scale), streamed=int(isinstance(rows, ShardStream)))
+                       noise_scale=float(model.noise_scale), streamed=int(isinstance(rows, (ShardStream, StreamedNeighbourPairs))))
         if state.epoch % train_config.eval_every == 0 or state.epoch == train_config.epochs:
             precision = evaluator(model)
             metrics.update(val_precision=precision.tie_aware, val_precision_ordered=precision.ordered)

@@ -32,7 +32,7 @@ from corrhash.atomic import atomic_open
 from corrhash.data.device_csr import DeviceCSR
 from corrhash.data.shards import Split, TfidfShards
 from corrhash.data.sources import cache_dir
-from corrhash.errors import DataError
+from corrhash.errors import ConfigError, DataError
 from corrhash.log import log
 from corrhash.data.stream import ShardStream
 from corrhash.models import ModelConfig, model_class
@@ -87,9 +87,10 @@ class GraphInfo:
 
 
 def cached_lists(shards: TfidfShards, k: int, train: Split | None = None, method: str = "auto",
-                 run_blocks: BlockRunner = run_here) -> tuple[np.ndarray, np.ndarray, GraphInfo]:
+                 run_blocks: BlockRunner = run_here, search: bool = True) -> tuple[np.ndarray, np.ndarray, GraphInfo]:
     """The train split's directed neighbour lists ([n, width >= k] ids and cosines, sorted) from the cache,
-    searched there first if missing. `train`: the split already in memory (else it is read)."""
+    searched there first if missing (`search=False`: a named error instead). `train`: the split already in
+    memory (else it is read)."""
     n_train = sum(shards.rows_in(path) for path in shards.files("train"))
     method = resolved_method(method, n_train)
     folder = graph_folder(shards)
@@ -101,6 +102,11 @@ def cached_lists(shards: TfidfShards, k: int, train: Split | None = None, method
             return ids, sims, GraphInfo(path, False, float(meta.get("seconds", 0.0)), method, 0,
                                         meta.get("search", {}))
         width = max(k, LIST_WIDTH)
+        if not search:
+            raise ConfigError(f"{shards.root}: no cached document graph {width} wide ({method} search) for this "
+                              f"streamed train split; search it first where the split's rows fit once (about 16 "
+                              f"bytes per non-zero): python jobs/graph.py --data {shards.root} --neighbours {width}"
+                              f"{'' if method == 'exact' else ' --search ' + method} (--ray to spread it)")
         train = train if train is not None else shards.split("train")
         log(f"document graph: searching the {width} nearest of each of {len(train)} train documents ({method})")
         started = time.perf_counter()
@@ -114,10 +120,10 @@ def cached_lists(shards: TfidfShards, k: int, train: Split | None = None, method
 
 
 def cached_graph(shards: TfidfShards, k: int, kind: str, train: Split | None = None, method: str = "auto",
-                 run_blocks: BlockRunner = run_here) -> tuple[sp.csr_matrix, GraphInfo]:
+                 run_blocks: BlockRunner = run_here, search: bool = True) -> tuple[sp.csr_matrix, GraphInfo]:
     """The train split's symmetric graph of k neighbours and `kind` (float32 CSR [n_train, n_train]), from the
     cached lists (`cached_lists`)."""
-    ids, sims, info = cached_lists(shards, k, train, method, run_blocks)
+    ids, sims, info = cached_lists(shards, k, train, method, run_blocks, search)
     graph = symmetric_graph(*first_k(ids, sims, k), kind).astype(np.float32)
     info.edges = graph.nnz
     log(f"document graph: k {k}, {kind}: {graph.nnz} edges")
@@ -153,15 +159,24 @@ class NeighbourSource:
     documents: Split | None = None
     """The whole train split when training on a share (a distributed rank); None: the trained rows are it."""
     share_rows: np.ndarray | None = None
+    store: object | None = None
+    """For a streamed split: the RowStore neighbour rows are read from (train/streamed_pairs.py)."""
 
 
 def neighbour_source(shards: TfidfShards, config: ModelConfig, train: Split | ShardStream | None = None,
                      share_paths: list | None = None) -> NeighbourSource | None:
     """For a model that `uses_graph`, the cached graph for `config` (its k and kind) and, for a rank training on
-    `share_paths`, the whole split and the share's row ids in it; None for any other model, or a streamed split
-    (which `fit` refuses for a -nbr model, with the reason)."""
-    if not model_class(config.name).uses_graph or isinstance(train, ShardStream):
+    `share_paths`, the whole split and the share's row ids in it; for a streamed split, the graph (which must be
+    cached: `jobs/graph.py`) and the row store its neighbour rows are read from. None for any other model, and for
+    STH on a stream (it loads the split whole to fit)."""
+    model = model_class(config.name)
+    if not model.uses_graph or (isinstance(train, ShardStream) and not model.uses_neighbours):
         return None
+    if isinstance(train, ShardStream):
+        from corrhash.train.streamed_pairs import row_store  # it imports this module: imported here
+
+        graph, _ = cached_graph(shards, config.neighbours, config.graph, method=config.graph_search, search=False)
+        return NeighbourSource(graph, store=row_store(shards))
     whole = train if share_paths is None else shards.split("train")
     graph, _ = cached_graph(shards, config.neighbours, config.graph, whole, config.graph_search)
     if share_paths is None:
