@@ -91,8 +91,16 @@ class SearchOptions:
     """hits per query"""
     batch: int = 256
     """queries hashed and searched together (the unit of the exported latency)"""
+    ray: bool = False
+    """hash a shard-folder --corpus on Ray Data across the cluster (an actor pool holding the model; the same
+    codes as one process)"""
+    hash_actors: int = 2
+    """with --ray: actors hashing at once (one CPU each)"""
+    codes_out: Path | None = None
+    """with --ray: keep the corpus's code shards (Parquet: doc_id, code) and codes.json here"""
     address: str | None = None
-    """Ray cluster to export live search metrics to; default: $RAY_ADDRESS when set, else no export"""
+    """Ray cluster for --ray's hashing and to export live search metrics to; default: $RAY_ADDRESS when set, else
+    a local Ray for --ray and no export"""
     linger_s: float = 0.0
     """after answering, stay connected this long so Prometheus scrapes the last metrics (Ray exports every 10 s)"""
 
@@ -105,6 +113,13 @@ class SearchOptions:
             raise ConfigError(f"--batch {self.batch}: must be at least 1")
         if not 0 <= self.linger_s <= 3600:
             raise ConfigError(f"--linger-s {self.linger_s}: must be between 0 and 3600 seconds")
+        if self.hash_actors < 1:
+            raise ConfigError(f"--hash-actors {self.hash_actors}: must be at least 1")
+        if (self.codes_out is not None or self.hash_actors != 2) and not self.ray:
+            raise ConfigError("--codes-out and --hash-actors apply with --ray only")
+        if self.ray and (self.corpus is None or not (self.corpus / "manifest.json").is_file()):
+            raise ConfigError(f"--ray hashes a prepared shard folder; --corpus {self.corpus} is not one "
+                              "(a .jsonl or text file is hashed in this process: drop --ray)")
         if self.index_out and self.index_out.suffix == ".json":
             raise ConfigError(f"--index-out {self.index_out}: its JSON sidecar would overwrite it; name it .npz")
 
@@ -138,7 +153,16 @@ def answer(args: SearchOptions, queries) -> None:
     from corrhash.serve.corpus import index_for
     from corrhash.serve.search import Searcher
     model = corrhash.load(args.model)
-    index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind, args.allow_other_model)
+    encode_corpus = None
+    if args.ray:
+        from corrhash.launch.connect import init_ray
+        from corrhash.runs.hash_corpus import ray_corpus_encoder
+
+        init_ray(args.address)
+        commands.install_sigterm()
+        encode_corpus = ray_corpus_encoder(args.hash_actors, args.codes_out)
+    index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind, args.allow_other_model,
+                             encode_corpus=encode_corpus)
     if args.corpus is not None:
         print(f"indexed {len(index)} documents from {args.corpus} ({index.describe()})", file=sys.stderr)
     if args.index_out:
@@ -166,7 +190,7 @@ def search_metrics(args: SearchOptions):
     cluster (otherwise it records nothing)."""
     from corrhash.launch.live import SearchExporter
 
-    if args.address or os.environ.get("RAY_ADDRESS"):
+    if args.ray or args.address or os.environ.get("RAY_ADDRESS"):
         from corrhash.launch.connect import init_ray
 
         init_ray(args.address)  # None: init_ray reads $RAY_ADDRESS, and its errors name it

@@ -347,6 +347,11 @@ class TfidfShards:
             return np.zeros((0, len(self.label_names)), dtype=bool)
         return sp.vstack(blocks, format="csr").toarray()
 
+    def doc_ids(self, name: str) -> np.ndarray:
+        """Only the doc_ids of a split, in its order."""
+        return np.concatenate([self._read_shard(path, columns=["doc_id"]).column("doc_id").to_numpy()
+                               for path in self.files(name)])
+
     def split(self, name: str, shards: list[Location] | None = None) -> Split:
         """Load a split (or only the given shard files of it, e.g. a worker's share)."""
         return self.stack(name, [self.shard_rows(path) for path in self.files(name, shards)])

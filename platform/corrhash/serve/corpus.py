@@ -144,11 +144,13 @@ def check_model(index, model, index_path: Path, allow_other_model: bool = False,
 
 
 def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train", kind: str = "auto",
-              allow_other_model: bool = False, warn: Callable[[str], None] = warn_on_stderr):
+              allow_other_model: bool = False, warn: Callable[[str], None] = warn_on_stderr,
+              encode_corpus: Callable | None = None):
     """(index, shown): a saved index (its bits checked against the model's, its kind against `kind` unless that
     is "auto", and its model against `model`: see check_model) or one of `kind` hashed from a corpus (its
     features checked against the model's vocabulary size), and what each hit shows ({id: {...}}, which a saved
-    index keeps: `index.shown`). A shard folder's IVF is calibrated on its val split."""
+    index keeps: `index.shown`). A shard folder's IVF is calibrated on its val split. `encode_corpus(model,
+    folder, split)`: the packed codes of a shard folder's split hashed elsewhere (on Ray Data), in its order."""
     from corrhash.retrieval.index import HammingIndex
 
     if index_path is not None:
@@ -169,8 +171,10 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
                         f"takes {model.n_features} (prepared with another vocabulary?)")
     queries = calibration_queries(model, corpus_path, split) \
         if corpus.features is not None and HammingIndex.calibrates_ivf(kind, len(corpus.ids)) else None
+    codes = encode_corpus(model, corpus_path, split) if encode_corpus is not None and corpus.features is not None \
+        else None
     index = model.index(corpus.texts, ids=corpus.ids, features=corpus.features, kind=kind,
-                        calibration_queries=queries, shown=corpus.shown)
+                        calibration_queries=queries, shown=corpus.shown, codes=codes)
     return index, index.shown
 
 

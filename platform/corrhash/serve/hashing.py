@@ -111,16 +111,17 @@ class HashingModel:
         return self.encode_features(self.featurize(texts))
 
     def index(self, texts: list[str] | None = None, ids=None, features: sp.csr_matrix | None = None, *,
-              kind: str = "auto", calibration_queries=None, seed: int = 0, shown: dict | None = None):
+              kind: str = "auto", calibration_queries=None, seed: int = 0, shown: dict | None = None,
+              codes: np.ndarray | None = None):
         """A HammingIndex of texts (or TF-IDF rows); ids default to 0..n-1. It records this model's identity
         (meta "model"). `kind`, `seed`, `shown` (what a hit shows of each document) and `calibration_queries`
         are HammingIndex's (see corrhash.retrieval.index); the queries IVF calibrates nprobe on may be packed
-        codes, TF-IDF rows or texts, and default to a sample of the index's codes."""
+        codes, TF-IDF rows or texts, and default to a sample of the index's codes. `codes`: the documents' packed
+        codes, already hashed by this model (e.g. on Ray Data: runs/hash_corpus.py)."""
         from corrhash.retrieval.index import HammingIndex
 
-        if features is None:
-            features = self.featurize(texts)
-        codes = self.encode_features(features, progress=True)
+        if codes is None:
+            codes = self.encode_features(features if features is not None else self.featurize(texts), progress=True)
         ids = np.arange(len(codes)) if ids is None else np.asarray(ids)
         return HammingIndex(codes, ids, self.bits, {"model": self.identity}, kind=kind, seed=seed,
                             calibration_queries=self._query_codes(calibration_queries), shown=shown)
