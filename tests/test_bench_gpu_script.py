@@ -92,7 +92,7 @@ def test_gpu_script_runs_with_the_gpu_machines_packages_only(gpu_machine_python,
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PY=str(gpu_machine_python), DATA=str(shards_20ng_small), DEVICE="cpu", OUT=str(tmp_path),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", GRAPH_DOCS="1500 3000", GRAPH_FULL_MAX="2000", GRAPH_QUERIES="200")
     tiny = ["--batch-sizes", "100", "500", "--epochs", "1", "--synthetic-shape", "400", "100", "3000", "30",
             "--profile-steps", "3", "--compile-modes", "eager", "--compile-warmup-steps", "2",
             "--processes", "1", "2", "--packing-epochs", "1",
@@ -113,6 +113,10 @@ def test_gpu_script_runs_with_the_gpu_machines_packages_only(gpu_machine_python,
     assert [(row["bits"], row["database"]) for row in report["search"]] == [(64, 3000), (64, 6000),
                                                                            (128, 3000), (128, 6000)]
     assert set(report["section_seconds"]) == {"epochs", "step", "packing", "search", "compile"}
+    graph = json.loads((tmp_path / "graph-gpu.json").read_text())  # the graph section: torch product vs scipy
+    assert [(row["docs"], row["method"], row["scaled"]) for row in graph] == [
+        (1500, "exact-torch", False), (1500, "exact", False), (3000, "exact-torch", False), (3000, "exact", True)]
+    assert all(row["recall"] > 0.999 for row in graph) and "| exact-torch |" in (tmp_path / "graph-gpu.md").read_text()
     numbers = list(_numbers(report))
     assert numbers and all(math.isfinite(x) for x in numbers)
     for row in report["epochs"]:
