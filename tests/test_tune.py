@@ -203,9 +203,9 @@ def test_search_across_two_models_records_each_and_registers_the_better(cluster,
 
 @pytest.mark.cluster
 def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_synthetic, tmp_path):
-    """A -nbr model tunes like any other; its trials (two at a time) read one graph, built by one of them beside a
-    fresh copy of the shards. Ray folds log lines repeated across workers into one "[repeated Nx ...]" line, so
-    a second build would show as a repeat of the building line."""
+    """A -nbr model tunes like any other; its trials (two at a time) read one graph, searched by the tune's driver
+    (as Ray tasks) before they start, beside a fresh copy of the shards. Ray folds log lines repeated across
+    workers into one "[repeated Nx ...]" line, so a second search would show as a repeat of the searching line."""
     data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
     done = drive(cluster, ["--data", str(data), "--model", "nash-nbr", "--neighbours", "6", "--graph", "knn",
                            "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
@@ -214,11 +214,11 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
                  job="jobs/tune.py")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    building = [line for line in output.splitlines() if "document graph: building" in line]
-    assert len(building) == 1 and "repeated" not in building[0], building
-    assert "document graph: reused" in output
+    searching = [line for line in output.splitlines() if "document graph: searching" in line]
+    assert len(searching) == 1 and "repeated" not in searching[0] and "pid=" not in searching[0], searching
+    assert "blocks searched on Ray" in output and "document graph: reused" in output  # by the trials
     (graph,) = (data / "graphs").glob("*.npz")
-    assert "-k6-knn-exact-" in graph.name
+    assert "-train-exact-w25-" in graph.name  # the space's k (6, pinned) is served by the 25-wide lists
     client = MlflowClient(cluster["mlflow"])
     parent = client.search_runs([client.get_experiment_by_name("corrhash-tune").experiment_id],
                                 filter_string="tags.`corrhash.job` = 'tune-nbr'")[0]
