@@ -21,6 +21,7 @@ from corrhash import commands
 from corrhash.data import TfidfShards
 from corrhash.errors import ConfigError
 from corrhash.models.config import GraphSearch
+from corrhash.models.graph import run_here
 from corrhash.train.neighbours import LIST_WIDTH, cached_lists
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         options = commands.parse(GraphOptions, __doc__, argv, title="graph")
         print(f"config: {options}", flush=True)
         shards = TfidfShards(options.data)
-        run_blocks = None
+        run_blocks = run_here
         if options.ray:
             from corrhash.launch.blocks import ray_blocks
             from corrhash.launch.connect import init_ray
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             init_ray(options.address)
             commands.install_sigterm()
             run_blocks = ray_blocks
-        ids, _, info = cached_lists(shards, options.neighbours, method=options.search,
-                                    **({"run_blocks": run_blocks} if run_blocks else {}))
+        ids, _, info = cached_lists(shards, options.neighbours, method=options.search, run_blocks=run_blocks)
         search = info.search
         measured = (f"; recall@{ids.shape[1]} {search['sampled_recall']:.4f} on {search['recall_sample']} sampled "
                     f"documents ({search['index_terms']} index terms, {search['candidates']} candidates)"

@@ -101,7 +101,7 @@ def _keep_top(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: in
     sims = np.zeros((n_rows, k), dtype=np.float64)
     positive = values > 0
     rows, cols, values = rows[positive], cols[positive], values[positive]
-    # by row, then most similar first: one float key (values are in (0, 2]: a pruned partial counts a term twice)
+    # by row, then most similar first: one float key (cosines are at most 1, so a row's keys never reach the next's)
     order = np.argsort(rows * 4.0 - values)
     rows, cols, values = rows[order], cols[order], values[order]
     starts = np.searchsorted(rows, np.arange(n_rows))
@@ -205,7 +205,7 @@ def heaviest_terms(x: sp.csr_matrix, m: int) -> sp.csr_matrix:
 def _pruned_rows(shared: dict, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x, xt, heavy, heavy_t, k = shared["x"], shared["xt"], shared["heavy"], shared["heavy_t"], shared["k"]
     partial = (x[queries] @ heavy_t + heavy[queries] @ xt).tocsr()
-    partial = _shifted_diagonal_cleared(partial, queries)
+    partial = _without_self(partial, queries)
     pair_rows, pair_cols = _top_per_row(partial, shared["candidates"])
     # exact cosines of the pairs: each candidate row's entries times the query's, read from the dense query rows
     dense = x[queries].toarray()
@@ -217,7 +217,7 @@ def _pruned_rows(shared: dict, queries: np.ndarray) -> tuple[np.ndarray, np.ndar
     return _keep_top(pair_rows, pair_cols, exact.astype(np.float64), len(queries), k)
 
 
-def _shifted_diagonal_cleared(partial: sp.csr_matrix, queries: np.ndarray) -> sp.csr_matrix:
+def _without_self(partial: sp.csr_matrix, queries: np.ndarray) -> sp.csr_matrix:
     """`partial` (rows: the block's queries, columns: every document) without each query's own column."""
     rows = np.repeat(np.arange(partial.shape[0]), np.diff(partial.indptr))
     keep = partial.indices != queries[rows]
@@ -266,8 +266,7 @@ class PrunedChoice:
     tried: list = field(default_factory=list)
     """every rung measured: (index_terms, candidates, recall)"""
     exact: bool = False
-    """True when the lists were searched exactly: a rung short of the target cost more CPU than the exact search
-    on the sample"""
+    """True when the lists were searched exactly: a rung cost more CPU than the exact search on the sample"""
 
 
 def pruned_neighbours(features: sp.spmatrix, k: int, index_terms: int | None = None,

@@ -88,10 +88,10 @@ def read_codes(out: Path, doc_ids: np.ndarray) -> np.ndarray:
     """The packed codes in `out`'s shards, put in the order of `doc_ids`; every doc_id must be there once."""
     table = pq.read_table(out / "codes")
     ids = table.column("doc_id").to_numpy()
-    width = table.schema.field("code").type.byte_width
-    codes = np.array(table.column("code").to_pylist(), dtype=object)
-    codes = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(-1, width) if len(codes) else \
-        np.zeros((0, width), dtype=np.uint8)
+    code = table.column("code").combine_chunks()  # fixed-size binary: one buffer of rows x width bytes
+    width = code.type.byte_width
+    codes = np.frombuffer(code.buffers()[1], dtype=np.uint8)[code.offset * width:(code.offset + len(code)) * width]
+    codes = codes.reshape(-1, width)
     order = np.argsort(ids, kind="stable")
     position = np.searchsorted(ids[order], doc_ids)
     if len(ids) != len(doc_ids) or (position >= len(ids)).any() or (ids[order][np.minimum(position, len(ids) - 1)]

@@ -47,7 +47,7 @@ class RowStore:
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: cannot read the row store ({exc}); delete it to write it again") from exc
         self.shape = tuple(meta["shape"])
-        if len(self.indptr) != self.shape[0] + 1 or self.indptr[-1] != len(self.indices) != len(self.data):
+        if len(self.indptr) != self.shape[0] + 1 or not self.indptr[-1] == len(self.indices) == len(self.data):
             raise DataError(f"{path}: the row store's arrays disagree with its shape {self.shape}; delete it")
         self.path = path
 
