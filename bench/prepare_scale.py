@@ -82,24 +82,26 @@ class TreeMemory:
         self._thread.join()
 
 
-def _measured(command: list[str], timeout: float | None) -> tuple[float, TreeMemory, str]:
-    """(wall seconds, memory peaks, stderr) of a command run to completion; RuntimeError if it fails."""
+def measured(command: list[str], timeout: float | None) -> tuple[float, TreeMemory, str]:
+    """(wall seconds, memory peaks, output: stdout and stderr interleaved) of a command run to completion;
+    RuntimeError if it fails."""
     env = child_env(OMP_NUM_THREADS="1")
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     with TreeMemory(process.pid) as memory:
-        _, stderr = process.communicate(timeout=timeout)
+        output, _ = process.communicate(timeout=timeout)
     wall = time.perf_counter() - started
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{stderr[-3000:]}")
-    return wall, memory, stderr
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{output[-3000:]}")
+    return wall, memory, output
 
 
 def run_generate(out: Path, n_docs: int, seed: int, files: int, timeout: float | None = None) -> dict:
     """`python -m bench.synth` as a subprocess: the corpus's files, size, generation time and peak memory."""
     command = [sys.executable, "-m", "bench.synth", "--out", str(out), "--n-docs", str(n_docs),
                "--seed", str(seed), "--files", str(files), "--overwrite"]
-    wall, memory, _ = _measured(command, timeout)
+    wall, memory, _ = measured(command, timeout)
     paths = sorted(out.glob("part-*"))
     return {"files": len(paths), "raw_mib": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
             "generate_s": round(wall, 2), "generate_peak_rss_mib": round(memory.peak_process_rss_mib, 1)}
@@ -109,7 +111,7 @@ def run_prepare(raw: Path, out: Path, ray: bool, timeout: float | None = None) -
     """One `prepare_data.py text` run as a subprocess: times, peak memory and the manifest's content hash."""
     command = [sys.executable, str(REPO / "jobs" / "prepare_data.py"), "text", "--raw", str(raw), "--out", str(out),
                "--overwrite", *(["--ray"] if ray else [])]
-    wall, memory, stderr = _measured(command, timeout)
+    wall, memory, stderr = measured(command, timeout)
     done = DONE.findall(stderr)
     manifest = json.loads((out / "manifest.json").read_text())
     return {"wall_s": round(wall, 2), "prepare_s": float(done[-1]) if done else None,

@@ -161,10 +161,12 @@ def answer(args: SearchOptions, queries) -> None:
         init_ray(args.address)
         commands.install_sigterm()
         encode_corpus = ray_corpus_encoder(args.hash_actors, args.codes_out)
+    started = time.monotonic()
     index, shown = index_for(model, args.index, args.corpus, args.split, args.index_kind, args.allow_other_model,
                              encode_corpus=encode_corpus)
     if args.corpus is not None:
-        print(f"indexed {len(index)} documents from {args.corpus} ({index.describe()})", file=sys.stderr)
+        print(f"indexed {len(index)} documents from {args.corpus} in {time.monotonic() - started:.1f} s "
+              f"({index.describe()})", file=sys.stderr)
     if args.index_out:
         index.save(args.index_out)
         print(f"saved index to {args.index_out}", file=sys.stderr)
