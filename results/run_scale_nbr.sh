@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces results/scale-nbr.md's graph tables (bench/graph.py; each case resumes from the JSON it appends to).
 # Run it on an otherwise idle machine: Ray runs its workers at niceness 15, so any other load starves the Ray cases.
-# Usage: CORRHASH_RAW_DIR=../shared/data bash results/run_scale_nbr.sh [real synthetic million two-nodes streamed]
+# Usage: CORRHASH_RAW_DIR=../shared/data bash results/run_scale_nbr.sh [real synthetic million two-nodes streamed
+#   e2e e2e-two-nodes]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -9,7 +10,7 @@ OUT=${OUT:-results/scale-nbr}
 mkdir -p "$OUT"
 test -f data/reuters/manifest.json || $PY jobs/prepare_data.py reuters --out data/reuters
 test -f data/20ng-paper/manifest.json || $PY jobs/prepare_data.py 20ng --release 18828 --out data/20ng-paper
-stages=${*:-real synthetic million two-nodes streamed}
+stages=${*:-real synthetic million two-nodes streamed e2e e2e-two-nodes}
 for stage in $stages; do
   case $stage in
     real) $PY -m bench.graph --data data/reuters data/20ng-paper --methods exact pruned --workers 0 1 2 \
@@ -35,6 +36,14 @@ for stage in $stages; do
         mv "$OUT/streamed-$mode.time.tmp" "$OUT/streamed-$mode.time"
       done
       grep -H "Maximum resident" "$OUT"/streamed-*.time; grep -H "epoch " "$OUT"/streamed-*.log | cut -c1-160 ;;
+    e2e) $PY -m bench.end_to_end --sizes 10000 100000 --out "$OUT/e2e.json" ;;
+    e2e-two-nodes)  # the same pipeline at 10k on a head and a second node of 1 CPU each
+      export RAY_AUTH_MODE=disabled
+      .venv/bin/ray stop --force >/dev/null 2>&1 || true
+      .venv/bin/ray start --head --num-cpus 1 --port 6391 --node-ip-address 127.0.0.1 --include-dashboard false >/dev/null
+      .venv/bin/ray start --address 127.0.0.1:6391 --num-cpus 1 --node-ip-address 127.0.0.1 >/dev/null
+      $PY -m bench.end_to_end --sizes 10000 --address 127.0.0.1:6391 --out "$OUT/e2e.json"
+      .venv/bin/ray stop --force >/dev/null ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
