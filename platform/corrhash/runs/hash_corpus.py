@@ -26,6 +26,8 @@ from corrhash.serve.hashing import ENCODE_CHUNK, HashingModel
 
 
 MIN_ACTOR_CPUS = 0.25
+TASK_CPUS = 0.25
+"""CPUs each of Ray Data's read and write tasks asks for: I/O-bound, and small enough to fit beside the actors."""
 
 
 class CodeActor:
@@ -64,20 +66,22 @@ def hash_on_ray(model: HashingModel, shards_path: str | Path, split: str, out: P
     files = [str(path) for path in shards.files(split)]
     if not files:
         raise DataError(f"{shards_path}: no {split} shards to hash")
-    # The actors leave a CPU to Ray Data's own listing, read and write tasks: on a cluster whose CPUs the actors
-    # would take whole, those tasks never start (seen on 2 CPUs with 2 actors: "3/2 CPU" requested, no progress).
+    # The actors leave room on every node for Ray Data's own read and write tasks (TASK_CPUS each): on a cluster
+    # whose CPUs the actors would take whole, those tasks never start (seen on 2 CPUs with 2 actors: "3/2 CPU"
+    # requested, no progress; and on two nodes of 1 CPU, an actor of 0.5 on each, with tasks asking for 1).
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    per_actor = max(MIN_ACTOR_CPUS, min(1.0, (cpus - 1) / actors))
+    per_actor = max(MIN_ACTOR_CPUS, min(1.0, cpus / actors - TASK_CPUS))
     log(f"hashing {split} of {shards_path} on Ray Data: {len(files)} shard files, {actors} actors holding the model "
         f"({per_actor:g} CPU each of the cluster's {cpus:g})")
     # At least two blocks an actor, so that every actor of the pool gets work even from one shard file.
     dataset = ray.data.read_parquet(files, columns=["doc_id", "indices", "values"],
-                                    override_num_blocks=max(len(files), 2 * actors))
+                                    override_num_blocks=max(len(files), 2 * actors),
+                                    ray_remote_args={"num_cpus": TASK_CPUS})
     codes = dataset.map_batches(CodeActor, fn_constructor_kwargs={"files": model_files(model)},
                                 compute=ray.data.ActorPoolStrategy(size=actors), batch_size=ENCODE_CHUNK,
                                 batch_format="pyarrow", num_cpus=per_actor)
     with atomic_dir(out) as tmp:
-        codes.write_parquet(str(tmp / "codes"))
+        codes.write_parquet(str(tmp / "codes"), ray_remote_args={"num_cpus": TASK_CPUS})
         (tmp / "codes.json").write_text(json.dumps({"model": model.identity, "bits": model.bits, "split": split,
                                                     "data": str(shards_path),
                                                     "content_hash": shards.content_hash}, indent=1))
