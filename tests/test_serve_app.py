@@ -14,6 +14,7 @@ import asyncio
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from badinput import assert_named_error, run_job
 from bench.serve_load import percentile, run_load_test
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
+from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig
 from corrhash.tracking.runs import ensure_experiment, log_hashing_model
 from corrhash.train import TrainConfig, fit
@@ -36,6 +38,7 @@ from services import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BODY = 64 * 1024  # small, so an oversized body is cheap to send
+BODY_TIMEOUT_S = 3  # short, so clients that send no body are cut off quickly
 REGISTERED = "serve-test"
 
 
@@ -65,17 +68,20 @@ def registered_uri(tracking_uri: str, model_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def served(cluster, trained, tmp_path_factory):
-    """jobs/serve.py running on the session head: the URL, the process, and the model and index to compare with."""
+    """jobs/serve.py running on the session head, its corpus hashed there on Ray Data (--hash-actors): the URL, the
+    process, and the model and the index one process builds, to compare with."""
     uri = registered_uri(cluster["mlflow"], trained.dir)
     port, log = free_port(), tmp_path_factory.mktemp("serve-job") / "serve.log"
     env = dict(cluster["head"].client_env(), MLFLOW_TRACKING_URI=cluster["mlflow"], OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "serve.py"), "--model", uri, "--corpus", str(trained.shards.root),
-         "--address", cluster["head"].gcs, "--port", str(port), "--replicas", "1", "--max-body-bytes", str(MAX_BODY)],
+         "--address", cluster["head"].gcs, "--port", str(port), "--replicas", "1", "--max-body-bytes", str(MAX_BODY),
+         "--hash-actors", "1", "--body-timeout-s", str(BODY_TIMEOUT_S)],
         env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_serving(process, log, timeout=150)
+        assert "on Ray Data: " in log.read_text()
         model = corrhash.load(trained.dir)
         train = trained.shards.split("train")
         index = model.index(features=train.features, ids=train.doc_ids)
@@ -223,6 +229,58 @@ def test_the_api_documents_itself_and_validation_answers_422(served):
     assert (got, answer) == (422, {"error": "'k' must be an integer from 1 to 1000, got 5000"})
 
 
+def idle_client(url: str) -> socket.socket:
+    """A client that sends a request's headers and the first byte of its body, and then nothing (review S1)."""
+    host, port = url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)), timeout=60)
+    client.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 1000\r\n\r\n{")
+    return client
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("idle", [8, 32])
+def test_idle_clients_do_not_stop_others_from_being_answered(served, idle):
+    """--max-ongoing-requests (8) clients sending no body held every replica slot for good (reliability review t4,
+    S1): now each is cut off with a 408 after --body-timeout-s, and a normal client is answered meanwhile."""
+    clients = [idle_client(served.url) for _ in range(idle)]
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, answer = post(served.url, "/search", {"texts": served.texts[:1], "k": 3})
+        assert status == 200 and len(answer["results"][0]["hits"]) == 3
+        assert time.monotonic() - started < BODY_TIMEOUT_S + 15
+        for client in clients:
+            reply = client.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408") and b"--body-timeout-s" in reply, reply[:300]
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.cluster
+def test_the_largest_allowed_answer_is_bounded_and_a_larger_one_refused(served):
+    """texts x k is capped (--max-hits, default 100,000; review S2: 1000 texts x k 1000 answered 91 MB): the
+    largest request allowed answers at most ~100 bytes a hit, and one hit more is a 422 naming the product."""
+    texts, k = (served.texts * 400)[:1000], 100
+    status, answer, headers = call(served.url, "POST", "/search", json.dumps({"texts": texts, "k": k}).encode())
+    hits = sum(len(result["hits"]) for result in answer["results"])
+    assert status == 200 and hits == 1000 * min(k, len(served.index))
+    assert int(headers["content-length"]) < 100 * 100_000
+    status, answer = post(served.url, "/search", {"texts": texts, "k": k + 1})
+    assert (status, answer) == (422, {"error": "1000 texts x k 101 = 101000 hits; at most 100000 per request (ask "
+                                               "fewer texts or a smaller k)"})
+
+
+@pytest.mark.cluster
+def test_a_request_naming_another_host_is_refused(served):
+    """DNS rebinding (review S4): a page of evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
+    status, answer, _ = call(served.url, "POST", "/search", json.dumps({"texts": ["t0w1"], "k": 1}).encode(),
+                             {"Content-Type": "application/json", "Host": "evil.example:80"})
+    assert status == 400 and "Host 'evil.example:80' is not a name of this server" in answer["error"]
+    assert call(served.url, "GET", "/healthz", headers={"Host": f"localhost:{served.port}"})[0] == 200
+
+
 @pytest.mark.cluster
 def test_a_bounded_load_test_has_no_errors(served):
     result = run_load_test(f"{served.url}/search", served.texts, requests=200, concurrency=4, duration_s=60)
@@ -295,7 +353,7 @@ def asgi(app, method: str, path: str, body=b"", headers: dict | None = None, roo
     """(status, JSON answer, headers) of one request handed to the ASGI app as Serve's proxy hands it: the path
     in full, the route prefix in root_path; a body given as an iterator of chunks goes without Content-Length."""
     chunks = [body or b""] if isinstance(body, (bytes, type(None))) else list(body)
-    headers = {"content-type": "application/json", **(headers or {})}
+    headers = {"content-type": "application/json", "host": "127.0.0.1:8000", **(headers or {})}
     if isinstance(body, (bytes, type(None))):
         headers.setdefault("content-length", str(len(body or b"")))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
@@ -389,6 +447,70 @@ def test_the_app_validates_through_fastapi_and_documents_the_endpoints(app, monk
     app.middleware_stack = None
 
 
+def test_the_app_answers_only_requests_naming_this_server(app):
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"):
+        assert asgi(app, "GET", "/healthz", None, {"host": host})[0] == 200, host
+    for host in ("evil.example", "127.0.0.1.evil.example:8000", "[::2]"):
+        status, answer, _ = asgi(app, "GET", "/healthz", None, {"host": host})
+        assert status == 400 and f"Host {host!r} is not a name of this server" in answer["error"], answer
+
+
+def test_hosts_and_answer_size_are_options(trained):
+    from corrhash.serve.app import Limits, Payload, Searcher, build_app
+
+    model = corrhash.load(trained.dir)
+    train = trained.shards.split("train")
+    payload = Payload.of(str(trained.dir), model, model.index(features=train.features, ids=train.doc_ids))
+    limits = Limits(max_hits=20, allowed_hosts=("search.example",)).with_host("10.0.0.5")
+    assert limits.allowed_hosts == ("search.example", "10.0.0.5") and Limits().with_host("0.0.0.0") == Limits()
+    local = build_app(Searcher(payload, limits))
+    assert asgi(local, "GET", "/healthz", None, {"host": "search.example:443"})[0] == 200
+    assert asgi(local, "GET", "/healthz", None, {"host": "10.0.0.5:8000"})[0] == 200
+    status, answer, _ = asgi(local, "POST", "/search", json.dumps({"texts": ["a", "b", "c"], "k": 7}).encode())
+    assert (status, answer) == (422, {"error": "3 texts x k 7 = 21 hits; at most 20 per request (ask fewer texts or "
+                                               "a smaller k)"})
+    anyone = build_app(Searcher(payload, Limits(allowed_hosts=("*",))))
+    assert asgi(anyone, "GET", "/healthz", None, {"host": "anything.example"})[0] == 200
+
+
+def test_a_body_that_does_not_arrive_is_cut_off(trained):
+    """The body's deadline runs from the request: a client that sends its headers and then nothing gets a 408."""
+    from corrhash.serve.app import Limits, Payload, Searcher, build_app
+
+    model = corrhash.load(trained.dir)
+    train = trained.shards.split("train")
+    payload = Payload.of(str(trained.dir), model, model.index(features=train.features, ids=train.doc_ids))
+    app = build_app(Searcher(payload, Limits(body_timeout_s=0.3)))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/search", "raw_path": b"/search", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"99")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    sent = []
+
+    async def exchange():
+        first = [{"type": "http.request", "body": b'{"te', "more_body": True}]
+
+        async def receive():
+            if first:
+                return first.pop()
+            await asyncio.sleep(3600)  # the rest of the body never comes
+
+        async def send(message):
+            sent.append(message)
+
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    started = time.monotonic()
+    asyncio.run(exchange())
+    assert time.monotonic() - started < 5
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"]) == {"error": "request body not received within 0.3 s (--body-timeout-s)"}
+    with pytest.raises(ConfigError, match="--body-timeout-s 0"):
+        Limits(body_timeout_s=0)
+    with pytest.raises(ConfigError, match="--allowed-hosts 'a.example:80'"):
+        Limits(allowed_hosts=("a.example:80",))
+
+
 def test_the_app_answers_as_the_searcher_does(app):
     status, health, _ = asgi(app, "GET", "/healthz", None, root_path="/second")
     assert status == 200 and health["bits"] == 16 and health["status"] == "ok"
@@ -415,6 +537,11 @@ def test_bad_options_are_named_errors(trained, tmp_path, capsys):
                        tmp_path / "none")
     assert_named_error(*run_job("serve", ["--model", model, "--index", tmp_path / "i.npz"], capsys),
                        tmp_path / "i.npz")
+    assert_named_error(*run_job("serve", ["--model", model, "--corpus", trained.shards.root, "--hash-actors", "-1"],
+                                capsys), "--hash-actors -1")
+    (tmp_path / "docs.jsonl").write_text('{"text": "a b"}\n')
+    assert_named_error(*run_job("serve", ["--model", model, "--corpus", tmp_path / "docs.jsonl", "--hash-actors", "1"],
+                                capsys), "--hash-actors 1", "prepared shard folder")
 
 
 def test_an_index_of_other_codes_is_refused(trained, tmp_path, capsys):

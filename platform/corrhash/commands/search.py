@@ -83,7 +83,8 @@ class SearchOptions:
     index_kind: IndexKind = "auto"
     """index built from --corpus: flat (exact), ivf (approximate, sub-linear) or auto; a loaded --index must match"""
     allow_other_model: bool = False
-    """search an --index built with another model (other weights) or saved without its model's identity, with a
+    """search an --index built with another model (other weights) or saved without its model's identity, or hash
+    a shard-folder --corpus prepared with another vocabulary than the model's (a model of another corpus), with a
     warning; its hits are then likely meaningless"""
     queries: str | None = None
     """file of queries, one per line, or - for stdin"""
@@ -117,11 +118,17 @@ class SearchOptions:
             raise ConfigError(f"--hash-actors {self.hash_actors}: must be at least 1")
         if (self.codes_out is not None or self.hash_actors != 2) and not self.ray:
             raise ConfigError("--codes-out and --hash-actors apply with --ray only")
-        if self.ray and (self.corpus is None or not (self.corpus / "manifest.json").is_file()):
-            raise ConfigError(f"--ray hashes a prepared shard folder; --corpus {self.corpus} is not one "
-                              "(a .jsonl or text file is hashed in this process: drop --ray)")
+        if self.ray:
+            require_shard_corpus(self.corpus, "--ray", "drop --ray")
         if self.index_out and self.index_out.suffix == ".json":
             raise ConfigError(f"--index-out {self.index_out}: its JSON sidecar would overwrite it; name it .npz")
+
+
+def require_shard_corpus(corpus: Path | None, option: str, instead: str) -> None:
+    """Ray Data hashes a prepared shard folder only: a named error for any other --corpus."""
+    if corpus is None or not (corpus / "manifest.json").is_file():
+        raise ConfigError(f"{option} hashes a prepared shard folder on Ray Data; --corpus {corpus} is not one "
+                          f"(a .jsonl or text file is hashed in this process: {instead})")
 
 
 def parse_args(argv: list[str] | None = None) -> SearchOptions:

@@ -19,7 +19,8 @@ A malformed request gets a 4xx {"error": "..."}: 400 unreadable JSON, 413 a body
 message names it), 404 and 405.
 
 The model and the index are loaded here, once (--model as for jobs/search.py; --index a saved index, or
---corpus hashed now into an index of --index-kind, as in jobs/search.py), and handed to each replica as built,
+--corpus hashed now into an index of --index-kind, as in jobs/search.py; a shard folder on Ray Data with
+--hash-actors N, as search.py --ray, or an --index it saved), and handed to each replica as built,
 so replicas need neither MLflow nor the files, and all search the same index. An --index is served only with
 the model that built it (the weights' hash it records; e.g. not after @champion moved): another is an error
 naming both, unless --allow-other-model (a warning).
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corrhash import commands
+from corrhash.commands.search import require_shard_corpus
 from corrhash.errors import ConfigError, DataError
 from corrhash.serve.app import Limits, ServeOptions
 from corrhash.serve.corpus import index_for
@@ -61,8 +63,12 @@ class ServeJobOptions:
     """split of a shard folder to index"""
     index_kind: IndexKind = "auto"
     """index built from --corpus: flat (exact), ivf (approximate, sub-linear) or auto; a loaded --index must match"""
+    hash_actors: int = 0
+    """hash a shard-folder --corpus on Ray Data with this many actors (one CPU each) across the cluster the app
+    serves on, writing the same codes as one process; 0 hashes it here"""
     allow_other_model: bool = False
-    """serve an --index built with another model (other weights) or saved without its model's identity, with a
+    """serve an --index built with another model (other weights) or saved without its model's identity, or hash
+    a shard-folder --corpus prepared with another vocabulary than the model's (a model of another corpus), with a
     warning; its hits are then likely meaningless"""
     serve: ServeOptions = ServeOptions()
     """where Serve listens and how many replicas"""
@@ -74,6 +80,10 @@ class ServeJobOptions:
     def __post_init__(self) -> None:
         if (self.corpus is None) == (self.index is None):
             raise ConfigError("give exactly one of --index (to load) or --corpus (to hash)")
+        if self.hash_actors < 0:
+            raise ConfigError(f"--hash-actors {self.hash_actors}: must be 0 (hash here) or more")
+        if self.hash_actors:
+            require_shard_corpus(self.corpus, f"--hash-actors {self.hash_actors}", "leave --hash-actors at 0")
 
 
 def parse_args(argv: list[str] | None = None) -> ServeJobOptions:
@@ -84,8 +94,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_payload(options: ServeJobOptions):
-    """The model and its index (loaded or hashed from --corpus), with the checks jobs/search.py makes."""
+def load_payload(options: ServeJobOptions, encode_corpus=None):
+    """The model and its index (loaded or hashed from --corpus, by `encode_corpus` when given), with the checks
+    jobs/search.py makes."""
     import corrhash
     from corrhash.serve.app import Payload
 
@@ -93,7 +104,7 @@ def load_payload(options: ServeJobOptions):
     if model.featurizer is None:
         raise DataError(f"--model {options.model}: the model has no vocabulary, so it cannot hash text")
     index, shown = index_for(model, options.index, options.corpus, options.split, options.index_kind,
-                             options.allow_other_model)
+                             options.allow_other_model, encode_corpus=encode_corpus)
     log(f"loaded {options.model} ({model.bits} bits) and an index of {len(index)} documents ({index.describe()})")
     return Payload.of(options.model, model, index, shown)
 
@@ -102,12 +113,18 @@ def serve_until_stopped(options: ServeJobOptions) -> None:
     from corrhash.launch.connect import init_ray
     from corrhash.serve import app as serving
 
-    payload = load_payload(options)  # before Ray: a bad model or index fails fast, with its name
-    init_ray(options.address)
+    if options.hash_actors:
+        from corrhash.runs.hash_corpus import ray_corpus_encoder
+
+        init_ray(options.address)
+        payload = load_payload(options, ray_corpus_encoder(options.hash_actors, None))
+    else:
+        payload = load_payload(options)  # before Ray: a bad model or index fails fast, with its name
+        init_ray(options.address)
     commands.install_sigterm()  # again: ray.init installs its own, which would abort
     serving.start(options.serve)
     try:
-        url = serving.run(payload, options.limits, options.serve)
+        url = serving.run(payload, options.limits.with_host(options.serve.host), options.serve)
         health = serving.wait_ready(url)
         log(f"serving {health['documents']} documents on {url} (POST /search, POST /encode, GET /healthz; "
             f"API docs {url}/docs); Ctrl-C or SIGTERM stops")

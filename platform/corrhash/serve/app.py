@@ -33,7 +33,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Callable
 
@@ -58,11 +58,32 @@ class Limits:
     """most texts in one request"""
     max_k: int = 1000
     """largest k of a /search request"""
+    max_hits: int = 100_000
+    """most hits one /search request may ask for (texts x k; its answer is ~90 bytes a hit); more get 422"""
+    body_timeout_s: float = 10.0
+    """seconds a request's body may take to arrive; a slower one gets 408 and frees its replica slot (each of the
+    --max-ongoing-requests slots would otherwise be held by any client that sends headers and then nothing)"""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host header names answered besides localhost, 127.0.0.1, ::1 and --host ('*': any); others get 400, so a
+    web page whose domain rebinds to this address cannot read the index"""
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
+        for name in ("max_body_bytes", "max_texts", "max_k", "max_hits"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be a positive integer")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise ConfigError(f"--body-timeout-s {self.body_timeout_s}: must be more than 0 and at most 3600")
+        for host in self.allowed_hosts:
+            if not host or any(c in host for c in "/ :@") and not host.startswith("["):
+                raise ConfigError(f"--allowed-hosts {host!r}: a host name or address without port or path "
+                                  "(an IPv6 address in brackets), or '*'")
+
+    def with_host(self, host: str) -> "Limits":
+        """These limits, answering requests that name `host` (where the proxy listens) too."""
+        if host in ("0.0.0.0", "::") or host in self.allowed_hosts:
+            return self
+        return replace(self, allowed_hosts=(*self.allowed_hosts, f"[{host}]" if ":" in host else host))
 
 
 @dataclass
@@ -151,7 +172,9 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES = {
-    400: {"model": ErrorBody, "description": "the body is not JSON (or not UTF-8)"},
+    400: {"model": ErrorBody, "description": "the body is not JSON (or not UTF-8), or the Host header does not name "
+                                             "this server"},
+    408: {"model": ErrorBody, "description": "the body did not arrive within --body-timeout-s"},
     413: {"model": ErrorBody, "description": "the body is over --max-body-bytes"},
     415: {"model": ErrorBody, "description": "the body was not sent as Content-Type: application/json"},
     422: {"model": ErrorBody, "description": "the JSON is not a valid request (the error names the field)"},
@@ -162,7 +185,7 @@ def request_models(limits: Limits) -> tuple[type, type]:
     """(SearchRequest, EncodeRequest), bounded by this deployment's limits. Strict types, so `"k": "5"`,
     `"k": true` or `"texts": [3]` are refused rather than coerced, and no unknown field, so a misspelt `k` is
     not answered with the default silently."""
-    from pydantic import AfterValidator, StrictInt, StrictStr
+    from pydantic import AfterValidator, StrictInt, StrictStr, model_validator
     from pydantic_core import PydanticCustomError
 
     def not_blank(text: str) -> str:
@@ -183,6 +206,14 @@ def request_models(limits: Limits) -> tuple[type, type]:
         texts: Texts
         k: StrictInt = Field(10, ge=1, le=limits.max_k, description="how many hits per text")
 
+        @model_validator(mode="after")
+        def bounded_answer(self):
+            if len(self.texts) * self.k > limits.max_hits:
+                raise PydanticCustomError("too_many_hits", "{texts} texts x k {k} = {hits} hits; at most {most} per "
+                                          "request", {"texts": len(self.texts), "k": self.k,
+                                                      "hits": len(self.texts) * self.k, "most": limits.max_hits})
+            return self
+
     return SearchRequest, EncodeRequest
 
 
@@ -199,6 +230,8 @@ def validation_error(error: dict, fields: list[str], limits: Limits, body=None) 
         line, column = doc.count("\n", 0, position) + 1, position - doc.rfind("\n", 0, position)
         reason = error.get("ctx", {}).get("error")
         return 400, f"request body is not valid JSON: {reason} (line {line}, column {column})"
+    if kind == "too_many_hits":
+        return 422, f"{error.get('msg')} (ask fewer texts or a smaller k)"
     if not where:  # the body as a whole
         if kind == "missing":  # FastAPI reads an empty body as no body
             return 400, "request body is not valid JSON: it is empty"
@@ -243,43 +276,75 @@ def route_path(scope: dict) -> str:
     return path[len(prefix):] if prefix and path.startswith(prefix) else path
 
 
-class BodyLimit:
-    """ASGI middleware refusing (413) a request body past `max_bytes` before anything parses it: at once when its
-    Content-Length says so, else as it streams (a chunked body has no length), by counting what the app reads.
-    FastAPI's own `max_body_size` would do the counting, but it answers a declared length over the limit with a
-    plain-text "Content Too Large", whatever the app's error handlers say; this answers the API's JSON."""
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+def host_name(header: bytes) -> str:
+    """The host of a Host header, without its port ("[::1]:8000" -> "[::1]", "Example.com:80" -> "example.com")."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class RequestGuard:
+    """ASGI middleware checking what a request is before anything parses it, answering the API's JSON errors:
+    - its Host header must name this server (LOCAL_HOSTS, --host, --allowed-hosts), else 400: DNS rebinding;
+    - its body must stay within `max_bytes` (413): at once when its Content-Length says so, else as it streams
+      (a chunked body has no length), by counting what the app reads. FastAPI's own `max_body_size` would do the
+      counting, but it answers a declared length over the limit with a plain-text "Content Too Large";
+    - its body must arrive within `body_timeout_s` of the request (408): a replica takes a request before its
+      body has come, so clients that send headers and then nothing would hold every slot for good."""
+
+    def __init__(self, app, limits: "Limits"):
+        self.app, self.limits = app, limits
+        self.hosts = None if "*" in limits.allowed_hosts else {h.lower() for h in (*LOCAL_HOSTS,
+                                                                                    *limits.allowed_hosts)}
+
+    def problem(self, headers: dict) -> tuple[int, str] | None:
+        host = headers.get(b"host")
+        if self.hosts is not None and (host is None or host_name(host) not in self.hosts):
+            shown = "no Host header" if host is None else f"Host {host.decode('latin-1')!r}"
+            return 400, (f"{shown} is not a name of this server; requests must name one of "
+                         f"{', '.join(sorted(self.hosts))} (jobs/serve.py --allowed-hosts adds names)")
+        declared, limit = headers.get(b"content-length"), self.limits.max_body_bytes
+        if declared is not None and not declared.isdigit():
+            return 400, f"Content-Length {declared.decode('latin-1')!r} is not a number"
+        if declared is not None and int(declared) > limit:
+            return 413, f"request body of {int(declared)} bytes; at most {limit}"
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        import asyncio
+
+        from starlette.exceptions import HTTPException
         from starlette.responses import JSONResponse
 
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and not declared.isdigit():
-            problem = 400, f"Content-Length {declared.decode('latin-1')!r} is not a number"
-        elif declared is not None and int(declared) > self.max_bytes:
-            problem = 413, f"request body of {int(declared)} bytes; at most {self.max_bytes}"
-        else:
-            problem = None
+        problem = self.problem(dict(scope.get("headers", ())))
         if problem:
             return await JSONResponse({"error": problem[1]}, status_code=problem[0])(scope, receive, send)
-        size = 0
+        loop, size, body_done = asyncio.get_running_loop(), 0, False
+        deadline = loop.time() + self.limits.body_timeout_s
 
-        async def counted():
-            nonlocal size
-            message = await receive()
+        async def guarded():
+            nonlocal size, body_done
+            if body_done:  # after the body, the app waits for the client to leave: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:  # an HTTPException: FastAPI lets it through to the app's handler
+                raise HTTPException(408, f"request body not received within {self.limits.body_timeout_s:g} s "
+                                         "(--body-timeout-s)") from None
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
-                if size > self.max_bytes:  # an HTTPException: FastAPI lets it through to the app's handler
-                    from starlette.exceptions import HTTPException
-
-                    raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+                body_done = not message.get("more_body", False)
+                if size > self.limits.max_body_bytes:
+                    raise HTTPException(413, f"request body over {self.limits.max_body_bytes} bytes")
             return message
 
-        await self.app(scope, counted, send)
+        await self.app(scope, guarded, send)
 
 
 def build_app(searcher: Searcher, timed: Callable | None = None):
@@ -321,7 +386,7 @@ def build_app(searcher: Searcher, timed: Callable | None = None):
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, request_error)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestGuard, limits=limits)
 
     def answer(what: str, work: Callable[[dict], dict], body: BaseModel) -> dict:
         # Synchronous on purpose (the endpoints are `async def`, so FastAPI does not move them to a thread pool):
