@@ -68,7 +68,7 @@ def shards_synthetic(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("synthetic")
     out = folder / "shards"
     prepare(PrepareConfig(dataset="text", raw=write_synthetic_corpus(folder / "corpus.jsonl"), out=out,
-                          recipe=TfidfRecipe(min_df=2, max_df=1.0), rows_per_shard=80))
+                          name="synthetic", recipe=TfidfRecipe(min_df=2, max_df=1.0), rows_per_shard=80))
     return out
 
 

@@ -34,6 +34,11 @@ def test_tune_registers_a_champion_that_finds_related_documents(cluster, shards_
                             "--storage", str(tmp_path / "tune"), "--space", "lr=loguniform:3e-3:8e-3",
                             "--out", str(tmp_path / "best")], job="jobs/tune.py", timeout=600)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    # The trial table shows the metric searched on (ecosystem review t4, N2), without a line per checkpoint.
+    console = done.stdout + done.stderr
+    header = next(line for line in console.splitlines() if "Trial name" in line and "status" in line)
+    assert "val_precision" in header and "best_val_precision" in header, header
+    assert "Checkpoint successfully created" not in console and "ignoring passed-in ProgressReporter" not in console
     results = json.loads((tmp_path / "best" / "results.json").read_text())
     assert list(results) == list(RESULT_KEYS) and results["launcher"] == "tune"
     table = subprocess.run([sys.executable, "jobs/quality_table.py", str(tmp_path / "best" / "results.json")],
@@ -195,7 +200,7 @@ def test_search_across_two_models_records_each_and_registers_the_better(cluster,
     winner = max(best_of, key=best_of.get)
     results = json.loads((tmp_path / "best" / "results.json").read_text())
     assert results["model"]["name"] == winner and results["tuned"]["name"] == winner
-    version = client.get_model_version("corrhash-text-12b", results["registered_version"].rpartition("/")[2])
+    version = client.get_model_version("corrhash-synthetic-12b", results["registered_version"].rpartition("/")[2])
     assert version.tags["model"] == winner and json.loads(version.tags["config.model"]) == results["model"]
     assert json.loads(version.tags["config.train"])["epochs"] == 4
     assert float(version.tags["val_precision"]) == pytest.approx(best_of[winner], abs=1e-6)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import shutil
 import signal
 import threading
@@ -61,6 +62,7 @@ from corrhash.errors import ConfigError, CorrhashError, DataError
 from corrhash.log import log
 
 DATASETS = ("20ng", "reuters", "tmc", "text", "mat")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -69,6 +71,10 @@ class PrepareConfig:
     """Corpus kind: 20ng, reuters, tmc, text (JSONL/CSV/Parquet) or mat (VDSH .mat file)."""
     out: Path
     """Output folder (must not exist unless --overwrite); built in a temporary sibling and renamed into place."""
+    name: str | None = None
+    """The dataset's name in runs, tags and registered models (corrhash-NAME-BITSb): letters, digits, '.', '_',
+    '-'; default: the corpus kind (20ng, with its release when not bydate; reuters; tmc; mat), and for text the
+    --out folder's name, so that each of a user's corpora gets its own registered models and champion."""
     raw: Path | list[Path | str] | None = None
     """Raw archive, folder or file; text takes several files, folders of them, glob patterns or URIs (s3://,
     gs://, file://: an object or a prefix), read in the order given as one table; default: $CORRHASH_RAW_DIR,
@@ -101,8 +107,13 @@ class PrepareConfig:
 
     @property
     def dataset_name(self) -> str:
-        """The name written into the manifest: the corpus kind, with the 20ng release when it is not bydate,
-        so that shards of the two releases are told apart in runs, tags and registered model names."""
+        """The name written into the manifest: --name; else the corpus kind, with the 20ng release when it is not
+        bydate, so that shards of the two releases are told apart in runs, tags and registered model names; for
+        text, the --out folder's name (every text corpus named `text` shared one registered model)."""
+        if self.name is not None:
+            return self.name
+        if self.dataset == "text":
+            return Path(self.out).name
         return f"{self.dataset}-{self.release}" if self.release != "bydate" else self.dataset
 
     @property
@@ -117,6 +128,11 @@ class PrepareConfig:
             raise ConfigError(f"--release {self.release!r}: choose one of {', '.join(ng20.NG20_RELEASES)}")
         if self.release != "bydate" and self.dataset != "20ng":
             raise ConfigError(f"--release {self.release} applies to 20ng only, not {self.dataset}")
+        if not DATASET_NAME.fullmatch(self.dataset_name):
+            given = f"--name {self.name!r}" if self.name is not None else \
+                f"the --out folder's name {self.dataset_name!r} (the default name of a text corpus)"
+            raise ConfigError(f"{given}: a dataset name is 1-64 letters, digits, '.', '_' or '-', starting with a "
+                              "letter or digit (it becomes part of registered model names); pass --name")
         if self.rows_per_shard < 1:
             raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
         if self.limit is not None and self.limit < 1:
@@ -394,11 +410,12 @@ def write_vocab_and_manifest(tmp: Path, config: PrepareConfig, digest: "hashlib.
     vocab_bytes = json.dumps(vocab, sort_keys=True).encode()
     digest.update(vocab_bytes)
     (tmp / "vocab.json").write_bytes(vocab_bytes)
-    params = {k: v for k, v in asdict(config).items() if k not in ("out", "raw", "overwrite")}
+    params = {k: v for k, v in asdict(config).items() if k not in ("out", "raw", "overwrite", "name")}
     params["encoding"] = config.text_encoding
     manifest = {
         "format": FORMAT,
         "dataset": config.dataset_name,
+        "kind": config.dataset,
         "recipe": params,
         "encoding": config.text_encoding,
         "sources": sources,

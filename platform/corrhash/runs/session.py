@@ -48,6 +48,7 @@ class TuneSession:
 
         self.job = job  # the search's --name (a trial's own folder is Ray's local staging copy, not named so)
         self.run = tune.get_context().get_trial_id()
+        quiet_loggers("ray.train._internal.storage")  # a "Checkpoint successfully created" line a trial's epoch
 
     def device(self, requested: str) -> torch.device:
         return resolve_device(requested)
@@ -69,12 +70,19 @@ def quiet_train_reports() -> None:
     instead (runs/worker.py). Ray's other lines (the worker group started or restarted) stay. The first is logged
     from a logger named by its file's path, outside the "ray.train" tree RunConfig's LoggingConfig filters (Ray
     2.60), so that could not do it."""
-    import logging
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a private module Ray may move: its lines come back, nothing breaks
+        return
+    quiet_loggers(context.__file__, "ray.train.v2._internal.execution.storage")
 
-    from ray.train.v2._internal.execution import context, storage
+
+def quiet_loggers(*names: str) -> None:
+    """Ray's INFO lines from these loggers shown only with --verbose."""
+    import logging
 
     from corrhash.log import logger
 
     level = logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING
-    for name in (context.__file__, storage.__name__):
+    for name in names:
         logging.getLogger(name).setLevel(level)

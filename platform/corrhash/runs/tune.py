@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ from corrhash.tracking.registry import describe_version, promote_if_better, regi
 from corrhash.tracking.runs import log_data, log_figures, log_params, publish_model
 
 
+REGISTERED_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 @dataclass
 class TuneOptions:
     num_samples: int = 16
@@ -54,10 +58,16 @@ class TuneOptions:
     """Where Tune keeps its state and the trials' checkpoints (a folder or URI; made absolute)."""
     name: str | None = None
     """Tune job name; the same name resumes. Default: DATASET-MODEL-BITSb-tune."""
+    registered_model: str | None = None
+    """Registered model the best becomes a version of (and `champion` when better on val); default:
+    corrhash-DATASET-BITSb, DATASET being the shards' name (prepare_data.py --name)."""
     cluster: ClusterOptions = field(default_factory=lambda: ClusterOptions(experiment="corrhash-tune"))
     """Ray cluster and MLflow"""
 
     def __post_init__(self) -> None:
+        if self.registered_model is not None and not REGISTERED_MODEL.fullmatch(self.registered_model):
+            raise ConfigError(f"--registered-model {self.registered_model!r}: 1-128 letters, digits, '.', '_' or "
+                              "'-', starting with a letter or digit")
         if self.num_samples < 1 or self.max_concurrent < 1:
             raise ConfigError("--num-samples and --max-concurrent must be >= 1")
         # `not x > 0` and isfinite: NaN passes every `<=` test.
@@ -116,7 +126,7 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
                 client.set_tag(parent_id, f"best.{key}", str(value))
             with best.checkpoint.as_directory() as directory:
                 selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
-            registry = registered_name(shards.manifest["dataset"], spec.model.bits)
+            registry = options.registered_model or registered_name(shards.manifest["dataset"], spec.model.bits)
             results = finish(spec, shards, selection, folder, launcher="tune", started=started,
                              fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"), job=name,
                              run_id=parent_id, tuned=tuned,
@@ -224,10 +234,12 @@ def _search(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, name: 
             tune_config=tune.TuneConfig(metric="val_precision", mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=options.num_samples,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path(options.storage), callbacks=[trial_runs, TrialStates(name, options.num_samples, spec)],
-                                      checkpoint_config=keep,
-                                      progress_reporter=tune.CLIReporter(metric_columns=[
-                                          "epoch", "val_precision", "best_val_precision", "loss"])))
+            run_config=tune.RunConfig(name=name, storage_path=storage_path(options.storage),
+                                      callbacks=[trial_runs, TrialStates(name, options.num_samples, spec)],
+                                      # The trial table shows each result's first four metrics (val_precision,
+                                      # best_val_precision, loss, epoch: runs/worker.py orders them): Ray 2.60's
+                                      # output engine ignores a CLIReporter's columns.
+                                      checkpoint_config=keep))
     results = tuner.fit()
     trial_runs.end_all(results)
     if study and not (run_path / "optuna.db").is_file():  # a search started before studies were kept

@@ -32,6 +32,9 @@ from corrhash.log import log
 from corrhash.train.loop import epoch_line, fit, new_state, selection_queries
 from corrhash.train.neighbours import neighbour_source
 
+SHOWN_FIRST = ("val_precision", "best_val_precision", "loss", "epoch")
+"""The metrics a report leads with: Ray's trial table shows the first four."""
+
 
 def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     rank, world = session.rank, session.world
@@ -67,7 +70,10 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
     def on_epoch(metrics: dict, state) -> bool:
         export(metrics)  # this rank's own throughput; the report below carries the cluster's
         metrics = {**metrics, "world_size": world, "docs_per_s": metrics.get("docs_per_s", 0.0) * world}
-        if rank == 0 and isinstance(session, TrainSession):  # a Tune trial's epochs are the CLIReporter's table
+        # Ray's console (its default output engine, which ignores a CLIReporter's columns) shows the first four
+        # metrics of a result: put first what the search selects on.
+        metrics = {**{key: metrics[key] for key in SHOWN_FIRST if key in metrics}, **metrics}
+        if rank == 0 and isinstance(session, TrainSession):  # a Tune trial's epochs are the trial table's rows
             log(epoch_line(metrics, spec.train.eval_k))
         with tempfile.TemporaryDirectory() as directory:
             checkpoint.save(Path(directory), state, rank)

@@ -134,6 +134,11 @@ def check_model(index, model, index_path: Path, allow_other_model: bool = False,
         problem = (f"{index_path}: saved without the identity of the model that built it (by an older corrhash; "
                    f"its sidecar records only {index.meta.get('model')!r}), so it cannot be checked against "
                    f"the model given, {given}")
+    elif index.model_identity["weights_sha256"] == model.identity["weights_sha256"]:
+        problem = (f"{index_path}: built with the model {describe_model(index.model_identity)}, whose weights the "
+                   f"model given, {given}, has, but with another vocabulary (vocab.json sha256 "
+                   f"{str(index.model_identity.get('vocab_sha256'))[:12]} vs {model.identity['vocab_sha256'][:12]}): "
+                   "another featurizer makes other codes of the same text, so its hits would be meaningless")
     else:
         problem = (f"{index_path}: built with the model {describe_model(index.model_identity)}, but the model "
                    f"given is {given}: other weights make other codes, so its hits would be meaningless")
@@ -141,6 +146,30 @@ def check_model(index, model, index_path: Path, allow_other_model: bool = False,
         raise OtherModelError(f"{problem}; rebuild the index with this model ({rebuild}), or pass "
                               "--allow-other-model to search it anyway")
     warn(f"{problem}; searching it anyway (--allow-other-model)")
+
+
+def check_vocabulary(model, shards_path: Path, allow_other_model: bool, warn: Callable[[str], None]) -> None:
+    """A shard folder's feature columns mean its vocabulary's terms: hashed by a model of another vocabulary (one
+    trained on another corpus), its codes are meaningless. Refused (OtherModelError) unless allow_other_model."""
+    from corrhash.retrieval.index import OtherModelError
+
+    if model.featurizer is None:
+        return
+    vocab_path = Path(shards_path) / "vocab.json"
+    try:
+        terms = json.loads(vocab_path.read_text(encoding="utf-8")).get("terms")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{vocab_path}: cannot read the shards' vocabulary ({exc})") from exc
+    if terms == list(model.featurizer.terms):
+        return
+    differ = sum(a != b for a, b in zip(terms or [], model.featurizer.terms))
+    problem = (f"{shards_path} was prepared with another vocabulary than the model's ({differ} of "
+               f"{model.n_features} terms differ): the model was trained on another corpus, and its codes of "
+               "these documents would be meaningless")
+    if not allow_other_model:
+        raise OtherModelError(f"{problem}; hash it with a model trained on it, or pass --allow-other-model to "
+                              "hash it anyway")
+    warn(f"{problem}; hashing it anyway (--allow-other-model)")
 
 
 def index_for(model, index_path: Path | None, corpus_path: Path | None, split: str = "train", kind: str = "auto",
@@ -169,6 +198,8 @@ def index_for(model, index_path: Path | None, corpus_path: Path | None, split: s
     if corpus.features is not None and corpus.features.shape[1] != model.n_features:
         raise DataError(f"{corpus_path}: {corpus.features.shape[1]} features per document, but the model "
                         f"takes {model.n_features} (prepared with another vocabulary?)")
+    if corpus.features is not None:
+        check_vocabulary(model, corpus_path, allow_other_model, warn)
     queries = calibration_queries(model, corpus_path, split) \
         if corpus.features is not None and HammingIndex.calibrates_ivf(kind, len(corpus.ids)) else None
     codes = encode_corpus(model, corpus_path, split) if encode_corpus is not None and corpus.features is not None \
