@@ -88,6 +88,21 @@ def edit_info(model: Path, edit) -> None:
     (model / "model.json").write_text(json.dumps(info))
 
 
+def edit_vocab(model: Path, edit) -> None:
+    vocab = json.loads((model / "vocab.json").read_text())
+    edit(vocab)
+    (model / "vocab.json").write_text(json.dumps(vocab).replace('"NaN"', "NaN"))
+
+
+def nan_weights(model: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model / "model.safetensors"))
+    name = next(key for key, tensor in sorted(state.items()) if tensor.is_floating_point())
+    state[name][0] = float("nan")
+    save_file(state, str(model / "model.safetensors"))
+
+
 def mlflow_model_pointing_to(world, tmp: Path, path: str) -> Path:
     """An MLflow model folder whose MLmodel sends corrhash_model outside itself, to a valid model."""
     shutil.copytree(world.model, tmp / "outside")
@@ -115,6 +130,20 @@ MODEL_CASES = {
     "wrong-n-features": lambda w, t: (damaged_model(w, t, lambda m: edit_info(
         m, lambda i: i.update(n_features=i["n_features"] + 1))), "model.safetensors"),
     "no-vocab": lambda w, t: (damaged_model(w, t, lambda m: (m / "vocab.json").unlink()), "vocab.json: missing"),
+    # Reliability review t4, R1: absurd sizes were allocated (4.1 GB, then a traceback) before any check.
+    "absurd-bits": lambda w, t: (damaged_model(w, t, lambda m: edit_info(
+        m, lambda i: i["model"].update(bits=10**9))), "does not hold the weights model.json describes"),
+    "absurd-hidden": lambda w, t: (damaged_model(w, t, lambda m: edit_info(
+        m, lambda i: i["model"].update(hidden=10**9))), "model.safetensors"),
+    "absurd-n-features": lambda w, t: (damaged_model(w, t, lambda m: edit_info(
+        m, lambda i: i.update(n_features=10**9))), "model.safetensors"),
+    "n-features-not-int": lambda w, t: (damaged_model(w, t, lambda m: edit_info(
+        m, lambda i: i.update(n_features=str(i["n_features"])))), "n_features must be a positive integer"),
+    "model-json-deep": lambda w, t: (damaged_model(w, t, lambda m: (m / "model.json").write_text("[" * 100_000)),
+                                     "nested too deeply"),
+    "nan-weights": lambda w, t: (damaged_model(w, t, nan_weights), "NaN or infinite"),
+    "nan-idf": lambda w, t: (damaged_model(w, t, lambda m: edit_vocab(m, lambda v: v["idf"].__setitem__(0, "NaN"))),
+                             "idf must hold one finite positive number per term"),
     "mlmodel-path-escapes": lambda w, t: (mlflow_model_pointing_to(w, t, "../outside"), "../outside"),
     "mlmodel-path-absolute": lambda w, t: (mlflow_model_pointing_to(w, t, str(t / "outside")), "outside"),
     "not-a-model": lambda w, t: (w.root / "data", "not a corrhash model"),

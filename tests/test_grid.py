@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,22 @@ def test_a_bad_grid_is_refused_naming_the_file_and_the_key(shards_synthetic, tmp
     with pytest.raises(ConfigError) as caught:
         load_grid(path)
     assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value), str(caught.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_message(shards_synthetic, tmp_path):
+    """Reliability review t4, R5: nine levels of aliases name 10^9 leaves in a few lines; the error's repr of the
+    value expanded them (a hang, or a 32 MB error line at 10^7)."""
+    levels = ["a0: &a0 [8, 8, 8, 8, 8, 8, 8, 8, 8, 8]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("resources:\n" + "".join(f"  {line}\n" for line in levels)  # anchors come before their use
+                    + f"recipe: authors\ndata: {{syn: {shards_synthetic}}}\nmethods: {{corrsh: {{}}}}\n"
+                    + "bits: [8, *a8]\nseeds: [0]\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        load_grid(path)
+    assert time.monotonic() - started < 5
+    assert len(str(caught.value)) < 500 and "bits: [[[" in str(caught.value), str(caught.value)
 
 
 def test_missing_and_unprepared_data_and_unset_variables_are_refused(shards_synthetic, tmp_path, monkeypatch):

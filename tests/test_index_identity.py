@@ -8,6 +8,7 @@ exactly as --corpus answers, labels or text included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from types import SimpleNamespace
@@ -80,7 +81,8 @@ def test_the_weights_hash_is_of_the_content(models, tmp_path):
 def test_a_saved_index_records_its_model(models, tmp_path, capsys):
     path, _ = saved(models, tmp_path, capsys)
     sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["model"] == {"weights_sha256": models.a_hash, "uri": str(models.a)}
+    vocab_sha256 = hashlib.sha256((models.a / "vocab.json").read_bytes()).hexdigest()
+    assert sidecar["model"] == {"weights_sha256": models.a_hash, "vocab_sha256": vocab_sha256, "uri": str(models.a)}
     assert HammingIndex.load(path).built_with(corrhash.load(models.a).identity)
     assert not HammingIndex.load(path).built_with(corrhash.load(models.b).identity)
 
@@ -153,7 +155,7 @@ def test_index_answers_equal_corpus_answers_labels_and_text_included(models, sou
     shown = "labels" if source == "shards" else "text"
     assert all(shown in hit for answer in from_index for hit in answer["hits"])
     with np.load(path, allow_pickle=False) as arrays:  # still no pickle
-        assert set(arrays.files) == {"codes", "ids", "shown"} and arrays["shown"].dtype == np.uint8
+        assert set(arrays.files) == {"codes", "ids", "shown", "sidecar"} and arrays["shown"].dtype == np.uint8
 
 
 def test_a_copy_of_the_model_elsewhere_is_the_same_model(models, tmp_path, capsys):
@@ -196,3 +198,28 @@ def test_a_damaged_shown_array_is_a_named_error(models, tmp_path, capsys):
         with pytest.raises(DataError, match="shown") as caught:
             HammingIndex.load(bad)
         assert str(bad) in str(caught.value)
+
+
+def test_an_index_refuses_a_model_of_its_weights_with_another_vocabulary(models, tmp_path, capsys):
+    """Reliability review t4, R2: the identity was the weights only, so a model folder whose vocab.json was
+    replaced or damaged searched an index silently with other codes."""
+    path, _ = saved(models, tmp_path, capsys)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(models.a, swapped)
+    vocab = json.loads((swapped / "vocab.json").read_text())
+    vocab["terms"][0], vocab["terms"][1] = vocab["terms"][1], vocab["terms"][0]
+    (swapped / "vocab.json").write_text(json.dumps(vocab))
+    status, answers, stderr = search(capsys, swapped, "--index", path, "--queries", models.queries)
+    assert_named_error(status, stderr, path, "another vocabulary", "--allow-other-model")
+    assert answers == []
+
+
+def test_an_index_and_sidecar_from_two_saves_are_refused(models, tmp_path, capsys):
+    """Reliability review t4, R4: a save killed between the .npz and its sidecar left model B's codes beside
+    model A's sidecar, and model A searched them silently. The .npz keeps the sidecar it was saved with."""
+    first, _ = saved(models, tmp_path / "a", capsys)
+    second, _ = saved(models, tmp_path / "b", capsys, model=models.b)
+    shutil.copy(second, first)  # B's codes, A's sidecar: what the kill left
+    status, answers, stderr = search(capsys, models.a, "--index", first, "--queries", models.queries)
+    assert_named_error(status, stderr, first, "two different saves")
+    assert answers == []

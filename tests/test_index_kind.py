@@ -72,7 +72,8 @@ def test_flat_stays_flat_where_auto_would_consider_ivf(trained, monkeypatch):
 def test_the_old_positional_call_still_indexes_texts(trained):
     index = trained.model.index(["t0w1 t0w2 common1", "t3w4 t3w5 common2"], [7, 9])
     assert index.kind == "flat" and index.ids.tolist() == [7, 9]
-    assert index.meta == {"model": {"weights_sha256": trained.model.weights_sha256, "uri": str(trained.dir)}}
+    assert index.meta == {"model": {"weights_sha256": trained.model.weights_sha256,
+                                    "vocab_sha256": trained.model.vocab_sha256, "uri": str(trained.dir)}}
 
 
 def test_ivf_on_a_small_corpus_finds_planted_duplicates_exactly(trained):

@@ -364,3 +364,13 @@ def test_models_learn_the_synthetic_topics(name, shards_synthetic):
         model.end_epoch()
     after = _val_precision(model, train, val)
     assert after > max(0.8, before + 0.3), (before, after)  # measured: 0.29-0.53 before, 0.91-0.98 after
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_meta_device_build_has_the_real_shapes(name):
+    """artifact.load_model checks a model.json's sizes against the weights file on a meta-device build, which
+    allocates nothing: its shapes must be the real model's."""
+    config = ModelConfig(name=name, bits=16, hidden=32)
+    with torch.device("meta"):
+        shapes = {key: tuple(t.shape) for key, t in create_model(config, 50).state_dict().items()}
+    assert shapes == {key: tuple(t.shape) for key, t in create_model(config, 50).state_dict().items()}

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from corrhash.atomic import atomic_dir
@@ -53,18 +53,34 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[HashModel, T
     info = _read_json_object(info_path)
     if info.get("format") != FORMAT:
         raise DataError(f"{info_path}: format {info.get('format')!r}, expected {FORMAT!r}")
-    try:
-        n_features = int(info["n_features"])
-        model = create_model(ModelConfig.from_dict(info["model"]), n_features)
-    except (KeyError, TypeError, ValueError, CorrhashError) as exc:
-        raise DataError(f"{info_path}: invalid model description: {_one_line(exc)}") from exc
+    n_features = info.get("n_features")
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+        raise DataError(f"{info_path}: n_features must be a positive integer, got {n_features!r}")
     if not weights_path.is_file():
         raise DataError(f"{weights_path}: missing; the model has no weights")
     try:
+        config = ModelConfig.from_dict(info["model"])
+        # First on the meta device, which allocates nothing: a model.json describing absurd sizes must not make
+        # this process allocate them before the weights file, whose header says what it really holds, is read.
+        with torch.device("meta"):
+            described = {name: tuple(t.shape) for name, t in create_model(config, n_features).state_dict().items()}
+    except (KeyError, TypeError, ValueError, CorrhashError, RuntimeError) as exc:
+        raise DataError(f"{info_path}: invalid model description: {_one_line(exc)}") from exc
+    stored = _stored_shapes(weights_path)
+    if stored != described:
+        differ = sorted(name for name in set(stored) | set(described) if stored.get(name) != described.get(name))
+        raise DataError(f"{weights_path}: does not hold the weights {info_path.name} describes ({len(differ)} "
+                        f"tensors differ, e.g. {differ[0]}: {stored.get(differ[0])} stored, "
+                        f"{described.get(differ[0])} described)")
+    model = create_model(config, n_features)
+    try:
         model.load_state_dict(load_file(str(weights_path), device="cpu"))
-    except (RuntimeError, OSError, SafetensorError) as exc:  # RuntimeError: shapes differ from model.json's
+    except (RuntimeError, OSError, SafetensorError) as exc:
         raise DataError(f"{weights_path}: cannot load the weights {info_path.name} describes "
                         f"({_one_line(exc)})") from exc
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if broken:
+        raise DataError(f"{weights_path}: {broken[0]} holds NaN or infinite values; the weights are damaged")
     model.to(device).eval()
     vocab_path = directory / "vocab.json"
     if not vocab_path.is_file():
@@ -94,10 +110,21 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _stored_shapes(weights_path: Path) -> dict[str, tuple]:
+    """{tensor name: shape} from a safetensors file's header, reading none of its data."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as stored:
+            return {name: tuple(stored.get_slice(name).get_shape()) for name in stored.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"{weights_path}: not a readable safetensors file ({_one_line(exc)})") from exc
+
+
 def _read_json_object(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: invalid JSON or not UTF-8
+        if isinstance(exc, RecursionError):
+            raise DataError(f"{path}: not readable JSON (nested too deeply)") from None
         raise DataError(f"{path}: not readable JSON ({_one_line(exc)})") from exc
     if not isinstance(value, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -114,6 +115,16 @@ class Grid:
         return "\n".join(lines)
 
 
+_SHOWN = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 6, 6, 60, 60
+
+
+def shown(value) -> str:
+    """A value of the grid as an error shows it: a bounded repr, so a YAML alias bomb (a few lines naming a
+    billion leaves) is neither expanded nor printed whole."""
+    return _SHOWN.repr(value)
+
+
 def load_grid(path: str | Path, name: str | None = None, data_root: str | Path | None = None,
               fixed: dict | None = None) -> Grid:
     """Read and check a grid file and expand its cells. `name` overrides the file's name (default: the file's
@@ -136,7 +147,7 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
 
     grid_name = name if name is not None else raw.get("name", source.stem)
     if not (isinstance(grid_name, str) and NAME_PATTERN.fullmatch(grid_name)):
-        fail("name", f"{grid_name!r}: use letters, digits, '.', '_' and '-' only")
+        fail("name", f"{shown(grid_name)}: use letters, digits, '.', '_' and '-' only")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         fail("description", f"expected text, got {type(description).__name__}")
@@ -155,7 +166,7 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
     # grids pin `recipe: authors`; a grid without the key starts from the jobs' default recipe.
     recipe = raw.get("recipe", DEFAULT_RECIPE)
     if recipe not in RECIPE_NAMES:
-        fail("recipe", f"{recipe!r}: unknown recipe (known: {', '.join(RECIPE_NAMES)})")
+        fail("recipe", f"{shown(recipe)}: unknown recipe (known: {', '.join(RECIPE_NAMES)})")
     start = recipe_values(recipe)
     axis_names = list(dict.fromkeys(k for product in axes for k in product))
     for key in fixed:
@@ -210,7 +221,7 @@ def _datasets(data: Any, fail: _Failer, root: Path) -> dict[str, tuple[str, str]
         if not (isinstance(label, str) and NAME_PATTERN.fullmatch(label)):
             fail(key, "a dataset label uses letters, digits, '.', '_' and '-' only")
         if not isinstance(where, str) or not where:
-            fail(key, f"expected a folder path, got {where!r}")
+            fail(key, f"expected a folder path, got {shown(where)}")
         expanded = _expand(where, key, fail)
         folder = expanded if is_uri(expanded) else os.path.abspath(root / Path(expanded).expanduser())
         try:
@@ -267,7 +278,7 @@ def _axes(axes: Any, fail: _Failer) -> list[dict[str, list]]:
             key = f"{where}.{field}"
             _check_field(field, key, fail)
             if not isinstance(values, list) or not values:
-                fail(key, f"expected a non-empty list of values, got {values!r}")
+                fail(key, f"expected a non-empty list of values, got {shown(values)}")
             checked[field] = [_typed(v, field, key, fail) for v in values]
         out.append(checked)
     return out
@@ -293,19 +304,19 @@ def _typed(value: Any, field: str, key: str, fail: _Failer) -> Any:
     if get_origin(kind) is Literal:
         if any(value == choice and type(value) is type(choice) for choice in get_args(kind)):
             return value
-        fail(key, f"{value!r}: expected one of {', '.join(map(str, get_args(kind)))}")
+        fail(key, f"{shown(value)}: expected one of {', '.join(map(str, get_args(kind)))}")
     hint = ""
     if isinstance(value, str) and kind in (float, float | None):
         hint = " (YAML reads 1e-3 as text: write 0.001 or 1.0e-3)"
-    fail(key, f"{value!r} ({type(value).__name__}): expected {getattr(kind, '__name__', kind)}{hint}")
+    fail(key, f"{shown(value)} ({type(value).__name__}): expected {getattr(kind, '__name__', kind)}{hint}")
 
 
 def _int_list(values: Any, key: str, fail: _Failer) -> list[int]:
     if not isinstance(values, list) or not values:
-        fail(key, f"expected a non-empty list of integers, got {values!r}")
+        fail(key, f"expected a non-empty list of integers, got {shown(values)}")
     for v in values:
         if type(v) is not int:
-            fail(key, f"{v!r} ({type(v).__name__}): expected int")
+            fail(key, f"{shown(v)} ({type(v).__name__}): expected int")
     return list(dict.fromkeys(values))
 
 
@@ -313,14 +324,14 @@ def _resources(resources: Any, fail: _Failer) -> tuple[float, float]:
     """cpus > 0 per cell; gpus a share of one GPU (0 to 1, so several cells pack onto one) or whole GPUs."""
     resources = {"cpus": 1, "gpus": 0} if resources is None else resources
     if not isinstance(resources, dict):
-        fail("resources", f"expected a mapping with cpus and gpus, got {resources!r}")
+        fail("resources", f"expected a mapping with cpus and gpus, got {shown(resources)}")
     out = {}
     for name, amount in resources.items():
         key = f"resources.{name}"
         if name not in ("cpus", "gpus"):
             fail(key, "unknown resource (known: cpus, gpus)")
         if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-            fail(key, f"{amount!r} is not a number")
+            fail(key, f"{shown(amount)} is not a number")
         if name == "cpus" and not (0 < amount < float("inf")):
             fail(key, f"{amount}: must be a number > 0")
         if name == "gpus" and not (amount >= 0 and (amount <= 1 or float(amount).is_integer())):

@@ -205,7 +205,15 @@ class TfidfFeaturizer:
         if payload.get("unicode_normalization", NORMALIZATION) != NORMALIZATION:
             raise DataError(f"{source}: unicode_normalization {payload['unicode_normalization']!r} is not "
                             f"supported (only {NORMALIZATION})")
-        return cls(payload["terms"], payload["idf"], payload.get("norm", "l2"))
+        terms, idf = payload["terms"], payload.get("idf")
+        if idf is not None:
+            try:
+                values = np.asarray(idf, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{source}: idf must be a list of numbers ({exc})") from exc
+            if values.shape != (len(terms),) or not np.isfinite(values).all() or (values <= 0).any():
+                raise DataError(f"{source}: idf must hold one finite positive number per term ({len(terms)})")
+        return cls(terms, idf, payload.get("norm", "l2"))
 
     @classmethod
     def load(cls, path: Path) -> "TfidfFeaturizer":

@@ -165,7 +165,8 @@ class HashModel(nn.Module):
         # Weights are recomputed from the epoch count rather than accumulated, so that
         # float32 round-off never drifts away from min(1, N*step) over hundreds of epochs.
         self.register_buffer("epochs_done", torch.tensor(0, dtype=torch.int64))
-        self._apply_schedule()
+        if not self.epochs_done.is_meta:  # a model built on the meta device (shapes only, artifact.load_model)
+            self._apply_schedule()
 
     @staticmethod
     def default_anneal_step(config: ModelConfig) -> float:

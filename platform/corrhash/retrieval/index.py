@@ -59,6 +59,7 @@ AUTO_IVF_FROM = 500_000
 # than this share and IVF is not worth losing exactness for.
 AUTO_MAX_PROBED = 1 / 16
 SHOWN_ARRAY = "shown"  # the .npz array of what hits show: UTF-8 JSON, one entry (or null) per id
+SIDECAR_ARRAY = "sidecar"  # the .npz's copy of its JSON sidecar as saved: the pair must match
 
 
 class OtherModelError(CorrhashError):
@@ -119,7 +120,9 @@ class HammingIndex:
     def built_with(self, identity: dict) -> bool:
         """Whether a model of this identity (HashingModel.identity) built the index: its weights' hash is the
         one recorded. False for an index that records none."""
-        return self.model_identity is not None and self.model_identity["weights_sha256"] == identity["weights_sha256"]
+        recorded = self.model_identity
+        return recorded is not None and recorded["weights_sha256"] == identity["weights_sha256"] \
+            and recorded.get("vocab_sha256", identity.get("vocab_sha256")) == identity.get("vocab_sha256")
 
     def describe(self) -> str:
         """The index's kind in a few words, for a job's log: flat (and why, if auto measured IVF), or IVF's probes
@@ -160,7 +163,12 @@ class HammingIndex:
         if path == sidecar:
             raise DataError(f"{path}: an index named .json would be overwritten by its JSON sidecar; use .npz")
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"codes": self.codes, "ids": self.ids}
+        search = {"search": self.search_info} if self.search_info else {}
+        sidecar_text = json.dumps({**self.meta, "bits": self.bits, "size": len(self), **search})
+        # The sidecar's text goes into the .npz too: the two files are renamed into place one after the other, so a
+        # failure between them (a kill, a full disk) leaves a pair from two saves, which load() then refuses.
+        arrays = {"codes": self.codes, "ids": self.ids,
+                  SIDECAR_ARRAY: np.frombuffer(sidecar_text.encode("utf-8"), dtype=np.uint8)}
         if self._centroids is not None:
             arrays["ivf_centroids"] = self._centroids
         if self.shown:
@@ -168,8 +176,7 @@ class HammingIndex:
             arrays[SHOWN_ARRAY] = np.frombuffer(entries.encode("utf-8"), dtype=np.uint8)
         with atomic_open(path) as handle:
             np.savez(handle, **arrays)
-        search = {"search": self.search_info} if self.search_info else {}
-        atomic_write_text(sidecar, json.dumps({**self.meta, "bits": self.bits, "size": len(self), **search}))
+        atomic_write_text(sidecar, sidecar_text)
         return path
 
     @classmethod
@@ -181,7 +188,8 @@ class HammingIndex:
         if not path.is_file() or not sidecar.is_file():
             raise DataError(f"{path}: no index there (need {path.name} and {sidecar.name})")
         meta = _read_sidecar(sidecar)
-        codes, ids, centroids, shown = _read_arrays(path)
+        recorded = dict(meta)
+        codes, ids, centroids, shown, saved_with = _read_arrays(path)
         size = meta.pop("size", len(ids))
         if size != len(ids):
             raise DataError(f"{sidecar}: says {size} documents, but {path.name} holds {len(ids)} "
@@ -193,6 +201,9 @@ class HammingIndex:
             raise DataError(f"{path}: {exc}") from None
         index._restore_search(search, centroids, path, sidecar)
         index.shown = _read_shown(shown, index.ids, path)
+        if saved_with is not None and _sidecar_json(saved_with, path) != recorded:
+            raise DataError(f"{path} and {sidecar.name} are from two different saves (the save that wrote one of them "
+                            "did not finish); save the index again")
         return index
 
     # ------------------------------------------------------------ IVF
@@ -267,9 +278,20 @@ def _read_sidecar(sidecar: Path) -> dict:
     return meta
 
 
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """codes, ids, IVF centroids and what hits show (None if absent) of an .npz, never unpickling: object arrays
-    and pickle files are refused."""
+def _sidecar_json(array: np.ndarray, path: Path):
+    """The sidecar text a save wrote into the .npz, parsed."""
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise DataError(f"{path}: the {SIDECAR_ARRAY} array must be 1-D uint8 (UTF-8 JSON), got {array.dtype}")
+    try:
+        return json.loads(array.tobytes().decode("utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path}: the {SIDECAR_ARRAY} array is not UTF-8 JSON ({exc})") from exc
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None,
+                                      np.ndarray | None]:
+    """codes, ids, IVF centroids, what hits show and the sidecar's text as saved (None if absent) of an .npz,
+    never unpickling: object arrays and pickle files are refused."""
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -283,7 +305,8 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
         try:
             centroids = arrays["ivf_centroids"] if "ivf_centroids" in arrays.files else None
             shown = arrays[SHOWN_ARRAY] if SHOWN_ARRAY in arrays.files else None
-            return arrays["codes"], arrays["ids"], centroids, shown
+            saved_with = arrays[SIDECAR_ARRAY] if SIDECAR_ARRAY in arrays.files else None
+            return arrays["codes"], arrays["ids"], centroids, shown, saved_with
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # ValueError: a pickled object array
             raise DataError(f"{path}: unreadable array ({exc})") from exc
 

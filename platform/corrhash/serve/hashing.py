@@ -13,6 +13,7 @@ from tracking says). An index it builds records that identity, so an index is se
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from functools import cached_property
@@ -68,11 +69,16 @@ class HashingModel:
         """The content hash of the weights (corrhash.artifact.weights_sha256): the model's identity."""
         return weights_sha256(self.model)
 
+    @cached_property
+    def vocab_sha256(self) -> str:
+        """The content hash of vocab.json: the featurizer (terms and idf) is the other half of what makes a code."""
+        return hashlib.sha256((self.directory / "vocab.json").read_bytes()).hexdigest()
+
     @property
     def identity(self) -> dict:
-        """What an index built by this model records of it: weights_sha256, the uri it was loaded from and, where
-        known, model_id, run_id, registered_name and registered_version."""
-        return {"weights_sha256": self.weights_sha256, **self.source}
+        """What an index built by this model records of it: weights_sha256, vocab_sha256, the uri it was loaded
+        from and, where known, model_id, run_id, registered_name and registered_version."""
+        return {"weights_sha256": self.weights_sha256, "vocab_sha256": self.vocab_sha256, **self.source}
 
     @property
     def bits(self) -> int:
