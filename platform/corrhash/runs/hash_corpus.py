@@ -73,6 +73,10 @@ def hash_on_ray(model: HashingModel, shards_path: str | Path, split: str, out: P
     per_actor = max(MIN_ACTOR_CPUS, min(1.0, cpus / actors - TASK_CPUS))
     log(f"hashing {split} of {shards_path} on Ray Data: {len(files)} shard files, {actors} actors holding the model "
         f"({per_actor:g} CPU each of the cluster's {cpus:g})")
+    # Ray Data's V2 Parquet read starts with a ListFiles task that always asks for a whole CPU, which no node has
+    # once the actors sit on nodes of 1 CPU each (seen: two nodes, "2.5/2 CPU", no progress); the V1 read takes
+    # our explicit file list and its read tasks ask for TASK_CPUS. This driver only reads these shards.
+    ray.data.DataContext.get_current().use_datasource_v2 = False
     # At least two blocks an actor, so that every actor of the pool gets work even from one shard file.
     dataset = ray.data.read_parquet(files, columns=["doc_id", "indices", "values"],
                                     override_num_blocks=max(len(files), 2 * actors),
