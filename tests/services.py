@@ -162,14 +162,15 @@ def start_prometheus(workdir: Path, config: Path) -> tuple[subprocess.Popen, str
     return process, url
 
 
-def start_mlflow_server(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = workdir / "mlflow-server.log"
+def start_mlflow_server(workdir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """An MLflow server on 127.0.0.1 (a free port, or `port`: the same server started again) storing in `workdir`."""
+    port = port or free_port()
+    log = workdir / f"mlflow-server-{port}.log"
     process = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
          "--artifacts-destination", str(workdir / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        env=service_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        env=service_env(), stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     wait_http(f"{uri}/health", 120, process, log)
     return process, uri

@@ -18,7 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from corrhash.launch.live import export_counts
 from corrhash.runs.spec import RunSpec
-from corrhash.tracking.runs import client_for, end_run, end_trial_runs, log_metrics, trial_run
+from corrhash.tracking.runs import EpochLog, client_for, end_run, end_trial_runs, log_metrics, trial_run
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 
@@ -32,17 +32,14 @@ def stopped_early(trial, spec: dict) -> bool:
 
 
 class EpochMetrics(UserCallback):
-    """UserCallback is a Ray DeveloperAPI: if it changes, this class is the one place to adapt."""
+    """UserCallback is a Ray DeveloperAPI: if it changes, this class is the one place to adapt. An MLflow outage
+    does not stop training (EpochLog: said once, the epochs missed recorded when the job ends)."""
 
     def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id, self._client = uri, run_id, None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None}  # sent to the controller actor; it opens its own client
+        self.log = EpochLog(uri, run_id)
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self._client = self._client or client_for(self.uri)
-        log_metrics(self._client, self.run_id, metrics[0], step=metrics[0]["epoch"])
+        self.log(metrics[0], step=metrics[0]["epoch"])
 
 
 class TrialRuns(LoggerCallback):

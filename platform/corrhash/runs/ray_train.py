@@ -27,7 +27,7 @@ from corrhash.runs.callbacks import EpochMetrics
 from corrhash.runs.finish import Selection, finish, run_folder
 from corrhash.runs.spec import RunSpec
 from corrhash.runs.worker import train_loop
-from corrhash.tracking.runs import log_data, publish_model
+from corrhash.tracking.runs import backfill_epochs, log_data, publish_model
 
 
 @dataclass
@@ -87,6 +87,9 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
             result = _fit(spec, ray_config, name, use_gpu, EpochMetrics(uri, run_id))
             with result.checkpoint.as_directory() as directory:
                 selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
+            missed = backfill_epochs(client, run_id, selection.history)
+            if missed:
+                log(f"job {name}: recorded the metrics of epoch(s) {', '.join(map(str, missed))} that MLflow missed")
             results = finish(spec, shards, selection, folder, launcher="ray_train", started=started,
                              fit_seconds=time.monotonic() - fit_started, device=torch.device("cpu"),
                              score_test=score_test, job=name, run_id=run_id,

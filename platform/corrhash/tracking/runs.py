@@ -17,16 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import requests
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from corrhash.package import PACKAGE_DIR
 from corrhash.artifact import MLFLOW_ARTIFACT_KEY
 from corrhash.data import TfidfShards
-from corrhash.errors import ConfigError
+from corrhash.errors import ConfigError, CorrhashError
+from corrhash.log import log, warn
 from corrhash.tracking.lineage import source_tags
 
 JOB_TAG = "corrhash.job"
@@ -121,19 +124,90 @@ def start_or_resume_run(client: MlflowClient, experiment_id: str, job_name: str,
 def job_run(client: MlflowClient, experiment_id: str, job_name: str, params: dict, tags: dict):
     """Yield (run_id, resumed) of the job's run; end it FINISHED when the block completes, FAILED on an
     error, KILLED on Ctrl-C or SIGTERM (the jobs turn it into SystemExit), with its child runs still
-    RUNNING; a rerun with the same name sets them RUNNING again."""
+    RUNNING; a rerun with the same name sets them RUNNING again. The tracking server gone (past MLflow's
+    retries) is a TrackingUnreachable naming the run and how to finish it: it is left RUNNING, to be resumed."""
     run_id, resumed = start_or_resume_run(client, experiment_id, job_name, params, tags)
     try:
         yield run_id, resumed
+        client.set_terminated(run_id, "FINISHED")
+    except UNREACHABLE as exc:
+        raise TrackingUnreachable(f"the MLflow tracking server does not answer ({reason(exc)}); the run {run_id} "
+                                  f"stays RUNNING: when the server is back, run the job again with --name {job_name}"
+                                  " to resume it and record what is missing") from exc
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        # Child runs of trials that were still going end with their parent (a resume reopens them).
-        running = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = "
-                                     f"{filter_value(run_id)} and attributes.status = 'RUNNING'")
-        for run in [*running, client.get_run(run_id)]:
-            client.set_terminated(run.info.run_id, status)
+        try:  # child runs of trials that were still going end with their parent (a resume reopens them)
+            running = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = "
+                                         f"{filter_value(run_id)} and attributes.status = 'RUNNING'")
+            for run in [*running, client.get_run(run_id)]:
+                client.set_terminated(run.info.run_id, status)
+        except UNREACHABLE:
+            pass  # the job's own error says what went wrong; the run is resumed by a rerun
         raise
-    client.set_terminated(run_id, "FINISHED")
+
+
+class TrackingUnreachable(CorrhashError):
+    """The MLflow tracking server did not answer, past MLflow's retries."""
+
+
+UNREACHABLE = (MlflowException, requests.exceptions.RequestException)
+"""What an MLflow client call raises when the server is down or does not answer."""
+
+
+def reason(exc: BaseException) -> str:
+    """The last line of an unreachable server's error, shortened (MLflow's wrap the whole retry history)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+@contextmanager
+def quick_requests(timeout_s: int = 10):
+    """MLflow's HTTP requests in this block fail at once when the server does not answer (one try, `timeout_s`),
+    instead of minutes of retries with backoff; for calls that can be made again later."""
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class EpochLog:
+    """A run's per-epoch metrics, logged as each epoch ends, that survive the tracking server going away: a failed
+    log is said once on the console, training goes on, and `backfill_epochs` records the missed epochs from the
+    checkpoint's history when the job ends (reliability review t4, R3: training stalled for minutes in MLflow's
+    retries, then a failed log ended the run, and its epoch's metrics were lost for good)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id, self.down_since = uri, run_id, None
+
+    def __call__(self, metrics: dict, step: int) -> None:
+        try:
+            with quick_requests():
+                log_metrics(client_for(self.uri), self.run_id, metrics, step=step)
+        except UNREACHABLE as exc:
+            if self.down_since is None:
+                self.down_since = step
+                warn(f"MLflow at {self.uri} does not answer ({reason(exc)}); training goes on, and the "
+                    f"epochs from {step} on it misses are recorded from the checkpoint when the job ends")
+            return
+        if self.down_since is not None:
+            warn(f"MLflow at {self.uri} answers again at epoch {step} (it missed epochs {self.down_since} to {step - 1})")
+            self.down_since = None
+
+
+def backfill_epochs(client: MlflowClient, run_id: str, history: list[dict]) -> list[int]:
+    """Log the epochs of `history` (a checkpoint's per-epoch metrics) that the run has not recorded; their
+    numbers."""
+    recorded = {metric.step for metric in client.get_metric_history(run_id, "epoch")}
+    missing = [record for record in history if record.get("epoch") not in recorded]
+    for record in missing:
+        log_metrics(client, run_id, record, step=record["epoch"])
+    return [record["epoch"] for record in missing]
 
 
 def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
