@@ -39,7 +39,7 @@ demo: setup
 	@echo "        Tune state, the Optuna study and one checkpoint per trial in runs/tune/demo-20ng-64b"
 	@echo "model:  models:/corrhash-20ng-64b@champion; the best trial's folder and results.json in runs/demo/best"
 	@du -sh runs data mlflow.db mlruns 2>/dev/null | sed 's/^/disk:   /'
-	@echo "next:   $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (http://127.0.0.1:5000)"
+	@echo "next:   $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 test: setup-test
 	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=30 tests

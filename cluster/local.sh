@@ -138,8 +138,11 @@ case "${1:-}" in
       # The shell reads the password from its file: the command line shows where it is, not what it is.
       credentials=" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=\"\$(cat $ADMIN_PASSWORD)\""
     fi
-    echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT (token in $TOKEN)   MLflow UI: $mlflow_uri"
-    # The two commands the README's "On a Ray cluster" recipe runs next (tests/test_security.py runs them).
+    # ?workflowType=machine_learning: MLflow 3's UI otherwise opens on its GenAI overview, whose sidebar has no
+    # model registry (it ignores the experiments' kind tag while its workflow toggle is on).
+    echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT (token in $TOKEN)" \
+      "  MLflow UI: $mlflow_uri/#/experiments?workflowType=machine_learning"
+    # The three commands the README's "On a Ray cluster" recipe runs next (tests/test_security.py runs them).
     echo "export PATH=$VENV_BIN:\$PATH RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token" \
       "RAY_AUTH_TOKEN_PATH=$TOKEN MLFLOW_TRACKING_URI=$mlflow_uri$credentials"
     # `ray job submit` does not forward the submitting shell's environment, and the job runs in a copy
@@ -150,6 +153,8 @@ case "${1:-}" in
     runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\", \"CORRHASH_GIT_COMMIT\": \"'$commit'\"}}"
     echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
       "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --num-workers 2 --name ng64"
+    echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
+      "-- python jobs/tune.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/tune\" --num-samples 8 --name ng64-tune"
     ;;
   stop) stop ;;
 esac

@@ -143,10 +143,11 @@ def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_reci
         recipe = [line.replace("127.0.0.1:8265", f"127.0.0.1:{ports['DASHBOARD_PORT']}")
                   .replace("127.0.0.1:5000", mlflow_uri[len("http://"):]) for line in readme_cluster_recipe()]
         assert recipe[0] == "bash cluster/local.sh start" and recipe[-1] == "bash cluster/local.sh stop", recipe
-        exports, job_submit, load_model = recipe[1:4]
+        exports, job_submit, tune_submit, load_model = recipe[1:5]
         in_checkout = str(checkout)
-        assert [line.replace("$PWD", in_checkout) for line in (exports, job_submit)] == \
-               [line.replace("$PWD", in_checkout) for line in started.stdout.splitlines()[-2:]]
+        assert [line.replace("$PWD", in_checkout) for line in (exports, job_submit, tune_submit)] == \
+               [line.replace("$PWD", in_checkout) for line in started.stdout.splitlines()[-3:]]
+        assert f"MLflow UI: {mlflow_uri}/#/experiments?workflowType=machine_learning" in started.stdout
 
         processes = session_processes(leaders)
         assert_loopback_only(processes, {ports["RAY_PORT"], ports["DASHBOARD_PORT"], ports["MLFLOW_PORT"],
