@@ -36,7 +36,8 @@ from corrhash.launch.preflight import check_job_name, check_local_folder
 from corrhash.log import log
 from corrhash.retrieval.codes import unpack_codes
 from corrhash.tracking.lineage import source_tags
-from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, JOB_TAG, NODE_TAG, cell_runs, client_for, filter_value,
+from corrhash.tracking.run_report import cell_codes, find_job_run, finished_cells
+from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, NODE_TAG, cell_runs, client_for, end_run, log_file,
                                     log_metrics, record_cell, start_cell_run, tracking_uri)
 
 PROGRESS_EVERY_S = 15.0
@@ -73,7 +74,7 @@ def run_ablation(grid: Grid, options: AblateOptions, command: str | None = None)
                     params=params, tags={ABLATION_TAG: name}, fits=lambda: fits,
                     data={f"{grid.source}: data.{cell.dataset}": cell.data for cell in grid.cells}) as job:
         client, parent_id = job.client, job.run_id
-        client.log_artifact(parent_id, str(grid.source), "grid")
+        log_file(client, parent_id, grid.source, "grid")
         done = {run.data.tags[CELL_TAG] for run in cell_runs(client, job.experiment_id, parent_id)
                 if run.info.status == "FINISHED"}
         todo = [cell for cell in grid.cells if cell.id not in done]
@@ -89,7 +90,7 @@ def run_ablation(grid: Grid, options: AblateOptions, command: str | None = None)
         failed = CellRecorder(job, events, source_tags()).wait(pending, len(grid.cells))
         folder = write_ablation_report(grid, client, job.experiment_id, parent_id, options.out / name, command)
         for path in sorted(folder.iterdir()):
-            client.log_artifact(parent_id, str(path), "report")
+            log_file(client, parent_id, path, "report")
         if failed:
             raise failed[0][1] if len(failed) == 1 else CorrhashError(
                 f"ablation {name}: {len(failed)} cells failed: " + "; ".join(f"{c.label()}: {e}" for c, e in failed))
@@ -124,7 +125,7 @@ class CellRecorder:
                         raise
                     failed.append((cell, cause or exc))
                     if cell.id in self.attempts:
-                        self.job.client.set_terminated(self.attempts[cell.id][1], "FAILED")
+                        end_run(self.job.client, self.attempts[cell.id][1], "FAILED")
                     log(f"cell {cell.label()} failed: {cause or exc}")
             if time.monotonic() - last >= PROGRESS_EVERY_S or not pending:
                 last = time.monotonic()
@@ -187,32 +188,24 @@ def _best_val(run) -> float:
 def ablation_rows(grid: Grid, client, experiment_id: str, parent_id: str) -> tuple[list[dict], dict]:
     """One row per FINISHED cell of `grid`, read back from MLflow (so the report's numbers are MLflow's), and
     the test codes and labels of 128-bit cells for the projections."""
-    from mlflow.artifacts import download_artifacts
-
-    runs = {r.data.tags[CELL_TAG]: r for r in cell_runs(client, experiment_id, parent_id)
-            if r.info.status == "FINISHED"}
+    records = finished_cells(client, experiment_id, parent_id)
     rows, codes = [], {}
     for cell in grid.cells:
-        run = runs.get(cell.id)
-        if run is None:
+        record = records.get(cell.id)
+        if record is None:
             continue
         k = cell.train.eval_k
-        metrics = run.data.metrics
-        curve = sorted(client.get_metric_history(run.info.run_id, "val_precision"), key=lambda m: m.step)
+        metrics = record.metrics
         rows.append({"cell": cell.id, **cell.axes, "val_precision": metrics.get(f"best_val_precision_at_{k}"),
                      "test_precision": metrics.get(f"test_precision_at_{k}"),
                      "test_precision_ordered": metrics.get(f"test_precision_ordered_at_{k}"),
-                     "best_epoch": int(metrics.get("best_epoch", 0)), "epochs_run": len(curve),
+                     "best_epoch": int(metrics.get("best_epoch", 0)), "epochs_run": len(record.val_curve),
                      "fit_seconds": metrics.get("fit_seconds"), "epoch_seconds": metrics.get("mean_epoch_seconds"),
-                     "val_curve": [m.value for m in curve], "node": run.data.tags.get(NODE_TAG, "")[:12],
-                     "run_id": run.info.run_id})
+                     "val_curve": record.val_curve, "node": record.node[:12], "run_id": record.run_id})
         # The paper's Figure 2: 128-bit codes of VDSH, NASH and CorrSH on 20ng, one seed.
         if (cell.dataset.startswith("20ng") and cell.model.bits == 128 and cell.model.name in PROJECTED
                 and cell.model.seed == min(c.model.seed for c in grid.cells)):
-            with tempfile.TemporaryDirectory() as tmp:
-                path = download_artifacts(run_id=run.info.run_id, artifact_path="test_codes.npy", dst_path=tmp,
-                                          tracking_uri=client.tracking_uri)
-                packed = np.load(path, allow_pickle=False)
+            packed = cell_codes(client, record.run_id)
             labels = TfidfShards(cell.data).split("test").labels
             codes[cell.id] = (unpack_codes(packed, 128), labels.argmax(axis=1))
     return rows, codes
@@ -236,10 +229,7 @@ def report_only(grid: Grid, options: AblateOptions, command: str | None = None) 
     check_local_folder(options.out, "--out")
     uri = tracking_uri(options.cluster.mlflow_uri)
     client = client_for(uri)
-    experiment = client.get_experiment_by_name(options.cluster.experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{JOB_TAG}` = {filter_value(grid.name)}",
-                              max_results=1) if experiment else []
-    if not runs:
+    found = find_job_run(client, options.cluster.experiment, grid.name)
+    if found is None:
         raise ConfigError(f"--report-only: no ablation named {grid.name!r} in experiment {options.cluster.experiment!r} at {uri}")
-    return write_ablation_report(grid, client, experiment.experiment_id, runs[0].info.run_id,
-                                 options.out / grid.name, command)
+    return write_ablation_report(grid, client, *found, options.out / grid.name, command)

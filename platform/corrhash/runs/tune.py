@@ -35,8 +35,8 @@ from corrhash.runs.worker import tune_trial
 from corrhash.models import model_class
 from corrhash.models.space import parse_spec
 from corrhash.train.neighbours import cached_lists
-from corrhash.tracking.registry import describe_version, promote_if_better, registered_name
-from corrhash.tracking.runs import log_data, log_figures, log_params, publish_model
+from corrhash.tracking.registry import decide_champion, registered_name
+from corrhash.tracking.runs import log_data, log_figures, log_model_bests, log_params, publish_model, set_tags
 
 
 REGISTERED_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -118,12 +118,13 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
             best, study, grid = _search(spec, spaces, options, name,
                                         TrialRuns(uri, experiment_id, parent_id, spec))
             log_figures(client, parent_id, study_figures(study, name, best))
-            log_model_bests(client, parent_id, model_bests(grid, spec))
+            bests = model_bests(grid, spec)
+            log_model_bests(client, parent_id, bests)
+            print_model_bests(bests)
             tuned = trial_values(best.config)
             spec = spec.with_overrides(tuned)
             log_params(client, parent_id, {"model": spec.model.to_dict(), "train": spec.train.to_dict()})
-            for key, value in tuned.items():
-                client.set_tag(parent_id, f"best.{key}", str(value))
+            set_tags(client, parent_id, {f"best.{key}": value for key, value in tuned.items()})
             with best.checkpoint.as_directory() as directory:
                 selection = Selection.from_checkpoint(Path(directory), spec, shards.n_features)
             registry = options.registered_model or registered_name(shards.manifest["dataset"], spec.model.bits)
@@ -132,7 +133,7 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
                              run_id=parent_id, tuned=tuned,
                              publish=lambda model_dir, results: publish_model(
                                  client, uri, parent_id, model_dir, results, registry))
-        decision = _decide_champion(client, parent_id, registry, results)  # before the parent is FINISHED
+        decision = decide_champion(client, parent_id, registry, results)  # before the parent is FINISHED
     print("\nbest configuration:", json.dumps(tuned), flush=True)
     k = spec.train.eval_k
     print(f"val p@{k} {results['val_precision']:.4f}, test p@{k} {results['test_precision']:.4f} "
@@ -148,18 +149,6 @@ def graph_width(spaces: dict[str, dict], spec: RunSpec) -> int | None:
               if "neighbours" in space else spec.model.neighbours
               for model, space in spaces.items() if model_class(model).uses_graph]
     return max(widths) if widths else None
-
-
-def _decide_champion(client, parent_id: str, registry: str, results: dict) -> str:
-    """Describe the registered version and move `champion` to it if it wins; a rerun of a finished tune
-    (its version reused by publish_model) keeps the decision it made."""
-    decision = client.get_run(parent_id).data.tags.get("champion.decision")
-    if decision is None:
-        version = results["registered_version"].rpartition("/")[2]
-        describe_version(client, registry, version, results)
-        _, decision = promote_if_better(client, registry, version, results["val_precision"], results["content_hash"])
-        client.set_tag(parent_id, "champion.decision", decision)
-    return decision
 
 
 def model_bests(grid, spec: RunSpec) -> dict[str, dict]:
@@ -178,14 +167,7 @@ def model_bests(grid, spec: RunSpec) -> dict[str, dict]:
     return bests
 
 
-def log_model_bests(client, run_id: str, bests: dict[str, dict]) -> None:
-    """The parent run records each model's best trial: metric `best_val_precision.MODEL`, tags `best_trial.MODEL`
-    (its trial id), `trials.MODEL` and `epochs.MODEL` (what the search spent on it)."""
-    for model, entry in bests.items():
-        client.log_metric(run_id, f"best_val_precision.{model}", entry["val_precision"])
-        client.set_tag(run_id, f"best_trial.{model}", entry["trial"])
-        client.set_tag(run_id, f"trials.{model}", str(entry["trials"]))
-        client.set_tag(run_id, f"epochs.{model}", str(entry["epochs"]))
+def print_model_bests(bests: dict[str, dict]) -> None:
     for model, entry in sorted(bests.items(), key=lambda item: -item[1]["val_precision"]):
         log(f"  {model:<15} best val {entry['val_precision']:.4f}  ({entry['trials']} trials, "
             f"{entry['epochs']} epochs)")

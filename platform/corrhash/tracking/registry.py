@@ -62,3 +62,15 @@ def promote_if_better(client: MlflowClient, name: str, version: str, val_precisi
         client.set_registered_model_alias(name, CHAMPION, version)
         return True, f"{name} v{version} is the new champion: val {val_precision:.4f} > {current:.4f}"
     return False, f"{name} v{version} not promoted: val {val_precision:.4f} does not beat the champion's {current:.4f}"
+
+
+def decide_champion(client: MlflowClient, parent_id: str, registry: str, results: dict) -> str:
+    """Describe the registered version and move `champion` to it if it wins; a rerun of a finished tune
+    (its version reused by publish_model) keeps the decision it made (the parent run's tag)."""
+    decision = client.get_run(parent_id).data.tags.get("champion.decision")
+    if decision is None:
+        version = results["registered_version"].rpartition("/")[2]
+        describe_version(client, registry, version, results)
+        _, decision = promote_if_better(client, registry, version, results["val_precision"], results["content_hash"])
+        client.set_tag(parent_id, "champion.decision", decision)
+    return decision

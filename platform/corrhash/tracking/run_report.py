@@ -3,14 +3,15 @@
 A run is one of three kinds, told apart by the tags the launchers set (tracking/runs.py, runs/tune.py,
 ablate/driver.py): an ablation's parent (tag `corrhash.ablation`, no parent of its own), a tune's parent (child
 runs tagged `corrhash.trial`), or any other run (a training job, one trial, one ablation cell). The page itself
-is drawn by `corrhash.report.page`; an ablation's rows come from `corrhash.ablate.driver.ablation_rows`, which the
-job script composes (tracking may not import the launchers).
+is drawn by `corrhash.report.page`; an ablation's rows come from `corrhash.ablate.driver.ablation_rows` over what
+`finished_cells` and `cell_codes` read here, which the job script composes (tracking may not import the launchers).
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -219,3 +220,45 @@ def log_page(client: MlflowClient, run_id: str, page: Path) -> str:
         copy.write_bytes(page.read_bytes())
         client.log_artifact(run_id, str(copy), str(Path(PAGE_ARTIFACT).parent))
     return PAGE_ARTIFACT
+
+
+@dataclass
+class CellRecord:
+    """What MLflow recorded of one FINISHED ablation cell."""
+
+    run_id: str
+    metrics: dict
+    val_curve: list[float]
+    node: str
+
+
+def finished_cells(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, CellRecord]:
+    """{cell id: its record} of an ablation's FINISHED cells, its val precision curve in epoch order."""
+    from corrhash.tracking.runs import CELL_TAG, NODE_TAG, cell_runs
+
+    cells = {}
+    for run in cell_runs(client, experiment_id, parent_id):
+        if run.info.status != "FINISHED":
+            continue
+        curve = sorted(client.get_metric_history(run.info.run_id, "val_precision"), key=lambda m: m.step)
+        cells[run.data.tags[CELL_TAG]] = CellRecord(run.info.run_id, dict(run.data.metrics), [m.value for m in curve],
+                                                    run.data.tags.get(NODE_TAG, ""))
+    return cells
+
+
+def cell_codes(client: MlflowClient, run_id: str) -> np.ndarray:
+    """A cell's packed test codes (its test_codes.npy artifact)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="test_codes.npy", dst_path=tmp,
+                                                   tracking_uri=client.tracking_uri)
+        return np.load(path, allow_pickle=False)
+
+
+def find_job_run(client: MlflowClient, experiment: str, job_name: str) -> tuple[str, str] | None:
+    """(experiment id, run id) of the job named `job_name` in `experiment`; None when there is none."""
+    from corrhash.tracking.runs import JOB_TAG
+
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{JOB_TAG}` = {filter_value(job_name)}",
+                              max_results=1) if found else []
+    return (found.experiment_id, runs[0].info.run_id) if runs else None

@@ -262,6 +262,26 @@ def record_cell(client: MlflowClient, run_id: str, results: dict, files: list[Pa
     client.set_terminated(run_id, "FINISHED")
 
 
+def set_tags(client: MlflowClient, run_id: str, tags: dict) -> None:
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_file(client: MlflowClient, run_id: str, path: str | Path, folder: str) -> None:
+    """A local file as the run's artifact FOLDER/NAME."""
+    client.log_artifact(run_id, str(path), folder)
+
+
+def log_model_bests(client: MlflowClient, run_id: str, bests: dict[str, dict]) -> None:
+    """A search's parent run records each model's best trial (runs/tune.model_bests): metric
+    `best_val_precision.MODEL`, tags `best_trial.MODEL` (its trial id), `trials.MODEL` and `epochs.MODEL` (what the
+    search spent on it)."""
+    for model, entry in bests.items():
+        client.log_metric(run_id, f"best_val_precision.{model}", entry["val_precision"])
+        set_tags(client, run_id, {f"best_trial.{model}": entry["trial"], f"trials.{model}": entry["trials"],
+                                  f"epochs.{model}": entry["epochs"]})
+
+
 def end_run(client: MlflowClient, run_id: str, status: str, tags: dict | None = None) -> None:
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
