@@ -367,8 +367,17 @@ def test_the_published_model_carries_its_metrics_dataset_and_installable_require
     model_id = published["model_uri"].removeprefix("models:/")
     linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
     assert linked["test_precision_at_10"].value == 0.4 and linked["best_val_precision_at_10"].value == 0.5
-    dataset = client.get_run(run_id).inputs.dataset_inputs[0].dataset
-    assert {(m.dataset_name, m.dataset_digest) for m in linked.values()} == {(dataset.name, dataset.digest)}
+    # Each metric is linked to the split it was measured on (ecosystem review t4, N9), not the training data.
+    inputs = {tag.value: entry.dataset for entry in client.get_run(run_id).inputs.dataset_inputs for tag in entry.tags
+              if tag.key == "mlflow.data.context"}
+    assert set(inputs) == {"training", "validation", "testing"}
+    name = TfidfShards(data).manifest["dataset"]
+    assert (inputs["validation"].name, inputs["testing"].name) == (f"{name}-val", f"{name}-test")
+    assert (linked["test_precision_at_10"].dataset_name, linked["test_precision_at_10"].dataset_digest) == \
+        (inputs["testing"].name, inputs["testing"].digest)
+    for key in ("best_val_precision_at_10", "best_epoch"):
+        assert (linked[key].dataset_name, linked[key].dataset_digest) == \
+            (inputs["validation"].name, inputs["validation"].digest)
     assert client.get_run(run_id).data.metrics["test_precision_at_10"] == 0.4  # still the run's metrics too
 
     experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from badinput import assert_named_error, run_job
+from services import drive
 from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
 from corrhash.data.prepare import PrepareConfig, prepare
@@ -74,3 +75,22 @@ def test_a_model_is_refused_on_shards_of_another_vocabulary(two_corpora, tmp_pat
         "documents"]
     status, stderr = run_job("search", ["--model", model, "--corpus", root / "news", "--index-kind", "flat"], capsys)
     assert status == 0 and "another vocabulary" not in stderr  # its own corpus
+
+
+@pytest.mark.cluster
+def test_a_second_corpus_tuned_by_name_gets_its_own_registered_model_and_champion(cluster, two_corpora, tmp_path):
+    """The README's tune command on two of a user's corpora: each registers its own model (corrhash-NAME-BITSb) and
+    holds its own @champion, where every text corpus used to share corrhash-text-BITSb and the second never won."""
+    from mlflow.tracking import MlflowClient
+
+    root, _ = two_corpora
+    client = MlflowClient(cluster["mlflow"])
+    for folder in ("news", "mail-2026"):
+        done = drive(cluster, ["--data", str(root / folder), "--bits", "8", "--hidden", "16", "--epochs", "2",
+                               "--num-samples", "1", "--grace-period", "1", "--eval-k", "10", "--name", f"own-{folder}",
+                               "--storage", str(tmp_path / "tune")], job="jobs/tune.py")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert f"corrhash-{folder}-8b" in done.stdout + done.stderr
+    for folder in ("news", "mail-2026"):
+        champion = client.get_model_version_by_alias(f"corrhash-{folder}-8b", "champion")
+        assert champion.tags["data.content_hash"] == TfidfShards(root / folder).content_hash

@@ -37,8 +37,8 @@ from corrhash.log import log
 from corrhash.retrieval.codes import unpack_codes
 from corrhash.tracking.lineage import source_tags
 from corrhash.tracking.run_report import cell_codes, find_job_run, finished_cells
-from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, NODE_TAG, cell_runs, client_for, end_run, log_file,
-                                    log_metrics, record_cell, start_cell_run, tracking_uri)
+from corrhash.tracking.runs import (ABLATION_TAG, CELL_TAG, NODE_TAG, cell_runs, client_for, end_run, log_epoch,
+                                    log_file, record_cell, start_cell_run, tracking_uri)
 
 PROGRESS_EVERY_S = 15.0
 EVENTS_EVERY_S = 1.0  # how often the driver drains the cells' events (a cell's run appears within this)
@@ -138,7 +138,7 @@ class CellRecorder:
             if kind == "started":
                 self.attempts[cell_id] = (attempt, self.start(cells[cell_id], payload))
             elif self.attempts.get(cell_id, ("",))[0] == attempt:  # a lost attempt's late epochs are dropped
-                log_metrics(self.job.client, self.attempts[cell_id][1], payload, step=payload["epoch"])
+                log_epoch(self.job.client, self.attempts[cell_id][1], payload, step=payload["epoch"])
 
     def start(self, cell: Cell, where: dict) -> str:
         spec = cell.spec()

@@ -18,7 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from corrhash.launch.live import export_counts
 from corrhash.runs.spec import RunSpec
-from corrhash.tracking.runs import EpochLog, client_for, end_run, end_trial_runs, log_metrics, trial_run
+from corrhash.tracking.runs import EpochLog, client_for, end_run, end_trial_runs, log_epoch, trial_run
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 
@@ -73,7 +73,7 @@ class TrialRuns(LoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS}
-        log_metrics(self.client, self._run_id(trial), metrics, step=result["epoch"])
+        log_epoch(self.client, self._run_id(trial), metrics, step=result["epoch"])
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         stopped = not failed and stopped_early(trial, self.spec)

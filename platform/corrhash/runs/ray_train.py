@@ -70,7 +70,9 @@ def train_on_ray(spec: RunSpec, ray_config: RayConfig, out: Path | None = None, 
     if out:
         check_out_dir(out)
     params = {"model": spec.model.to_dict(), "train": spec.train.to_dict(), "data": spec.data,
-              "ray": {**{k: v for k, v in asdict(ray_config).items() if k != "cluster"}, **asdict(ray_config.cluster)}}
+              # Options left unset (None: the address and tracking URI came from the environment) are not params.
+              "ray": {k: v for k, v in {**asdict(ray_config), **asdict(ray_config.cluster)}.items()
+                      if k != "cluster" and v is not None}}
     tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
             "data.path": spec.data, "model": spec.model.name, "bits": str(spec.model.bits)}
     storage = storage_path(ray_config.storage)

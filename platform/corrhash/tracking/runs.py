@@ -8,6 +8,7 @@ source, user; `lineage.py`), the prepared data as a dataset input, and metric na
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -188,7 +189,7 @@ class EpochLog:
     def __call__(self, metrics: dict, step: int) -> None:
         try:
             with quick_requests():
-                log_metrics(client_for(self.uri), self.run_id, metrics, step=step)
+                log_epoch(client_for(self.uri), self.run_id, metrics, step=step)
         except UNREACHABLE as exc:
             if self.down_since is None:
                 self.down_since = step
@@ -206,7 +207,7 @@ def backfill_epochs(client: MlflowClient, run_id: str, history: list[dict]) -> l
     recorded = {metric.step for metric in client.get_metric_history(run_id, "epoch")}
     missing = [record for record in history if record.get("epoch") not in recorded]
     for record in missing:
-        log_metrics(client, run_id, record, step=record["epoch"])
+        log_epoch(client, run_id, record, step=record["epoch"])
     return [record["epoch"] for record in missing]
 
 
@@ -300,6 +301,19 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int, mod
                                       if isinstance(v, (int, float)) and not isinstance(v, bool)])
 
 
+RUN_CONSTANTS = ("docs", "world_size", "streamed")
+"""Epoch results that do not change within a run: tags of the run, not charts of a constant line."""
+_tagged: set[str] = set()
+
+
+def log_epoch(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:
+    """One epoch's metrics at `step`; its RUN_CONSTANTS become the run's tags (once per run in this process)."""
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in RUN_CONSTANTS}, step=step)
+    if run_id not in _tagged:
+        set_tags(client, run_id, {k: metrics[k] for k in RUN_CONSTANTS if k in metrics})
+        _tagged.add(run_id)
+
+
 def final_metrics(results: dict) -> dict:
     """A finished run's selection and test metrics, named after its k (`test_precision_at_10` for k = 10)."""
     k = results["eval_k"]
@@ -310,15 +324,31 @@ def final_metrics(results: dict) -> dict:
     return metrics
 
 
-def log_data(client: MlflowClient, run_id: str, shards: TfidfShards) -> None:
-    """The prepared data as the run's dataset input (digest: its content hash) and its manifest as an artifact."""
+EVAL_CONTEXTS = {"val": "validation", "test": "testing"}
+"""The dataset context (`mlflow.data.context`) of each held-out split's own dataset input."""
+
+
+def _dataset(source_path: str, name: str, digest: str):
     with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns that it is ambiguous
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(shards.root))
-    dataset = MetaDataset(source, name=shards.manifest["dataset"],
-                          digest=shards.content_hash[:32])  # MLflow keeps at most 36 characters
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[
-        InputTag("mlflow.data.context", "training"), InputTag("corrhash.content_hash", shards.content_hash)])])
+        source = resolve_dataset_source(source_path)
+    return MetaDataset(source, name=name, digest=digest[:32])._to_mlflow_entity()  # MLflow keeps at most 36
+
+
+def log_data(client: MlflowClient, run_id: str, shards: TfidfShards) -> None:
+    """The prepared data as the run's dataset input (context training, digest: its content hash), each held-out
+    split as one more (NAME-val, NAME-test; contexts validation, testing; digest: its shards' checksums), so the
+    final metrics link to the split they were measured on; and the manifest as an artifact."""
+    name = shards.manifest["dataset"]
+    inputs = [DatasetInput(_dataset(str(shards.root), name, shards.content_hash), tags=[
+        InputTag("mlflow.data.context", "training"), InputTag("corrhash.content_hash", shards.content_hash)])]
+    for split, context in EVAL_CONTEXTS.items():
+        entries = shards.manifest["splits"].get(split, {}).get("shards", [])
+        if entries:
+            digest = hashlib.sha256("".join(entry["sha256"] for entry in entries).encode()).hexdigest()
+            inputs.append(DatasetInput(_dataset(str(shards.root / split), f"{name}-{split}", digest), tags=[
+                InputTag("mlflow.data.context", context), InputTag("corrhash.split", split)]))
+    client.log_inputs(run_id, datasets=inputs)
     with tempfile.TemporaryDirectory() as tmp:
         manifest_copy = Path(tmp) / "manifest.json"
         manifest_copy.write_text(json.dumps(shards.manifest, indent=2))
@@ -379,8 +409,13 @@ def publish_model(client: MlflowClient, uri: str, run_id: str, model_dir: Path, 
         log_metrics(client, run_id, metrics, step=step)
         return {"model_uri": run.data.tags.get("model_uri"), "registered_version": run.data.tags["registered_version"]}
     info = log_hashing_model(uri, run_id, model_dir, INPUT_EXAMPLE, registered_name)
-    datasets = [d.dataset for d in run.inputs.dataset_inputs] if run.inputs else []
-    log_metrics(client, run_id, metrics, step=step, model_id=info.model_id, dataset=datasets[0] if datasets else None)
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    by_context = {tag.value: entry.dataset for entry in inputs for tag in entry.tags if tag.key == "mlflow.data.context"}
+    whole = by_context.get("training", inputs[0].dataset if inputs else None)
+    for context, keys in (("validation", ("best_val_precision_at_", "best_epoch")), ("testing", ("test_",))):
+        part = {key: value for key, value in metrics.items() if key.startswith(keys)}
+        # Each metric linked to the split it was measured on (a run logged before splits were inputs: the whole).
+        log_metrics(client, run_id, part, step=step, model_id=info.model_id, dataset=by_context.get(context, whole))
     version = f"{registered_name}/{info.registered_model_version}" if registered_name else None
     client.set_tag(run_id, "model_uri", info.model_uri)
     if version:
