@@ -365,6 +365,9 @@ def build_app(searcher: Searcher, timed: Callable | None = None):
         # "/search/" is a 404 naming the endpoints, not a redirect: a redirect's Location would be built without
         # Serve's route prefix in mind, and its body would not be JSON.
         redirect_slashes=False,
+        # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline, where a loopback service runs,
+        # and a third party's script on a page that talks to the API. /docs is drawn here instead (api_page).
+        docs_url=None, redoc_url=None,
         description=f"Semantic hashing search over the index of {searcher.uri}: each text's binary code and its "
                     "nearest documents by Hamming distance. Errors are `{\"error\": \"...\"}`.")
 
@@ -411,11 +414,55 @@ def build_app(searcher: Searcher, timed: Callable | None = None):
     async def encode(body: EncodeRequest):
         return answer("POST /encode", searcher.encode, body)
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(api_page(app.openapi(), request.scope.get("root_path", "")))
+
     @app.get("/healthz", response_model=Health, summary="the model and the index served")
     async def healthz():
         return searcher.health()
 
     return app
+
+
+def api_page(schema: dict, prefix: str = "") -> str:
+    """The API's documentation as one HTML page with no script and nothing fetched: each endpoint, its request
+    fields (type, bounds, description) and its answers, from the OpenAPI schema (served whole at /openapi.json)."""
+    from html import escape
+
+    models = schema.get("components", {}).get("schemas", {})
+
+    def fields(ref: str) -> str:
+        model = models.get(ref.rsplit("/", 1)[-1], {})
+        rows = []
+        for name, spec in model.get("properties", {}).items():
+            kind = spec.get("type") or " | ".join(part.get("type", "?") for part in spec.get("anyOf", []))
+            bounds = ", ".join(f"{key} {spec[key]:g}" if isinstance(spec[key], float) else f"{key} {spec[key]}"
+                               for key in ("minimum", "maximum", "minItems", "maxItems", "default") if key in spec)
+            required = "required" if name in model.get("required", []) else "optional"
+            rows.append(f"<tr><td><code>{escape(name)}</code></td><td>{escape(str(kind))}</td><td>{required}"
+                        f"{', ' + escape(bounds) if bounds else ''}</td><td>{escape(spec.get('description', ''))}"
+                        "</td></tr>")
+        return "<table><tr><th>field</th><th>type</th><th></th><th></th></tr>" + "".join(rows) + "</table>"
+
+    parts = [f"<h1>{escape(schema['info']['title'])} {escape(schema['info']['version'])}</h1>",
+             f"<p>{escape(schema['info'].get('description', ''))}</p>",
+             f"<p>The OpenAPI schema: <a href='{escape(prefix)}/openapi.json'>{escape(prefix)}/openapi.json</a></p>"]
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            parts.append(f"<h2>{method.upper()} {escape(prefix + path)}</h2><p>{escape(operation.get('summary', ''))}"
+                         "</p>")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if "$ref" in body:
+                parts.append(fields(body["$ref"]))
+            answers = "".join(f"<li>{escape(code)}: {escape(answer.get('description', ''))}</li>"
+                              for code, answer in operation.get("responses", {}).items())
+            parts.append(f"<ul>{answers}</ul>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>corrhash API</title><style>body{font-family:"
+            "sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}"
+            "table{border-collapse:collapse}</style></head><body>" + "".join(parts) + "</body></html>")
 
 
 class SearchReplica:
