@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "${CORRHASH_CLUSTER_DIR:-.cluster}"
 DIR=$(cd "${CORRHASH_CLUSTER_DIR:-.cluster}" && pwd)
 VENV_BIN=$(cd .venv/bin && pwd)
+START_TIMEOUT_S=${CORRHASH_START_TIMEOUT_S:-120}  # seconds each server may take to answer (more on a busy host)
 RAY_PORT=${RAY_PORT:-6379} DASHBOARD_PORT=${DASHBOARD_PORT:-8265} MLFLOW_PORT=${MLFLOW_PORT:-5000}
 RAY_CLIENT_PORT=${RAY_CLIENT_PORT:-10001} DASHBOARD_AGENT_PORT=${DASHBOARD_AGENT_PORT:-52365}
 TOKEN=$DIR/auth_token
@@ -79,13 +80,15 @@ start_team_mlflow() {
 # Polls an authenticated URL while checking that the process we started ($2) is still the one serving.
 wait_up() {
   local url=$1 pid=$2 name=$3
-  for _ in $(seq 120); do
+  echo "waiting for $name at $url (up to ${START_TIMEOUT_S}s, CORRHASH_START_TIMEOUT_S)..."
+  for _ in $(seq "$START_TIMEOUT_S"); do
     kill -0 "$pid" 2>/dev/null || { echo "$name (PID $pid) exited; see $DIR/$name.log" >&2; return 1; }
     # The header comes from stdin, so the token is never on a command line.
     printf 'Authorization: Bearer %s\n' "$(cat "$TOKEN")" | curl -sf -H @- "$url" >/dev/null && return 0
     sleep 1
   done
-  echo "$name not up at $url after 120 s; see $DIR/$name.log" >&2
+  echo "$name not up at $url after $START_TIMEOUT_S s; see $DIR/$name.log (a busy machine: raise" \
+    "CORRHASH_START_TIMEOUT_S)" >&2
   return 1
 }
 
@@ -105,6 +108,13 @@ case "${1:-}" in
       fi
     done
     chmod 700 "$DIR"
+    # The team setup's server needs the [team] extra; checked before anything starts (its absence used to show
+    # only in mlflow.log, after PostgreSQL had started).
+    if [ "$POSTGRES" = 1 ] && ! missing=$("$VENV_BIN/python" -c 'import psycopg2, flask_wtf' 2>&1); then
+      echo "refusing to start --postgres: ${missing##*$'\n'}; install the team extra first:" \
+        "$VENV_BIN/pip install -e '.[team]'" >&2
+      exit 1
+    fi
     if [ "$POSTGRES" = 1 ] && ! start_team_mlflow; then
       stop
       exit 1

@@ -81,13 +81,14 @@ stop() {
 
 wait_up() {
   local pid=$1
-  for _ in $(seq 120); do
+  for _ in $(seq "${CORRHASH_START_TIMEOUT_S:-120}"); do
     kill -0 "$pid" 2>/dev/null || { echo "mlflow (PID $pid) exited; see $DIR/mlflow.log" >&2; return 1; }
     # /health is the one route the auth app leaves open.
     curl -sf "http://$HOST:$PORT/health" > /dev/null && return 0
     sleep 1
   done
-  echo "mlflow not up at http://$HOST:$PORT after 120 s; see $DIR/mlflow.log" >&2
+  echo "mlflow not up at http://$HOST:$PORT after ${CORRHASH_START_TIMEOUT_S:-120} s; see $DIR/mlflow.log (a busy" \
+    "machine: raise CORRHASH_START_TIMEOUT_S)" >&2
   return 1
 }
 
