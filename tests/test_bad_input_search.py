@@ -426,3 +426,4 @@ def test_index_save_is_atomic_and_round_trips(world, tmp_path):
     assert json.loads(path.with_suffix(".json").read_text()) == {"model": "m", "bits": 16, "size": len(index)}
     with pytest.raises(DataError, match="json"):
         index.save(tmp_path / "idx.json")
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -122,6 +123,19 @@ def call(url: str, method: str, path: str, body: bytes | None = None, headers: d
 def post(url: str, path: str, payload) -> tuple[int, dict]:
     status, answer, _ = call(url, "POST", path, json.dumps(payload).encode())
     return status, answer
+
+
+@pytest.mark.cluster
+def test_loading_a_registered_model_in_python_prints_nothing(served, cluster, capfd, monkeypatch):
+    """The README's `corrhash.load("models:/...")` from a tracking server printed MLflow's per-file download bar,
+    one stderr line redrawn for each of the model's files (ecosystem review t4, N10): a library call is quiet."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cluster["mlflow"])
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    capfd.readouterr()
+    model = corrhash.load(f"models:/{REGISTERED}@champion")
+    captured = capfd.readouterr()
+    assert model.bits == 16 and "Downloading artifacts" not in captured.err, captured.err[-2000:]
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # put back as it was
 
 
 @pytest.mark.cluster

@@ -5,6 +5,7 @@ Serving reads model folders and imports no MLflow; this is the one place that fe
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -49,8 +50,16 @@ def download_artifacts(uri: str) -> Path:
     """An MLflow artifact URI as a local folder; any failure is a DataError naming the URI."""
     if uri.startswith(("runs:/", "models:/")):
         require_tracking_store(uri)
+    # A library call is quiet: MLflow's per-file progress bar (one stderr line redrawn for each of a model's ~100
+    # files) is off unless the user's environment asks for it (the jobs set the same in log.quiet_dependencies).
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    if quiet:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except (MlflowException, OSError) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         raise DataError(f"{uri}: {' '.join(str(message).split())}") from exc
+    finally:
+        if quiet:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
