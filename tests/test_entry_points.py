@@ -23,3 +23,18 @@ def test_job_script_and_console_script(name):
     assert script, f"corrhash-{name.replace('_', '-')} is not installed: pip install -e . (pyproject.toml)"
     version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
     assert version.returncode == 0 and version.stdout.startswith("corrhash "), version.stderr
+
+
+def test_one_corrhash_command_runs_every_job():
+    """`corrhash COMMAND` (and `python -m corrhash COMMAND`) is each job (ecosystem review t4, N7)."""
+    script = shutil.which("corrhash", path=str(Path(sys.executable).parent))
+    assert script, "corrhash is not installed: pip install -e . (pyproject.toml)"
+    listed = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0
+    block = listed.stdout.split("commands:\n")[1].split("\n\n")[0]
+    assert sorted(line.split()[0].replace("-", "_") for line in block.splitlines()) == sorted(JOBS), block
+    page = subprocess.run([sys.executable, "-m", "corrhash", "train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert page.returncode == 0 and page.stdout.startswith("usage: corrhash train") and "--epochs" in page.stdout
+    unknown = subprocess.run([script, "trian"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr and "train" in unknown.stderr
