@@ -1,5 +1,5 @@
 """Preparation cost as the corpus grows: for each size, a synthetic text corpus (bench/synth.py, several files)
-prepared by `jobs/prepare_data.py text` in one process and with `--ray` (Ray Data on an embedded local
+prepared by `jobs/prepare_data.py text` in one process and with `--ray` (Ray tasks on an embedded local
 Ray), each run as its own subprocess so that its time and memory are its own.
 
 Measured per run: wall time of the command (Python start-up, and for --ray the start of a local Ray, included),
@@ -124,7 +124,7 @@ def run_prepare(raw: Path, out: Path, ray: bool, timeout: float | None = None) -
 def run_prepare_scale(sizes: list[int], workdir: Path, seed: int = 0, files: int = 8, ray: bool = True,
                       timeout: float | None = None) -> list[dict]:
     """For each size N: generate N documents in `files` JSONL files under `workdir` (bench/synth.py), prepare them in
-    one process and (with `ray`) on Ray Data; one row per (N, mode): n_docs, mode, files, raw_mib, generate_s,
+    one process and (with `ray`) as Ray tasks; one row per (N, mode): n_docs, mode, files, raw_mib, generate_s,
     generate_peak_rss_mib, wall_s, prepare_s, docs_per_s (N / prepare_s), peak_tree_pss_mib, peak_process_rss_mib,
     content_hash and same_as_single (the Ray run's content hash is the single-process one)."""
     workdir = Path(workdir)

@@ -119,9 +119,9 @@ class ScaleOptions:
     workdir: Path = Path("runs/scale")
     """where the synthetic corpora and their preparations go (large: about 1 GiB per million documents)"""
     files: int = 8
-    """prepare: input files per corpus (Ray Data reads them in parallel)"""
+    """prepare: input files per corpus (Ray tasks read them in parallel)"""
     ray: bool = True
-    """prepare: also prepare on Ray Data (an embedded local Ray) and compare"""
+    """prepare: also prepare as Ray tasks (an embedded local Ray) and compare"""
     search_model_n: int = 0
     """search: also the codes of a CorrSH model trained on the prepared corpus of this N (0: none)"""
     search_model_epochs: int = 3

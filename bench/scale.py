@@ -1,7 +1,7 @@
 """How each stage's cost grows with the corpus: `python -m bench.run scale`.
 
 Sections, each a list of rows (one JSON file and one markdown table in the end):
-  prepare  synthetic corpora of N documents (bench/synth.py) prepared in one process and on Ray Data
+  prepare  synthetic corpora of N documents (bench/synth.py) prepared in one process and as Ray tasks
            (bench/prepare_scale.py): seconds, docs/s, peak memory, same content hash
   train    on each single-process preparation: one epoch of CorrSH (64 bits) in this process, docs/s, and
            the per-epoch evaluation against the whole train split as database with every val document as a
@@ -148,7 +148,7 @@ def markdown(report: dict) -> str:
     lines = [f"# corrhash at scale ({report['host']}, {report['cpus']} CPUs, torch {report['torch']})", "",
              f"Command: `{report['command']}`", ""]
     if report.get("prepare"):
-        lines += ["## Preparation (bench/synth.py corpus, prepare_data.py text; one process vs Ray Data)", "",
+        lines += ["## Preparation (bench/synth.py corpus, prepare_data.py text; one process vs Ray tasks)", "",
                   "| N | mode | files | raw MiB | prepare s | docs/s | cost/doc vs smallest N | peak tree PSS MiB | "
                   "same content hash |", "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in report["prepare"]:

@@ -29,7 +29,7 @@ def job(name: str):
 
 
 def run_job(name: str, argv: list[str], capsys) -> tuple[int, str]:
-    """(exit status, stderr) of `python jobs/NAME.py ARGV`, argparse's own exits included."""
+    """(exit status, stderr) of `python jobs/NAME.py ARGV`, the command-line parser's own exits (tyro's) included."""
     status, _, stderr = run_job_output(name, argv, capsys)
     return status, stderr
 
@@ -52,7 +52,7 @@ def tree(path: Path) -> dict[str, bytes]:
 
 
 def run_job_output(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `python jobs/NAME.py ARGV`, argparse's own exits included."""
+    """(exit status, stdout, stderr) of `python jobs/NAME.py ARGV`, the command-line parser's own exits (tyro's) included."""
     capsys.readouterr()
     try:
         status = job(name).main([str(a) for a in argv])

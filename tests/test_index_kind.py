@@ -22,7 +22,7 @@ from corrhash.data import TfidfShards
 from corrhash.errors import DataError
 from corrhash.models import ModelConfig
 from corrhash.retrieval import hamming_topk
-from corrhash.serve.app import Limits, Payload, Searcher
+from corrhash.serve.app import Limits, Payload, PayloadSearcher
 from corrhash.serve.corpus import index_for
 from corrhash.train import TrainConfig, fit
 
@@ -199,7 +199,7 @@ def test_an_unknown_index_kind_is_refused_by_both_jobs(trained, capsys):
 def test_a_served_payload_carries_the_index_as_built(trained):
     index, shown = index_for(trained.model, None, trained.shards, "train", kind="ivf")
     payload = pickle.loads(pickle.dumps(Payload.of(str(trained.dir), trained.model, index, shown)))  # as Ray ships it
-    searcher = Searcher(payload, Limits())
+    searcher = PayloadSearcher(payload, Limits())
     assert searcher.index.kind == "ivf" and searcher.index.search_info == index.search_info
     answer = searcher.search({"texts": ["t0w1 t0w2 common3"], "k": 3})
     expected_ids, expected_distances = index.search(trained.model.encode(["t0w1 t0w2 common3"]), 3)

@@ -1,4 +1,4 @@
-"""Preparation on Ray Data (`prepare_data.py text --ray`, data/prepare_ray.py) gives what one process gives: the same
+"""Preparation as Ray tasks (`prepare_data.py text --ray`, data/prepare_ray.py) gives what one process gives: the same
 manifest (content hash included), vocab.json and shard files, byte for byte; and fails with the same messages.
 
 The pieces both paths share are checked here without Ray; the comparison runs an embedded local Ray in a subprocess
@@ -102,7 +102,7 @@ def test_uri_inputs_read_as_local_files(tmp_path):
         prepare(PrepareConfig(dataset="text", raw=["s3://bucket/corpus?secret_key=abc"], out=tmp_path / "x"))
 
 
-# ---------------------------------------------------------------- Ray Data against one process
+# ---------------------------------------------------------------- Ray tasks against one process
 
 RUN_ON_RAY = r"""
 import json, sys
@@ -168,7 +168,7 @@ def on_ray(tmp_path_factory):
         "dup": dict(raw=[str(p) for p in dup], recipe=dict(min_df=1, max_df=1.0), rows_per_shard=10),
         "bad": dict(raw=[str(p) for p in bad], recipe=dict(min_df=1, max_df=1.0), rows_per_shard=10),
         "cli": dict(cli=["text", "--raw", *map(str, synth), "--out", str(base / "out-cli"), "--min-df", "2",
-                         "--max-df", "1.0", "--rows-per-shard", "170", "--ray"]),
+                         "--max-df", "1.0", "--rows-per-shard", "170", "--ray", "--name", "out-synth"]),
     }
     for name, case in cases.items():
         case.setdefault("out", str(base / f"out-{name}"))
@@ -195,13 +195,14 @@ def same_files(a: Path, b: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.parametrize("name", ["synth", "capped", "parquet", "no_split", "uri", "limit"])
-def test_ray_data_preparation_equals_one_process(on_ray, name):
+def test_preparation_on_ray_equals_one_process(on_ray, name):
     base, cases, results, _ = on_ray
     ray_manifest = results[name]["manifest"]
-    local = in_one_process(cases[name], base / f"local-{name}")
+    # The same folder name elsewhere: a text corpus is named for its folder, and the manifests must be equal.
+    local = in_one_process(cases[name], base / "local" / f"out-{name}")
     assert ray_manifest["content_hash"] == local["content_hash"]
     assert ray_manifest == local  # splits, shard boundaries and checksums, dropped counts, sources, notes
-    same_files(Path(cases[name]["out"]), base / f"local-{name}")  # vocab.json, manifest.json, every shard
+    same_files(Path(cases[name]["out"]), base / "local" / f"out-{name}")  # vocab.json, manifest.json, every shard
     if name == "synth":
         assert len(local["splits"]["train"]["shards"]) > len(cases[name]["raw"])  # shards straddle files
     if name == "no_split":
@@ -223,10 +224,10 @@ def test_job_option_ray_writes_the_same_folder(on_ray):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.parametrize("name", ["dup", "bad"])
-def test_ray_data_preparation_fails_as_one_process(on_ray, name):
+def test_preparation_on_ray_fails_as_one_process(on_ray, name):
     base, cases, results, _ = on_ray
     with pytest.raises(DataError) as local:
-        in_one_process(cases[name], base / f"local-{name}")
+        in_one_process(cases[name], base / "local" / f"out-{name}")
     assert results[name] == {"error": str(local.value)}
     assert not Path(cases[name]["out"]).exists()
 

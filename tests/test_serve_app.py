@@ -357,13 +357,14 @@ def test_sigterm_deletes_the_app_and_shuts_serve_down(served):
 
 @pytest.fixture(scope="module")
 def app(trained):
-    from corrhash.serve.app import Limits, Payload, Searcher, build_app
+    from corrhash.serve.app import Limits, Payload, PayloadSearcher, build_app
 
     model = corrhash.load(trained.dir)
     train = trained.shards.split("train")
     index = model.index(features=train.features, ids=train.doc_ids)
     shown = {doc_id: {"labels": ["x"]} for doc_id in train.doc_ids.tolist()}
-    return build_app(Searcher(Payload.of(str(trained.dir), model, index, shown), Limits(max_body_bytes=MAX_BODY)))
+    return build_app(PayloadSearcher(Payload.of(str(trained.dir), model, index, shown),
+                                     Limits(max_body_bytes=MAX_BODY)))
 
 
 def asgi(app, method: str, path: str, body=b"", headers: dict | None = None, root_path: str = "") \
@@ -478,31 +479,31 @@ def test_the_app_answers_only_requests_naming_this_server(app):
 
 
 def test_hosts_and_answer_size_are_options(trained):
-    from corrhash.serve.app import Limits, Payload, Searcher, build_app
+    from corrhash.serve.app import Limits, Payload, PayloadSearcher, build_app
 
     model = corrhash.load(trained.dir)
     train = trained.shards.split("train")
     payload = Payload.of(str(trained.dir), model, model.index(features=train.features, ids=train.doc_ids))
     limits = Limits(max_hits=20, allowed_hosts=("search.example",)).with_host("10.0.0.5")
     assert limits.allowed_hosts == ("search.example", "10.0.0.5") and Limits().with_host("0.0.0.0") == Limits()
-    local = build_app(Searcher(payload, limits))
+    local = build_app(PayloadSearcher(payload, limits))
     assert asgi(local, "GET", "/healthz", None, {"host": "search.example:443"})[0] == 200
     assert asgi(local, "GET", "/healthz", None, {"host": "10.0.0.5:8000"})[0] == 200
     status, answer, _ = asgi(local, "POST", "/search", json.dumps({"texts": ["a", "b", "c"], "k": 7}).encode())
     assert (status, answer) == (422, {"error": "3 texts x k 7 = 21 hits; at most 20 per request (ask fewer texts or "
                                                "a smaller k)"})
-    anyone = build_app(Searcher(payload, Limits(allowed_hosts=("*",))))
+    anyone = build_app(PayloadSearcher(payload, Limits(allowed_hosts=("*",))))
     assert asgi(anyone, "GET", "/healthz", None, {"host": "anything.example"})[0] == 200
 
 
 def test_a_body_that_does_not_arrive_is_cut_off(trained):
     """The body's deadline runs from the request: a client that sends its headers and then nothing gets a 408."""
-    from corrhash.serve.app import Limits, Payload, Searcher, build_app
+    from corrhash.serve.app import Limits, Payload, PayloadSearcher, build_app
 
     model = corrhash.load(trained.dir)
     train = trained.shards.split("train")
     payload = Payload.of(str(trained.dir), model, model.index(features=train.features, ids=train.doc_ids))
-    app = build_app(Searcher(payload, Limits(body_timeout_s=0.3)))
+    app = build_app(PayloadSearcher(payload, Limits(body_timeout_s=0.3)))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/search", "raw_path": b"/search", "root_path": "", "query_string": b"",
              "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"99")],

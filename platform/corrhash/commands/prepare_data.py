@@ -5,7 +5,7 @@ Examples:
   python jobs/prepare_data.py 20ng --release 18828 --raw 20news-bydate.tar.gz --out data/20ng-paper
   python jobs/prepare_data.py reuters --raw reuters21578/ --out data/reuters --top-labels 20
   python jobs/prepare_data.py text --raw corpus.jsonl --out data/mine
-  python jobs/prepare_data.py text --raw parts/*.jsonl --out data/big --ray   # Ray Data, same output
+  python jobs/prepare_data.py text --raw parts/*.jsonl --out data/big --ray   # Ray tasks, same output
 
 Without --raw the corpus is looked up under $CORRHASH_RAW_DIR; 20ng is otherwise downloaded.
 """
@@ -71,7 +71,7 @@ class WhereOptions:
     """Where it runs (not part of the output: both give the same files)."""
 
     ray: bool = False
-    """text only: spread the work over a Ray cluster with Ray Data (same output as without)"""
+    """text only: spread the work over a Ray cluster as Ray tasks (same output as without)"""
     address: str | None = None
     """with --ray: the Ray cluster (default: $RAY_ADDRESS, else a local Ray)"""
 

@@ -46,8 +46,9 @@ class ReportJob:
 
 
 def ablation_input(client, run):
-    """An ablation parent's rows and per-cell codes, read back from MLflow by runs.ablate (the launcher's own
-    reader) with the grid file the parent logged; the grid's data folders must be on this machine."""
+    """An ablation parent's rows and per-cell codes, read back from MLflow by ablate.driver.ablation_rows (over
+    tracking.run_report's readers) with the grid file the parent logged; the grid's data folders must be on this
+    machine."""
     from corrhash.report.page import AblationInput
     from corrhash.ablate.driver import ablation_rows
     from corrhash.ablate.grid import load_grid

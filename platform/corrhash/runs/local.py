@@ -27,8 +27,8 @@ def run_local(spec: RunSpec, out: Path, score_test: bool = True, *, on_epoch: Ca
     """Train on `train`, early-stop on `val`, then score test once for the chosen weights (unless
     `score_test` is False: exploratory runs that must not look at test). Inputs are checked first.
 
-    `on_epoch(metrics)` also sees every epoch (an ablation cell logs them to MLflow); `launcher`, `job` and
-    `run_id` go into results.json for a caller that records the run elsewhere."""
+    `on_epoch(metrics)` also sees every epoch (an ablation cell puts them on its queue, and the driver logs them);
+    `launcher`, `job` and `run_id` go into results.json for a caller that records the run elsewhere."""
     started = time.monotonic()
     shards = TfidfShards(spec.data)
     device = resolve_device(spec.train.device)

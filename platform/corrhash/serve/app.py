@@ -104,19 +104,19 @@ class Payload:
         return cls(str(uri), files, index, dict(shown or {}))
 
 
-class Searcher:
+class PayloadSearcher:
     """Answers validated requests (no HTTP, no Ray: the replica's core): the shared `serve.search.Searcher` over a
     payload's model and index."""
 
     def __init__(self, payload: Payload, limits: Limits):
         from corrhash.serve.hashing import HashingModel
-        from corrhash.serve.search import Searcher as Core
+        from corrhash.serve.search import Searcher
 
         # The model is read from its files as corrhash.load reads a folder: safetensors and JSON only.
         self._folder = tempfile.TemporaryDirectory(prefix="corrhash-serve-")
         for name, data in payload.model_files.items():
             (Path(self._folder.name) / name).write_bytes(data)
-        self.core = Core(HashingModel(self._folder.name), payload.index, payload.shown, payload.model)
+        self.core = Searcher(HashingModel(self._folder.name), payload.index, payload.shown, payload.model)
         self.model, self.index, self.uri, self.limits = self.core.model, self.core.index, self.core.uri, limits
 
     def health(self) -> dict:
@@ -347,7 +347,7 @@ class RequestGuard:
         await self.app(scope, guarded, send)
 
 
-def build_app(searcher: Searcher, timed: Callable | None = None):
+def build_app(searcher: PayloadSearcher, timed: Callable | None = None):
     """The FastAPI app answering with `searcher`; `timed(n)` (SearchExporter.timed) wraps each batch of n texts."""
     from contextlib import nullcontext
 
@@ -466,14 +466,14 @@ def api_page(schema: dict, prefix: str = "") -> str:
 
 
 class SearchReplica:
-    """The Serve deployment's class: one Searcher per replica and the FastAPI app over it. `run` wraps it with
+    """The Serve deployment's class: one PayloadSearcher per replica and the FastAPI app over it. `run` wraps it with
     `serve.ingress()`, which calls `__serve_build_asgi_app__` on the replica after `__init__`: the app's request
     models need the limits the constructor is given (and ray.serve is imported only when serving)."""
 
     def __init__(self, payload: Payload, limits: Limits):
         from corrhash.launch.live import SearchExporter
 
-        self.searcher = Searcher(payload, limits)
+        self.searcher = PayloadSearcher(payload, limits)
         self.exporter = SearchExporter(job=payload.model)
 
     def __serve_build_asgi_app__(self):
