@@ -496,6 +496,27 @@ def test_hosts_and_answer_size_are_options(trained):
     assert asgi(anyone, "GET", "/healthz", None, {"host": "anything.example"})[0] == 200
 
 
+def test_the_application_builder_loads_the_model_and_its_index(trained, tmp_path):
+    """corrhash.serve.app:build, what `serve run/deploy` and a RayService call with a config's args (N8): the model
+    and its saved index with jobs/serve.py's checks, the limits from the args."""
+    from ray.serve import Application
+
+    from corrhash.retrieval.index import HammingIndex, OtherModelError
+    from corrhash.serve.app import build
+
+    model = corrhash.load(trained.dir)
+    train = trained.shards.split("train")
+    model.index(features=train.features, ids=train.doc_ids).save(tmp_path / "idx.npz")
+    app = build({"model": str(trained.dir), "index": str(tmp_path / "idx.npz"), "max_hits": 50,
+                 "allowed_hosts": ["search.example"]})
+    assert isinstance(app, Application)
+    HammingIndex(model.index(features=train.features[:3], ids=[1, 2, 3]).codes, [1, 2, 3], 16).save(tmp_path / "x.npz")
+    with pytest.raises(OtherModelError, match="x.npz"):
+        build({"model": str(trained.dir), "index": str(tmp_path / "x.npz")})
+    with pytest.raises(Exception, match="max_hit"):
+        build({"model": str(trained.dir), "index": str(tmp_path / "idx.npz"), "max_hit": 5})
+
+
 def test_a_body_that_does_not_arrive_is_cut_off(trained):
     """The body's deadline runs from the request: a client that sends its headers and then nothing gets a 408."""
     from corrhash.serve.app import Limits, Payload, PayloadSearcher, build_app

@@ -537,15 +537,57 @@ def start(options: ServeOptions) -> None:
         raise ConfigError(problem)
 
 
-def run(payload: Payload, limits: Limits, options: ServeOptions) -> str:
-    """Run the application (replacing one of the same name) with its replicas up; its base URL."""
+def application(payload: Payload, limits: Limits, replicas: int = 1, max_ongoing_requests: int = 8,
+                replica_cpus: float = 1.0):
+    """The Serve application: the `search` deployment bound to `payload` and `limits`."""
     from ray import serve
 
     # serve.ingress() without an app: the replica builds it (SearchReplica.__serve_build_asgi_app__).
     deployment = serve.deployment(serve.ingress()(SearchReplica), name="search").options(
-        num_replicas=options.replicas, max_ongoing_requests=options.max_ongoing_requests,
-        ray_actor_options={"num_cpus": options.replica_cpus})
-    serve.run(deployment.bind(payload, limits), name=options.name, route_prefix=options.route_prefix)
+        num_replicas=replicas, max_ongoing_requests=max_ongoing_requests, ray_actor_options={"num_cpus": replica_cpus})
+    return deployment.bind(payload, limits)
+
+
+class ServeArgs(BaseModel):
+    """The arguments of `corrhash.serve.app:build`, as a Serve config file (cluster/serve-config.yaml) or a KubeRay
+    RayService (cluster/k8s/rayservice.yaml) gives them; the deployment's replicas and concurrency are the config's
+    own `deployments` options."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="models:/NAME@champion, runs:/ID/model or a model folder")
+    index: str = Field(description="a saved index (.npz, from `corrhash search --index-out`) built by that model")
+    allow_other_model: bool = Field(False, description="serve an index built by another model, with a warning")
+    max_body_bytes: int = Limits.max_body_bytes
+    max_texts: int = Limits.max_texts
+    max_k: int = Limits.max_k
+    max_hits: int = Limits.max_hits
+    body_timeout_s: float = Limits.body_timeout_s
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names answered besides localhost")
+
+
+def build(args: ServeArgs):
+    """The application builder of `serve run corrhash.serve.app:build model=... index=...`, `serve build` /
+    `serve deploy` and a RayService (Ray Serve's "pass arguments to applications"). It loads the model and the
+    index where the config is applied, with the checks jobs/serve.py makes (an index is served only by the model
+    that built it), and ships them to the replicas. When `champion` moves, deploy again with the index the new
+    champion built: Serve replaces the replicas one by one, with no downtime."""
+    import corrhash
+    from corrhash.serve.corpus import index_for
+
+    args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
+    model = corrhash.load(args.model)
+    index, shown = index_for(model, Path(args.index), None, allow_other_model=args.allow_other_model)
+    limits = Limits(args.max_body_bytes, args.max_texts, args.max_k, args.max_hits, args.body_timeout_s,
+                    tuple(args.allowed_hosts))
+    return application(Payload.of(args.model, model, index, shown), limits)
+
+
+def run(payload: Payload, limits: Limits, options: ServeOptions) -> str:
+    """Run the application (replacing one of the same name) with its replicas up; its base URL."""
+    from ray import serve
+
+    serve.run(application(payload, limits, options.replicas, options.max_ongoing_requests, options.replica_cpus),
+              name=options.name, route_prefix=options.route_prefix)
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     return f"http://{host}:{options.port}{options.route_prefix.rstrip('/')}"
 
