@@ -254,7 +254,8 @@ def test_serve_configs_pass_rays_schema_and_the_builders_arguments(where, config
 
     from ray.serve.schema import ServeDeploySchema
 
-    from corrhash.serve.app import ServeArgs, build
+    from corrhash.commands.serve import build
+    from corrhash.serve.app import ServeArgs
 
     schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
         else ServeDeploySchema.parse_obj(config)

@@ -38,7 +38,9 @@ def corpus(folder: Path, files: int, rows: int, seed: int, split_column: bool = 
 
 
 def both(raw: list[str], tmp_path: Path, name: str, **options) -> tuple[Path, Path]:
-    config = dict(dataset="text", raw=raw, recipe=TfidfRecipe(min_df=2, max_df=1.0, min_tokens=3), rows_per_shard=45)
+    # One --name: a text corpus is otherwise named for its folder, and the two folders' manifests must be equal.
+    config = dict(dataset="text", raw=raw, recipe=TfidfRecipe(min_df=2, max_df=1.0, min_tokens=3), rows_per_shard=45,
+                  name="corpus")
     config.update(options)
     in_memory, passes = tmp_path / f"{name}-memory", tmp_path / f"{name}-passes"
     prepare(PrepareConfig(**config, out=in_memory))

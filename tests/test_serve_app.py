@@ -497,12 +497,12 @@ def test_hosts_and_answer_size_are_options(trained):
 
 
 def test_the_application_builder_loads_the_model_and_its_index(trained, tmp_path):
-    """corrhash.serve.app:build, what `serve run/deploy` and a RayService call with a config's args (N8): the model
+    """corrhash.commands.serve:build, what `serve run/deploy` and a RayService call with a config's args (N8): the model
     and its saved index with jobs/serve.py's checks, the limits from the args."""
     from ray.serve import Application
 
     from corrhash.retrieval.index import HammingIndex, OtherModelError
-    from corrhash.serve.app import build
+    from corrhash.commands.serve import build
 
     model = corrhash.load(trained.dir)
     train = trained.shards.split("train")

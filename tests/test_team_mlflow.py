@@ -22,6 +22,7 @@ from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
 from corrhash.runs.callbacks import TUNE_KEYS
+from corrhash.tracking.runs import RUN_CONSTANTS
 from pg_services import SERVE_SH, TeamMlflow, postgres_missing, script_env, start_team_mlflow, stop_team_mlflow
 from services import BIN, REPO, free_port, service_env
 from test_security import assert_loopback_only, copy_checkout, http_status, session_processes
@@ -133,7 +134,8 @@ def test_a_tune_with_concurrent_trials_logs_every_point(cluster, team, shards_sy
         for line in result_file.read_text().splitlines():
             result = json.loads(line)
             for key, value in result.items():
-                if key not in TUNE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key not in TUNE_KEYS and key not in RUN_CONSTANTS and isinstance(value, (int, float)) \
+                        and not isinstance(value, bool):
                     reported.setdefault((result["trial_id"], key), []).append((result["epoch"], float(value)))
     assert len({trial for trial, _ in reported}) == TRIALS
     logged = {}
@@ -188,7 +190,7 @@ def test_local_sh_start_postgres_brings_up_the_team_setup(shards_synthetic, tmp_
         password_file = state / "mlflow-admin-password"
         password = password_file.read_text()
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600 and password not in started.stdout + started.stderr
-        exports, job_submit = started.stdout.splitlines()[-2:]
+        exports, job_submit, tune_submit = started.stdout.splitlines()[-3:]
         assert f'MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$(cat {password_file})"' in exports
         pg = int((state / "postgres" / "port").read_text())
         assert_loopback_only(session_processes(leaders),

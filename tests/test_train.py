@@ -170,7 +170,7 @@ def test_train_job_writes_a_loadable_model(shards_synthetic, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert list(results) == list(RESULT_KEYS) and results["launcher"] == "local"
     job("quality_table").main([str(out / "results.json")])
-    assert f"| text | corrsh | {results['test_precision']:.4f} |" in capsys.readouterr().out
+    assert f"| synthetic | corrsh | {results['test_precision']:.4f} |" in capsys.readouterr().out
     assert results["epochs_run"] == 2 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
     model, featurizer, info = load_model(out / "model")
     assert info["content_hash"] == TfidfShards(shards_synthetic).content_hash

@@ -109,6 +109,19 @@ def load_payload(options: ServeJobOptions, encode_corpus=None):
     return Payload.of(options.model, model, index, shown)
 
 
+def build(args):
+    """The application builder of `serve run corrhash.commands.serve:build model=... index=...`, `serve deploy
+    cluster/serve-config.yaml` and a RayService (Ray Serve's "pass arguments to applications"; `args`: a
+    serve.app.ServeArgs or its mapping). It loads the model and the index where the config is applied, with this
+    job's checks (an index is served only by the model that built it), and ships them to the replicas. When
+    `champion` moves, deploy again with the index the new champion built: Serve replaces the replicas one by one."""
+    from corrhash.serve.app import ServeArgs, application
+
+    args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
+    options = ServeJobOptions(model=args.model, index=Path(args.index), allow_other_model=args.allow_other_model)
+    return application(load_payload(options), args.limits())
+
+
 def serve_until_stopped(options: ServeJobOptions) -> None:
     from corrhash.launch.connect import init_ray
     from corrhash.serve import app as serving

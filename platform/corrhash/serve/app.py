@@ -549,7 +549,7 @@ def application(payload: Payload, limits: Limits, replicas: int = 1, max_ongoing
 
 
 class ServeArgs(BaseModel):
-    """The arguments of `corrhash.serve.app:build`, as a Serve config file (cluster/serve-config.yaml) or a KubeRay
+    """The arguments of `corrhash.commands.serve:build`, as a Serve config file (cluster/serve-config.yaml) or a KubeRay
     RayService (cluster/k8s/rayservice.yaml) gives them; the deployment's replicas and concurrency are the config's
     own `deployments` options."""
 
@@ -564,22 +564,9 @@ class ServeArgs(BaseModel):
     body_timeout_s: float = Limits.body_timeout_s
     allowed_hosts: list[str] = Field(default_factory=list, description="Host names answered besides localhost")
 
-
-def build(args: ServeArgs):
-    """The application builder of `serve run corrhash.serve.app:build model=... index=...`, `serve build` /
-    `serve deploy` and a RayService (Ray Serve's "pass arguments to applications"). It loads the model and the
-    index where the config is applied, with the checks jobs/serve.py makes (an index is served only by the model
-    that built it), and ships them to the replicas. When `champion` moves, deploy again with the index the new
-    champion built: Serve replaces the replicas one by one, with no downtime."""
-    import corrhash
-    from corrhash.serve.corpus import index_for
-
-    args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
-    model = corrhash.load(args.model)
-    index, shown = index_for(model, Path(args.index), None, allow_other_model=args.allow_other_model)
-    limits = Limits(args.max_body_bytes, args.max_texts, args.max_k, args.max_hits, args.body_timeout_s,
-                    tuple(args.allowed_hosts))
-    return application(Payload.of(args.model, model, index, shown), limits)
+    def limits(self) -> Limits:
+        return Limits(self.max_body_bytes, self.max_texts, self.max_k, self.max_hits, self.body_timeout_s,
+                      tuple(self.allowed_hosts))
 
 
 def run(payload: Payload, limits: Limits, options: ServeOptions) -> str:

@@ -346,7 +346,8 @@ def log_data(client: MlflowClient, run_id: str, shards: TfidfShards) -> None:
         entries = shards.manifest["splits"].get(split, {}).get("shards", [])
         if entries:
             digest = hashlib.sha256("".join(entry["sha256"] for entry in entries).encode()).hexdigest()
-            inputs.append(DatasetInput(_dataset(str(shards.root / split), f"{name}-{split}", digest), tags=[
+            where = f"{str(shards.root).rstrip('/')}/{split}"  # a folder or a URI (s3://...)
+            inputs.append(DatasetInput(_dataset(where, f"{name}-{split}", digest), tags=[
                 InputTag("mlflow.data.context", context), InputTag("corrhash.split", split)]))
     client.log_inputs(run_id, datasets=inputs)
     with tempfile.TemporaryDirectory() as tmp:
