@@ -94,6 +94,12 @@ def edit_vocab(model: Path, edit) -> None:
     (model / "vocab.json").write_text(json.dumps(vocab).replace('"NaN"', "NaN"))
 
 
+def link_outside(model: Path, world, tmp: Path) -> None:
+    shutil.copytree(world.model, tmp / "elsewhere")
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").symlink_to(tmp / "elsewhere" / "model.safetensors")
+
+
 def nan_weights(model: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -142,6 +148,9 @@ MODEL_CASES = {
     "model-json-deep": lambda w, t: (damaged_model(w, t, lambda m: (m / "model.json").write_text("[" * 100_000)),
                                      "nested too deeply"),
     "nan-weights": lambda w, t: (damaged_model(w, t, nan_weights), "NaN or infinite"),
+    # R7: a link out of the folder loaded another model's weights (and Payload.of shipped them to replicas).
+    "weights-link-outside": lambda w, t: (damaged_model(w, t, lambda m: link_outside(m, w, t)),
+                                          "outside the model folder"),
     "nan-idf": lambda w, t: (damaged_model(w, t, lambda m: edit_vocab(m, lambda v: v["idf"].__setitem__(0, "NaN"))),
                              "idf must hold one finite positive number per term"),
     "mlmodel-path-escapes": lambda w, t: (mlflow_model_pointing_to(w, t, "../outside"), "../outside"),
@@ -227,6 +236,8 @@ SEARCH_CASES = {
     "index-is-a-pickle": lambda w, t: with_index(w, renamed(t, lambda h: pickle.dump(RunsCode(), h)), "pickle"),
     "index-is-a-npy": lambda w, t: with_index(w, renamed(t, lambda h: np.save(h, w.codes)), ".npy"),
     "index-length-mismatch": lambda w, t: with_index(w, write_index(t, w.codes[:-1], w.ids), "codes"),
+    "index-duplicate-ids": lambda w, t: with_index(w, write_index(t, w.codes, np.zeros(len(w.ids), np.int64)),
+                                                   "ids must be unique"),
     "index-sidecar-without-bits": lambda w, t: with_index(w, write_index(t, w.codes, w.ids, "{}"), "bits",
                                                           file=t / "index.json"),
     "index-sidecar-invalid": lambda w, t: with_index(w, write_index(t, w.codes, w.ids, "{bits"),
@@ -427,3 +438,22 @@ def test_index_save_is_atomic_and_round_trips(world, tmp_path):
     with pytest.raises(DataError, match="json"):
         index.save(tmp_path / "idx.json")
 
+
+
+def test_a_killed_saves_temporaries_are_removed_by_the_next_save(tmp_path):
+    """Reliability review t4, R7: a SIGKILLed `train --local` or index save left `.X.tmp-PID-*` for good (only
+    folders were cleaned, and only by prepare). A later save beside it removes a dead process's files and folders."""
+    import subprocess
+    import sys
+
+    from corrhash.atomic import atomic_write_text, sibling_temp_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    (tmp_path / f".idx.json.tmp-{pid}-ab12").write_text("half")
+    (tmp_path / f".out.tmp-{pid}-xyz").mkdir()
+    (tmp_path / f".out.tmp-{os.getpid()}-live").mkdir()  # a live process's: kept
+    atomic_write_text(tmp_path / "idx.json", "{}")
+    made = sibling_temp_dir(tmp_path / "out")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([".out.tmp-%d-live" % os.getpid(), made.name, "idx.json"]), left

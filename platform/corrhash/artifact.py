@@ -50,6 +50,10 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[HashModel, T
     info_path, weights_path = directory / "model.json", directory / "model.safetensors"
     if not info_path.is_file():
         raise DataError(f"{info_path}: not found; is {directory} a corrhash model?")
+    for path in (info_path, weights_path, directory / "vocab.json"):  # files a link could swap in from elsewhere
+        if path.is_symlink() and not path.resolve().is_relative_to(directory.resolve()):
+            raise DataError(f"{path}: a link to {path.resolve()}, outside the model folder; a model's files are its "
+                            "own (copy them in)")
     info = _read_json_object(info_path)
     if info.get("format") != FORMAT:
         raise DataError(f"{info_path}: format {info.get('format')!r}, expected {FORMAT!r}")

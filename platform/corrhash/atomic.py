@@ -21,7 +21,8 @@ from corrhash.log import log
 
 
 def sibling_temp_dir(target: Path) -> Path:
-    """A new empty hidden folder beside `target` (whose parent must exist)."""
+    """A new empty hidden folder beside `target` (whose parent must exist); a killed run's are removed first."""
+    remove_stale_siblings(target)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
 
 
@@ -61,6 +62,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """A binary handle on a temporary sibling of `path`, renamed over `path` on a clean exit; an
     exception (e.g. a failed checksum) leaves `path` as it was and deletes the temporary file."""
     path = Path(path)
+    remove_stale_siblings(path)  # a killed save's temporary file
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     # os.open with mode 0o666 (not mkstemp's 0o600): the file gets the permissions a plain open() gives.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -87,7 +89,7 @@ def remove_stale_siblings(target: Path) -> None:
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
     for path in target.parent.iterdir():
         match = pattern.fullmatch(path.name)
-        if not match or not path.is_dir():
+        if not match:
             continue
         pid = int(match.group(1))
         try:
@@ -98,4 +100,7 @@ def remove_stale_siblings(target: Path) -> None:
         except PermissionError:
             continue
         log(f"removing {path}, left by an interrupted run (process {pid})")
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -265,6 +265,9 @@ def _checked(codes, ids, bits) -> tuple[np.ndarray, np.ndarray, int]:
         raise DataError(f"{len(codes)} codes but {len(ids)} ids")
     if len(ids) == 0:
         raise DataError("no documents: an index needs at least one")
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):  # a hit names its document by id: one answer would list the same id k times
+        raise DataError(f"ids must be unique: {int((counts > 1).sum())} repeat, e.g. {unique[counts > 1][0]!r}")
     return np.ascontiguousarray(codes), ids, int(bits)
 
 
