@@ -135,6 +135,8 @@ def serve_until_stopped(options: ServeJobOptions) -> None:
         payload = load_payload(options)  # before Ray: a bad model or index fails fast, with its name
         init_ray(options.address)
     commands.install_sigterm()  # again: ray.init installs its own, which would abort
+    log(f"starting Serve's HTTP proxy on {options.serve.host}:{options.serve.port} and {options.serve.replicas} "
+        "replica(s) holding the model and the index (a minute or so)")  # the job's longest silent wait otherwise
     serving.start(options.serve)
     try:
         url = serving.run(payload, options.limits.with_host(options.serve.host), options.serve)

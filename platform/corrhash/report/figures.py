@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from corrhash.log import log
 from corrhash.report.configs import config_keys, config_of, datasets_of, label, sort_configs, value_key
 
 PRECISION = "test precision@100"
@@ -190,6 +191,8 @@ def project_codes(codes: np.ndarray) -> tuple[np.ndarray, str]:
     installed; otherwise scikit-learn's t-SNE with the same metric and seed (a neighbourhood map too, ~8 s for
     2,000 codes on one core)."""
     codes = np.asarray(codes, dtype=bool)
+    # The longest silent step of a report (93 s for UMAP's first call, numba compiling): say what it is doing.
+    log(f"projecting {len(codes)} codes to 2-D for the figure (UMAP where installed, else t-SNE; up to minutes)")
     if len(codes) < 3:  # nothing to embed: t-SNE needs a perplexity below the number of points
         return np.column_stack([np.arange(len(codes), dtype=np.float64), np.zeros(len(codes))]), TSNE
     try:
