@@ -14,7 +14,9 @@ YAML; a dimension's own flag, e.g. --dropout 0.1, pins it. ASHA stops weak trial
 epochs as the fidelity (a closed-form model's trial reports once and ends) and --max-epochs as the top. Each trial
 is one MLflow child run of the job's parent run, which records each model's best trial. The best trial (by val
 precision, across models) is scored once on test, logged, and registered as a new version of
-corrhash-DATASET-BITSb; the alias `champion` moves to it only if its val precision beats the current champion's.
+corrhash-DATASET-BITSb (or --registered-model); the alias `champion` moves to it only if its val precision beats
+the current champion's. A trial is one process (Tune's function trainable) on --cpus-per-trial CPUs or a share of a
+GPU (--gpus-per-trial 0.25 packs four), not a Ray Train worker group.
 Starting the same --name again resumes an interrupted search.
 """
 
@@ -69,9 +71,11 @@ class TuneJob:
     tune: TuneOptions = field(default_factory=TuneOptions)
     """search, Ray and MLflow"""
     model: ModelFlags = field(default_factory=ModelFlags)  # type: ignore[valid-type]
-    """model (a flag pins that search dimension)"""
+    """model (a flag pins that search dimension; default shown: the dataclass's, and the recipe's value is used
+    where it sets one, e.g. converge's 150 epochs)"""
     train: TrainFlags = field(default_factory=TrainFlags)  # type: ignore[valid-type]
-    """training (a flag pins that search dimension)"""
+    """training (a flag pins that search dimension; default shown: the dataclass's, and the recipe's value is
+    used where it sets one: the printed config line says what ran)"""
 
 
 def parse_args(argv=None):

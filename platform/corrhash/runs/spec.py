@@ -30,7 +30,7 @@ class JobInputs:
     data: str
     """folder written by jobs/prepare_data.py, or its URI (s3://, gs://, hdfs://, file://)"""
     out: Path | None = None
-    """folder for results.json and the model (tune: the best trial's); required with train --local"""
+    """folder for results.json and the model (tune: the best trial's; train --local: required)"""
     model: ModelName = "corrsh"
     """model family"""
     recipe: RecipeName = DEFAULT_RECIPE
