@@ -315,6 +315,14 @@ def test_report_job_names_a_bad_option(recorded, tmp_path, capsys):
     assert f"--mlflow-uri {missing}: no MLflow database" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
     assert not (tmp_path / "x").exists()
+    # A run logged through a server keeps its artifacts at mlflow-artifacts:/, out of a database URI's reach
+    # (reliability review t4, R7: an MlflowException traceback).
+    client = client_for(recorded["uri"])
+    served = client.create_experiment("via-a-server", artifact_location="mlflow-artifacts:/via-a-server")
+    run_id = client.create_run(served).info.run_id
+    assert job.main(["--run", run_id, "--mlflow-uri", recorded["uri"], "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert f"--run {run_id}: its artifacts are kept by the MLflow server" in err and "Traceback" not in err
 
 
 def ablation_into_mlflow(uri: str, shards: Path, folder: Path, name: str = "tiny-ablation") -> str:

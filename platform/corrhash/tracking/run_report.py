@@ -41,9 +41,9 @@ def require_store(uri: str) -> None:
 
 def find_run(client: MlflowClient, ref: str):
     """The run with id `ref`, else the one top-level run (no parent) named `ref` in any experiment; a
-    ConfigError naming --run when there is none or several."""
+    ConfigError naming --run when there is none or several, or when its artifacts are out of this URI's reach."""
     try:
-        return client.get_run(ref)
+        return reachable(client, client.get_run(ref))
     except MlflowException:
         pass
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -55,7 +55,17 @@ def find_run(client: MlflowClient, ref: str):
     if len(runs) > 1:
         ids = ", ".join(r.info.run_id for r in runs[:10])
         raise ConfigError(f"--run {ref}: {len(runs)} top-level runs have that name ({ids}); pass a run id")
-    return runs[0]
+    return reachable(client, runs[0])
+
+
+def reachable(client: MlflowClient, run):
+    """`run`, if this client can read its artifacts: a run made through a tracking server keeps them at
+    mlflow-artifacts:/, which only that server's http(s) address reaches (a database URI raised a traceback)."""
+    if run.info.artifact_uri.startswith("mlflow-artifacts:") and not client.tracking_uri.startswith("http"):
+        raise ConfigError(f"--run {run.info.run_id}: its artifacts are kept by the MLflow server it was logged through "
+                          f"({run.info.artifact_uri}), which --mlflow-uri {client.tracking_uri} cannot reach; give "
+                          "that server's address (--mlflow-uri http://HOST:PORT)")
+    return run
 
 
 def child_runs(client: MlflowClient, run) -> list:
