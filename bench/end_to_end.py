@@ -138,12 +138,12 @@ def markdown(rows: list[dict]) -> str:
             own = row[stage].get("own_s")
             notes = {"graph": lambda s: f"{s['method']}, recall {s['sampled_recall']}; {s['placement'] or ''}",
                      "train": lambda s: f"docs/s by epoch {s['docs_per_s']}, test p@100 {s['test_p100']}",
-                     "hash_ray": lambda s: f"{s['own_s'] / row['hash_one_process']['own_s']:.2f}x one process's hashing "
-                                             f"time; codes identical: {row['codes_identical']}",
+                     "hash_ray": lambda s: f"{s['own_s'] / row['hash_one_process']['own_s']:.2f}x one process's "
+                                             f"hashing time; codes identical: {row['codes_identical']}",
                      "queries": lambda s: f"{s['count']} queries, k = 100"}.get(stage, lambda s: "")(row[stage])
+            shown_own = own if own is not None else "-"
             lines.append(f"| {row['n_docs']:,} | {row['train_docs']:,} | {stage} | {row[stage]['wall_s']} | "
-                         f"{own if own is not None else '-'} | {cost / base:.2f}x | {row[stage]['peak_tree_pss_mib']:,} "
-                         f"| {notes} |")
+                         f"{shown_own} | {cost / base:.2f}x | {row[stage]['peak_tree_pss_mib']:,} | {notes} |")
     return "\n".join(lines)
 
 

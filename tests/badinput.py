@@ -60,3 +60,20 @@ def run_job_output(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
         status = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def tiny_model(data: Path, out: Path, epochs: int = 2) -> Path:
+    """A 16-bit NASH trained in this process on the prepared folder `data` and saved to `out` with its vocabulary:
+    the real loading code's input, in seconds."""
+    import json
+
+    from corrhash.artifact import save_model
+    from corrhash.data import TfidfShards
+    from corrhash.models import ModelConfig
+    from corrhash.train import TrainConfig, fit
+
+    shards = TfidfShards(data)
+    result = fit(ModelConfig(name="nash", bits=16, hidden=16), TrainConfig(epochs=epochs, batch_size=20, eval_k=10),
+                 shards.split("train"), val=shards.split("val"))
+    return save_model(out, result.model, json.loads((Path(data) / "vocab.json").read_text()),
+                      {"label_names": shards.label_names})

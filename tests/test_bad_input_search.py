@@ -19,15 +19,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import corrhash
-from badinput import run_job, run_job_output, tree
-from corrhash.artifact import save_model
-from corrhash.data import TfidfShards
+from badinput import run_job, run_job_output, tiny_model, tree
 from corrhash.data.prepare import PrepareConfig, prepare
 from corrhash.errors import DataError
-from corrhash.models import ModelConfig
 from corrhash.retrieval.index import HammingIndex
 from corrhash.tracking.runs import ensure_experiment, log_hashing_model
-from corrhash.train import TrainConfig, fit
 from test_data_files import LOOSE, synthetic_rows, write_jsonl
 
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
@@ -40,11 +36,7 @@ def world(tmp_path_factory):
     rows = synthetic_rows(120)
     corpus = write_jsonl(root / "corpus.jsonl", rows)
     prepare(PrepareConfig(dataset="text", raw=corpus, out=root / "data", recipe=LOOSE))
-    shards = TfidfShards(root / "data")
-    result = fit(ModelConfig(name="nash", bits=16, hidden=16), TrainConfig(epochs=2, batch_size=20, eval_k=10),
-                 shards.split("train"), val=shards.split("val"))
-    model = save_model(root / "model", result.model, json.loads((root / "data" / "vocab.json").read_text()),
-                       {"label_names": shards.label_names})
+    model = tiny_model(root / "data", root / "model")
     queries = root / "queries.txt"
     queries.write_text("orbit rocket launch\nhockey goal team\n")
     index = corrhash.load(model).index([r["text"] for r in rows], ids=[r["id"] for r in rows])

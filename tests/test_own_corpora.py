@@ -4,19 +4,14 @@ prepared with another vocabulary unless the user says so."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from badinput import assert_named_error, run_job
+from badinput import assert_named_error, run_job, tiny_model
 from services import drive
-from corrhash.artifact import save_model
 from corrhash.data import TfidfShards
 from corrhash.data.prepare import PrepareConfig, prepare
-from corrhash.models import ModelConfig
 from corrhash.retrieval.index import HammingIndex
 from corrhash.tracking.registry import registered_name
-from corrhash.train import TrainConfig, fit
 from test_data_files import LOOSE, synthetic_rows, write_jsonl
 
 
@@ -31,12 +26,7 @@ def two_corpora(tmp_path_factory):
                                                for row in synthetic_rows(120)])
     prepare(PrepareConfig(dataset="text", raw=news, out=root / "news", recipe=LOOSE))
     prepare(PrepareConfig(dataset="text", raw=mails, out=root / "mail-2026", recipe=LOOSE))
-    shards = TfidfShards(root / "news")
-    result = fit(ModelConfig(name="nash", bits=16, hidden=16), TrainConfig(epochs=1, batch_size=20, eval_k=10),
-                 shards.split("train"), val=shards.split("val"))
-    model = save_model(root / "model", result.model, json.loads((root / "news" / "vocab.json").read_text()),
-                       {"label_names": shards.label_names})
-    return root, model
+    return root, tiny_model(root / "news", root / "model", epochs=1)
 
 
 def test_a_text_corpus_is_named_for_its_folder_and_registers_under_that_name(two_corpora, tmp_path):

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from corrhash.atomic import remove_stale_siblings, replace_dir, sibling_temp_dir
+from corrhash.atomic import replace_dir, sibling_temp_dir
 from corrhash.data.featurize import TermCounts, TfidfFeaturizer, TfidfRecipe, analyzer
 from corrhash.data.files import Location, as_location, display, is_local_dir, is_uri, sha256_file
 from corrhash.data.readers import (DEFAULT_ENCODING, Document, PreparedSplits, RawCorpus, check_encoding, mat, ng20,
@@ -347,8 +347,7 @@ def make_temp_dir(out: Path) -> tuple[Path, list[Path]]:
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_siblings(out)
-        return sibling_temp_dir(out), created
+        return sibling_temp_dir(out), created  # which first removes what a killed run left beside `out`
     except OSError as exc:
         _remove_empty(created)
         raise DataError(f"{out}: cannot write the output there (--out): {exc.strerror or exc}") from exc

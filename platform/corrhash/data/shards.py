@@ -235,7 +235,8 @@ class TfidfShards:
         recipe = self.manifest.get("recipe")
         tfidf = recipe.get("recipe") if isinstance(recipe, dict) else None
         norm = tfidf.get("norm", "l2") if isinstance(tfidf, dict) else "l2"
-        return self.manifest.get("kind", self.manifest.get("dataset")) == "mat" or norm == "l2"  # .mat rows are always normalized
+        kind = self.manifest.get("kind", self.manifest.get("dataset"))  # older manifests: the kind was the name
+        return kind == "mat" or norm == "l2"  # .mat rows are always normalized
 
     @property
     def n_features(self) -> int:

@@ -22,7 +22,7 @@ from corrhash.atomic import atomic_dir
 from corrhash.data import TfidfShards
 from corrhash.errors import DataError
 from corrhash.log import log
-from corrhash.serve.hashing import ENCODE_CHUNK, HashingModel
+from corrhash.serve.hashing import ENCODE_CHUNK, HashingModel, from_files, model_files
 
 
 MIN_ACTOR_CPUS = 0.25
@@ -34,11 +34,7 @@ class CodeActor:
     """One actor of the pool: the model, loaded once, encoding batches of shard rows."""
 
     def __init__(self, files: dict[str, bytes], device: str = "cpu"):
-        self.folder = Path(tempfile.mkdtemp(prefix="corrhash-model-"))
-        for name, content in files.items():
-            (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (self.folder / name).write_bytes(content)
-        self.model = HashingModel(self.folder, device)
+        self.model = from_files(files, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         indices, values = batch.column("indices").combine_chunks(), batch.column("values").combine_chunks()
@@ -50,11 +46,6 @@ class CodeActor:
         return pa.table({"doc_id": batch.column("doc_id"),
                          "code": pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(codes),
                                                                        [None, pa.py_buffer(codes.tobytes())])})
-
-
-def model_files(model: HashingModel) -> dict[str, bytes]:
-    return {str(path.relative_to(model.directory)): path.read_bytes()
-            for path in sorted(model.directory.rglob("*")) if path.is_file()}
 
 
 def hash_on_ray(model: HashingModel, shards_path: str | Path, split: str, out: Path, actors: int = 2) -> np.ndarray:

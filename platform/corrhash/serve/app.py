@@ -31,10 +31,8 @@ on 127.0.0.1 unless told otherwise.
 import json
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Annotated, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +40,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from corrhash.package import __version__
 from corrhash.errors import ConfigError
 
-MODEL_FILES = ("model.json", "model.safetensors", "vocab.json")  # a corrhash model folder (corrhash.artifact)
 ROUTES = {"/search": "POST", "/encode": "POST", "/healthz": "GET"}
 INTERNAL_ERROR = "internal error (see the replica's log)"
 logger = logging.getLogger("ray.serve")  # Serve's replica log (its stderr is not kept)
@@ -100,8 +97,9 @@ class Payload:
     @classmethod
     def of(cls, uri: str, model, index, shown: dict | None = None) -> "Payload":
         """From a loaded HashingModel (`corrhash.load`) and HammingIndex."""
-        files = {name: (model.directory / name).read_bytes() for name in MODEL_FILES}
-        return cls(str(uri), files, index, dict(shown or {}))
+        from corrhash.serve.hashing import model_files
+
+        return cls(str(uri), model_files(model), index, dict(shown or {}))
 
 
 class PayloadSearcher:
@@ -109,14 +107,10 @@ class PayloadSearcher:
     payload's model and index."""
 
     def __init__(self, payload: Payload, limits: Limits):
-        from corrhash.serve.hashing import HashingModel
+        from corrhash.serve.hashing import from_files
         from corrhash.serve.search import Searcher
 
-        # The model is read from its files as corrhash.load reads a folder: safetensors and JSON only.
-        self._folder = tempfile.TemporaryDirectory(prefix="corrhash-serve-")
-        for name, data in payload.model_files.items():
-            (Path(self._folder.name) / name).write_bytes(data)
-        self.core = Searcher(HashingModel(self._folder.name), payload.index, payload.shown, payload.model)
+        self.core = Searcher(from_files(payload.model_files), payload.index, payload.shown, payload.model)
         self.model, self.index, self.uri, self.limits = self.core.model, self.core.index, self.core.uri, limits
 
     def health(self) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,26 @@ SOURCE_KEYS = ("uri", "model_id", "run_id", "registered_name", "registered_versi
 ALIAS_URI = re.compile(r"models:/([^/@]+)@([^/@]+)")
 VERSION_URI = re.compile(r"models:/([^/@]+)/([0-9]+)")
 LOGGED_MODEL_URI = re.compile(r"models:/(m-[0-9a-f]+)")
+
+
+MODEL_FILES = ("model.json", "model.safetensors", "vocab.json")
+"""A corrhash model folder's files (corrhash.artifact): what is shipped to Serve replicas and Ray Data actors."""
+
+
+def model_files(model: "HashingModel") -> dict[str, bytes]:
+    """{file name: bytes} of a loaded model's folder, to ship it where its files are not on disk."""
+    return {name: (model.directory / name).read_bytes() for name in MODEL_FILES}
+
+
+def from_files(files: dict[str, bytes], device: str = "cpu") -> "HashingModel":
+    """The model from its shipped files, read as corrhash.load reads a folder (safetensors and JSON only), through a
+    temporary folder removed with the model."""
+    folder = tempfile.TemporaryDirectory(prefix="corrhash-model-")
+    for name, data in files.items():
+        (Path(folder.name) / name).write_bytes(data)
+    model = HashingModel(folder.name, device)
+    model._files = folder  # kept alive as long as the model
+    return model
 
 
 class HashingModel:

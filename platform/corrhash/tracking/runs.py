@@ -197,7 +197,8 @@ class EpochLog:
                     f"epochs from {step} on it misses are recorded from the checkpoint when the job ends")
             return
         if self.down_since is not None:
-            warn(f"MLflow at {self.uri} answers again at epoch {step} (it missed epochs {self.down_since} to {step - 1})")
+            warn(f"MLflow at {self.uri} answers again at epoch {step} (it missed epochs {self.down_since} to "
+                 f"{step - 1})")
             self.down_since = None
 
 
