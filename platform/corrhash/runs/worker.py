@@ -69,7 +69,9 @@ def run_worker(spec: RunSpec, session: TrainSession | TuneSession) -> None:
 
     def on_epoch(metrics: dict, state) -> bool:
         export(metrics)  # this rank's own throughput; the report below carries the cluster's
-        metrics = {**metrics, "world_size": world, "docs_per_s": metrics.get("docs_per_s", 0.0) * world}
+        # In place: `metrics` is also the epoch's record in the checkpoint's history, from which the epochs MLflow
+        # missed are recorded when the job ends, so it carries the run's constants as the live report does.
+        metrics.update(world_size=world, docs_per_s=metrics.get("docs_per_s", 0.0) * world)
         # Ray's console (its default output engine, which ignores a CLIReporter's columns) shows the first four
         # metrics of a result: put first what the search selects on.
         metrics = {**{key: metrics[key] for key in SHOWN_FIRST if key in metrics}, **metrics}
