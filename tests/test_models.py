@@ -50,8 +50,8 @@ def x_csr() -> torch.Tensor:
 
 
 def test_registry_lists_all_models_and_rejects_unknown():
-    assert list_models() == ["bmsh", "bmsh-nbr", "corrsh", "corrsh-mixture", "corrsh-mixture-nbr", "corrsh-nbr", "lsh",
-                             "nash", "nash-nbr", "sph", "srbm", "sth", "vdsh"]
+    assert list_models() == ["bmsh", "bmsh-nbr", "corrsh", "corrsh-mixture", "corrsh-mixture-nbr", "corrsh-nbr", "corrsh-snuh", "lsh",
+                             "nash", "nash-nbr", "snuh", "sph", "srbm", "sth", "vdsh"]
     with pytest.raises(ConfigError, match="bmsh, bmsh-nbr, corrsh, .*, sth, vdsh"):
         create_model(ModelConfig(name="nope"), N_FEATURES)
 

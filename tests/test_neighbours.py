@@ -28,7 +28,7 @@ from test_grid import write
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
 
-NBR_MODELS = [name for name in list_models() if model_class(name).uses_neighbours]
+NBR_MODELS = [name for name in list_models() if name.endswith("-nbr")]
 
 
 def csr(rows) -> torch.Tensor:
@@ -37,6 +37,8 @@ def csr(rows) -> torch.Tensor:
 
 def test_each_binary_vae_has_a_neighbour_version_with_the_part_in_its_space():
     assert NBR_MODELS == ["bmsh-nbr", "corrsh-mixture-nbr", "corrsh-nbr", "nash-nbr"]
+    assert [name for name in list_models() if model_class(name).uses_neighbours] == sorted(
+        NBR_MODELS + ["corrsh-snuh", "snuh"])
     for name in NBR_MODELS:
         plain = model_class(name.removesuffix("-nbr"))
         assert not plain.uses_neighbours

@@ -46,7 +46,7 @@ def create_model(config: "ModelConfig", n_features: int) -> "HashModel":
 # Imported after register() exists, since each module registers itself on import.
 from corrhash.models.base import HashModel, SparseLinear  # noqa: E402
 from corrhash.models.config import ModelConfig  # noqa: E402
-from corrhash.models import bmsh, corrsh, lsh, nash, sph, srbm, sth, vdsh  # noqa: E402,F401
+from corrhash.models import bmsh, corrsh, lsh, nash, snuh, sph, srbm, sth, vdsh  # noqa: E402,F401
 
 __all__ = ["HashModel", "ModelConfig", "SparseLinear", "create_model", "list_models", "model_class", "register",
            "searchable"]

@@ -142,6 +142,9 @@ class HashModel(nn.Module):
     uses_graph: bool = False
     """True when fitting needs the document graph (models/graph.py): every `uses_neighbours` model, and STH. The
     lifecycles then hand `fit` the corpus's cached graph (train/neighbours.py), searched once for all of them."""
+    pairs_weighted: bool = False
+    """True when a document's neighbour is drawn in proportion to `pairing_graph`'s edge weights, and its pairwise
+    term scaled by half the document's weighted degree (`pair_scale`, SNUH's tree edges); False: uniformly."""
     model_name: str = ""  # set by corrhash.models.register
     search_space: dict[str, str] = {}
     """The model's own default search space, {dimension: spec} (`corrhash.models.space`): only the ModelConfig
@@ -183,21 +186,30 @@ class HashModel(nn.Module):
         """The loss given pre-drawn noise (deterministic); see loss()."""
         raise NotImplementedError
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None,
-             neighbours: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None, neighbours: Tensor | None = None,
+             pair_scale: Tensor | None = None) -> dict[str, Tensor]:
         """{"loss": mean(recon + kl_weight * kl), "recon": mean -sum log p(w|s) over
         present words, "kl": mean unweighted KL term}; random numbers from `generator`. A model that
         `uses_neighbours` takes `neighbours` (row i: a sampled graph neighbour of x's row i) and adds
-        "neighbour", its pairwise term, weighted into "loss"."""
+        "neighbour", its pairwise term, weighted into "loss"; one that `pairs_weighted` also takes each pair's
+        `pair_scale`."""
         if neighbours is not None and not self.uses_neighbours:
             raise TypeError(f"{self.model_name} does not learn from neighbours; its -nbr model does, where one exists")
         x = as_batch(x)
-        return self.loss_from_noise(x, self.sample_noise(x.shape[0], x.device, generator), neighbours)
+        noise = self.sample_noise(x.shape[0], x.device, generator)
+        if pair_scale is not None:
+            return self.loss_from_noise(x, noise, neighbours, pair_scale=pair_scale)
+        return self.loss_from_noise(x, noise, neighbours)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None,
-                neighbours: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, neighbours: Tensor | None = None,
+                pair_scale: Tensor | None = None) -> dict[str, Tensor]:
         """loss() as forward, so wrappers such as DistributedDataParallel see every step."""
-        return self.loss(x, generator, neighbours)
+        return self.loss(x, generator, neighbours, pair_scale)
+
+    def pairing_graph(self, graph: sp.spmatrix, seed: int) -> sp.spmatrix:
+        """The graph a `uses_neighbours` model's documents are paired along, from the document graph (the same
+        graph unless the model derives its own, e.g. SNUH's spanning trees); drawn from `seed`."""
+        return graph
 
     def end_epoch(self) -> None:
         """KL weight rises by beta * anneal_step (cap beta), decoder noise falls by anneal_step (floor); with

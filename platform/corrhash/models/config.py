@@ -44,6 +44,15 @@ class ModelConfig:
     graph_search: GraphSearch = "auto"
     """sth, *-nbr: how the document graph is searched: auto (exact up to 30,000 train documents, pruned above),
     exact, pruned (an inverted index of each document's heaviest terms, recall measured), nndescent (an extra)"""
+    trees: int = 10
+    """snuh, corrsh-snuh: random spanning trees of the graph averaged into the edge weights of the prior's tree
+    approximation (the authors' --num_trees)"""
+    tree_temperature: float = 0.1
+    """snuh, corrsh-snuh: temperature of the trees' perturbed cosines (lower keeps the most similar pairs)"""
+    code_temperature: float = 0.1
+    """snuh, corrsh-snuh: the posterior mean is sigmoid(logit / code_temperature) (the authors' --temperature)"""
+    prior_correlation: float = 0.99
+    """snuh, corrsh-snuh: correlation tau of the graph prior between two neighbours' codes (authors' code: 0.99)"""
     svm_c: float = 0.1
     """sth: inverse regularisation strength C of the per-bit linear SVMs"""
     energy_terms: bool = False
@@ -92,6 +101,13 @@ class ModelConfig:
             problems.append(f"graph must be one of {', '.join(GRAPH_KINDS)}, got {self.graph!r}")
         if self.graph_search not in GRAPH_SEARCHES:
             problems.append(f"graph_search must be one of {', '.join(GRAPH_SEARCHES)}, got {self.graph_search!r}")
+        if self.trees < 1:
+            problems.append(f"trees must be >= 1, got {self.trees}")
+        for name in ("tree_temperature", "code_temperature"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                problems.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.prior_correlation < 1.0:
+            problems.append(f"prior_correlation must be in [0, 1), got {self.prior_correlation}")
         if not (math.isfinite(self.svm_c) and self.svm_c > 0):
             problems.append(f"svm_c must be a finite number > 0, got {self.svm_c}")
         if problems:

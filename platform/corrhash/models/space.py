@@ -41,6 +41,12 @@ MIXTURE_PRIOR_SPACE = {"components": "randint:2:16"}
 """BMSH's learned Bernoulli-mixture prior."""
 NEIGHBOUR_SPACE = {"neighbours": "randint:5:50", "neighbour_weight": "loguniform:0.1:3", "graph": "choice:knn,mutual"}
 """The neighbourhood part (models/neighbours.py): the graph's k and kind, and the weight of the pairwise term."""
+TREE_PRIOR_SPACE = {"neighbours": "randint:5:25", "graph": "choice:knn,mutual", "trees": "randint:1:20",
+                    "tree_temperature": "loguniform:0.02:1", "code_temperature": "uniform:0.1:1",
+                    "beta": "loguniform:0.02:1"}
+"""SNUH's graph prior (models/snuh.py): the graph's k and kind, the spanning trees averaged and their temperature,
+the posterior mean's temperature; and its KL weight, whose range is the authors' grid (0.01-0.1 on twice the node
+KL) widened up to the shared recipe's."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ What callers plug in, and why:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -115,9 +116,10 @@ def run_epoch(forward: nn.Module, state: TrainState, rows: DeviceCSR | ShardStre
     terms_per_step = torch.zeros(steps, len(names), device=device)
     sizes = torch.zeros(steps, 1, device=device)
     for step, batch in enumerate(rows.batches(generator, batch_size, steps)):
-        if isinstance(batch, tuple):  # (documents, one sampled graph neighbour of each)
+        if isinstance(batch, tuple):  # (documents, one sampled graph neighbour of each[, each pair's scale])
             x = batch[0].to(device)
-            terms = forward(x, generator=generator, neighbours=batch[1].to(device))
+            scale = {"pair_scale": batch[2].to(device)} if len(batch) == 3 else {}
+            terms = forward(x, generator=generator, neighbours=batch[1].to(device), **scale)
         else:
             x = batch.to(device)
             terms = forward(x, generator=generator)
@@ -198,12 +200,13 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
             raise ConfigError(f"{model_config.name} on a streamed train split reads its documents' graph neighbours "
                               "from a row store beside the cached graph: pass the NeighbourSource of "
                               "train/neighbours.neighbour_source (the lifecycles do)")
-        rows = StreamedNeighbourPairs(train, neighbours, device)
+        rows = StreamedNeighbourPairs(train, paired_along(model, neighbours, train_config.seed), device,
+                                      model.pairs_weighted)
     elif model.uses_neighbours:
         if neighbours is None:
             neighbours = NeighbourSource(knn_graph(train.features, model_config.neighbours, model_config.graph,
                                                        model_config.graph_search))
-        rows = NeighbourPairs(rows, neighbours)
+        rows = NeighbourPairs(rows, paired_along(model, neighbours, train_config.seed), model.pairs_weighted)
     remaining = train_config.epochs - state.epoch if state.bad_epochs < train_config.patience else 0
     for metrics in train_epochs(forward, state, rows, train_config.batch_size, device, remaining, batches_per_epoch,
                                 train_config.grad_clip):
@@ -225,6 +228,13 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, train: Split | Sha
     if state.best_weights:
         model.load_state_dict(copy.deepcopy(state.best_weights))
     return FitResult(model, state.best_epoch, state.best_value, state.history, time.monotonic() - started)
+
+
+def paired_along(model: HashModel, source: NeighbourSource, seed: int) -> NeighbourSource:
+    """`source` with the graph the model pairs documents along (`HashModel.pairing_graph`); every rank of a
+    distributed run draws the same one from the training seed."""
+    graph = model.pairing_graph(source.graph, seed)
+    return source if graph is source.graph else dataclasses.replace(source, graph=graph)
 
 
 def epoch_line(metrics: dict, k: int) -> str:

@@ -190,9 +190,11 @@ def neighbour_source(shards: TfidfShards, config: ModelConfig, train: Split | Sh
 
 class NeighbourPairs:
     """`rows`' training batches, each paired with one sampled neighbour row per document: what `run_epoch`
-    iterates for a model that `uses_neighbours`."""
+    iterates for a model that `uses_neighbours`. `weighted`: a neighbour is drawn in proportion to its edge's
+    weight, and each batch also carries each document's pair scale, half its weighted degree (a model that
+    `pairs_weighted`, SNUH); else uniformly."""
 
-    def __init__(self, rows: DeviceCSR, source: NeighbourSource):
+    def __init__(self, rows: DeviceCSR, source: NeighbourSource, weighted: bool = False):
         device = rows.device
         graph = sp.csr_matrix(source.graph)
         if source.documents is None:
@@ -204,24 +206,42 @@ class NeighbourPairs:
             raise DataError(f"the document graph has {graph.shape[0]} nodes but the train split "
                             f"{len(database)} documents")
         self.rows, self.database, self.share_rows = rows, database, share_rows
+        self._hold_graph(graph, weighted, device)
+        self.shape = rows.shape
+
+    def _hold_graph(self, graph: sp.csr_matrix, weighted: bool, device) -> None:
         self.crow = torch.from_numpy(graph.indptr.astype(np.int64)).to(device)
         self.col = torch.from_numpy(graph.indices.astype(np.int64)).to(device)
-        self.shape = rows.shape
+        self.weighted = weighted
+        if weighted:  # running sums of the edge weights, row after row: a weighted draw is one searchsorted
+            self.cumulative = torch.from_numpy(np.concatenate([[0.0], np.cumsum(graph.data, dtype=np.float64)]))
+            self.cumulative = self.cumulative.to(device)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sample(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids in the whole split of one uniformly drawn neighbour per trained row `index`, bool: has one)."""
+    def sample(self, index: torch.Tensor, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(ids in the whole split of one drawn neighbour per trained row `index`, bool: has one, and for a
+        weighted graph each row's pair scale: half its weighted degree, 0 without a neighbour)."""
         nodes = index if self.share_rows is None else self.share_rows[index]
         start, degree = self.crow[nodes], self.crow[nodes + 1] - self.crow[nodes]
         uniform = torch.rand(len(nodes), generator=generator, device=generator.device).to(start.device)
-        offset = torch.minimum((uniform * degree).long(), (degree - 1).clamp(min=0))
         has = degree > 0
+        scale = None
+        if self.weighted:
+            low, high = self.cumulative[start], self.cumulative[start + degree]
+            target = low + uniform.to(low.dtype) * (high - low)
+            offset = torch.searchsorted(self.cumulative, target, right=True) - 1 - start
+            scale = (0.5 * (high - low)).float()
+        else:
+            offset = (uniform * degree).long()
+        offset = torch.minimum(offset.clamp(min=0), (degree - 1).clamp(min=0))
         picked = self.col[(start + offset).clamp(max=max(len(self.col) - 1, 0))] if len(self.col) else nodes
-        return torch.where(has, picked, nodes), has
+        return torch.where(has, picked, nodes), has, scale
 
     def batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None):
         for index in self.rows.index_batches(generator, batch_size, steps):
-            neighbour, has = self.sample(index, generator)
-            yield self.rows.rows(index), self.database.rows(neighbour, keep=has)
+            neighbour, has, scale = self.sample(index, generator)
+            pair = (self.rows.rows(index), self.database.rows(neighbour, keep=has))
+            yield pair if scale is None else (*pair, scale)

@@ -90,15 +90,14 @@ class StreamedNeighbourPairs(NeighbourPairs):
     """`NeighbourPairs` for a streamed split: the stream's batches, each with one sampled graph neighbour per
     document read from the row store."""
 
-    def __init__(self, stream: ShardStream, source: NeighbourSource, device: torch.device):
+    def __init__(self, stream: ShardStream, source: NeighbourSource, device: torch.device, weighted: bool = False):
         graph = sp.csr_matrix(source.graph)
         if graph.shape[0] != source.store.shape[0]:
             raise DataError(f"the document graph has {graph.shape[0]} nodes but the train split "
                             f"{source.store.shape[0]} documents")
         self.stream, self.store, self.device = stream, source.store, device
         self.share_rows = None  # the stream's ids are positions in the whole split already
-        self.crow = torch.from_numpy(graph.indptr.astype(np.int64))
-        self.col = torch.from_numpy(graph.indices.astype(np.int64))
+        self._hold_graph(graph, weighted, "cpu")
         self.shape = (len(stream), stream.n_features)
         log(f"neighbour pairs: streamed rows, neighbours read from {self.store.path}; the graph's structure holds "
             f"{(self.crow.numel() + self.col.numel()) * 8 / 2**20:.0f} MiB")
@@ -108,6 +107,7 @@ class StreamedNeighbourPairs(NeighbourPairs):
 
     def batches(self, generator: torch.Generator, batch_size: int, steps: int | None = None):
         for batch, ids in self.stream.id_batches(generator, batch_size, steps):
-            neighbour, has = self.sample(torch.from_numpy(ids), generator)
+            neighbour, has, scale = self.sample(torch.from_numpy(ids), generator)
             rows = self.store.rows(neighbour.numpy(), has.numpy())
-            yield batch, DeviceCSR(rows, self.device).range(0, rows.shape[0])
+            pair = (batch, DeviceCSR(rows, self.device).range(0, rows.shape[0]))
+            yield pair if scale is None else (*pair, scale.to(self.device))
