@@ -27,17 +27,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # registered in ./mlflow.db, then a search with it.
 DEMO_QUERY ?= The space shuttle launch was delayed by a fuel leak on the pad.
 demo: setup
-	test -f data/20ng/manifest.json || $(PY) jobs/prepare_data.py 20ng --out data/20ng
-	$(PY) jobs/tune.py --data data/20ng --bits 64 --num-samples 4 --max-concurrent 2 --epochs 20 \
-	  --grace-period 5 --name demo-20ng-64b --out runs/demo/best
-	echo "$(DEMO_QUERY)" | $(PY) jobs/search.py --model models:/corrhash-20ng-64b@champion \
-	  --corpus data/20ng --index-out runs/demo/20ng-64b.npz --queries - --k 5 > runs/demo/answers.jsonl
+	test -f data/20ng-18828/manifest.json || $(PY) jobs/prepare_data.py 20ng --release 18828 --out data/20ng-18828
+	$(PY) jobs/tune.py --data data/20ng-18828 --model corrsh-nbr --space-file jobs/spaces/mission.yaml --bits 64 \
+	  --num-samples 4 --max-concurrent 2 --epochs 20 --grace-period 5 --name demo-20ng-64b --out runs/demo/best
+	echo "$(DEMO_QUERY)" | $(PY) jobs/search.py --model models:/corrhash-20ng-18828-64b@champion \
+	  --corpus data/20ng-18828 --index-out runs/demo/20ng-64b.npz --queries - --k 5 > runs/demo/answers.jsonl
 	@# The JSONL answer, indented: each hit's id, Hamming distance and newsgroup (shards keep no text).
 	$(PY) -m json.tool --json-lines runs/demo/answers.jsonl
 	@echo
 	@echo "runs:   MLflow runs in ./mlflow.db (artifacts in ./mlruns), experiment corrhash-tune, run demo-20ng-64b"
 	@echo "        Tune state, the Optuna study and one checkpoint per trial in runs/tune/demo-20ng-64b"
-	@echo "model:  models:/corrhash-20ng-64b@champion; the best trial's folder and results.json in runs/demo/best"
+	@echo "model:  models:/corrhash-20ng-18828-64b@champion; the best trial's folder and results.json in runs/demo/best"
 	@du -sh runs data mlflow.db mlruns 2>/dev/null | sed 's/^/disk:   /'
 	@echo "next:   $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 

@@ -13,7 +13,7 @@ from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig, create_model, list_models, model_class, searchable
 from corrhash.models.space import LOOP_SPACE, NEIGHBOUR_SPACE, parse_spec
 from corrhash.report.page import Trial, model_progress
-from corrhash.runs.space import ConditionalSpace, check_space, model_names, model_spaces
+from corrhash.runs.space import ConditionalSpace, check_space, default_recipes, model_names, model_spaces
 from corrhash.runs.spec import RunSpec, trial_values
 from corrhash.train import TrainConfig
 from corrhash.train.loop import fit
@@ -60,6 +60,8 @@ def differs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, b))
 
 
+GRAPH_DIMENSIONS = set(NEIGHBOUR_SPACE) | {"trees", "tree_temperature"}
+"""Dimensions that change the pairs training draws (the graph, SNUH's trees), not the model itself."""
 CASES = [(name, dim) for name in list_models() for dim in sorted(searchable(name))]
 
 
@@ -75,9 +77,10 @@ def test_every_dimension_a_model_declares_changes_what_it_learns(name, dim, spli
         runs = [fit(ModelConfig(name=name, **BASE), TrainConfig(**{"epochs": 1, "batch_size": 40, "seed": 0, dim: v}),
                     train, val=val) for v in (low, high)]
         assert differs([*runs[0].model.state_dict().values()], [*runs[1].model.state_dict().values()]), dim
-    elif dim in NEIGHBOUR_SPACE and model_class(name).uses_neighbours:  # the graph enters through fit's batches
-        runs = [fit(ModelConfig(name=name, **{**BASE, dim: v}), TrainConfig(epochs=1, batch_size=40, seed=0),
-                    train, val=val) for v in (low, high)]
+    elif dim in GRAPH_DIMENSIONS and model_class(name).uses_neighbours:  # the graph enters through fit's batches
+        # anneal_step 0: SNUH's pairwise terms are part of its KL, whose weight is 0 in an annealed first epoch
+        runs = [fit(ModelConfig(name=name, **{**BASE, dim: v, "anneal_step": 0.0}),
+                    TrainConfig(epochs=1, batch_size=40, seed=0), train, val=val) for v in (low, high)]
         assert differs([*runs[0].model.state_dict().values()], [*runs[1].model.state_dict().values()]), dim
     else:
         outcomes = [model_outcome(name, ModelConfig(name=name, **{**BASE, dim: v}), splits) for v in (low, high)]
@@ -158,3 +161,39 @@ def test_model_progress_is_each_models_best_so_far_against_trials_and_epochs():
               Trial("d", "4", "FAILED", {}, None, 2, model="nash"),     # no score: spends, adds no point
               Trial("e", "5", "FINISHED", {}, 0.6, 5, model="nash")]
     assert model_progress(trials) == {"nash": [(1, 10, 0.5), (3, 41, 0.5), (5, 48, 0.6)], "sth": [(2, 11, 0.7)]}
+
+
+def test_a_search_over_families_runs_each_default_on_a_short_rung_then_spends_on_the_leaders(tmp_path):
+    """The budget rule (runs/space.BUDGET_RULE) on a small synthetic study: four families whose trials score
+    nash 0.5, corrsh 0.7, bmsh 0.6, sth 0.3 (+ what TPE draws cannot change). Trials 0-3 are the start-up rung, one
+    per family in the order given, at each family's default recipe and the rung's 5 epochs; the two leaders (corrsh,
+    bmsh) then run their default recipe at the full epochs, then the search's trials alternate between them with
+    drawn dimensions. A start-up trial still running counts as started: the next trial goes to the next family."""
+    models = ["nash", "corrsh", "bmsh", "sth"]
+    spaces = model_spaces(models)
+    spec = RunSpec(str(tmp_path), ModelConfig(dropout=0.15), TrainConfig(epochs=40, lr=2e-3))
+    recipes = default_recipes(spaces, spec)
+    space = ConditionalSpace(spaces, recipes, rung_epochs=5, leaders=2)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    score = {"nash": 0.5, "corrsh": 0.7, "bmsh": 0.6, "sth": 0.3}
+    ran = []
+    pending = study.ask()
+    first = space(pending)  # running while the next is asked
+    for _ in range(11):
+        trial = study.ask()
+        constants = space(trial)
+        config = {**trial.params, **constants}
+        ran.append((config["model"], trial.user_attrs["kind"], config.get("epochs"), sorted(trial.params)))
+        assert spec.with_trial(config).model.name == config["model"]
+        if trial.user_attrs["kind"] != "search":
+            assert config == {"model": config["model"], **({"epochs": 5} if config.get("epochs") else {}),
+                              **{f"{config['model']}.{dim}": value for dim, value in recipes[config["model"]].items()}}
+        study.tell(trial, score[config["model"]])
+    study.tell(pending, score[first["model"]])
+    assert first["model"] == "nash" and first["epochs"] == 5
+    assert [(m, kind, epochs) for m, kind, epochs, _ in ran[:5]] == [
+        ("corrsh", "start-up", 5), ("bmsh", "start-up", 5), ("sth", "start-up", 5),
+        ("corrsh", "leader default", None), ("bmsh", "leader default", None)]
+    assert [m for m, *_ in ran[5:]] == ["corrsh", "bmsh"] * 3
+    assert all(kind == "search" and epochs is None and params for _, kind, epochs, params in ran[5:])
+    assert recipes["corrsh"]["dropout"] == 0.15 and recipes["corrsh"]["lr"] == 2e-3 and recipes["corrsh"]["rank"] == 10

@@ -106,7 +106,7 @@ def readme_cluster_recipe() -> list[str]:
 
 
 def copy_checkout(target: Path, data: Path) -> Path:
-    """What the recipe needs of a checkout after `make demo`: the code, the venv, and data/20ng (tiny here);
+    """What the recipe needs of a checkout after `make demo`: the code, the venv, and data/20ng-18828 (tiny here);
     a copy, so the recipe's $PWD/runs and .cluster stay out of the real checkout."""
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for folder in ("cluster", "jobs", "platform"):
@@ -114,7 +114,7 @@ def copy_checkout(target: Path, data: Path) -> Path:
     for name in (".gitignore", ".rayignore"):
         shutil.copy(REPO / name, target / name)
     (target / ".venv").symlink_to(BIN.parent)  # .gitignore keeps it out of the job's upload
-    shutil.copytree(data, target / "data" / "20ng")
+    shutil.copytree(data, target / "data" / "20ng-18828")
     git = ["git", "-C", str(target), "-c", "user.name=corrhash", "-c", "user.email=ci@corrhash.invalid"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the checkout the recipe runs from"]):
         subprocess.run(git + command, check=True, capture_output=True)  # a clone has .git; Ray leaves it out
@@ -199,13 +199,13 @@ def test_local_cluster_is_token_protected_loopback_only_and_runs_the_readme_reci
         # After the export line a job runs directly too, with RAY_ADDRESS in its http:// dashboard form (F2): the
         # search exports its live metrics to this cluster; a GCS address where nothing listens is named at once.
         searched = subprocess.run(["bash", "-euc", f"{exports}\necho 'space shuttle launch' | python jobs/search.py"
-                                   f" --model runs:/{run_id}/model --corpus data/20ng --queries - --k 3"],
+                                   f" --model runs:/{run_id}/model --corpus data/20ng-18828 --queries - --k 3"],
                                   cwd=checkout, env=shell, capture_output=True, text=True, timeout=300)
         assert searched.returncode == 0, searched.stderr[-3000:]
         assert len(json.loads(searched.stdout.splitlines()[0])["hits"]) == 3
         nowhere = f"127.0.0.1:{free_port()}"
         refused = subprocess.run(["bash", "-euc", f"{exports}\necho space | python jobs/search.py --model runs:/{run_id}/model"
-                                  f" --corpus data/20ng --queries - --address {nowhere}"],
+                                  f" --corpus data/20ng-18828 --queries - --address {nowhere}"],
                                  cwd=checkout, env=shell, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and nowhere in refused.stderr, refused.stderr[-3000:]
         loaded = subprocess.run(["bash", "-euc", f"{exports}\n{load_model.replace('RUN_ID', run_id)}"],

@@ -8,8 +8,8 @@ Examples:
 
 Each model declares its own default space (its recipe dimensions and its own, e.g. CorrSH's rank v and mixture k;
 STH's neighbours and SVM C; `python -c "import corrhash.models as m; print(m.model_class('corrsh').search_space)"`).
---models searches several at once: one Optuna study whose conditional space picks the model, then that model's
-dimensions (named MODEL.DIM). Override a dimension with --space NAME=SPEC (NAME or MODEL.NAME) or --space-file
+--models searches several at once: one Optuna study whose conditional space picks the model (by the budget rule
+below), then that model's dimensions (named MODEL.DIM). Override a dimension with --space NAME=SPEC (NAME or MODEL.NAME) or --space-file
 YAML; a dimension's own flag, e.g. --dropout 0.1, pins it. ASHA stops weak trials early on val precision@k, with
 epochs as the fidelity (a closed-form model's trial reports once and ends) and --max-epochs as the top. Each trial
 is one MLflow child run of the job's parent run, which records each model's best trial. The best trial (by val
@@ -34,7 +34,7 @@ from corrhash import commands
 from corrhash.data.files import absolute
 from corrhash.errors import ConfigError
 from corrhash.models import ModelConfig
-from corrhash.runs.space import TUNABLE, model_names, model_spaces, space_params
+from corrhash.runs.space import BUDGET_RULE, TUNABLE, model_names, model_spaces, space_params
 from corrhash.runs.spec import JobInputs, RunSpec, job_configs
 from corrhash.runs.tune import TuneOptions
 from corrhash.train import TrainConfig
@@ -79,7 +79,7 @@ class TuneJob:
 
 
 def parse_args(argv=None):
-    job = commands.parse(TuneJob, __doc__, argv, title="tune")
+    job = commands.parse(TuneJob, __doc__ + "\n" + BUDGET_RULE, argv, title="tune")
     inputs, space = job.inputs, job.space
     models = model_names(space.models) if space.models else [inputs.model]
     given = {**commands.given(job.model), **commands.given(job.train)}

@@ -94,27 +94,79 @@ def space_params(spaces: dict[str, dict]) -> dict:
     return next(iter(spaces.values())) if len(spaces) == 1 else spaces
 
 
-class ConditionalSpace:
-    """Optuna's define-by-run space over `spaces` ({model: {dim: spec}}), for `OptunaSearch(space=...)`: the
-    model first (when there are several), then that model's dimensions. Fixed specs come back as constants.
-    A class, not a closure: Tune pickles its searcher, and this with it, to resume a search."""
+BUDGET_RULE = """Over several models (--models) the budget goes where it pays, in three kinds of trial:
+  1. start-up: each model once, in the order given, at its default recipe (the job's configs: the dataclasses'
+     defaults, the recipe, the flags), for --grace-period epochs only: a cheap, equal first rung that ranks the
+     families on what each gives untuned, never on one unlucky random draw;
+  2. leader default: the --leaders best families by that rung (best val p@k of their finished trials), each once
+     at its default recipe for the full --epochs, so the search ends at least as good as the best of them
+     untuned;
+  3. search: every later trial goes to the leader with the fewest trials so far (the ranking redone as trials
+     finish), and TPE draws its dimensions from that family's own earlier trials; ASHA stops weak ones.
+With --num-samples below the number of models, the start-up rung covers the first models only."""
+"""How a search over several models spends its trials (ConditionalSpace); said in `tune --help` and logged as the
+parent run's `budget_rule` tag."""
 
-    def __init__(self, spaces: dict[str, dict]):
-        self.spaces = spaces
+
+def default_recipes(spaces: dict[str, dict], spec: RunSpec) -> dict[str, dict]:
+    """{model: {dim: value}}: each searched dimension at the job's own value for that model (its default recipe)."""
+    recipes = {}
+    for model, specs in spaces.items():
+        base = spec.with_overrides({"name": model})
+        recipes[model] = {dim: getattr(base.model if hasattr(base.model, dim) else base.train, dim) for dim in specs}
+    return recipes
+
+
+class ConditionalSpace:
+    """Optuna's define-by-run space over `spaces` ({model: {dim: spec}}), for `OptunaSearch(space=...)`. One model:
+    its dimensions, drawn by the sampler. Several: the trial's model and kind by BUDGET_RULE (`recipes`: each
+    model's default recipe, `rung_epochs`: the start-up rung's epochs, `leaders`), recorded as the trial's user
+    attributes `model` and `kind`, then its dimensions (a default recipe's as constants). Fixed specs come back as
+    constants. A class, not a closure: Tune pickles its searcher, and this with it, to resume a search."""
+
+    def __init__(self, spaces: dict[str, dict], recipes: dict[str, dict] | None = None,
+                 rung_epochs: int | None = None, leaders: int = 3):
+        self.spaces, self.recipes, self.rung_epochs, self.leaders = spaces, recipes, rung_epochs, leaders
 
     def key(self, model: str, dim: str) -> str:
         return dim if len(self.spaces) == 1 else f"{model}.{dim}"
 
+    def budget(self, trial) -> tuple[str, str]:
+        """(model, kind) of a trial of a search over several models, from the study's earlier trials."""
+        import optuna
+
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number
+                   and t.user_attrs.get(MODEL_DIMENSION) in self.spaces]
+        runs = {model: [t for t in earlier if t.user_attrs[MODEL_DIMENSION] == model] for model in self.spaces}
+        untried = [model for model, trials in runs.items() if not trials]
+        if untried:
+            return untried[0], "start-up"
+        best = {model: max((t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                            and t.value is not None), default=float("-inf")) for model, trials in runs.items()}
+        order = list(self.spaces)
+        ranked = sorted(order, key=lambda model: (-best[model], order.index(model)))[:self.leaders]
+        for model in ranked:
+            if not any(t.user_attrs.get("kind") == "leader default" for t in runs[model]):
+                return model, "leader default"
+        return min(ranked, key=lambda model: (len(runs[model]), ranked.index(model))), "search"
+
     def __call__(self, trial) -> dict:
         models = list(self.spaces)
         constants = {}
-        model = models[0]
+        model, kind = models[0], "search"
         if len(models) > 1:
-            model = trial.suggest_categorical(MODEL_DIMENSION, models)
+            model, kind = self.budget(trial)
+            trial.set_user_attr(MODEL_DIMENSION, model)
+            trial.set_user_attr("kind", kind)
+            constants[MODEL_DIMENSION] = model
+            if kind == "start-up" and self.rung_epochs is not None:
+                constants["epochs"] = self.rung_epochs
         for dim, spec in self.spaces[model].items():
             key = self.key(model, dim)
             parsed = parse_spec(key, spec)
-            if parsed.kind == "fixed":
+            if kind != "search" and self.recipes is not None:
+                constants[key] = self.recipes[model][dim]
+            elif parsed.kind == "fixed":
                 constants[key] = parsed.values[0]
             elif parsed.kind in ("uniform", "loguniform"):
                 trial.suggest_float(key, *parsed.values, log=parsed.kind == "loguniform")

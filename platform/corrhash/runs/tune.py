@@ -29,7 +29,7 @@ from corrhash.launch.job import ClusterOptions, launch_job
 from corrhash.launch.preflight import check_job_name, check_out_dir
 from corrhash.runs.callbacks import TrialRuns, TrialStates
 from corrhash.runs.finish import Selection, finish, run_folder
-from corrhash.runs.space import ConditionalSpace, check_space, space_params
+from corrhash.runs.space import BUDGET_RULE, ConditionalSpace, check_space, default_recipes, space_params
 from corrhash.runs.spec import RunSpec, trial_values
 from corrhash.runs.worker import tune_trial
 from corrhash.models import model_class
@@ -53,7 +53,9 @@ class TuneOptions:
     gpus_per_trial: float = 0.0
     """GPUs per trial; 0.25 packs four trials on a GPU."""
     grace_period: int = 10
-    """ASHA: epochs before a trial may be stopped."""
+    """ASHA: epochs before a trial may be stopped (and, over several models, the start-up rung's epochs)."""
+    leaders: int = 3
+    """over several models: the best families by the start-up rung that get the rest of the budget (see below)."""
     storage: str = "runs/tune"
     """Where Tune keeps its state and the trials' checkpoints (a folder or URI; made absolute)."""
     name: str | None = None
@@ -68,8 +70,8 @@ class TuneOptions:
         if self.registered_model is not None and not REGISTERED_MODEL.fullmatch(self.registered_model):
             raise ConfigError(f"--registered-model {self.registered_model!r}: 1-128 letters, digits, '.', '_' or "
                               "'-', starting with a letter or digit")
-        if self.num_samples < 1 or self.max_concurrent < 1:
-            raise ConfigError("--num-samples and --max-concurrent must be >= 1")
+        if self.num_samples < 1 or self.max_concurrent < 1 or self.leaders < 1:
+            raise ConfigError("--num-samples, --max-concurrent and --leaders must be >= 1")
         # `not x > 0` and isfinite: NaN passes every `<=` test.
         if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
             raise ConfigError(f"--cpus-per-trial {self.cpus_per_trial}: must be a finite number > 0")
@@ -100,7 +102,8 @@ def run_tune(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, out: 
     params = {**fixed, "data": spec.data, "num_samples": options.num_samples, "space": space_params(spaces),
               **({"models": ",".join(models)} if len(models) > 1 else {})}
     tags = {"dataset": shards.manifest["dataset"], "data.content_hash": shards.content_hash,
-            "data.path": spec.data, "model": ",".join(models), "bits": str(spec.model.bits)}
+            "data.path": spec.data, "model": ",".join(models), "bits": str(spec.model.bits),
+            **({"budget_rule": BUDGET_RULE, "leaders": str(options.leaders)} if len(models) > 1 else {})}
     storage = storage_path(options.storage)
     fits = [(f"--cpus-per-trial {options.cpus_per_trial} --gpus-per-trial {options.gpus_per_trial}",
              options.cpus_per_trial, options.gpus_per_trial)]
@@ -203,7 +206,8 @@ def _search(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, name: 
         # study's objective is a trial's best val precision, the value MLflow, the registry and the champion
         # decision use (the last epoch's would be lower); it never falls, so ASHA's rungs (on val_precision) are
         # unaffected.
-        optuna_search = OptunaSearch(space=ConditionalSpace(spaces), metric="best_val_precision", mode="max",
+        space = ConditionalSpace(spaces, default_recipes(spaces, spec), options.grace_period, options.leaders)
+        optuna_search = OptunaSearch(space=space, metric="best_val_precision", mode="max",
                                      seed=spec.train.seed, study_name=name, storage=storage)
         searcher = ConcurrencyLimiter(optuna_search, max_concurrent=options.max_concurrent)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
@@ -257,7 +261,9 @@ def study_figures(study: str | None, name: str, best) -> dict:
         completed = loaded.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
         if completed:
             figures["optimization_history.png"] = optuna_plots.plot_optimization_history(loaded).figure
-        if len(completed) >= 2 and completed[0].distributions:  # importances compare trials over searched params
+        # Importances compare trials over the params they all searched (none where default recipes ran).
+        shared = set.intersection(*(set(t.distributions) for t in completed)) if completed else set()
+        if len(completed) >= 2 and shared:
             figures["param_importances.png"] = optuna_plots.plot_param_importances(loaded).figure
     curve = best.metrics_dataframe
     if curve is not None and "val_precision" in curve:
