@@ -60,8 +60,9 @@ def differs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, b))
 
 
-GRAPH_DIMENSIONS = set(NEIGHBOUR_SPACE) | {"trees", "tree_temperature"}
-"""Dimensions that change the pairs training draws (the graph, SNUH's trees), not the model itself."""
+GRAPH_DIMENSIONS = set(NEIGHBOUR_SPACE) | {"trees", "tree_temperature", "code_temperature"}
+"""Dimensions that change what training does (the pairs it draws along the graph, SNUH's trees; SNUH's code
+temperature, whose initial mean head is scaled to give one function at any T), not the model at its start."""
 CASES = [(name, dim) for name in list_models() for dim in sorted(searchable(name))]
 
 

@@ -111,7 +111,7 @@ def test_snuh_codes_are_the_sign_of_the_mean_logit_and_the_pair_scale_weighs_the
     double = model.loss(x, torch.Generator().manual_seed(0), neighbours, torch.full((5,), 2.0))
     assert none["neighbour"].item() == 0.0 and double["neighbour"].item() == pytest.approx(2 * one["neighbour"].item())
     gap = (double["loss"] - one["loss"]).item()
-    assert gap == pytest.approx((model.kl_weight * one["neighbour"]).item(), rel=1e-4)
+    assert gap == pytest.approx((model.kl_weight * one["neighbour"]).item(), abs=1e-5)  # float32 losses ~100
     model.eval()
     logits = model.posterior(x)[0]
     assert torch.equal(model.encode(x), logits > 0)

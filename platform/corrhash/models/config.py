@@ -51,8 +51,9 @@ class ModelConfig:
     """snuh, corrsh-snuh: temperature of the trees' perturbed cosines (lower keeps the most similar pairs)"""
     code_temperature: float = 0.1
     """snuh, corrsh-snuh: the posterior mean is sigmoid(logit / code_temperature) (the authors' --temperature)"""
-    prior_correlation: float = 0.99
-    """snuh, corrsh-snuh: correlation tau of the graph prior between two neighbours' codes (authors' code: 0.99)"""
+    prior_correlation: float = 0.9
+    """snuh, corrsh-snuh: correlation tau of the graph prior between two neighbours' codes (authors' code: 0.99,
+    which pulls every code of a connected graph to one value here: models/snuh.py)"""
     svm_c: float = 0.1
     """sth: inverse regularisation strength C of the per-bit linear SVMs"""
     energy_terms: bool = False

@@ -6,7 +6,7 @@ The model, per the paper and the authors' code (github.com/J-zin/SNUH, model/SNU
 - posterior q(z|x) = N(mu, diag sigma^2) with mu = sigmoid(l(x) / T) (T = `code_temperature`), sigma = softplus(.);
   the decoder (the shared softmax one) reads z = mu + sigma * eps; codes are 1[mu > 1/2] = 1[l > 0];
 - prior: p(z_i) = N(0, I) per document and p(z_i, z_j) = N(0, [[I, tau I], [tau I, I]]) on a graph edge
-  (tau = `prior_correlation`, 0.99 in the authors' code); the posterior of an edge correlates its two documents'
+  (tau = `prior_correlation`: 0.99 in the authors' code, 0.9 here, see below); the posterior of an edge correlates its two documents'
   codes per bit by gamma_ij = 2 sigmoid(a(x_i, x_j)) - 1, a learned function of the pair;
 - the tree approximation: over a spanning tree T of the graph the joint prior and posterior factorise into
   singleton and pairwise terms, and the KL becomes
@@ -27,10 +27,21 @@ Where this differs from the authors' code, and why:
   symmetric kNN graph under Gumbel-perturbed weights cos_ij / `tree_temperature` + G_ij (scipy's MST, O(E log E)):
   a random spanning forest that keeps similar pairs more often as the temperature falls, built in seconds for
   100k documents. Trees are drawn once per run from the training seed, as the authors draw them once per run;
-- the encoder is the platform's two-layer MLP (the authors' run.sh uses a linear one, `--num_layers 0`), and the
+- the encoder is the platform's two-layer MLP (the authors' run.sh uses a linear one, `--num_layers 0`, initialised
+  within +-0.05 so its logits start near 0); the mean head's initial weights are scaled by T, so that l / T starts
+  where l would at T = 1 (unscaled, the MLP's logits over T = 0.1 saturate the sigmoid from the first step: the
+  codes stayed constant, val p@100 at chance); and the
   correlation network is theirs at `--num_layers 0`: a linear map of the pair, symmetrised, which is a linear map
   of x_i + x_j; gamma is kept within +-(1 - 1e-3) (theirs: 1 - 1e-8, which is 1 in float32) so log(1 - gamma^2)
   stays finite;
+- tau 0.9, not 0.99, and a fixed KL weight: the pairwise term pulls neighbours' means together with weight
+  ~1 / (2 (1 - tau)) per bit, 50 at tau 0.99; over spanning trees that connect the corpus, with this MLP encoder
+  it pulled every code to one value within the first epoch (val p@100 0.0507, chance, for 8 epochs, at beta 0.1,
+  0.3 and 1, annealed or not). The authors' linear encoder and sigmoid saturated at T = 0.1 shield their means
+  from that pull. At tau 0.5 and 0.9 (beta 0.1 and 0.05, no annealing: the authors fix beta) codes learn (val
+  0.478 and 0.492 after 12 epochs on 20ng-18828 at 64 bits, still rising; results/best.md §6). Annealing from a
+  KL weight of 0 lets the first epochs collapse the posterior's scale instead: its default anneal step is 0;
+  beta 1 (the shared default) is too strong a pull as well: pass --beta 0.05 (the authors' run.sh: 0.03-0.1);
 - each document of a batch is paired with one tree neighbour j drawn with probability w_ij / d_i and its edge term
   scaled by d_i / 2 (d_i = sum_j w_ij): an unbiased estimate of the same sum over tree edges, through the same
   pairing as the other neighbour-aware models (train/neighbours.py), instead of a separate stream of edges.
@@ -135,10 +146,12 @@ def edge_kl(mu_i: Tensor, sigma_i: Tensor, u_i: Tensor | None, mu_j: Tensor, sig
         # log det Q - log det S_i - log det S_j = sum log(1 - gamma^2) when each S is diagonal
         mutual = torch.log1p(-gamma.square()).sum(-1)
     else:
-        s_i, s_j = _covariance(sigma_i, u_i), _covariance(sigma_j, u_j)
+        # In float64: with |gamma| near its bound the Schur complement is near singular, and float32's Cholesky
+        # failed on it. The m x m factorisations cost O(B m^3), a fraction of a step's time at m <= 128.
+        s_i, s_j = _covariance(sigma_i.double(), u_i.double()), _covariance(sigma_j.double(), u_j.double())
         # the Schur complement S_j - C S_i^-1 C, C diagonal: with S_i = L L^T, C S_i^-1 C = W^T W, W = L^-1 C
-        w = torch.linalg.solve_triangular(torch.linalg.cholesky(s_i), torch.diag_embed(cross), upper=False)
-        mutual = _logdet(s_j - w.transpose(-1, -2) @ w) - _logdet(s_j)
+        w = torch.linalg.solve_triangular(torch.linalg.cholesky(s_i), torch.diag_embed(cross.double()), upper=False)
+        mutual = (_logdet(s_j - w.transpose(-1, -2) @ w) - _logdet(s_j)).to(mu_i.dtype)
     return 0.5 * (coupled - squares + m * math.log(1.0 - tau ** 2) - mutual)
 
 
@@ -157,10 +170,17 @@ class GraphGaussianVAE(HashModel):
         self.rank = config.rank if self.correlated else 0
         self.encoder = MLPEncoder(n_features, config.hidden, config.encoder_input == "binary")
         self.mean_head = nn.Linear(config.hidden, config.bits)
+        with torch.no_grad():  # l / T starts where l would at T = 1: at T = 0.1 the MLP's logits saturate the sigmoid
+            self.mean_head.weight.mul_(config.code_temperature)
+            self.mean_head.bias.mul_(config.code_temperature)
         self.scale_head = nn.Linear(config.hidden, config.bits)
         self.rank_head = nn.Linear(config.hidden, config.bits * self.rank) if self.rank else None
         self.correlation = SparseLinear(n_features, config.bits)
         self.decoder = SoftmaxDecoder(config.bits, n_features)
+
+    @staticmethod
+    def default_anneal_step(config: ModelConfig) -> float:
+        return 0.0  # the authors fix beta; annealed from 0, the first epochs collapse sigma (see above)
 
     def pairing_graph(self, graph: sp.spmatrix, seed: int) -> sp.csr_matrix:
         """The tree-averaged edge weights w_ij of the document graph: what training pairs documents along."""
