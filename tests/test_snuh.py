@@ -11,7 +11,7 @@ import torch
 from corrhash.data.device_csr import DeviceCSR
 from corrhash.models import ModelConfig, create_model
 from corrhash.models.graph import symmetric_graph
-from corrhash.models.snuh import edge_kl, node_kl, spanning_tree_weights
+from corrhash.models.snuh import GAMMA_BOUND, edge_kl, node_kl, spanning_tree_weights
 from corrhash.train.neighbours import NeighbourPairs, NeighbourSource
 
 
@@ -38,16 +38,18 @@ def _gaussian_kl(mean, cov, prior_cov):
                   + np.linalg.slogdet(prior_cov)[1] - np.linalg.slogdet(cov)[1])
 
 
-def test_the_correlated_composition_is_the_joint_gaussians_kl_written_in_full():
+@pytest.mark.parametrize("bound, sigma_low", [(0.9, 0.2), (GAMMA_BOUND, 1e-3)])
+def test_the_correlated_composition_is_the_joint_gaussians_kl_written_in_full(bound, sigma_low):
     """corrsh-snuh: marginals N(mu, diag sigma^2 + UU^T), cross-covariance diag(gamma sigma_i sigma_j); the pairwise
     term must equal KL(q_ij || p_ij) - KL(q_i || p_i) - KL(q_j || p_j) with the 2m x 2m matrices formed and
-    inverted by numpy, and the node term KL(q_i || N(0, I))."""
+    inverted by numpy, and the node term KL(q_i || N(0, I)); also with |gamma| at its bound and sigma small beside
+    U, where a float32 Cholesky of the m x m Schur complement failed in training."""
     rng = np.random.default_rng(0)
     m, v, tau = 5, 2, 0.9
     mu_i, mu_j = rng.uniform(0, 1, m), rng.uniform(0, 1, m)
-    sigma_i, sigma_j = rng.uniform(0.2, 1, m), rng.uniform(0.2, 1, m)
+    sigma_i, sigma_j = rng.uniform(sigma_low, 1, m), rng.uniform(sigma_low, 1, m)
     u_i, u_j = rng.uniform(-0.5, 0.5, (m, v)), rng.uniform(-0.5, 0.5, (m, v))
-    gamma = rng.uniform(-0.9, 0.9, m)
+    gamma = bound * np.sign(rng.uniform(-1, 1, m)) if bound == GAMMA_BOUND else rng.uniform(-bound, bound, m)
     s_i, s_j = np.diag(sigma_i ** 2) + u_i @ u_i.T, np.diag(sigma_j ** 2) + u_j @ u_j.T
     cross = np.diag(gamma * sigma_i * sigma_j)
     joint = np.block([[s_i, cross], [cross, s_j]])
@@ -55,7 +57,11 @@ def test_the_correlated_composition_is_the_joint_gaussians_kl_written_in_full():
     expected = (_gaussian_kl(np.concatenate([mu_i, mu_j]), joint, prior)
                 - _gaussian_kl(mu_i, s_i, np.eye(m)) - _gaussian_kl(mu_j, s_j, np.eye(m)))
     t = [torch.from_numpy(a)[None] for a in (mu_i, sigma_i, u_i, mu_j, sigma_j, u_j, gamma)]
-    assert edge_kl(*t, tau=tau).item() == pytest.approx(expected, rel=1e-9)
+    assert edge_kl(*t, tau=tau).item() == pytest.approx(expected, rel=1e-7)
+    single = [x.float().requires_grad_() for x in t]  # as training runs it: float32, with gradients
+    value = edge_kl(*single, tau=tau)
+    value.sum().backward()
+    assert value.item() == pytest.approx(expected, rel=1e-3) and all(torch.isfinite(x.grad).all() for x in single)
     assert node_kl(t[0], t[1], t[2]).item() == pytest.approx(_gaussian_kl(mu_i, s_i, np.eye(m)), rel=1e-9)
 
 

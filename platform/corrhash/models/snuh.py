@@ -6,8 +6,8 @@ The model, per the paper and the authors' code (github.com/J-zin/SNUH, model/SNU
 - posterior q(z|x) = N(mu, diag sigma^2) with mu = sigmoid(l(x) / T) (T = `code_temperature`), sigma = softplus(.);
   the decoder (the shared softmax one) reads z = mu + sigma * eps; codes are 1[mu > 1/2] = 1[l > 0];
 - prior: p(z_i) = N(0, I) per document and p(z_i, z_j) = N(0, [[I, tau I], [tau I, I]]) on a graph edge
-  (tau = `prior_correlation`: 0.99 in the authors' code, 0.9 here, see below); the posterior of an edge correlates its two documents'
-  codes per bit by gamma_ij = 2 sigmoid(a(x_i, x_j)) - 1, a learned function of the pair;
+  (tau = `prior_correlation`: 0.99 in the authors' code, 0.9 here, see below); the posterior of an edge
+  correlates its two documents' codes per bit by gamma_ij = 2 sigmoid(a(x_i, x_j)) - 1, a learned function of the pair;
 - the tree approximation: over a spanning tree T of the graph the joint prior and posterior factorise into
   singleton and pairwise terms, and the KL becomes
       sum_i KL(q_i || p_i) + sum_{(i,j) in T} [KL(q_ij || p_ij) - KL(q_i || p_i) - KL(q_j || p_j)];
@@ -49,9 +49,9 @@ Where this differs from the authors' code, and why:
 `corrsh-snuh` composes SNUH's graph prior with CorrSH's correlated posterior where that is sound: the Gaussian
 stage of CorrSH's posterior, z ~ N(mu, D + UU^T) (rank v, U = tanh(.)/v as in CorrSH), with the edge posterior
 correlating only the diagonal parts of two documents' noise, so the pair's covariance [[S_i, C], [C, S_j]],
-C = diag(gamma sigma_i sigma_j), is a valid one by construction. Its node KL and pairwise term are exact (matrix
-determinant lemma, a Cholesky factor of the Schur complement S_j - C S_i^-1 C). CorrSH's Bernoulli stage and its
-k-mixture bound do not compose: SNUH decodes the continuous z and its KL to a Gaussian prior is analytic.
+C = diag(gamma sigma_i sigma_j), is a valid one by construction. Its node KL and pairwise term are exact (the
+matrix determinant lemma, and Woodbury's identity on the Schur complement S_j - C S_i^-1 C: O(m v^2) a pair).
+CorrSH's Bernoulli stage and its k-mixture bound do not compose: SNUH decodes the continuous z and its KL to a Gaussian prior is analytic.
 """
 
 from __future__ import annotations
@@ -115,19 +115,37 @@ def node_kl(mu: Tensor, sigma: Tensor, u: Tensor | None) -> Tensor:
     logdet = 2.0 * sigma.log().sum(-1)
     if u is not None:
         trace = trace + u.square().sum((-1, -2))
-        # det(D + UU^T) = det D det(I + U^T D^-1 U) (matrix determinant lemma)
-        scaled = u / sigma.unsqueeze(-1)
-        inner = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device) + scaled.transpose(-1, -2) @ scaled
-        logdet = logdet + torch.linalg.cholesky(inner).diagonal(dim1=-2, dim2=-1).log().sum(-1) * 2.0
+        logdet = logdet + _logdet(_capacitance(sigma.square(), u))  # the matrix determinant lemma
     return 0.5 * (mu.square().sum(-1) + trace - mu.shape[-1] - logdet)
-
-
-def _covariance(sigma: Tensor, u: Tensor) -> Tensor:
-    return torch.diag_embed(sigma.square()) + u @ u.transpose(-1, -2)
 
 
 def _logdet(matrix: Tensor) -> Tensor:
     return 2.0 * torch.linalg.cholesky(matrix).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+def _capacitance(diagonal: Tensor, w: Tensor) -> Tensor:
+    """I + W^T diag(diagonal)^-1 W, [B, r, r]: det(D + WW^T) = det D det(this) (matrix determinant lemma)."""
+    scaled = w / diagonal.sqrt().unsqueeze(-1)
+    return torch.eye(w.shape[-1], dtype=w.dtype, device=w.device) + scaled.transpose(-1, -2) @ scaled
+
+
+def _low_rank_mutual(sigma_i: Tensor, u_i: Tensor, sigma_j: Tensor, u_j: Tensor, gamma: Tensor) -> Tensor:
+    """log det Q - log det S_i - log det S_j for S = diag(sigma^2) + UU^T and the cross-covariance
+    C = diag(gamma sigma_i sigma_j), in O(m v^2), never forming an m x m matrix: by Woodbury, with
+    K_i = I + U_i^T D_i^-1 U_i = L L^T and V = C D_i^-1 U_i,
+        S_j - C S_i^-1 C = diag(sigma_j^2 (1 - gamma^2)) + U_j U_j^T + (V L^-T)(V L^-T)^T,
+    a diagonal plus a rank-2v term whose determinant the lemma gives from a 2v x 2v matrix. In float64: with |gamma|
+    near its bound the diagonal is small against the low-rank part (float32's factorisations failed there)."""
+    dtype = sigma_i.dtype
+    sigma_i, u_i, sigma_j, u_j, gamma = (t.double() for t in (sigma_i, u_i, sigma_j, u_j, gamma))
+    lower = torch.linalg.cholesky(_capacitance(sigma_i.square(), u_i))
+    v = (gamma * sigma_j / sigma_i).unsqueeze(-1) * u_i
+    y = torch.linalg.solve_triangular(lower, v.transpose(-1, -2), upper=False).transpose(-1, -2)
+    residual = sigma_j.square() * (1.0 - gamma.square())
+    w = torch.cat([u_j, y], dim=-1)
+    mutual = (torch.log1p(-gamma.square()).sum(-1) + _logdet(_capacitance(residual, w))
+              - _logdet(_capacitance(sigma_j.square(), u_j)))
+    return mutual.to(dtype)
 
 
 def edge_kl(mu_i: Tensor, sigma_i: Tensor, u_i: Tensor | None, mu_j: Tensor, sigma_j: Tensor, u_j: Tensor | None,
@@ -146,12 +164,7 @@ def edge_kl(mu_i: Tensor, sigma_i: Tensor, u_i: Tensor | None, mu_j: Tensor, sig
         # log det Q - log det S_i - log det S_j = sum log(1 - gamma^2) when each S is diagonal
         mutual = torch.log1p(-gamma.square()).sum(-1)
     else:
-        # In float64: with |gamma| near its bound the Schur complement is near singular, and float32's Cholesky
-        # failed on it. The m x m factorisations cost O(B m^3), a fraction of a step's time at m <= 128.
-        s_i, s_j = _covariance(sigma_i.double(), u_i.double()), _covariance(sigma_j.double(), u_j.double())
-        # the Schur complement S_j - C S_i^-1 C, C diagonal: with S_i = L L^T, C S_i^-1 C = W^T W, W = L^-1 C
-        w = torch.linalg.solve_triangular(torch.linalg.cholesky(s_i), torch.diag_embed(cross.double()), upper=False)
-        mutual = (_logdet(s_j - w.transpose(-1, -2) @ w) - _logdet(s_j)).to(mu_i.dtype)
+        mutual = _low_rank_mutual(sigma_i, u_i, sigma_j, u_j, gamma)
     return 0.5 * (coupled - squares + m * math.log(1.0 - tau ** 2) - mutual)
 
 
