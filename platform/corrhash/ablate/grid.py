@@ -27,7 +27,7 @@ import yaml
 from corrhash.data import TfidfShards
 from corrhash.data.files import is_uri
 from corrhash.errors import ConfigError, CorrhashError
-from corrhash.models import ModelConfig, list_models
+from corrhash.models import ModelConfig, list_models, model_class
 from corrhash.runs.spec import RunSpec
 from corrhash.train.config import TrainConfig
 from corrhash.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe_values
@@ -79,7 +79,8 @@ class Cell:
 
 # Config fields added after cell ids were first recorded: left out of the id while at their default, so a cell
 # that does not use them keeps its id (and a finished ablation is not rerun). Add every new field here.
-LATER_FIELDS = {"model": ("beta", "encoder_input", "svm_c", "neighbour_weight", "graph", "graph_search"),
+LATER_FIELDS = {"model": ("beta", "encoder_input", "svm_c", "neighbour_weight", "graph", "graph_search", "trees",
+                          "tree_temperature", "code_temperature", "prior_correlation"),
                 "train": ("grad_clip",)}
 _DEFAULTS = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
 
@@ -162,7 +163,8 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
     fixed = _settings({**(file_fixed or {}), **fixed} if fixed and isinstance(file_fixed, (dict, type(None)))
                       else file_fixed, "fixed", fail)
     cpus, gpus = _resources(raw.get("resources"), fail)
-    # The recipe's values come first: fixed values, axes and a method's overrides all win over them. The paper's
+    # The recipe's values come first, then the method's own (HashModel.recipe): fixed values, axes and a method's
+    # overrides all win over them. The paper's
     # grids pin `recipe: authors`; a grid without the key starts from the jobs' default recipe.
     recipe = raw.get("recipe", DEFAULT_RECIPE)
     if recipe not in RECIPE_NAMES:
@@ -178,7 +180,9 @@ def load_grid(path: str | Path, name: str | None = None, data_root: str | Path |
             datasets.items(), methods.items(), bits, seeds):
         for product in axes:
             for combo in itertools.product(*product.values()):
-                values = {**start, **fixed, **dict(zip(product, combo)), **overrides, "name": method, "bits": bit}
+                own = model_class(method).recipe if method in list_models() else {}  # unknown: named below
+                values = {**start, **own, **fixed, **dict(zip(product, combo)), **overrides, "name": method,
+                          "bits": bit}
                 head = {"dataset": label, "method": method, "bits": bit, "seed": seed}
                 cell = _cell(label, folder, content_hash, values, seed, head, axis_names, cpus, gpus, fail)
                 cells.setdefault(cell.id, cell)

@@ -150,6 +150,9 @@ class HashModel(nn.Module):
     """The model's own default search space, {dimension: spec} (`corrhash.models.space`): only the ModelConfig
     and TrainConfig fields this model uses. A trained model lists the loop's and recipe's dimensions it uses
     (LOOP_SPACE, VAE_RECIPE_SPACE) and its own; a closed-form one its fit's, or none."""
+    recipe: dict = {}
+    """The model's own starting values of shared fields (ModelConfig/TrainConfig), applied after the job's recipe
+    (`--recipe`) and before its flags, where the shared recipe's values do not suit it (SNUH's KL weight)."""
     also_searchable: tuple[str, ...] = ()
     """Fields the model uses that a search may name (`--space hidden=...`) but its default space leaves alone."""
 

@@ -109,11 +109,16 @@ parent run's `budget_rule` tag."""
 
 
 def default_recipes(spaces: dict[str, dict], spec: RunSpec) -> dict[str, dict]:
-    """{model: {dim: value}}: each searched dimension at the job's own value for that model (its default recipe)."""
+    """{model: {dim: value}}: each searched dimension at that model's default recipe: a value the job fixed (a flag,
+    a fixed spec), else the model's own recipe's (`HashModel.recipe`), else the job's configs'."""
     recipes = {}
     for model, specs in spaces.items():
-        base = spec.with_overrides({"name": model})
-        recipes[model] = {dim: getattr(base.model if hasattr(base.model, dim) else base.train, dim) for dim in specs}
+        base, own = spec.with_overrides({"name": model}), model_class(model).recipe
+        recipes[model] = {}
+        for dim, text in specs.items():
+            parsed = parse_spec(dim, text)
+            recipes[model][dim] = (parsed.values[0] if parsed.kind == "fixed" else own[dim] if dim in own
+                                   else getattr(base.model if hasattr(base.model, dim) else base.train, dim))
     return recipes
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from corrhash.errors import ConfigError
-from corrhash.models import ModelConfig, list_models
+from corrhash.models import ModelConfig, list_models, model_class
 from corrhash.train.config import TrainConfig
 from corrhash.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe_values
 
@@ -39,10 +39,11 @@ class JobInputs:
 
 
 def job_configs(recipe: str, model: str, given: dict) -> tuple[ModelConfig, TrainConfig]:
-    """A training job's configs: the dataclasses' defaults, then the values of `recipe`, then `given` ({field: value}
+    """A training job's configs: the dataclasses' defaults, then the values of `recipe`, then the model's own recipe
+    (`HashModel.recipe`), then `given` ({field: value}
     of ModelConfig or TrainConfig, the flags given on the command line), which win over the recipe. The model is
     `model`, seeded with the training seed."""
-    values = {**recipe_values(recipe), **given}
+    values = {**recipe_values(recipe), **model_class(model).recipe, **given}
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS - {"name", "seed"}}
     return ModelConfig(name=model, seed=train.seed, **model_values), train
