@@ -145,3 +145,22 @@ def test_snuhs_own_recipe_starts_every_job_and_flags_still_win(tmp_path, shards_
     grid = load_grid(write(tmp_path, shards_synthetic, methods={"snuh": {}, "nash": {}}))
     betas = {cell.axes["method"]: (cell.model.beta, cell.train.lr) for cell in grid.cells}
     assert betas["snuh"] == (0.05, 3e-3) and betas["nash"][0] == 1.0
+
+
+def test_an_ablation_cell_trains_snuh_through_the_lifecycle(shards_synthetic, tmp_path):
+    """What a cell runs inside its Ray task: snuh at its own recipe, pairs along its trees, a model that loads."""
+    import json
+
+    import corrhash
+    from corrhash.ablate.grid import load_grid
+    from corrhash.runs.local import run_local
+    from test_grid import write
+
+    grid = load_grid(write(tmp_path, shards_synthetic, methods={"corrsh-snuh": {"neighbours": 6, "trees": 3}},
+                           fixed={"epochs": 2, "hidden": 32, "eval_k": 20}))
+    (cell,) = grid.cells
+    results = run_local(cell.spec(), tmp_path / "cell")
+    assert results["model"]["beta"] == 0.05 and results["model"]["trees"] == 3 and results["val_precision"] > 0
+    history = [json.loads(line) for line in (tmp_path / "cell" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["neighbour"] != 0 for h in history)
+    assert corrhash.load(tmp_path / "cell" / "model").encode(["a text"]).shape == (1, 1)  # 8 bits packed

@@ -208,13 +208,15 @@ def test_search_across_two_models_records_each_and_registers_the_better(cluster,
 
 @pytest.mark.cluster
 def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_synthetic, tmp_path):
-    """A -nbr model tunes like any other; its trials (two at a time) read one graph, searched by the tune's driver
-    (as Ray tasks) before they start, beside a fresh copy of the shards. Ray folds log lines repeated across
-    workers into one "[repeated Nx ...]" line, so a second search would show as a repeat of the searching line."""
+    """Graph models tune like any other: a search over nash-nbr and snuh, whose trials (two at a time) read one
+    graph, searched by the tune's driver (as Ray tasks) before they start, beside a fresh copy of the shards. Ray
+    folds log lines repeated across workers into one "[repeated Nx ...]" line, so a second search would show as a
+    repeat of the searching line. The budget rule (runs/space.py) gives each family its start-up trial at its
+    default recipe for the --grace-period epochs (snuh's own KL weight and lr), then the leader's default."""
     data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
-    done = drive(cluster, ["--data", str(data), "--model", "nash-nbr", "--neighbours", "6", "--graph", "knn",
+    done = drive(cluster, ["--data", str(data), "--models", "nash-nbr,snuh", "--neighbours", "6", "--graph", "knn",
                            "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
-                           "--max-epochs", "2", "--grace-period", "2", "--cpus-per-trial", "1", "--max-concurrent", "2",
+                           "--max-epochs", "3", "--grace-period", "1", "--cpus-per-trial", "1", "--max-concurrent", "2",
                            "--name", "tune-nbr", "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "best")],
                  job="jobs/tune.py")
     output = done.stdout + done.stderr
@@ -229,7 +231,13 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
                                 filter_string="tags.`corrhash.job` = 'tune-nbr'")[0]
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == 3
+    assert len(children) == 3 and parent.data.tags["budget_rule"].startswith("Over several models")
+    epochs = {child.info.run_id: int(child.data.metrics["epoch"]) for child in children}
+    # the start-up rung (1 epoch: --grace-period) once per family, then one leader's default at the full budget
+    assert sorted(child.data.params["model.name"] for child in children if epochs[child.info.run_id] == 1) == [
+        "nash-nbr", "snuh"] and sorted(epochs.values()) == [1, 1, 3]
     for child in children:
-        assert child.data.params["model.name"] == "nash-nbr" and child.data.params["model.neighbours"] == "6"
-        assert child.data.metrics["neighbour"] > 0 and "model.neighbour_weight" in child.data.params
+        model = child.data.params["model.name"]
+        assert child.data.params["model.neighbours"] == "6" and child.data.metrics["neighbour"] != 0
+        assert (child.data.params["model.beta"], child.data.params["train.lr"]) == (
+            ("0.05", "0.003") if model == "snuh" else ("1.0", "0.001"))  # each family's default recipe
