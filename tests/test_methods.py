@@ -15,6 +15,7 @@ from corrhash.data import TfidfShards
 from corrhash.data.device_csr import place
 from corrhash.models import ModelConfig, list_models
 from corrhash.retrieval import pack_codes
+from corrhash.runs.spec import job_configs
 from corrhash.train.config import TrainConfig
 from corrhash.train.loop import fit
 
@@ -30,8 +31,11 @@ SMALL = dict(bits=16, hidden=32, rank=4, mixture=4, components=4, neighbours=5)
 def test_every_model_fits_saves_reloads_and_encodes_text(name, shards_synthetic, tmp_path, capsys):
     shards = TfidfShards(shards_synthetic)
     train, val, test = (shards.split(s) for s in ("train", "val", "test"))
-    config = ModelConfig(name=name, seed=3, **SMALL)
-    result = fit(config, TrainConfig(epochs=3, eval_k=20, seed=3, device="cpu"), train, val=val)
+    # The configs a job builds under the authors' recipe: the dataclass defaults, then the model's own recipe
+    # (HashModel.recipe, SNUH's), then these values.
+    config, train_config = job_configs("authors", name, {**SMALL, "epochs": 3, "eval_k": 20, "seed": 3,
+                                                         "device": "cpu"})
+    result = fit(config, train_config, train, val=val)
     assert result.history and 0.0 <= result.best_value <= 1.0
     model = result.model.eval()
     codes = model.encode(place(test.features, torch.device("cpu")).range(0, len(test)))
@@ -43,8 +47,8 @@ def test_every_model_fits_saves_reloads_and_encodes_text(name, shards_synthetic,
     text_codes = loaded.encode(TEXTS)
     assert text_codes.dtype == np.uint8 and text_codes.shape == (len(TEXTS), SMALL["bits"] // 8)
 
-    # The plain-process launcher of the lifecycle with the same seed: the same codes as fit() above (the authors'
-    # recipe is the dataclass defaults fit() was given). Two independent trainings from one seed giving equal codes
+    # The plain-process launcher of the lifecycle with the same seed: the same codes as fit() above (given the
+    # configs it builds itself). Two independent trainings from one seed giving equal codes
     # is also the determinism a second launcher run used to check.
     argv = ["--local", "--recipe", "authors", "--data", str(shards_synthetic), "--model", name, "--epochs", "3", "--eval-k", "20",
             "--seed", "3", "--out", str(tmp_path / "a")] + [f"--{key}={value}" for key, value in SMALL.items()]

@@ -32,7 +32,7 @@ def two_values(name: str, dim: str) -> tuple:
     """Two distinct values the model's space (or, for `also_searchable`, a sensible pair) can take."""
     spec = model_class(name).search_space.get(dim)
     if spec is None:
-        return {"hidden": (16, 24), "energy_terms": (False, True)}[dim]
+        return {"hidden": (16, 24), "energy_terms": (False, True), "encoder": ("linear", "mlp")}[dim]
     values = parse_spec(dim, spec).drawable()
     return values[0], values[1] if len(values) > 1 else values[0]
 

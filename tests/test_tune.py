@@ -212,7 +212,7 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
     graph, searched by the tune's driver (as Ray tasks) before they start, beside a fresh copy of the shards. Ray
     folds log lines repeated across workers into one "[repeated Nx ...]" line, so a second search would show as a
     repeat of the searching line. The budget rule (runs/space.py) gives each family its start-up trial at its
-    default recipe for the --grace-period epochs (snuh's own KL weight and lr), then the leader's default."""
+    default recipe for the --grace-period epochs (snuh's own fixed KL weight), then the leader's default."""
     data = shutil.copytree(shards_synthetic, tmp_path / "shards", ignore=shutil.ignore_patterns("graphs"))
     done = drive(cluster, ["--data", str(data), "--models", "nash-nbr,snuh", "--neighbours", "6", "--graph", "knn",
                            "--bits", "8", "--hidden", "16", "--batch-size", "20", "--num-samples", "3",
@@ -240,4 +240,4 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
         model = child.data.params["model.name"]
         assert child.data.params["model.neighbours"] == "6" and child.data.metrics["neighbour"] != 0
         assert (child.data.params["model.beta"], child.data.params["train.lr"]) == (
-            ("0.05", "0.003") if model == "snuh" else ("1.0", "0.001"))  # each family's default recipe
+            ("0.05", "0.001") if model == "snuh" else ("1.0", "0.001"))  # each family's default recipe

@@ -79,8 +79,8 @@ class Cell:
 
 # Config fields added after cell ids were first recorded: left out of the id while at their default, so a cell
 # that does not use them keeps its id (and a finished ablation is not rerun). Add every new field here.
-LATER_FIELDS = {"model": ("beta", "encoder_input", "svm_c", "neighbour_weight", "graph", "graph_search", "trees",
-                          "tree_temperature", "code_temperature", "prior_correlation"),
+LATER_FIELDS = {"model": ("beta", "encoder_input", "svm_c", "neighbour_weight", "graph", "graph_search", "encoder",
+                          "trees", "tree_temperature", "code_temperature", "prior_correlation"),
                 "train": ("grad_clip",)}
 _DEFAULTS = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
 

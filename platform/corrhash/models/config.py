@@ -15,6 +15,8 @@ EncoderInput = Literal["tfidf", "binary"]
 ENCODER_INPUTS: tuple[str, ...] = get_args(EncoderInput)
 GraphKind = Literal["knn", "mutual"]  # models/graph.py
 GRAPH_KINDS: tuple[str, ...] = get_args(GraphKind)
+SnuhEncoder = Literal["linear", "mlp"]  # models/snuh.py
+SNUH_ENCODERS: tuple[str, ...] = get_args(SnuhEncoder)
 GraphSearch = Literal["auto", "exact", "pruned", "nndescent"]  # models/graph.py
 GRAPH_SEARCHES: tuple[str, ...] = get_args(GraphSearch)
 
@@ -44,6 +46,9 @@ class ModelConfig:
     graph_search: GraphSearch = "auto"
     """sth, *-nbr: how the document graph is searched: auto (exact up to 30,000 train documents, pruned above),
     exact, pruned (an inverted index of each document's heaviest terms, recall measured), nndescent (an extra)"""
+    encoder: SnuhEncoder = "linear"
+    """snuh, corrsh-snuh: 'linear' (the authors': each posterior head a linear map of the input, weights from
+    +-0.05) or 'mlp' (the platform's two hidden layers, `hidden` wide, with dropout)"""
     trees: int = 10
     """snuh, corrsh-snuh: random spanning trees of the graph averaged into the edge weights of the prior's tree
     approximation (the authors' --num_trees)"""
@@ -51,9 +56,9 @@ class ModelConfig:
     """snuh, corrsh-snuh: temperature of the trees' perturbed cosines (lower keeps the most similar pairs)"""
     code_temperature: float = 0.1
     """snuh, corrsh-snuh: the posterior mean is sigmoid(logit / code_temperature) (the authors' --temperature)"""
-    prior_correlation: float = 0.9
-    """snuh, corrsh-snuh: correlation tau of the graph prior between two neighbours' codes (authors' code: 0.99,
-    which pulls every code of a connected graph to one value here: models/snuh.py)"""
+    prior_correlation: float = 0.99
+    """snuh, corrsh-snuh: correlation tau of the graph prior between two neighbours' codes (the authors' code's;
+    with encoder 'mlp' it pulls every code to one value: use 0.9 there, models/snuh.py)"""
     svm_c: float = 0.1
     """sth: inverse regularisation strength C of the per-bit linear SVMs"""
     energy_terms: bool = False
@@ -102,6 +107,8 @@ class ModelConfig:
             problems.append(f"graph must be one of {', '.join(GRAPH_KINDS)}, got {self.graph!r}")
         if self.graph_search not in GRAPH_SEARCHES:
             problems.append(f"graph_search must be one of {', '.join(GRAPH_SEARCHES)}, got {self.graph_search!r}")
+        if self.encoder not in SNUH_ENCODERS:
+            problems.append(f"encoder must be one of {', '.join(SNUH_ENCODERS)}, got {self.encoder!r}")
         if self.trees < 1:
             problems.append(f"trees must be >= 1, got {self.trees}")
         for name in ("tree_temperature", "code_temperature"):

@@ -6,7 +6,7 @@ The model, per the paper and the authors' code (github.com/J-zin/SNUH, model/SNU
 - posterior q(z|x) = N(mu, diag sigma^2) with mu = sigmoid(l(x) / T) (T = `code_temperature`), sigma = softplus(.);
   the decoder (the shared softmax one) reads z = mu + sigma * eps; codes are 1[mu > 1/2] = 1[l > 0];
 - prior: p(z_i) = N(0, I) per document and p(z_i, z_j) = N(0, [[I, tau I], [tau I, I]]) on a graph edge
-  (tau = `prior_correlation`: 0.99 in the authors' code, 0.9 here, see below); the posterior of an edge
+  (tau = `prior_correlation`, 0.99 as in the authors' code); the posterior of an edge
   correlates its two documents' codes per bit by gamma_ij = 2 sigmoid(a(x_i, x_j)) - 1, a learned function of the pair;
 - the tree approximation: over a spanning tree T of the graph the joint prior and posterior factorise into
   singleton and pairwise terms, and the KL becomes
@@ -27,22 +27,21 @@ Where this differs from the authors' code, and why:
   symmetric kNN graph under Gumbel-perturbed weights cos_ij / `tree_temperature` + G_ij (scipy's MST, O(E log E)):
   a random spanning forest that keeps similar pairs more often as the temperature falls, built in seconds for
   100k documents. Trees are drawn once per run from the training seed, as the authors draw them once per run;
-- the encoder is the platform's two-layer MLP (the authors' run.sh uses a linear one, `--num_layers 0`, initialised
-  within +-0.05 so its logits start near 0); the mean head's initial weights are scaled by T, so that l / T starts
-  where l would at T = 1 (unscaled, the MLP's logits over T = 0.1 saturate the sigmoid from the first step: the
-  codes stayed constant, val p@100 at chance); and the
-  correlation network is theirs at `--num_layers 0`: a linear map of the pair, symmetrised, which is a linear map
-  of x_i + x_j; gamma is kept within +-(1 - 1e-3) (theirs: 1 - 1e-8, which is 1 in float32) so log(1 - gamma^2)
-  stays finite;
-- tau 0.9, not 0.99, and a fixed KL weight: the pairwise term pulls neighbours' means together with weight
-  ~1 / (2 (1 - tau)) per bit, 50 at tau 0.99; over spanning trees that connect the corpus, with this MLP encoder
-  it pulled every code to one value within the first epoch (val p@100 0.0507, chance, for 8 epochs, at beta 0.1,
-  0.3 and 1, annealed or not). The authors' linear encoder and sigmoid saturated at T = 0.1 shield their means
-  from that pull. At tau 0.5 and 0.9 (beta 0.1 and 0.05, no annealing: the authors fix beta) codes learn (val
-  0.478 and 0.492 after 12 epochs on 20ng-18828 at 64 bits, still rising; results/best.md §6). Annealing from a
-  KL weight of 0 lets the first epochs collapse the posterior's scale instead: its default anneal step is 0;
-  beta 1 (the shared default) is too strong a pull as well: the model's own recipe starts it at a fixed beta 0.05
-  (the authors' run.sh: 0.03-0.1) and lr 3e-3 (`GraphGaussianVAE.recipe`, after --recipe, before the flags);
+- the encoder (`encoder`): 'linear' by default, the authors' (run.sh: `--num_layers 0`, `--init 0.05`): each
+  posterior head a linear map of the TF-IDF input, every weight of the model from uniform(+-0.05). 'mlp' uses the
+  platform's two hidden layers instead, its mean head's initial weights scaled by T so that l / T starts where l
+  would at T = 1 (unscaled, its logits over T = 0.1 saturate the sigmoid from the first step); the correlation
+  network is theirs at `--num_layers 0`: a linear map of the pair, symmetrised, which is a linear map of x_i + x_j;
+  gamma is kept within +-(1 - 1e-3) (theirs: 1 - 1e-8, which is 1 in float32) so log(1 - gamma^2) stays finite;
+- measured on 20ng-18828 at 64 bits (results/best.md §6): with the MLP encoder, the authors' tau 0.99 pulled every
+  code to one value (the pairwise term pulls neighbours' means together with weight ~1 / (2 (1 - tau)) per bit, 50
+  at tau 0.99, over trees that connect the corpus): val p@100 0.0507, chance, for 8 epochs at beta 0.1, 0.3 and 1,
+  annealed or not; tau 0.9 learned (val 0.6203, test 0.6090). The linear encoder at the authors' tau 0.99 learns
+  and does better (val 0.64 by epoch 18): it is the default, with tau 0.99; use tau 0.9 with 'mlp'. A KL weight
+  annealed from 0 lets the first epochs collapse the posterior's scale (every shared recipe anneals), and the shared
+  beta 1 pulls too hard: the model's own recipe (`GraphGaussianVAE.recipe`, after --recipe, before the flags) is
+  the authors' for 20ng at 64 bits, a fixed beta 0.05, lr 1e-3, batches of 128, clipping at 10, 15 neighbours and
+  13 trees;
 - each document of a batch is paired with one tree neighbour j drawn with probability w_ij / d_i and its edge term
   scaled by d_i / 2 (d_i = sum_j w_ij): an unbiased estimate of the same sum over tree edges, through the same
   pairing as the other neighbour-aware models (train/neighbours.py), instead of a separate stream of edges.
@@ -52,7 +51,8 @@ stage of CorrSH's posterior, z ~ N(mu, D + UU^T) (rank v, U = tanh(.)/v as in Co
 correlating only the diagonal parts of two documents' noise, so the pair's covariance [[S_i, C], [C, S_j]],
 C = diag(gamma sigma_i sigma_j), is a valid one by construction. Its node KL and pairwise term are exact (the
 matrix determinant lemma, and Woodbury's identity on the Schur complement S_j - C S_i^-1 C: O(m v^2) a pair).
-CorrSH's Bernoulli stage and its k-mixture bound do not compose: SNUH decodes the continuous z and its KL to a Gaussian prior is analytic.
+CorrSH's Bernoulli stage and its k-mixture bound do not compose: SNUH decodes the continuous z and its KL to a
+Gaussian prior is analytic.
 """
 
 from __future__ import annotations
@@ -76,12 +76,15 @@ from corrhash.models.base import (
     as_batch,
     draw_normal,
     present_word_log_likelihood,
+    word_presence,
 )
 from corrhash.models.config import ModelConfig
 from corrhash.models.space import LOW_RANK_SPACE, TREE_PRIOR_SPACE, VAE_RECIPE_SPACE
 
 GAMMA_BOUND = 1.0 - 1e-3
 """|gamma| stays below this, so the edge posterior's covariance stays positive definite in float32."""
+LINEAR_INIT = 0.05
+"""The linear encoder's weights (and every other) start uniform in +-this (the authors' run.sh: --init 0.05)."""
 SIGMA_FLOOR = 1e-4
 """Added to softplus(.) so log sigma and D^-1 stay finite."""
 
@@ -176,24 +179,36 @@ class GraphGaussianVAE(HashModel):
     uses_graph = True
     pairs_weighted = True
     correlated = False
-    search_space = {**{k: v for k, v in VAE_RECIPE_SPACE.items() if k != "noise_floor"}, **TREE_PRIOR_SPACE}
-    also_searchable = ("hidden",)
-    # The authors' fixed beta (run.sh: 0.03-0.1; any recipe's annealing from 0 collapses the codes); lr measured
-    # (results/best.md §6).
-    recipe = {"beta": 0.05, "anneal_step": 0.0, "lr": 3e-3}
+    # No decoder-noise floor (z is already noisy) and no dropout: the authors' linear encoder has no hidden layer.
+    search_space = {**{k: v for k, v in VAE_RECIPE_SPACE.items() if k not in ("noise_floor", "dropout")},
+                    **TREE_PRIOR_SPACE}
+    also_searchable = ("encoder",)
+    # SNUH's authors' recipe for 20ng at 64 bits (run.sh): a fixed beta (any recipe's annealing from 0 collapses the
+    # codes, see above), lr 1e-3, batches of 128, clipping at 10, 15 neighbours, 13 trees.
+    recipe = {"beta": 0.05, "anneal_step": 0.0, "lr": 1e-3, "batch_size": 128, "grad_clip": 10.0, "neighbours": 15,
+              "trees": 13}
 
     def __init__(self, config: ModelConfig, n_features: int):
         super().__init__(config, n_features)
         self.rank = config.rank if self.correlated else 0
-        self.encoder = MLPEncoder(n_features, config.hidden, config.encoder_input == "binary")
-        self.mean_head = nn.Linear(config.hidden, config.bits)
-        with torch.no_grad():  # l / T starts where l would at T = 1: at T = 0.1 the MLP's logits saturate the sigmoid
-            self.mean_head.weight.mul_(config.code_temperature)
-            self.mean_head.bias.mul_(config.code_temperature)
-        self.scale_head = nn.Linear(config.hidden, config.bits)
-        self.rank_head = nn.Linear(config.hidden, config.bits * self.rank) if self.rank else None
+        heads = {"mean_head": config.bits, "scale_head": config.bits, "rank_head": config.bits * self.rank}
+        if config.encoder == "linear":  # each head a linear map of the input (the authors' --num_layers 0)
+            self.encoder = None
+            for name, width in heads.items():
+                setattr(self, name, SparseLinear(n_features, width) if width else None)
+        else:
+            self.encoder = MLPEncoder(n_features, config.hidden)
+            for name, width in heads.items():
+                setattr(self, name, nn.Linear(config.hidden, width) if width else None)
+            with torch.no_grad():  # l / T starts where l would at T = 1: at T = 0.1 the MLP's logits saturate
+                self.mean_head.weight.mul_(config.code_temperature)
+                self.mean_head.bias.mul_(config.code_temperature)
         self.correlation = SparseLinear(n_features, config.bits)
         self.decoder = SoftmaxDecoder(config.bits, n_features)
+        if config.encoder == "linear":
+            with torch.no_grad():  # the authors' --init 0.05: every weight uniform in +-0.05
+                for parameter in self.parameters():
+                    parameter.uniform_(-LINEAR_INIT, LINEAR_INIT)
 
     @staticmethod
     def default_anneal_step(config: ModelConfig) -> float:
@@ -205,7 +220,9 @@ class GraphGaussianVAE(HashModel):
 
     def posterior(self, x: Tensor, dropout_mask: Tensor | None = None):
         """logits l [B, m] (mu = sigmoid(l / T)), sigma [B, m], U [B, m, v] (None without rank)."""
-        h = self.encoder(x, dropout_mask)
+        h = word_presence(x) if self.config.encoder_input == "binary" else x
+        if self.encoder is not None:
+            h = self.encoder(h, dropout_mask)
         u = None
         if self.rank_head is not None:
             u = torch.tanh(self.rank_head(h)).view(-1, self.bits, self.rank) / self.rank  # CorrSH's U
