@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     def job() -> None:
         inputs, spec, spaces, options = parse_args(argv)
         print(f"recipe: {inputs.recipe}\nmodel: {dataclasses.asdict(spec.model)}\n"
-              f"train: {dataclasses.asdict(spec.train)}\nspace: {space_params(spaces)}", flush=True)
+              f"train: {dataclasses.asdict(spec.train)}\n"
+              f"space (its fixed values and draws override the configs above): {space_params(spaces)}", flush=True)
         from corrhash.runs.tune import run_tune
         results = run_tune(spec, spaces, options, inputs.out)
         print(json.dumps(results, default=str))
