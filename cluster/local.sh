@@ -162,9 +162,9 @@ case "${1:-}" in
     commit='$(git describe --always --dirty --abbrev=40 --exclude="*" 2>/dev/null)'
     runtime_env="{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$mlflow_uri\", \"CORRHASH_GIT_COMMIT\": \"'$commit'\"}}"
     echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
-      "-- python jobs/train.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/ray\" --num-workers 2 --name ng64"
+      "-- python jobs/train.py --data \"\$PWD/data/20ng-18828\" --storage \"\$PWD/runs/ray\" --num-workers 2 --name ng64"
     echo "ray job submit --working-dir . --runtime-env-json '$runtime_env'" \
-      "-- python jobs/tune.py --data \"\$PWD/data/20ng\" --storage \"\$PWD/runs/tune\" --num-samples 8 --name ng64-tune"
+      "-- python jobs/tune.py --data \"\$PWD/data/20ng-18828\" --storage \"\$PWD/runs/tune\" --num-samples 8 --name ng64-tune"
     ;;
   stop) stop ;;
 esac

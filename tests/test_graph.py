@@ -233,7 +233,7 @@ def test_a_share_is_paired_with_neighbours_from_the_whole_split(shards_copy):
     whole = shards_copy.split("train")
     assert np.array_equal(whole.doc_ids[source.share_rows], share.doc_ids)
     pairs = NeighbourPairs(DeviceCSR(share.features, torch.device("cpu")), source)
-    nodes, has = pairs.sample(torch.arange(len(share)), torch.Generator().manual_seed(0))
+    nodes, has, _ = pairs.sample(torch.arange(len(share)), torch.Generator().manual_seed(0))
     dense = source.graph.toarray()
     assert (dense[source.share_rows[has.numpy()], nodes[has].numpy()] > 0).all() and has.float().mean() > 0.9
 

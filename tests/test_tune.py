@@ -202,7 +202,8 @@ def test_search_across_two_models_records_each_and_registers_the_better(cluster,
     assert results["model"]["name"] == winner and results["tuned"]["name"] == winner
     version = client.get_model_version("corrhash-synthetic-12b", results["registered_version"].rpartition("/")[2])
     assert version.tags["model"] == winner and json.loads(version.tags["config.model"]) == results["model"]
-    assert json.loads(version.tags["config.train"])["epochs"] == 4
+    # the winner's own budget: a start-up trial's --grace-period (2) or a leader's --max-epochs (4) (runs/space.py)
+    assert json.loads(version.tags["config.train"])["epochs"] == results["train"]["epochs"] in (2, 4)
     assert float(version.tags["val_precision"]) == pytest.approx(best_of[winner], abs=1e-6)
 
 
