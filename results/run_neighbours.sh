@@ -7,22 +7,8 @@
 # Then: .venv/bin/python results/neighbours_table.py runs/nbr > results/neighbours.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/nbr}
-export OMP_NUM_THREADS=1 PY OUT
-mkdir -p "$OUT"
-test -f data/reuters/manifest.json || $PY jobs/prepare_data.py reuters --out data/reuters
-test -f data/20ng-paper/manifest.json || $PY jobs/prepare_data.py 20ng --release 18828 --out data/20ng-paper
-
-one() {  # DATA BITS MODEL SEED: one plain-process run, kept if finished
-  local data=$1 bits=$2 model=$3 seed=$4 name=$1-$2-$3-s$4
-  test -f "$OUT/$name/results.json" && return 0
-  mkdir "$OUT/$name.running" 2>/dev/null || return 0  # another driver runs it
-  $PY jobs/train.py --local --data "data/$data" --bits "$bits" --model "$model" --seed "$seed" --out "$OUT/$name" \
-    > "$OUT/$name.log" 2>&1 || echo "failed: $name (see $OUT/$name.log)"
-  rmdir "$OUT/$name.running"
-}
-export -f one
+source results/local_runs.sh
 
 cells() {  # DATA "BITS..." "MODELS...": every run, seeds 0-2, one per line
   for bits in $2; do for seed in 0 1 2; do for model in $3; do echo "$1 $bits $model $seed"; done; done; done

@@ -8,25 +8,11 @@
 #   pairs-64   corrsh-nbr and nash-nbr (the paper's question with neighbours), 64 bits, both corpora, seeds 0-2
 #   search     tune --models all --num-samples 24 (the budget rule) on Reuters 32 and 64 bits and 20ng 64 bits
 # Finished runs (a results.json) are never rerun. Every model at its shipped defaults: the converge recipe, and for
-# snuh and corrsh-snuh their own recipe over it (a fixed beta 0.05, lr 3e-3: models/snuh.py).
+# snuh and corrsh-snuh their own recipe over it (the SNUH authors' 20ng-64 recipe: models/snuh.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/snuh}
-export OMP_NUM_THREADS=1 PY OUT
-mkdir -p "$OUT"
-test -f data/reuters/manifest.json || $PY jobs/prepare_data.py reuters --out data/reuters
-test -f data/20ng-paper/manifest.json || $PY jobs/prepare_data.py 20ng --release 18828 --out data/20ng-paper
-
-one() {  # DATA BITS MODEL SEED: one plain-process run, kept if finished
-  local data=$1 bits=$2 model=$3 seed=$4 name=$1-$2-$3-s$4
-  test -f "$OUT/$name/results.json" && return 0
-  mkdir "$OUT/$name.running" 2>/dev/null || return 0  # another driver runs it
-  $PY jobs/train.py --local --data "data/$data" --bits "$bits" --model "$model" --seed "$seed" --out "$OUT/$name" \
-    > "$OUT/$name.log" 2>&1 || echo "failed: $name (see $OUT/$name.log)"
-  rmdir "$OUT/$name.running"
-}
-export -f one
+source results/local_runs.sh
 
 cells() {  # "BITS..." "MODELS...": every run on both corpora, seeds 0-2, one per line
   for data in reuters 20ng-paper; do for bits in $1; do for seed in 0 1 2; do for model in $2; do
