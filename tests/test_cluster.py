@@ -108,9 +108,25 @@ def registered_epoch(run_storage: Path) -> int:
     return int(((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("epoch", 0))
 
 
-def ray_train_workers() -> list[int]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in listing.splitlines() if "ray::RayTrainWorker" in line]
+def ray_train_workers(head) -> list[int]:
+    """The Ray Train workers of this test's head only: the suite's other lanes run their own Ray clusters, whose
+    workers a machine-wide listing would also name (CI once killed another lane's worker here)."""
+    listing = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    parent, workers = {}, []
+    for line in listing.splitlines()[1:]:
+        pid, ppid, *args = line.split(None, 2)
+        parent[int(pid)] = int(ppid)
+        if args and "ray::RayTrainWorker" in args[0]:
+            workers.append(int(pid))
+
+    def under_head(pid: int) -> bool:
+        while pid > 1:
+            if pid == head.process.pid:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid in workers if under_head(pid)]
 
 
 # The worker is killed once epoch 2's checkpoint is registered; the 10 epochs after it (0.3-2 s each here) keep the
@@ -129,13 +145,13 @@ def test_lost_worker_resumes_from_last_checkpoint(cluster, shards, tmp_path):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait until Ray Train has registered epoch 2's checkpoint
         killed_after = registered_epoch(storage / "job-fault")
-        if killed_after >= 2 and len(ray_train_workers()) == 2:
+        if killed_after >= 2 and len(ray_train_workers(cluster["head"])) == 2:
             break
         time.sleep(0.2)
     else:
         pytest.fail("the job never checkpointed epoch 2")
     runs = runs_for_job(client, "job-fault")
-    victim = ray_train_workers()[-1]
+    victim = ray_train_workers(cluster["head"])[-1]
     subprocess.run(["kill", "-9", str(victim)], check=True)
     env = cluster["head"].client_env()
     logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--follow", "--address", cluster["head"].dashboard,

@@ -187,7 +187,7 @@ def test_a_search_over_families_runs_each_default_on_a_short_rung_then_spends_on
         ran.append((config["model"], trial.user_attrs["kind"], config.get("epochs"), sorted(trial.params)))
         assert spec.with_trial(config).model.name == config["model"]
         if trial.user_attrs["kind"] != "search":
-            assert config == {"model": config["model"], **({"epochs": 5} if config.get("epochs") else {}),
+            assert config == {"model": config["model"], "budget": trial.user_attrs["kind"], **({"epochs": 5} if config.get("epochs") else {}),
                               **{f"{config['model']}.{dim}": value for dim, value in recipes[config["model"]].items()}}
         study.tell(trial, score[config["model"]])
     study.tell(pending, score[first["model"]])
@@ -198,3 +198,24 @@ def test_a_search_over_families_runs_each_default_on_a_short_rung_then_spends_on
     assert [m for m, *_ in ran[5:]] == ["corrsh", "bmsh"] * 3
     assert all(kind == "search" and epochs is None and params for _, kind, epochs, params in ran[5:])
     assert recipes["corrsh"]["dropout"] == 0.15 and recipes["corrsh"]["lr"] == 2e-3 and recipes["corrsh"]["rank"] == 10
+
+
+def test_asha_never_stops_a_leader_default_but_stops_a_weak_search_trial():
+    """BUDGET_RULE promises each leader's default recipe its full --epochs: at a rung where ASHA (reduction 4) stops
+    a weak search trial, a leader-default trial with the same weak value goes on; both values are recorded."""
+    from ray.tune.experiment import Trial as TuneTrial
+    from ray.tune.schedulers import TrialScheduler
+
+    from corrhash.runs.scheduler import LeaderSafeASHA
+
+    asha = LeaderSafeASHA(time_attr="epoch", metric="val_precision", mode="max", max_t=3, grace_period=1)
+    trials = {name: TuneTrial("trainable", config={"model": "nash", "budget": kind}, stub=True)
+              for name, kind in [("strong", "start-up"), ("strong2", "start-up"), ("leader", "leader default"),
+                                 ("search", "search")]}
+    for trial in trials.values():
+        asha.on_trial_add(None, trial)
+    decisions = {name: asha.on_trial_result(None, trial, {"epoch": 1, "val_precision": value})
+                 for (name, trial), value in zip(trials.items(), [0.6, 0.6, 0.2, 0.2])}
+    assert decisions == {"strong": TrialScheduler.CONTINUE, "strong2": TrialScheduler.CONTINUE,
+                         "leader": TrialScheduler.CONTINUE, "search": TrialScheduler.STOP}
+    assert asha.on_trial_result(None, trials["leader"], {"epoch": 3, "val_precision": 0.2}) == TrialScheduler.STOP

@@ -237,6 +237,9 @@ def test_neighbour_model_trials_share_one_cached_document_graph(cluster, shards_
     # the start-up rung (1 epoch: --grace-period) once per family, then one leader's default at the full budget
     assert sorted(child.data.params["model.name"] for child in children if epochs[child.info.run_id] == 1) == [
         "nash-nbr", "snuh"] and sorted(epochs.values()) == [1, 1, 3]
+    kinds = {child.data.tags["budget"]: epochs[child.info.run_id] for child in children if child.data.tags["budget"]
+             == "leader default"}  # tagged, and ASHA (runs/scheduler.py) let it run its 3 epochs
+    assert kinds == {"leader default": 3}
     for child in children:
         model = child.data.params["model.name"]
         assert child.data.params["model.neighbours"] == "6" and child.data.metrics["neighbour"] != 0

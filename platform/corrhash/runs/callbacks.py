@@ -17,6 +17,7 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from corrhash.launch.live import export_counts
+from corrhash.runs.space import BUDGET_KIND
 from corrhash.runs.spec import RunSpec
 from corrhash.tracking.runs import EpochLog, client_for, end_run, end_trial_runs, log_epoch, trial_run
 
@@ -63,9 +64,12 @@ class TrialRuns(LoggerCallback):
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
             spec = self._trial_spec(trial)
+            tags = {"model": spec.model.name}
+            if BUDGET_KIND in trial.config:  # a search over several models: the trial's kind under BUDGET_RULE
+                tags[BUDGET_KIND] = trial.config[BUDGET_KIND]
             self.run_ids[trial.trial_id] = trial_run(
                 self.client, self.experiment_id, self.parent_run_id, trial.trial_id, str(trial),
-                {"model": spec.model.to_dict(), "train": spec.train.to_dict()}, {"model": spec.model.name})
+                {"model": spec.model.to_dict(), "train": spec.train.to_dict()}, tags)
         return self.run_ids[trial.trial_id]
 
     def log_trial_start(self, trial) -> None:

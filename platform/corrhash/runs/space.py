@@ -22,6 +22,9 @@ from corrhash.runs.spec import RunSpec
 TUNABLE = tuple(sorted(set().union(*(searchable(name) for name in list_models()))))
 """Every field some registered model lets a search vary."""
 MODEL_DIMENSION = "model"
+BUDGET_KIND = "budget"
+"""A trial config's key for its kind under BUDGET_RULE (start-up, leader default, search): not a config field."""
+LEADER_DEFAULT = "leader default"
 
 
 def model_names(text: str) -> list[str]:
@@ -100,7 +103,7 @@ BUDGET_RULE = """Over several models (--models) the budget goes where it pays, i
      families on what each gives untuned, never on one unlucky random draw;
   2. leader default: the --leaders best families by that rung (best val p@k of their finished trials), each once
      at its default recipe for the full --epochs, so the search ends at least as good as the best of them
-     untuned;
+     untuned (ASHA never stops these);
   3. search: every later trial goes to the leader with the fewest trials so far (the ranking redone as trials
      finish), and TPE draws its dimensions from that family's own earlier trials; ASHA stops weak ones.
 With --num-samples below the number of models, the start-up rung covers the first models only."""
@@ -151,8 +154,8 @@ class ConditionalSpace:
         order = list(self.spaces)
         ranked = sorted(order, key=lambda model: (-best[model], order.index(model)))[:self.leaders]
         for model in ranked:
-            if not any(t.user_attrs.get("kind") == "leader default" for t in runs[model]):
-                return model, "leader default"
+            if not any(t.user_attrs.get("kind") == LEADER_DEFAULT for t in runs[model]):
+                return model, LEADER_DEFAULT
         return min(ranked, key=lambda model: (len(runs[model]), ranked.index(model))), "search"
 
     def __call__(self, trial) -> dict:
@@ -164,6 +167,7 @@ class ConditionalSpace:
             trial.set_user_attr(MODEL_DIMENSION, model)
             trial.set_user_attr("kind", kind)
             constants[MODEL_DIMENSION] = model
+            constants[BUDGET_KIND] = kind
             if kind == "start-up" and self.rung_epochs is not None:
                 constants["epochs"] = self.rung_epochs
         for dim, spec in self.spaces[model].items():

@@ -50,12 +50,13 @@ def job_configs(recipe: str, model: str, given: dict) -> tuple[ModelConfig, Trai
 
 
 def trial_values(config: dict) -> dict:
-    """A trial's config as flat config fields: `model` (a search over several models) becomes `name`, and
-    `MODEL.DIM` becomes `DIM` (only the trial's own model's dimensions are ever drawn)."""
+    """A trial's config as flat config fields: `model` (a search over several models) becomes `name`, `budget` (the
+    trial's kind under runs/space.BUDGET_RULE) is left out, and `MODEL.DIM` becomes `DIM` (only the trial's own
+    model's dimensions are ever drawn)."""
     model = config.get("model")
     values = {"name": model} if model is not None else {}
     for key, value in config.items():
-        if key == "model":
+        if key in ("model", "budget"):
             continue
         owner, dot, dim = key.rpartition(".")
         if dot and owner != model:

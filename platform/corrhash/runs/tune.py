@@ -185,9 +185,10 @@ def _search(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, name: 
     # ...and without Tune's warning, once per snapshot, that frequent snapshots may be a bottleneck.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    from corrhash.runs.scheduler import LeaderSafeASHA
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec.to_dict(), job=name),
                                     {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
@@ -210,7 +211,7 @@ def _search(spec: RunSpec, spaces: dict[str, dict], options: TuneOptions, name: 
         optuna_search = OptunaSearch(space=space, metric="best_val_precision", mode="max",
                                      seed=spec.train.seed, study_name=name, storage=storage)
         searcher = ConcurrencyLimiter(optuna_search, max_concurrent=options.max_concurrent)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
+        scheduler = LeaderSafeASHA(time_attr="epoch", max_t=spec.train.epochs, grace_period=options.grace_period)
         # One checkpoint per trial: `best_val_precision` never falls, so the one kept is the latest, and it
         # holds the best weights (once: as its own weights when its epoch is the best).
         keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="best_val_precision",
