@@ -114,8 +114,9 @@ def test_conditional_space_draws_the_model_then_only_its_own_dimensions(tmp_path
         config = {**trial.params, **constants}
         model = config["model"]
         seen.add(model)
-        assert {key.partition(".")[0] for key in config if key != "model"} == {model}
-        assert {key.partition(".")[2] for key in config if key != "model"} == set(spaces[model])
+        assert {key.partition(".")[0] for key in config if key not in ("model", "budget")} == {model}
+        assert {key.partition(".")[2] for key in config if key not in ("model", "budget")} == set(spaces[model])
+        assert config["budget"] in ("start-up", "leader default", "search")  # the trial's kind, not a field
         trained = spec.with_trial(config)
         assert trained.model.name == model
         if model != "sth":
