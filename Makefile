@@ -42,7 +42,7 @@ demo: setup
 	@echo "next:   $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 test: setup-test
-	$(PY) -m pytest -q -n 4 --dist loadgroup --durations=30 tests
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=30 tests
 
 # The fast tier: models, loop, data, retrieval, bad input and layers on tiny data; no Ray head, no MLflow
 # server, no extra environment.

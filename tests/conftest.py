@@ -16,11 +16,6 @@ from services import start_mlflow_server, start_ray_head, start_s3, stop
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Ray runs its workers (tasks, actors, a job's driver) at niceness 15 by default; beside the suite's CPU-bound tests at
-# niceness 0 they got a few percent of a core, and the lanes waiting on Ray jobs became the run's critical path.
-# Every Ray runtime a test starts inherits this (services.service_env copies the environment).
-os.environ.setdefault("RAY_worker_niceness", "0")
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One compute thread per xdist worker, and for the processes it starts (jobs, drivers, benchmarks): three
     # workers on two cores each running torch's default of one thread per core spin-wait on each other's cores.
@@ -30,28 +25,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-TUNE_LANE = {"test_tune", "test_serve_app", "test_team_mlflow", "test_mlflow_outage", "test_own_corpora"}
-"""Test modules whose cluster tests run in the second services lane (~1,000 s of the ~2,100 s measured serially)."""
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Under `pytest -n 4 --dist loadgroup` (make test) the tests that start services run in three lanes, each on one
+    """Under `pytest -n 3 --dist loadgroup` (make test) the tests that start services run in two lanes, each on one
     xdist worker, one test after another, mostly waiting on start-ups, jobs and polls:
-    - "services" and "services-tune": the `cluster`-marked tests, each lane on its own session Ray head and MLflow
-      server (a session fixture is per xdist worker); the tune, Serve and MLflow-record modules (TUNE_LANE) in the
-      second, so that neither lane holds the whole ~35 minutes of cluster tests;
+    - "services": the `cluster`-marked tests on the session's shared Ray head and MLflow server;
     - "runtimes": the `ray`-marked tests, which start a Ray runtime of their own (`local.sh`, a multi-node head, an
-      embedded `ray.init`, a job process without --address) and never a shared head.
-    At most three Ray runtimes run at once, each sized for the tests' 2 CPUs. The fourth worker (the CPU lane) takes
-    everything else, and a lane that ends early takes CPU tests too. The service lanes go first in the run's order,
-    so that the longest lanes start at once."""
+      embedded `ray.init`, a job process without --address) and never the shared head.
+    At most two Ray runtimes run at once, each sized for the tests' 2 CPUs. The third worker (the CPU lane) takes
+    everything else, and a lane that ends early takes CPU tests too. Both service lanes go first in the run's
+    order, so that the longest lanes start at once."""
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("runtimes"))
         elif item.get_closest_marker("cluster"):
-            lane = "services-tune" if item.path.stem in TUNE_LANE else "services"
-            item.add_marker(pytest.mark.xdist_group(lane))
+            item.add_marker(pytest.mark.xdist_group("services"))
     items.sort(key=lambda item: not any(m.name == "xdist_group" for m in item.iter_markers()))
 
 
