@@ -43,20 +43,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: not any(m.name == "xdist_group" for m in item.iter_markers()))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """Under xdist, a worker runs a lane's test (waiting on Ray jobs, whose workers Ray runs at niceness 15) at
-    niceness 0 and any other test (CPU-bound: training, imports, Chromium) at Ray's niceness 15, with what it starts.
-    At niceness 0 beside them, the CPU tests left the jobs a few percent of a core, and the services lane, ~35
-    minutes of waits, was the run's critical path; the CPU tests have the slack."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        lane = any(marker.name == "xdist_group" for marker in item.iter_markers())
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, 0 if lane else 15)
-        except PermissionError:  # back to 0 needs root (CAP_SYS_NICE); without it the worker stays at 15
-            pass
-
-
 @pytest.fixture(autouse=True)
 def builtin_print_restored():
     """Each test leaves `print` as it found it: an in-process ray.init (Ray Data's progress bars, tqdm_ray) replaces
