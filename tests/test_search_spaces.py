@@ -188,7 +188,8 @@ def test_a_search_over_families_runs_each_default_on_a_short_rung_then_spends_on
         ran.append((config["model"], trial.user_attrs["kind"], config.get("epochs"), sorted(trial.params)))
         assert spec.with_trial(config).model.name == config["model"]
         if trial.user_attrs["kind"] != "search":
-            assert config == {"model": config["model"], "budget": trial.user_attrs["kind"], **({"epochs": 5} if config.get("epochs") else {}),
+            assert config == {"model": config["model"], "budget": trial.user_attrs["kind"],
+                              **({"epochs": 5} if config.get("epochs") else {}),
                               **{f"{config['model']}.{dim}": value for dim, value in recipes[config["model"]].items()}}
         study.tell(trial, score[config["model"]])
     study.tell(pending, score[first["model"]])

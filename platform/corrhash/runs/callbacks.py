@@ -17,8 +17,7 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from corrhash.launch.live import export_counts
-from corrhash.runs.space import BUDGET_KIND
-from corrhash.runs.spec import RunSpec
+from corrhash.runs.spec import BUDGET_KIND, RunSpec
 from corrhash.tracking.runs import EpochLog, client_for, end_run, end_trial_runs, log_epoch, trial_run
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}

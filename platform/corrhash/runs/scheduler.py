@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from corrhash.runs.space import BUDGET_KIND, LEADER_DEFAULT
+from corrhash.runs.space import LEADER_DEFAULT
+from corrhash.runs.spec import BUDGET_KIND
 
 
 class LeaderSafeASHA(ASHAScheduler):

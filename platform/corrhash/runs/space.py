@@ -17,13 +17,11 @@ import yaml
 from corrhash.errors import ConfigError, CorrhashError
 from corrhash.models import list_models, model_class, searchable
 from corrhash.models.space import parse_spec
-from corrhash.runs.spec import RunSpec
+from corrhash.runs.spec import BUDGET_KIND, RunSpec
 
 TUNABLE = tuple(sorted(set().union(*(searchable(name) for name in list_models()))))
 """Every field some registered model lets a search vary."""
 MODEL_DIMENSION = "model"
-BUDGET_KIND = "budget"
-"""A trial config's key for its kind under BUDGET_RULE (start-up, leader default, search): not a config field."""
 LEADER_DEFAULT = "leader default"
 
 

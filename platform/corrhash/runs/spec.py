@@ -49,6 +49,10 @@ def job_configs(recipe: str, model: str, given: dict) -> tuple[ModelConfig, Trai
     return ModelConfig(name=model, seed=train.seed, **model_values), train
 
 
+BUDGET_KIND = "budget"
+"""A trial config's key for its kind under runs/space.BUDGET_RULE (start-up, leader default, search): not a field."""
+
+
 def trial_values(config: dict) -> dict:
     """A trial's config as flat config fields: `model` (a search over several models) becomes `name`, `budget` (the
     trial's kind under runs/space.BUDGET_RULE) is left out, and `MODEL.DIM` becomes `DIM` (only the trial's own
@@ -56,7 +60,7 @@ def trial_values(config: dict) -> dict:
     model = config.get("model")
     values = {"name": model} if model is not None else {}
     for key, value in config.items():
-        if key in ("model", "budget"):
+        if key in ("model", BUDGET_KIND):
             continue
         owner, dot, dim = key.rpartition(".")
         if dot and owner != model:
